@@ -1,0 +1,1 @@
+"""Formats in: every connector maps its source into the canonical event model."""

@@ -1,0 +1,536 @@
+"""OMOP CDM v5.3/v5.4 to canonical events.
+
+Every source row becomes exactly one event, or one reject with its reason (the person table
+gives a birth event plus its gender, race and ethnicity facts). Concept ids become
+``VOCABULARY/concept_code`` through the CDM's own concept table; ``OMOP/<concept_id>`` is kept
+only where no vocabulary mapping exists. The mapping is SQL run by DuckDB, so it streams tables
+larger than memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from jumeau._duck import arrow_reader, arrow_table, run, scalar
+from jumeau.ingest import omop_sources
+from jumeau.ingest.omop_sources import OmopSourceError, OmopTables
+from jumeau.model import BIRTH_CODE, DEATH_CODE
+from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store.keys import record_key_sql
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one CDM event table maps to canonical columns (CDM v5.4 column names)."""
+
+    domain: str
+    id: str | None
+    start_datetime: str | None
+    start_date: str | None
+    concept: str | None
+    source_concept: str | None = None
+    end_datetime: str | None = None
+    end_date: str | None = None
+    number: str | None = None
+    string: str | None = None
+    value_concept: str | None = None
+    unit_concept: str | None = None
+    unit_source: str | None = None
+    fixed_code: str | None = None
+
+
+SPECS: dict[str, TableSpec] = {
+    "observation_period": TableSpec(
+        "observation_period",
+        "observation_period_id",
+        None,
+        "observation_period_start_date",
+        None,
+        end_date="observation_period_end_date",
+        fixed_code="JUMEAU/observation_period",
+    ),
+    "visit_occurrence": TableSpec(
+        "visit",
+        "visit_occurrence_id",
+        "visit_start_datetime",
+        "visit_start_date",
+        "visit_concept_id",
+        "visit_source_concept_id",
+        end_datetime="visit_end_datetime",
+        end_date="visit_end_date",
+    ),
+    "visit_detail": TableSpec(
+        "visit",
+        "visit_detail_id",
+        "visit_detail_start_datetime",
+        "visit_detail_start_date",
+        "visit_detail_concept_id",
+        "visit_detail_source_concept_id",
+        end_datetime="visit_detail_end_datetime",
+        end_date="visit_detail_end_date",
+    ),
+    "condition_occurrence": TableSpec(
+        "condition",
+        "condition_occurrence_id",
+        "condition_start_datetime",
+        "condition_start_date",
+        "condition_concept_id",
+        "condition_source_concept_id",
+        end_datetime="condition_end_datetime",
+        end_date="condition_end_date",
+    ),
+    "drug_exposure": TableSpec(
+        "drug",
+        "drug_exposure_id",
+        "drug_exposure_start_datetime",
+        "drug_exposure_start_date",
+        "drug_concept_id",
+        "drug_source_concept_id",
+        end_datetime="drug_exposure_end_datetime",
+        end_date="drug_exposure_end_date",
+        number="quantity",
+    ),
+    "procedure_occurrence": TableSpec(
+        "procedure",
+        "procedure_occurrence_id",
+        "procedure_datetime",
+        "procedure_date",
+        "procedure_concept_id",
+        "procedure_source_concept_id",
+        number="quantity",
+    ),
+    "device_exposure": TableSpec(
+        "device",
+        "device_exposure_id",
+        "device_exposure_start_datetime",
+        "device_exposure_start_date",
+        "device_concept_id",
+        "device_source_concept_id",
+        end_datetime="device_exposure_end_datetime",
+        end_date="device_exposure_end_date",
+        number="quantity",
+    ),
+    "measurement": TableSpec(
+        "measurement",
+        "measurement_id",
+        "measurement_datetime",
+        "measurement_date",
+        "measurement_concept_id",
+        "measurement_source_concept_id",
+        number="value_as_number",
+        value_concept="value_as_concept_id",
+        unit_concept="unit_concept_id",
+        unit_source="unit_source_value",
+    ),
+    "observation": TableSpec(
+        "observation",
+        "observation_id",
+        "observation_datetime",
+        "observation_date",
+        "observation_concept_id",
+        "observation_source_concept_id",
+        number="value_as_number",
+        string="value_as_string",
+        value_concept="value_as_concept_id",
+        unit_concept="unit_concept_id",
+        unit_source="unit_source_value",
+    ),
+    "death": TableSpec(
+        "death",
+        "person_id",
+        "death_datetime",
+        "death_date",
+        None,
+        value_concept="cause_concept_id",
+        fixed_code=DEATH_CODE,
+    ),
+    "specimen": TableSpec(
+        "specimen",
+        "specimen_id",
+        "specimen_datetime",
+        "specimen_date",
+        "specimen_concept_id",
+        number="quantity",
+        unit_concept="unit_concept_id",
+    ),
+    "note": TableSpec(
+        "note",
+        "note_id",
+        "note_datetime",
+        "note_date",
+        "note_class_concept_id",
+        "note_type_concept_id",
+        string="note_text",
+    ),
+}
+
+#: Standard concepts so common that a CDM without its vocabulary tables still names them.
+BUILTIN_CONCEPTS: dict[int, tuple[str, str]] = {
+    8507: ("Gender", "M"),
+    8532: ("Gender", "F"),
+    8527: ("Race", "5"),
+    8516: ("Race", "3"),
+    8515: ("Race", "2"),
+    8657: ("Race", "1"),
+    8557: ("Race", "4"),
+    38003563: ("Ethnicity", "Hispanic"),
+    38003564: ("Ethnicity", "Not Hispanic"),
+    9201: ("Visit", "IP"),
+    9202: ("Visit", "OP"),
+    9203: ("Visit", "ER"),
+}
+
+_MACROS = """
+CREATE OR REPLACE MACRO jts(x) AS COALESCE(
+    TRY_CAST(x AS TIMESTAMP),
+    TRY_STRPTIME(CAST(x AS VARCHAR), '%Y%m%d'),
+    TRY_STRPTIME(CAST(x AS VARCHAR), '%Y-%m-%d %H:%M:%S%z')::TIMESTAMP);
+CREATE OR REPLACE MACRO blank(x) AS (x IS NULL OR trim(CAST(x AS VARCHAR)) = '');
+CREATE OR REPLACE MACRO shown(x) AS '''' || left(CAST(x AS VARCHAR), 40) || '''';
+"""
+
+
+def ingest_omop(
+    store: Store,
+    source: str | Path,
+    *,
+    schema: str | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest an OMOP CDM database into ``store`` as one atomic batch.
+
+    Parameters
+    ----------
+    store:
+        The target store (its key must be available).
+    source:
+        A folder of CDM tables (CSV or Parquet), a DuckDB file, or a ``postgresql://`` URL.
+    schema:
+        The database schema holding the CDM tables (default ``main`` for DuckDB, ``public`` for
+        PostgreSQL).
+    progress:
+        Called with the name of each table as its mapping starts.
+
+    Returns
+    -------
+    IngestReport
+        Per-table counts (``read == accepted + rejected``), events written, rejects.
+    """
+    source_str = str(source)
+    is_url = source_str.startswith(("postgres://", "postgresql://"))
+    label = omop_sources._redact(source_str) if is_url else str(Path(source).resolve())
+    with BatchWriter(store, "omop", label) as writer:
+        con = duckdb.connect()
+        try:
+            run(con, "SET TimeZone = 'UTC'")
+            run(con, f"SET temp_directory = '{writer.staging_dir / 'omop-tmp'}'")
+            run(con, "SET preserve_insertion_order = false")
+            run(con, _MACROS)
+            tables = _open_source(source_str, is_url, con, writer, schema)
+            _OmopMapper(store, tables, writer, progress).run()
+        finally:
+            con.close()
+        return writer.commit()
+
+
+def _open_source(
+    source: str,
+    is_url: bool,
+    con: duckdb.DuckDBPyConnection,
+    writer: BatchWriter,
+    schema: str | None,
+) -> OmopTables:
+    if is_url:
+        return omop_sources.from_postgres(
+            source, con, writer.staging_dir / "pg-snapshot", schema or "public"
+        )
+    path = Path(source)
+    if path.is_dir():
+        tables = omop_sources.from_folder(path, con)
+    elif path.suffix.lower() in (".duckdb", ".db", ".ddb"):
+        tables = omop_sources.from_duckdb(path, con, schema)
+    else:
+        raise OmopSourceError(
+            f"{source}: expected a folder of CDM tables, a .duckdb file or a postgresql:// URL"
+        )
+    if "person" not in tables.relations:
+        raise OmopSourceError(f"{source}: no person table found; is this an OMOP CDM?")
+    return tables
+
+
+class _OmopMapper:
+    def __init__(
+        self, store: Store, tables: OmopTables, writer: BatchWriter, progress: Progress | None
+    ) -> None:
+        self.store = store
+        self.tables = tables
+        self.con = tables.con
+        self.writer = writer
+        self.report = writer.report
+        self.progress = progress or (lambda _table: None)
+        self.salt = store.pseudonymiser.record_salt
+
+    def run(self) -> None:
+        self._load_concepts()
+        self.progress("person")
+        self._persons()
+        for table, spec in SPECS.items():
+            if table in self.tables.relations:
+                self.progress(table)
+                self._events(table, spec)
+
+    # -- vocabulary ------------------------------------------------------------------------
+
+    def _load_concepts(self) -> None:
+        builtin = pa.table(
+            {
+                "concept_id": list(BUILTIN_CONCEPTS),
+                "vocabulary_id": [v for v, _ in BUILTIN_CONCEPTS.values()],
+                "concept_code": [c for _, c in BUILTIN_CONCEPTS.values()],
+            }
+        )
+        self.con.register("builtin_concepts", builtin)
+        cdm = "SELECT NULL::BIGINT concept_id, NULL vocabulary_id, NULL concept_code WHERE false"
+        if "concept" in self.tables.relations:
+            cols = set(self.tables.columns("concept"))
+            if {"concept_id", "vocabulary_id", "concept_code"} <= cols:
+                cdm = (
+                    "SELECT TRY_CAST(concept_id AS BIGINT) concept_id, vocabulary_id, "
+                    f"CAST(concept_code AS VARCHAR) concept_code FROM {self.tables.relations['concept']}"
+                )
+        run(
+            self.con,
+            f"""CREATE OR REPLACE TEMP TABLE concepts AS
+            SELECT concept_id, any_value(vocabulary_id || '/' || concept_code) AS code,
+                   any_value(concept_code) AS concept_code
+            FROM (SELECT * FROM ({cdm}) WHERE concept_id IS NOT NULL
+                  UNION ALL SELECT * FROM builtin_concepts b
+                  WHERE b.concept_id NOT IN (SELECT concept_id FROM ({cdm}) WHERE concept_id IS NOT NULL))
+            GROUP BY concept_id""",
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _col(self, cols: set[str], name: str | None) -> str:
+        return f'"{name}"' if name and name in cols else "NULL"
+
+    def _missing(self, table: str, cols: set[str], required: list[str]) -> bool:
+        """Reject every row of a table that lacks required columns; True if it did."""
+        missing = [c for c in required if c not in cols]
+        if not missing:
+            return False
+        rel = self.tables.relations[table]
+        shown = ", ".join(sorted(cols)[:6])
+        reason = f"table lacks required column(s) {', '.join(missing)} (has: {shown})"
+        rejects = arrow_table(
+            self.con,
+            f"SELECT 'omop/{table}' AS source, $file AS file, 'row ' || row_number() OVER () AS record, "
+            f"$reason AS reason, NULL::BIGINT AS record_key FROM {rel}",
+            {"file": self.tables.files[table], "reason": reason},
+        )
+        counts = self.report.table(f"omop/{table}")
+        counts.read = counts.rejected = self.writer.add_rejects(rejects)
+        return True
+
+    def _write(self, table: str, events_sql: str) -> None:
+        """Write events and rejects of the staged table ``staged``."""
+        counts = self.report.table(f"omop/{table}")
+        counts.read = scalar(self.con, "SELECT count(*) FROM staged")
+        rejects = arrow_table(
+            self.con,
+            f"SELECT 'omop/{table}' AS source, $file AS file, 'row ' || _row AS record, reason, "
+            f"{record_key_sql(self.salt, repr(f'omop/{table}'), 'rid')} AS record_key "
+            "FROM staged WHERE reason IS NOT NULL ORDER BY _row",
+            {"file": self.tables.files[table]},
+        )
+        counts.rejected = self.writer.add_rejects(rejects)
+        counts.accepted = counts.read - counts.rejected
+        reader = arrow_reader(self.con, events_sql)
+        counts.events = self.writer.add_event_stream(reader)
+
+    def _shifted(self, expr: str) -> str:
+        if self.store.config.max_date_shift_days <= 0:
+            return expr
+        return f"({expr} + to_microseconds(s.shift_us))"
+
+    def _record_key(self, table: str, id_sql: str = "s.rid") -> str:
+        return record_key_sql(self.salt, repr(f"omop/{table}"), id_sql)
+
+    # -- person ----------------------------------------------------------------------------
+
+    def _persons(self) -> None:
+        cols = set(self.tables.columns("person"))
+        if self._missing("person", cols, ["person_id", "year_of_birth"]):
+            raise OmopSourceError(
+                f"{self.tables.files['person']}: the person table lacks person_id or year_of_birth"
+            )
+        c = lambda name: self._col(cols, name)  # noqa: E731
+        rel = self.tables.relations["person"]
+        run(
+            self.con,
+            f"""CREATE OR REPLACE TEMP TABLE staged AS
+            WITH src AS (SELECT row_number() OVER () AS _row, * FROM {rel}),
+            t AS (SELECT _row, CAST(person_id AS VARCHAR) AS rid,
+                    TRY_CAST(person_id AS BIGINT) AS person_id,
+                    TRY_CAST(year_of_birth AS INTEGER) AS y,
+                    COALESCE(TRY_CAST({c("month_of_birth")} AS INTEGER), 1) AS m,
+                    COALESCE(TRY_CAST({c("day_of_birth")} AS INTEGER), 1) AS d,
+                    jts({c("birth_datetime")}) AS birth_dt,
+                    year_of_birth AS y_raw,
+                    TRY_CAST({c("gender_concept_id")} AS BIGINT) AS gender,
+                    TRY_CAST({c("race_concept_id")} AS BIGINT) AS race,
+                    TRY_CAST({c("ethnicity_concept_id")} AS BIGINT) AS ethnicity,
+                    CAST({c("person_source_value")} AS VARCHAR) AS person_source_value,
+                    row_number() OVER (PARTITION BY person_id ORDER BY _row) AS dup
+                  FROM src)
+            SELECT *, COALESCE(birth_dt, TRY_CAST(make_timestamp(y, m, d, 0, 0, 0) AS TIMESTAMP)) AS birth,
+              CASE WHEN blank(rid) THEN 'person_id is missing'
+                   WHEN person_id IS NULL THEN 'person_id is not an integer'
+                   WHEN dup > 1 THEN 'duplicate person_id (row ' || _row || ')'
+                   WHEN blank(y_raw) THEN 'year_of_birth is missing'
+                   WHEN y IS NULL OR y < 1850 OR y > 2200 THEN 'year_of_birth ' || shown(y_raw) || ' is not a plausible year'
+              END AS reason
+            FROM t""",
+        )
+        people = run(
+            self.con, "SELECT person_id, rid, person_source_value FROM staged WHERE reason IS NULL"
+        )
+        p = self.store.pseudonymiser
+        ids = [p.subject_id("omop", rid) for _, rid, _ in people]
+        shifts = [p.shift_us("omop", rid) for _, rid, _ in people]
+        self.con.register(
+            "subject_map_arrow",
+            pa.table(
+                {
+                    "person_id": pa.array([r[0] for r in people], pa.int64()),
+                    "subject_id": pa.array(ids, pa.int64()),
+                    "shift_us": pa.array(shifts, pa.int64()),
+                }
+            ),
+        )
+        run(self.con, "CREATE OR REPLACE TEMP TABLE subject_map AS SELECT * FROM subject_map_arrow")
+        self.writer.add_identities(
+            pa.table(
+                {
+                    "subject_id": pa.array(ids, pa.int64()),
+                    "source": ["omop"] * len(ids),
+                    "source_id": [r[1] for r in people],
+                    "identifiers": [
+                        orjson.dumps({"person_source_value": r[2]}).decode() for r in people
+                    ],
+                }
+            )
+        )
+        static = []
+        for column, suffix in (("gender", "gender"), ("race", "race"), ("ethnicity", "ethnicity")):
+            static.append(
+                f"""SELECT m.subject_id, NULL::TIMESTAMP AS time,
+                    COALESCE(c.code, 'OMOP/' || s.{column}) AS code, NULL::DOUBLE AS numeric_value,
+                    NULL AS text_value, NULL AS unit, NULL::TIMESTAMP AS end_time,
+                    'demographic' AS domain, 'omop/person' AS source,
+                    {self._record_key("person", f"s.rid || '#{suffix}'")} AS record_key
+                FROM staged s JOIN subject_map m USING (person_id)
+                LEFT JOIN concepts c ON c.concept_id = s.{column}
+                WHERE s.reason IS NULL AND s.{column} IS NOT NULL AND s.{column} <> 0"""
+            )
+        birth = f"""SELECT m.subject_id, {self._shifted("s.birth")} AS time, '{BIRTH_CODE}' AS code,
+                NULL::DOUBLE AS numeric_value, NULL AS text_value, NULL AS unit,
+                NULL::TIMESTAMP AS end_time, 'demographic' AS domain, 'omop/person' AS source,
+                {self._record_key("person", "s.rid || '#birth'")} AS record_key
+            FROM staged s JOIN subject_map m USING (person_id) WHERE s.reason IS NULL"""
+        self._write("person", " UNION ALL ".join([birth, *static]))
+
+    # -- event tables ----------------------------------------------------------------------
+
+    def _events(self, table: str, spec: TableSpec) -> None:
+        cols = set(self.tables.columns(table))
+        required = ["person_id", spec.id or "person_id"]
+        if spec.concept and spec.fixed_code is None:
+            required.append(spec.concept)
+        starts = [x for x in (spec.start_datetime, spec.start_date) if x]
+        if not any(s in cols for s in starts):
+            required.append(spec.start_date or spec.start_datetime or "")
+        if self._missing(table, cols, sorted(set(required))):
+            return
+        c = lambda name: self._col(cols, name)  # noqa: E731
+        rel = self.tables.relations[table]
+        id_col = spec.id or "person_id"
+        run(
+            self.con,
+            f"""CREATE OR REPLACE TEMP TABLE staged AS
+            WITH src AS (SELECT row_number() OVER () AS _row,
+                    count(*) OVER (PARTITION BY "{id_col}") AS _n_same, * FROM {rel}),
+            t AS (SELECT _row, _n_same,
+                    CAST("{id_col}" AS VARCHAR) AS id_raw,
+                    person_id AS person_raw,
+                    TRY_CAST(person_id AS BIGINT) AS person_id,
+                    COALESCE({c(spec.start_datetime)}, {c(spec.start_date)}) AS start_raw,
+                    COALESCE(jts({c(spec.start_datetime)}), jts({c(spec.start_date)})) AS t0,
+                    COALESCE({c(spec.end_datetime)}, {c(spec.end_date)}) AS end_raw,
+                    COALESCE(jts({c(spec.end_datetime)}), jts({c(spec.end_date)})) AS t1,
+                    {c(spec.concept)} AS concept_raw,
+                    TRY_CAST({c(spec.concept)} AS BIGINT) AS concept_id,
+                    TRY_CAST({c(spec.source_concept)} AS BIGINT) AS source_concept_id,
+                    {c(spec.number)} AS number_raw,
+                    TRY_CAST({c(spec.number)} AS DOUBLE) AS number,
+                    CAST({c(spec.string)} AS VARCHAR) AS string,
+                    TRY_CAST({c(spec.value_concept)} AS BIGINT) AS value_concept_id,
+                    TRY_CAST({c(spec.unit_concept)} AS BIGINT) AS unit_concept_id,
+                    CAST({c(spec.unit_source)} AS VARCHAR) AS unit_source
+                  FROM src),
+            u AS (SELECT *, CASE WHEN _n_same > 1 THEN id_raw || '#' || left(md5(concat_ws('|',
+                    person_raw, start_raw, end_raw, concept_raw, source_concept_id, number_raw,
+                    string, value_concept_id, unit_concept_id, unit_source)), 16)
+                    ELSE id_raw END AS rid FROM t),
+            v AS (SELECT *, row_number() OVER (PARTITION BY rid ORDER BY _row) AS dup FROM u)
+            SELECT v.*, m.subject_id, m.shift_us,
+              CASE WHEN blank(v.id_raw) THEN '{id_col} is missing'
+                   WHEN v.dup > 1 THEN 'exact duplicate of an earlier row with the same {id_col}'
+                   WHEN blank(v.person_raw) THEN 'person_id is missing'
+                   WHEN v.person_id IS NULL THEN 'person_id is not an integer'
+                   WHEN m.subject_id IS NULL THEN 'person_id not found in the person table'
+                   WHEN blank(v.start_raw) THEN 'start date is missing'
+                   WHEN v.t0 IS NULL THEN 'start date ' || shown(v.start_raw) || ' is not a date'
+                   WHEN NOT blank(v.end_raw) AND v.t1 IS NULL THEN 'end date ' || shown(v.end_raw) || ' is not a date'
+                   {"WHEN blank(v.concept_raw) THEN 'concept id is missing'" if spec.fixed_code is None and spec.concept else ""}
+                   WHEN NOT blank(v.concept_raw) AND v.concept_id IS NULL THEN 'concept id ' || shown(v.concept_raw) || ' is not an integer'
+                   WHEN NOT blank(v.number_raw) AND v.number IS NULL THEN '{spec.number} ' || shown(v.number_raw) || ' is not a number'
+              END AS reason
+            FROM v LEFT JOIN subject_map m ON v.person_id = m.person_id""",
+        )
+        shared = scalar(
+            self.con, "SELECT count(*) FROM staged WHERE _n_same > 1 AND reason IS NULL"
+        )
+        if shared:
+            self.report.warnings.append(
+                f"omop/{table}: {shared} rows share their {id_col} with a different row; "
+                "kept, each identified by its content"
+            )
+        if spec.fixed_code:
+            code = f"'{spec.fixed_code}'"
+        else:
+            code = (
+                "COALESCE(CASE WHEN s.concept_id <> 0 THEN c.code END, sc.code, "
+                "'OMOP/' || s.concept_id)"
+            )
+        text = "COALESCE(s.string, CASE WHEN s.value_concept_id <> 0 THEN COALESCE(vc.code, 'OMOP/' || s.value_concept_id) END)"
+        unit = "COALESCE(CASE WHEN s.unit_concept_id <> 0 THEN uc.concept_code END, s.unit_source)"
+        events_sql = f"""SELECT s.subject_id, {self._shifted("s.t0")} AS time, {code} AS code,
+                s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
+                {self._shifted("s.t1")} AS end_time, '{spec.domain}' AS domain,
+                'omop/{table}' AS source, {self._record_key(table)} AS record_key
+            FROM staged s
+            LEFT JOIN concepts c ON c.concept_id = s.concept_id
+            LEFT JOIN concepts sc ON sc.concept_id = s.source_concept_id AND s.source_concept_id <> 0
+            LEFT JOIN concepts vc ON vc.concept_id = s.value_concept_id
+            LEFT JOIN concepts uc ON uc.concept_id = s.unit_concept_id
+            WHERE s.reason IS NULL"""
+        self._write(table, events_sql)

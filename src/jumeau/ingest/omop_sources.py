@@ -1,0 +1,184 @@
+"""Where OMOP CDM tables come from: a folder of CSV/Parquet files, a DuckDB file, PostgreSQL.
+
+Each source exposes the CDM tables it holds as DuckDB relations on one connection, so the mapping
+to canonical events is written once, in SQL, whatever the origin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from jumeau._duck import run, scalar
+
+CDM_TABLES = (
+    "person",
+    "observation_period",
+    "visit_occurrence",
+    "visit_detail",
+    "condition_occurrence",
+    "drug_exposure",
+    "procedure_occurrence",
+    "device_exposure",
+    "measurement",
+    "observation",
+    "death",
+    "specimen",
+    "note",
+    "concept",
+)
+
+
+class OmopSourceError(ValueError):
+    """An OMOP source cannot be read at all (not found, unreadable, no person table)."""
+
+
+@dataclass
+class OmopTables:
+    """The CDM tables found in a source, as SQL expressions readable on ``con``."""
+
+    con: duckdb.DuckDBPyConnection
+    label: str
+    relations: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def columns(self, table: str) -> list[str]:
+        """The table's column names, lower-cased (CDM names are case-insensitive)."""
+        rows = run(self.con, f"DESCRIBE SELECT * FROM {self.relations[table]}")
+        return [r[0].lower() for r in rows]
+
+    def count(self, table: str) -> int:
+        return scalar(self.con, f"SELECT count(*) FROM {self.relations[table]}")
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _folder_relation(path: Path) -> str | None:
+    """A DuckDB reader for one table stored as a file or a folder of part files."""
+    name = path.name.lower()
+    if path.is_dir():
+        parquet = sorted(path.glob("*.parquet"))
+        csv = sorted([*path.glob("*.csv"), *path.glob("*.csv.gz")])
+        if parquet:
+            return f"read_parquet({[str(p) for p in parquet]!r}, union_by_name=true)"
+        if csv:
+            files = [str(p) for p in csv]
+            return f"read_csv({files!r}, header=true, all_varchar=true, union_by_name=true)"
+        return None
+    if name.endswith(".parquet"):
+        pq.read_metadata(path)
+        return f"read_parquet({_sql_str(str(path))})"
+    if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+        delim = "\\t" if name.endswith(".tsv") else None
+        opts = "header=true, all_varchar=true, strict_mode=false"
+        if delim:
+            opts += f", delim='{delim}'"
+        return f"read_csv({_sql_str(str(path))}, {opts})"
+    return None
+
+
+def _table_name(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (".csv.gz", ".parquet", ".csv", ".tsv", ".txt"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def from_folder(folder: Path, con: duckdb.DuckDBPyConnection) -> OmopTables:
+    """CDM tables as ``<table>.csv|.csv.gz|.parquet`` files or ``<table>/`` part folders."""
+    if not folder.is_dir():
+        raise OmopSourceError(f"{folder}: not a folder of OMOP CDM tables")
+    tables = OmopTables(con, str(folder))
+    for child in sorted(folder.iterdir()):
+        table = _table_name(child)
+        if table not in CDM_TABLES or table in tables.relations:
+            continue
+        try:
+            relation = _folder_relation(child)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
+            raise OmopSourceError(f"{child}: unreadable ({exc})") from exc
+        if relation:
+            tables.relations[table] = relation
+            tables.files[table] = str(child)
+    return tables
+
+
+def from_duckdb(
+    path: Path, con: duckdb.DuckDBPyConnection, schema: str | None = None
+) -> OmopTables:
+    """CDM tables inside a DuckDB database file (opened read-only)."""
+    if not path.is_file():
+        raise OmopSourceError(f"{path}: DuckDB file not found")
+    try:
+        run(con, f"ATTACH {_sql_str(str(path))} AS omop_src (READ_ONLY)")
+    except duckdb.Error as exc:
+        raise OmopSourceError(f"{path}: cannot open as a DuckDB database ({exc})") from exc
+    rows = run(
+        con, "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'omop_src'"
+    )
+    schemas = {s for s, t in rows if t.lower() == "person"}
+    if schema is None:
+        schema = "main" if "main" in schemas else (sorted(schemas)[0] if schemas else "main")
+    tables = OmopTables(con, str(path))
+    for s, t in rows:
+        if s == schema and t.lower() in CDM_TABLES:
+            tables.relations[t.lower()] = f'omop_src."{s}"."{t}"'
+            tables.files[t.lower()] = f"{path}:{s}.{t}"
+    return tables
+
+
+def from_postgres(
+    url: str, con: duckdb.DuckDBPyConnection, snapshot_dir: Path, schema: str = "public"
+) -> OmopTables:
+    """CDM tables of a PostgreSQL schema, streamed through ADBC into Parquet snapshots.
+
+    The snapshot makes one batch read one consistent copy (a single REPEATABLE READ transaction)
+    and lets the SQL mapping read each table as often as it needs.
+    """
+    import adbc_driver_postgresql.dbapi as pg
+
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = pg.connect(url)
+    except Exception as exc:  # noqa: BLE001 - the driver's errors vary by failure
+        raise OmopSourceError(f"cannot connect to PostgreSQL ({_redact(url)}): {exc}") from exc
+    tables = OmopTables(con, _redact(url))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                parameters=(schema,),
+            )
+            names = [r[0] for r in cur.fetchall()]
+            for name in names:
+                if name.lower() not in CDM_TABLES:
+                    continue
+                cur.execute(f'SELECT * FROM "{schema}"."{name}"')
+                reader = cur.fetch_record_batch()
+                out = snapshot_dir / f"{name.lower()}.parquet"
+                with pq.ParquetWriter(out, reader.schema) as writer:
+                    for batch in reader:
+                        writer.write_batch(batch)
+                tables.relations[name.lower()] = f"read_parquet({_sql_str(str(out))})"
+                tables.files[name.lower()] = f"{_redact(url)} {schema}.{name}"
+            cur.execute("COMMIT")
+    finally:
+        conn.close()
+    return tables
+
+
+def _redact(url: str) -> str:
+    """A connection URL without its password, for messages and reports."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}@{host}"
+    return url

@@ -1,0 +1,105 @@
+"""The canonical event model at the centre of jumeau.
+
+Every connector maps its source format into this one Arrow schema, a superset of MEDS
+(``subject_id``, ``time``, ``code``, ``numeric_value``, ``text_value``) with unit, end time,
+domain and provenance. Nothing downstream of ingestion knows a source format.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Domains an event may belong to (OMOP-like, plus the demographic and signal scales).
+DOMAINS: tuple[str, ...] = (
+    "demographic",
+    "observation_period",
+    "visit",
+    "condition",
+    "drug",
+    "measurement",
+    "procedure",
+    "observation",
+    "device",
+    "death",
+    "specimen",
+    "note",
+    "immunization",
+    "allergy",
+    "report",
+    "care_plan",
+    "claim",
+    "other",
+)
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.int64(), nullable=False),
+        pa.field("time", pa.timestamp("us")),
+        pa.field("code", pa.string(), nullable=False),
+        pa.field("numeric_value", pa.float64()),
+        pa.field("text_value", pa.string()),
+        pa.field("unit", pa.string()),
+        pa.field("end_time", pa.timestamp("us")),
+        pa.field("domain", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record_key", pa.int64(), nullable=False),
+        pa.field("batch", pa.string(), nullable=False),
+    ]
+)
+"""Arrow schema of one stored event.
+
+``time`` is null for static facts. ``source`` names the source table or resource type
+(``omop/measurement``, ``fhir/Observation``); ``record_key`` is a keyed hash of the source
+record id (never the id itself) that makes re-ingestion idempotent; ``batch`` is the ingest
+batch that wrote the event.
+"""
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
+#: Columns a connector provides; ``batch`` is stamped by the store when it commits.
+CONNECTOR_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "batch"])
+
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("record", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("record_key", pa.int64()),
+    ]
+)
+"""A record that failed validation: where it was (file and record position) and why."""
+
+#: MEDS reserved codes used for birth and death.
+BIRTH_CODE = "MEDS_BIRTH"
+DEATH_CODE = "MEDS_DEATH"
+
+
+def make_code(vocabulary: str, code: str) -> str:
+    """Return a canonical code string ``VOCABULARY/code`` (e.g. ``LOINC/8480-6``)."""
+    return f"{vocabulary}/{code}"
+
+
+#: FHIR code-system URIs and their vocabulary prefixes.
+FHIR_SYSTEMS: dict[str, str] = {
+    "http://snomed.info/sct": "SNOMED",
+    "http://loinc.org": "LOINC",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://hl7.org/fhir/sid/icd-10": "ICD10",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+    "http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM",
+    "http://hl7.org/fhir/sid/cvx": "CVX",
+    "http://hl7.org/fhir/sid/ndc": "NDC",
+    "http://www.ama-assn.org/go/cpt": "CPT4",
+    "http://unitsofmeasure.org": "UCUM",
+    "http://terminology.hl7.org/CodeSystem/v3-ActCode": "HL7ActCode",
+    "urn:oid:2.16.840.1.113883.6.238": "CDCREC",
+    "http://www.whocc.no/atc": "ATC",
+    "http://terminology.hl7.org/CodeSystem/data-absent-reason": "HL7DataAbsentReason",
+}
+
+
+def fhir_vocabulary(system: str | None) -> str:
+    """Map a FHIR code-system URI to a short vocabulary prefix; unknown systems keep their URI."""
+    if not system:
+        return "UNKNOWN"
+    return FHIR_SYSTEMS.get(system.rstrip("/"), system)

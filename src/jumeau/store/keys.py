@@ -1,0 +1,114 @@
+"""The per-store secret and everything derived from it: pseudonyms, record keys, date shifts.
+
+The secret never lives in the store directory. It is a 32-byte random key in a key file under
+``$JUMEAU_KEY_DIR`` (default ``~/.jumeau/keys``), named after the store's id, or at a path the
+user gives. Whoever holds it can recompute a subject's pseudonym from a source id; nobody else can.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+_SUBJECT_MASK = (1 << 63) - 1
+_US_PER_DAY = 86_400_000_000
+
+
+class KeyError_(RuntimeError):
+    """The store's secret key is missing or unreadable."""
+
+
+def default_key_dir() -> Path:
+    """Where store keys live unless a key file is given: ``$JUMEAU_KEY_DIR`` or ``~/.jumeau/keys``."""
+    return Path(os.environ.get("JUMEAU_KEY_DIR", Path.home() / ".jumeau" / "keys"))
+
+
+def create_key(path: Path) -> bytes:
+    """Write a new random secret to ``path`` (mode 0600) and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    return key
+
+
+def load_key(path: Path) -> bytes:
+    """Read a secret written by :func:`create_key`."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError as exc:
+        raise KeyError_(
+            f"store key not found at {path}: set JUMEAU_KEY_DIR or pass --key-file to the key "
+            "created by `jumeau init`"
+        ) from exc
+    try:
+        key = bytes.fromhex(text)
+    except ValueError as exc:
+        raise KeyError_(f"store key at {path} is not a hex secret") from exc
+    if len(key) < 16:
+        raise KeyError_(f"store key at {path} is too short ({len(key)} bytes)")
+    return key
+
+
+@dataclass(frozen=True)
+class Pseudonymiser:
+    """Keyed pseudonyms and date shifts for one store.
+
+    Parameters
+    ----------
+    key:
+        The store's secret.
+    max_date_shift_days:
+        If positive, every subject's times move by a consistent number of days drawn from
+        ``[-max_date_shift_days, +max_date_shift_days]`` by the key; 0 keeps true dates.
+    """
+
+    key: bytes
+    max_date_shift_days: int = 0
+
+    def _mac(self, label: str, source: str, source_id: str) -> bytes:
+        msg = f"{label}\x1f{source}\x1f{source_id}".encode()
+        return hmac.new(self.key, msg, hashlib.sha256).digest()
+
+    def subject_id(self, source: str, source_id: object) -> int:
+        """The pseudonym (a positive int64) of a patient id from a source (``omop``, ``fhir``...)."""
+        digest = self._mac("subject", source, str(source_id))
+        return int.from_bytes(digest[:8], "big") & _SUBJECT_MASK
+
+    def shift_us(self, source: str, source_id: object) -> int:
+        """The subject's date shift in microseconds (0 when shifting is off)."""
+        if self.max_date_shift_days <= 0:
+            return 0
+        digest = self._mac("shift", source, str(source_id))
+        span = 2 * self.max_date_shift_days + 1
+        days = int.from_bytes(digest[:4], "big") % span - self.max_date_shift_days
+        return days * _US_PER_DAY
+
+    @property
+    def record_salt(self) -> str:
+        """A hex salt derived from the key, prefixed to record ids before hashing."""
+        return hmac.new(self.key, b"record-salt", hashlib.sha256).hexdigest()
+
+    def record_key(self, source: str, record_id: object) -> int:
+        """A 60-bit keyed hash of a source record id; the same formula as :func:`record_key_sql`."""
+        text = f"{self.record_salt}|{source}|{record_id}"
+        return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+    def vault_key(self) -> bytes:
+        """The Fernet key that encrypts the identity vault."""
+        import base64
+
+        return base64.urlsafe_b64encode(hmac.new(self.key, b"vault", hashlib.sha256).digest())
+
+
+def record_key_sql(salt: str, source_sql: str, id_sql: str) -> str:
+    """DuckDB expression computing :meth:`Pseudonymiser.record_key` for an id column."""
+    return (
+        f"('0x' || substr(sha256('{salt}|' || {source_sql} || '|' || CAST({id_sql} AS VARCHAR)),"
+        " 1, 15))::BIGINT"
+    )

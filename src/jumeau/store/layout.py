@@ -1,0 +1,112 @@
+"""The on-disk layout of a store directory and its manifest.
+
+::
+
+    STORE/
+      jumeau.json             store id, format version, pseudonymisation settings
+      manifest.json           the committed batches, in order (replaced atomically)
+      batches/<batch>/
+        events.parquet        events sorted by (subject_id, time): columnar scans
+        events.arrow          the same rows, uncompressed Arrow IPC: memory-mapped timelines
+        subjects.parquet      subject_id -> first row and row count in the files above
+        rejects.parquet       records that failed validation, with the reason
+        vault.bin             encrypted direct identifiers (optional)
+        report.json           the ingest report of the batch
+      .staging/               work in progress; never read, cleared on the next write
+
+A batch becomes visible only when ``manifest.json`` names it, and the manifest is replaced by an
+atomic rename, so a killed ingest leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT_VERSION = 1
+STORE_FILE = "jumeau.json"
+MANIFEST_FILE = "manifest.json"
+BATCHES_DIR = "batches"
+STAGING_DIR = ".staging"
+
+EVENTS_PARQUET = "events.parquet"
+EVENTS_ARROW = "events.arrow"
+SUBJECTS_INDEX = "subjects.parquet"
+REJECTS_PARQUET = "rejects.parquet"
+VAULT_FILE = "vault.bin"
+REPORT_FILE = "report.json"
+
+
+class StoreError(RuntimeError):
+    """A store directory is missing, malformed or cannot be written."""
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write JSON to ``path`` so that readers see either the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry so a rename survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StoreConfig:
+    """Settings fixed when the store is created."""
+
+    store_id: str
+    max_date_shift_days: int = 0
+    key_file: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def read(cls, root: Path) -> StoreConfig:
+        path = root / STORE_FILE
+        if not path.exists():
+            raise StoreError(
+                f"{root} is not a jumeau store (no {STORE_FILE}); run `jumeau init {root}`"
+            )
+        data = json.loads(path.read_text())
+        if data.get("format_version") != FORMAT_VERSION:
+            raise StoreError(
+                f"{path}: store format {data.get('format_version')} is not supported "
+                f"(this jumeau reads format {FORMAT_VERSION})"
+            )
+        return cls(**data)
+
+    def write(self, root: Path) -> None:
+        write_json_atomic(root / STORE_FILE, self.__dict__)
+
+
+@dataclass
+class Manifest:
+    """The committed batches of a store, oldest first."""
+
+    batches: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, root: Path) -> Manifest:
+        path = root / MANIFEST_FILE
+        if not path.exists():
+            return cls()
+        return cls(**json.loads(path.read_text()))
+
+    def write(self, root: Path) -> None:
+        write_json_atomic(root / MANIFEST_FILE, {"batches": self.batches})
+
+    @property
+    def batch_ids(self) -> list[str]:
+        return [b["id"] for b in self.batches]

@@ -1,0 +1,49 @@
+"""What one ingest batch read, wrote and rejected."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TableCount:
+    """Reconciliation of one source table or resource type: ``read == accepted + rejected``."""
+
+    read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    events: int = 0
+
+    @property
+    def reconciles(self) -> bool:
+        return self.read == self.accepted + self.rejected
+
+
+@dataclass
+class IngestReport:
+    """The outcome of one ingest call, saved beside the batch and printed by the CLI."""
+
+    source_kind: str
+    source: str
+    batch: str | None = None
+    tables: dict[str, TableCount] = field(default_factory=dict)
+    events_written: int = 0
+    events_already_present: int = 0
+    rejects_written: int = 0
+    subjects: int = 0
+    unhandled: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    committed: bool = False
+    seconds: float = 0.0
+
+    def table(self, name: str) -> TableCount:
+        return self.tables.setdefault(name, TableCount())
+
+    @property
+    def rejected(self) -> int:
+        return sum(t.rejected for t in self.tables.values())
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["rejected"] = self.rejected
+        return out

@@ -1,0 +1,287 @@
+"""The patient store: an embedded, directory-based event store.
+
+Columnar scans go through DuckDB over the batches' Parquet files; a single subject's timeline is
+read from memory-mapped Arrow files through a subject index, so it costs a binary search and a
+zero-copy slice, not a scan.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jumeau._duck import run
+from jumeau.model import EVENT_SCHEMA, REJECT_SCHEMA
+from jumeau.store import keys, layout
+from jumeau.store.vault import read_vault
+
+
+@dataclass
+class _MappedBatch:
+    """One committed batch opened for random access."""
+
+    id: str
+    table: pa.Table
+    subject_ids: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def open(cls, folder: Path) -> _MappedBatch:
+        source = pa.memory_map(str(folder / layout.EVENTS_ARROW), "r")
+        table = pa.ipc.open_file(source).read_all()
+        index = pq.read_table(folder / layout.SUBJECTS_INDEX)
+        return cls(
+            id=folder.name,
+            table=table,
+            subject_ids=index.column("subject_id").to_numpy(),
+            starts=index.column("start").to_numpy(),
+            counts=index.column("count").to_numpy(),
+        )
+
+    def slice(self, subject_id: int) -> pa.Table | None:
+        i = int(np.searchsorted(self.subject_ids, subject_id))
+        if i == len(self.subject_ids) or self.subject_ids[i] != subject_id:
+            return None
+        return self.table.slice(int(self.starts[i]), int(self.counts[i]))
+
+
+def init(
+    root: str | Path,
+    *,
+    key_file: str | Path | None = None,
+    max_date_shift_days: int = 0,
+) -> Store:
+    """Create an empty store at ``root`` and its secret key (outside the store directory).
+
+    Parameters
+    ----------
+    root:
+        The store directory; created if absent, must be empty otherwise.
+    key_file:
+        Where to write the secret; default ``$JUMEAU_KEY_DIR/<store id>.key``.
+    max_date_shift_days:
+        Shift every subject's dates by a consistent, keyed number of days in
+        ``[-N, N]`` (0 keeps true dates).
+    """
+    root = Path(root)
+    if (root / layout.STORE_FILE).exists():
+        raise layout.StoreError(f"{root} is already a jumeau store")
+    if root.exists() and any(root.iterdir()):
+        raise layout.StoreError(f"{root} exists and is not empty")
+    root.mkdir(parents=True, exist_ok=True)
+    config = layout.StoreConfig(
+        store_id=uuid.uuid4().hex,
+        max_date_shift_days=max_date_shift_days,
+        key_file=str(Path(key_file).resolve()) if key_file else None,
+    )
+    key_path = Path(key_file) if key_file else keys.default_key_dir() / f"{config.store_id}.key"
+    if key_path.resolve().is_relative_to(root.resolve()):
+        raise layout.StoreError("the key file must live outside the store directory")
+    keys.create_key(key_path)
+    config.write(root)
+    layout.Manifest().write(root)
+    return Store(root)
+
+
+def open(root: str | Path, *, key_file: str | Path | None = None) -> Store:  # noqa: A001
+    """Open an existing store."""
+    return Store(root, key_file=key_file)
+
+
+class Store:
+    """A jumeau store directory.
+
+    Parameters
+    ----------
+    root:
+        The store directory created by :func:`init`.
+    key_file:
+        The secret key, when not at its default place; needed only to ingest or look up ids.
+    """
+
+    def __init__(self, root: str | Path, *, key_file: str | Path | None = None) -> None:
+        self.root = Path(root)
+        self.config = layout.StoreConfig.read(self.root)
+        self._key_file = Path(key_file) if key_file else None
+        self._pseudonymiser: keys.Pseudonymiser | None = None
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, batches={len(self.manifest.batches)})"
+
+    def refresh(self) -> None:
+        """Re-read the manifest (after a commit by this or another process)."""
+        self.manifest = layout.Manifest.read(self.root)
+        self._mapped: list[_MappedBatch] | None = None
+
+    @property
+    def key_path(self) -> Path:
+        if self._key_file:
+            return self._key_file
+        if self.config.key_file:
+            return Path(self.config.key_file)
+        return keys.default_key_dir() / f"{self.config.store_id}.key"
+
+    @property
+    def pseudonymiser(self) -> keys.Pseudonymiser:
+        """Keyed pseudonyms for this store; needs the secret key."""
+        if self._pseudonymiser is None:
+            self._pseudonymiser = keys.Pseudonymiser(
+                keys.load_key(self.key_path), self.config.max_date_shift_days
+            )
+        return self._pseudonymiser
+
+    def batch_files(self, filename: str) -> list[Path]:
+        """One file of every committed batch (e.g. ``events.parquet``), oldest batch first."""
+        base = self.root / layout.BATCHES_DIR
+        return [base / b / filename for b in self.manifest.batch_ids]
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def _batches(self) -> list[_MappedBatch]:
+        if self._mapped is None:
+            base = self.root / layout.BATCHES_DIR
+            self._mapped = [_MappedBatch.open(base / b) for b in self.manifest.batch_ids]
+        return self._mapped
+
+    def timeline_arrow(self, subject_id: int) -> pa.Table:
+        """All events of one subject as Arrow, in time order (static facts first)."""
+        parts = [t for b in self._batches() if (t := b.slice(subject_id)) is not None]
+        if not parts:
+            return EVENT_SCHEMA.empty_table()
+        if len(parts) == 1:
+            return parts[0]
+        table = pa.concat_tables(parts)
+        return table.sort_by(
+            [("time", "ascending"), ("code", "ascending")], null_placement="at_start"
+        )
+
+    def timeline(
+        self,
+        subject_id: int,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        codes: list[str] | None = None,
+        domains: list[str] | None = None,
+    ) -> pl.DataFrame:
+        """One subject's events as a Polars frame, in time order.
+
+        Parameters
+        ----------
+        subject_id:
+            The subject's pseudonym.
+        start, end:
+            Keep timed events with ``start <= time <= end``; static facts are kept always.
+        codes:
+            Keep events whose code equals one of these or starts with one ending in ``/``
+            (``LOINC/`` keeps every LOINC code).
+        domains:
+            Keep events of these domains.
+        """
+        frame = pl.from_arrow(self.timeline_arrow(subject_id))
+        assert isinstance(frame, pl.DataFrame)
+        if start is not None:
+            frame = frame.filter(pl.col("time").is_null() | (pl.col("time") >= start))
+        if end is not None:
+            frame = frame.filter(pl.col("time").is_null() | (pl.col("time") <= end))
+        if codes:
+            exact = [c for c in codes if not c.endswith("/")]
+            prefixes = [c for c in codes if c.endswith("/")]
+            cond = pl.col("code").is_in(exact)
+            for p in prefixes:
+                cond = cond | pl.col("code").str.starts_with(p)
+            frame = frame.filter(cond)
+        if domains:
+            frame = frame.filter(pl.col("domain").is_in(domains))
+        return frame
+
+    def subjects(self) -> np.ndarray:
+        """Every subject id in the store, sorted."""
+        ids = [b.subject_ids for b in self._batches()]
+        if not ids:
+            return np.array([], dtype=np.int64)
+        return np.unique(np.concatenate(ids))
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with views ``events`` and ``rejects`` over the committed batches."""
+        con = duckdb.connect()
+        for view, filename, schema in (
+            ("events", layout.EVENTS_PARQUET, EVENT_SCHEMA),
+            ("rejects", layout.REJECTS_PARQUET, REJECT_SCHEMA),
+        ):
+            files = [str(p) for p in self.batch_files(filename)]
+            if files:
+                run(
+                    con,
+                    f"CREATE VIEW {view} AS SELECT * FROM read_parquet({files!r}, union_by_name=true)",
+                )
+            else:
+                con.register(f"_{view}_empty", schema.empty_table())
+                run(con, f"CREATE VIEW {view} AS SELECT * FROM _{view}_empty")
+        return con
+
+    def scan(self) -> pl.LazyFrame:
+        """Every event as a lazy Polars frame, for columnar queries."""
+        files = [str(p) for p in self.batch_files(layout.EVENTS_PARQUET)]
+        if not files:
+            return pl.LazyFrame(schema=pl.from_arrow(EVENT_SCHEMA.empty_table()).schema)
+        return pl.scan_parquet(files)
+
+    def rejects(self) -> pl.DataFrame:
+        """Every rejected record with its reason."""
+        files = [str(p) for p in self.batch_files(layout.REJECTS_PARQUET)]
+        if not files:
+            return pl.from_arrow(REJECT_SCHEMA.empty_table())  # type: ignore[return-value]
+        return pl.read_parquet(files)
+
+    def stats(self) -> dict:
+        """Subjects, events, events by domain and source, rejects and batches."""
+        con = self.connect()
+        try:
+            n_events, n_subjects = run(
+                con, "SELECT count(*), count(DISTINCT subject_id) FROM events"
+            )[0]
+            by_domain = dict(
+                run(con, "SELECT domain, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC")
+            )
+            by_source = dict(run(con, "SELECT source, count(*) FROM events GROUP BY 1 ORDER BY 1"))
+            time_range = run(con, "SELECT min(time), max(time) FROM events")[0]
+            rejects = dict(run(con, "SELECT source, count(*) FROM rejects GROUP BY 1 ORDER BY 1"))
+        finally:
+            con.close()
+        return {
+            "store": str(self.root),
+            "subjects": n_subjects,
+            "events": n_events,
+            "events_by_domain": by_domain,
+            "events_by_source": by_source,
+            "first_time": time_range[0].isoformat() if time_range[0] else None,
+            "last_time": time_range[1].isoformat() if time_range[1] else None,
+            "rejects": sum(rejects.values()),
+            "rejects_by_source": rejects,
+            "batches": len(self.manifest.batches),
+        }
+
+    # ---- identity ------------------------------------------------------------------------
+
+    def lookup(self, source: str, source_id: str) -> int:
+        """The pseudonym of a source patient id (needs the key)."""
+        return self.pseudonymiser.subject_id(source, source_id)
+
+    def identities(self) -> pl.DataFrame:
+        """Decrypt the identity vault of every batch (needs the key)."""
+        key = self.pseudonymiser.vault_key()
+        parts = [read_vault(p, key) for p in self.batch_files(layout.VAULT_FILE) if p.exists()]
+        if not parts:
+            return pl.DataFrame()
+        return pl.from_arrow(pa.concat_tables(parts))  # type: ignore[return-value]

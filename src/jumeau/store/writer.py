@@ -1,0 +1,299 @@
+"""Atomic, idempotent ingest batches.
+
+A connector streams canonical events and rejects into a :class:`BatchWriter`; ``commit`` drops
+events already in the store (same source and record key), sorts the rest by subject and time,
+writes the batch files in a staging folder and publishes them with one atomic manifest update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jumeau._duck import arrow_reader, run, scalar
+from jumeau.model import CONNECTOR_SCHEMA, EVENT_SCHEMA, REJECT_SCHEMA
+from jumeau.store import layout
+from jumeau.store.report import IngestReport
+from jumeau.store.vault import VAULT_SCHEMA, write_vault
+
+if TYPE_CHECKING:
+    from jumeau.store.store import Store
+
+ROW_GROUP_SIZE = 128 * 1024
+INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
+
+
+def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    """Select and cast ``table``'s columns to ``schema``, naming what is missing."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"connector output lacks columns {missing}")
+    return table.select(schema.names).cast(schema)
+
+
+class BatchWriter:
+    """Collects one ingest batch and commits it atomically.
+
+    Use as a context manager: leaving the block without ``commit`` (or by an exception) discards
+    everything written so far and leaves the store untouched.
+    """
+
+    def __init__(self, store: Store, source_kind: str, source: str) -> None:
+        self.store = store
+        self.report = IngestReport(source_kind=source_kind, source=source)
+        self._started = time.perf_counter()
+        self._lock_fd = os.open(store.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock_fd)
+            raise layout.StoreError(
+                f"{store.root}: another ingest is writing to this store"
+            ) from exc
+        staging = store.root / layout.STAGING_DIR
+        shutil.rmtree(staging, ignore_errors=True)
+        self._clear_orphan_batches()
+        self.batch_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.dir = staging / self.batch_id
+        self.dir.mkdir(parents=True)
+        self._events = pq.ParquetWriter(self.dir / "raw-events.parquet", CONNECTOR_SCHEMA)
+        self._rejects = pq.ParquetWriter(self.dir / "raw-rejects.parquet", REJECT_SCHEMA)
+        self._identities: list[pa.Table] = []
+        self._closed = False
+
+    def _clear_orphan_batches(self) -> None:
+        """Remove batch folders a killed commit renamed but never published."""
+        batches = self.store.root / layout.BATCHES_DIR
+        if not batches.exists():
+            return
+        published = set(layout.Manifest.read(self.store.root).batch_ids)
+        for child in batches.iterdir():
+            if child.name not in published:
+                shutil.rmtree(child, ignore_errors=True)
+
+    @property
+    def staging_dir(self) -> Path:
+        """A scratch folder a connector may use; removed with the batch."""
+        return self.dir
+
+    def add_events(self, data: pa.Table | pa.RecordBatch) -> int:
+        """Append canonical events (``CONNECTOR_SCHEMA`` columns); return the row count."""
+        table = conform(data, CONNECTOR_SCHEMA)
+        if table.num_rows:
+            self._events.write_table(table, row_group_size=ROW_GROUP_SIZE)
+        return table.num_rows
+
+    def add_event_stream(self, reader: pa.RecordBatchReader) -> int:
+        """Append every batch of an Arrow stream; return the row count."""
+        return sum(self.add_events(batch) for batch in reader)
+
+    def add_rejects(self, data: pa.Table) -> int:
+        """Append rejected records (``REJECT_SCHEMA``)."""
+        table = conform(data, REJECT_SCHEMA)
+        if table.num_rows:
+            self._rejects.write_table(table)
+        return table.num_rows
+
+    def add_identities(self, data: pa.Table) -> None:
+        """Keep direct identifiers for the encrypted vault (``VAULT_SCHEMA``)."""
+        self._identities.append(conform(data, VAULT_SCHEMA))
+
+    def commit(self) -> IngestReport:
+        """Deduplicate, sort and publish the batch; a batch that adds nothing is dropped."""
+        self._events.close()
+        self._rejects.close()
+        con = self._connect()
+        try:
+            written, present, subjects = self._write_events(con)
+            rejects = self._write_rejects(con)
+        finally:
+            con.close()
+        report = self.report
+        report.events_written, report.events_already_present = written, present
+        report.rejects_written, report.subjects = rejects, subjects
+        report.seconds = round(time.perf_counter() - self._started, 3)
+        if written == 0 and rejects == 0:
+            self._discard()
+            return report
+        report.batch = self.batch_id
+        report.committed = True
+        for name in ("raw-events.parquet", "raw-rejects.parquet"):
+            (self.dir / name).unlink()
+        shutil.rmtree(self.dir / "tmp", ignore_errors=True)
+        for child in list(self.dir.iterdir()):
+            if child.is_dir():
+                shutil.rmtree(child)
+        if self._identities:
+            write_vault(
+                self.dir / layout.VAULT_FILE,
+                pa.concat_tables(self._identities),
+                self.store.pseudonymiser.vault_key(),
+            )
+        (self.dir / layout.REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+        self._publish()
+        return report
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect()
+        tmp = self.dir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        run(con, f"SET temp_directory = '{tmp}'")
+        run(con, f"SET memory_limit = '{os.environ.get('JUMEAU_MEMORY_LIMIT', '4GB')}'")
+        return con
+
+    def _existing(self, filename: str) -> list[str]:
+        return [str(p) for p in self.store.batch_files(filename)]
+
+    def _write_events(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+        raw = self.dir / "raw-events.parquet"
+        total = scalar(con, f"SELECT count(*) FROM read_parquet('{raw}')")
+        existing = self._existing(layout.EVENTS_PARQUET)
+        new_filter = ""
+        if existing:
+            new_filter = (
+                "WHERE NOT EXISTS (SELECT 1 FROM read_parquet($existing) e "
+                "WHERE e.source = r.source AND e.record_key = r.record_key)"
+            )
+        query = (
+            f"SELECT r.*, '{self.batch_id}' AS batch FROM read_parquet('{raw}') r {new_filter} "
+            "ORDER BY subject_id, time NULLS FIRST, code, record_key"
+        )
+        reader = arrow_reader(
+            con, query, {"existing": existing} if existing else None, ROW_GROUP_SIZE
+        )
+        runs = _SubjectRuns()
+        written = 0
+        with (
+            pq.ParquetWriter(
+                self.dir / layout.EVENTS_PARQUET, EVENT_SCHEMA, compression="zstd"
+            ) as parquet,
+            pa.OSFile(str(self.dir / layout.EVENTS_ARROW), "wb") as sink,
+            pa.ipc.new_file(sink, EVENT_SCHEMA) as ipc,
+        ):
+            for batch in reader:
+                batch = pa.Table.from_batches([batch]).cast(EVENT_SCHEMA)
+                parquet.write_table(batch, row_group_size=ROW_GROUP_SIZE)
+                ipc.write_table(batch)
+                runs.add(batch.column("subject_id").to_numpy(), written)
+                written += batch.num_rows
+        pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
+        return written, total - written, runs.count
+
+    def _write_rejects(self, con: duckdb.DuckDBPyConnection) -> int:
+        raw = self.dir / "raw-rejects.parquet"
+        existing = self._existing(layout.REJECTS_PARQUET)
+        new_filter = ""
+        if existing:
+            new_filter = (
+                "WHERE NOT EXISTS (SELECT 1 FROM read_parquet($existing) e "
+                "WHERE e.source = r.source AND e.file = r.file AND e.record = r.record "
+                "AND e.reason = r.reason)"
+            )
+        out = self.dir / layout.REJECTS_PARQUET
+        run(
+            con,
+            f"COPY (SELECT r.* FROM read_parquet('{raw}') r {new_filter}) TO '{out}' "
+            "(FORMAT parquet, COMPRESSION zstd)",
+            {"existing": existing} if existing else None,
+        )
+        n = scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")
+        return n
+
+    def _publish(self) -> None:
+        root = self.store.root
+        target = root / layout.BATCHES_DIR / self.batch_id
+        target.parent.mkdir(exist_ok=True)
+        for f in self.dir.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        layout.fsync_dir(self.dir)
+        os.rename(self.dir, target)
+        layout.fsync_dir(target.parent)
+        manifest = layout.Manifest.read(root)
+        manifest.batches.append(
+            {
+                "id": self.batch_id,
+                "source_kind": self.report.source_kind,
+                "source": self.report.source,
+                "events": self.report.events_written,
+                "rejects": self.report.rejects_written,
+                "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        _pause_for_tests("before-manifest")
+        manifest.write(root)
+        self._release()
+        self.store.refresh()
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if not self._closed:
+            self._closed = True
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._closed:
+            for w in (self._events, self._rejects):
+                with contextlib.suppress(Exception):
+                    w.close()
+            self._discard()
+
+
+def _pause_for_tests(point: str) -> None:
+    """Let a crash test stop the process at a named point of a commit (``JUMEAU_PAUSE_AT``)."""
+    if os.environ.get("JUMEAU_PAUSE_AT") == point:
+        print(f"paused at {point}", flush=True)
+        time.sleep(3600)
+
+
+class _SubjectRuns:
+    """Builds the (subject_id, start, count) index of a subject-sorted stream."""
+
+    def __init__(self) -> None:
+        self._ids: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []
+
+    def add(self, subject_ids: np.ndarray, offset: int) -> None:
+        if len(subject_ids) == 0:
+            return
+        change = np.flatnonzero(np.diff(subject_ids)) + 1
+        starts = np.concatenate(([0], change))
+        ids = subject_ids[starts]
+        if self._ids and self._ids[-1][-1] == ids[0]:
+            ids, starts = ids[1:], starts[1:]
+        self._ids.append(ids)
+        self._starts.append(starts + offset)
+        self._end = offset + len(subject_ids)
+
+    @property
+    def count(self) -> int:
+        return sum(len(i) for i in self._ids)
+
+    def table(self) -> pa.Table:
+        if not self._ids:
+            return INDEX_SCHEMA.empty_table()
+        ids = np.concatenate(self._ids)
+        starts = np.concatenate(self._starts)
+        counts = np.diff(np.append(starts, self._end))
+        return pa.table({"subject_id": ids, "start": starts, "count": counts}, schema=INDEX_SCHEMA)
