@@ -295,22 +295,27 @@ class _OmopMapper:
                 "concept_id": list(BUILTIN_CONCEPTS),
                 "vocabulary_id": [v for v, _ in BUILTIN_CONCEPTS.values()],
                 "concept_code": [c for _, c in BUILTIN_CONCEPTS.values()],
+                "concept_name": pa.nulls(len(BUILTIN_CONCEPTS), pa.string()),
             }
         )
         self.con.register("builtin_concepts", builtin)
-        cdm = "SELECT NULL::BIGINT concept_id, NULL vocabulary_id, NULL concept_code WHERE false"
+        cdm = (
+            "SELECT NULL::BIGINT concept_id, NULL vocabulary_id, NULL concept_code, "
+            "NULL concept_name WHERE false"
+        )
         if "concept" in self.tables.relations:
             cols = set(self.tables.columns("concept"))
             if {"concept_id", "vocabulary_id", "concept_code"} <= cols:
                 cdm = (
                     "SELECT TRY_CAST(concept_id AS BIGINT) concept_id, vocabulary_id, "
-                    f"CAST(concept_code AS VARCHAR) concept_code FROM {self.tables.relations['concept']}"
+                    "CAST(concept_code AS VARCHAR) concept_code, "
+                    f"CAST({'concept_name' if 'concept_name' in cols else 'NULL'} AS VARCHAR) concept_name FROM {self.tables.relations['concept']}"
                 )
         run(
             self.con,
             f"""CREATE OR REPLACE TEMP TABLE concepts AS
             SELECT concept_id, any_value(vocabulary_id || '/' || concept_code) AS code,
-                   any_value(concept_code) AS concept_code
+                   any_value(concept_code) AS concept_code, any_value(concept_name) AS concept_name
             FROM (SELECT * FROM ({cdm}) WHERE concept_id IS NOT NULL
                   UNION ALL SELECT * FROM builtin_concepts b
                   WHERE b.concept_id NOT IN (SELECT concept_id FROM ({cdm}) WHERE concept_id IS NOT NULL))

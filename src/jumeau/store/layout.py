@@ -10,6 +10,7 @@
         events.arrow          the same rows, uncompressed Arrow IPC: memory-mapped timelines
         subjects.parquet      subject_id -> first row and row count in the files above
         rejects.parquet       records that failed validation, with the reason
+        codes.parquet         descriptions of the codes the batch uses
         vault.bin             encrypted direct identifiers (optional)
         report.json           the ingest report of the batch
       .staging/               work in progress; never read, cleared on the next write
@@ -35,6 +36,7 @@ EVENTS_PARQUET = "events.parquet"
 EVENTS_ARROW = "events.arrow"
 SUBJECTS_INDEX = "subjects.parquet"
 REJECTS_PARQUET = "rejects.parquet"
+CODES_PARQUET = "codes.parquet"
 VAULT_FILE = "vault.bin"
 REPORT_FILE = "report.json"
 

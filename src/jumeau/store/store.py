@@ -237,6 +237,16 @@ class Store:
             return pl.LazyFrame(schema=pl.from_arrow(EVENT_SCHEMA.empty_table()).schema)
         return pl.scan_parquet(files)
 
+    def codes_sql(self) -> str:
+        """A DuckDB query giving ``code, description`` for every described code in the store."""
+        files = [str(p) for p in self.batch_files(layout.CODES_PARQUET) if p.exists()]
+        if not files:
+            return "SELECT NULL::VARCHAR AS code, NULL::VARCHAR AS description WHERE false"
+        return (
+            "SELECT code, any_value(description ORDER BY description NULLS LAST) AS description "
+            f"FROM read_parquet({files!r}) GROUP BY code"
+        )
+
     def rejects(self) -> pl.DataFrame:
         """Every rejected record with its reason."""
         files = [str(p) for p in self.batch_files(layout.REJECTS_PARQUET)]

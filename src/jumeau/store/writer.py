@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from jumeau.store.store import Store
 
 ROW_GROUP_SIZE = 128 * 1024
+CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string())])
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
 
 
@@ -73,6 +74,7 @@ class BatchWriter:
         self._events = pq.ParquetWriter(self.dir / "raw-events.parquet", CONNECTOR_SCHEMA)
         self._rejects = pq.ParquetWriter(self.dir / "raw-rejects.parquet", REJECT_SCHEMA)
         self._identities: list[pa.Table] = []
+        self._codes = pq.ParquetWriter(self.dir / "raw-codes.parquet", CODES_SCHEMA)
         self._closed = False
 
     def _clear_orphan_batches(self) -> None:
@@ -108,18 +110,25 @@ class BatchWriter:
             self._rejects.write_table(table)
         return table.num_rows
 
+    def add_codes(self, data: pa.Table) -> None:
+        """Describe codes (``code``, ``description``); only codes the batch uses are kept."""
+        table = conform(data, CODES_SCHEMA)
+        if table.num_rows:
+            self._codes.write_table(table)
+
     def add_identities(self, data: pa.Table) -> None:
         """Keep direct identifiers for the encrypted vault (``VAULT_SCHEMA``)."""
         self._identities.append(conform(data, VAULT_SCHEMA))
 
     def commit(self) -> IngestReport:
         """Deduplicate, sort and publish the batch; a batch that adds nothing is dropped."""
-        self._events.close()
-        self._rejects.close()
+        for w in (self._events, self._rejects, self._codes):
+            w.close()
         con = self._connect()
         try:
             written, present, subjects = self._write_events(con)
             rejects = self._write_rejects(con)
+            self._write_codes(con)
         finally:
             con.close()
         report = self.report
@@ -131,7 +140,7 @@ class BatchWriter:
             return report
         report.batch = self.batch_id
         report.committed = True
-        for name in ("raw-events.parquet", "raw-rejects.parquet"):
+        for name in ("raw-events.parquet", "raw-rejects.parquet", "raw-codes.parquet"):
             (self.dir / name).unlink()
         shutil.rmtree(self.dir / "tmp", ignore_errors=True)
         for child in list(self.dir.iterdir()):
@@ -213,6 +222,16 @@ class BatchWriter:
         n = scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")
         return n
 
+    def _write_codes(self, con: duckdb.DuckDBPyConnection) -> None:
+        events = self.dir / layout.EVENTS_PARQUET
+        run(
+            con,
+            f"""COPY (SELECT code, any_value(description ORDER BY description NULLS LAST) AS description
+            FROM read_parquet('{self.dir / "raw-codes.parquet"}')
+            WHERE code IN (SELECT DISTINCT code FROM read_parquet('{events}'))
+            GROUP BY code ORDER BY code) TO '{self.dir / layout.CODES_PARQUET}' (FORMAT parquet)""",
+        )
+
     def _publish(self) -> None:
         root = self.store.root
         target = root / layout.BATCHES_DIR / self.batch_id
@@ -254,7 +273,7 @@ class BatchWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._closed:
-            for w in (self._events, self._rejects):
+            for w in (self._events, self._rejects, self._codes):
                 with contextlib.suppress(Exception):
                     w.close()
             self._discard()

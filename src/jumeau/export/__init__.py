@@ -1,0 +1,1 @@
+"""Formats out: the store handed to other tools."""

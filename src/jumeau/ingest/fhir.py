@@ -1,0 +1,693 @@
+"""FHIR R4 to canonical events: Bundle JSON files and Bulk Data NDJSON exports.
+
+References (``urn:uuid:…``, ``Patient/123``, absolute URLs) resolve to the patient; the patient
+id becomes a keyed pseudonym and the Patient's names, addresses, telecom and identifiers go to the
+encrypted vault, never to the events. Resource types without a mapping are counted in the report.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from jumeau.model import BIRTH_CODE, CONNECTOR_SCHEMA, DEATH_CODE, REJECT_SCHEMA, fhir_vocabulary
+from jumeau.store import BatchWriter, IngestReport, Store
+
+Progress = Callable[[str], None]
+_FLUSH_EVERY = 200_000
+_EPOCH = datetime(1970, 1, 1)
+
+
+class FhirError(ValueError):
+    """A FHIR record cannot be mapped; the message says why."""
+
+
+def parse_fhir_time(value: str | None) -> int | None:
+    """A FHIR date, dateTime or instant as UTC microseconds since the epoch.
+
+    Partial dates (``2019``, ``2019-03``) take the first instant they denote; times with an
+    offset are converted to UTC; times without one are taken as given.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    if len(text) == 4:
+        text += "-01-01"
+    elif len(text) == 7:
+        text += "-01"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise FhirError(f"{value!r} is not a FHIR date/dateTime") from exc
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _codings(concept: dict | None) -> list[dict]:
+    return (concept or {}).get("coding") or []
+
+
+#: Display texts seen for each canonical code, kept as the codes' descriptions.
+_DISPLAYS: dict[str, str] = {}
+
+
+def concept_code(concept: dict | None, prefer: tuple[str, ...] = ()) -> str | None:
+    """The canonical code of a CodeableConcept: a preferred vocabulary's coding, else the first."""
+    codings = [c for c in _codings(concept) if c.get("code")]
+    if not codings:
+        return None
+    chosen = codings[0]
+    for vocab in prefer:
+        match = next((c for c in codings if fhir_vocabulary(c.get("system")) == vocab), None)
+        if match:
+            chosen = match
+            break
+    code = f"{fhir_vocabulary(chosen.get('system'))}/{chosen['code']}"
+    if chosen.get("display") and code not in _DISPLAYS:
+        _DISPLAYS[code] = chosen["display"]
+    return code
+
+
+class _Events:
+    """Column buffers of canonical events."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list] = {n: [] for n in CONNECTOR_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self.cols["code"])
+
+    def add(self, **values: Any) -> None:
+        for name, column in self.cols.items():
+            column.append(values.get(name))
+
+    def table(self) -> pa.Table:
+        arrays = {}
+        for field in CONNECTOR_SCHEMA:
+            values = self.cols[field.name]
+            if pa.types.is_timestamp(field.type):
+                arrays[field.name] = pa.array(values, pa.int64()).cast(field.type)
+            else:
+                arrays[field.name] = pa.array(values, field.type)
+        return pa.table(arrays, schema=CONNECTOR_SCHEMA)
+
+
+def iter_files(source: Path) -> list[Path]:
+    """FHIR files under ``source``: ``*.json`` bundles and ``*.ndjson[.gz]`` exports."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such FHIR file or folder")
+    patterns = ("*.json", "*.ndjson", "*.ndjson.gz", "*.json.gz")
+    return sorted({p for pattern in patterns for p in source.rglob(pattern)})
+
+
+def _read_text(path: Path) -> bytes:
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FhirError(
+            f"not UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 1]!r}); FHIR JSON must be UTF-8"
+        ) from exc
+    return data
+
+
+def ingest_fhir(
+    store: Store, source: str | Path, *, progress: Progress | None = None
+) -> IngestReport:
+    """Ingest FHIR R4 Bundles and/or Bulk Data NDJSON files into ``store`` as one atomic batch.
+
+    Parameters
+    ----------
+    store:
+        The target store (its key must be available).
+    source:
+        A ``.json`` Bundle, an ``.ndjson`` file, or a folder holding any number of them.
+    progress:
+        Called with each file name as it is read.
+
+    Returns
+    -------
+    IngestReport
+        Per resource type: resources read, accepted, rejected and events written; resource types
+        without a mapping under ``unhandled``.
+    """
+    source = Path(source)
+    files = iter_files(source)
+    with BatchWriter(store, "fhir", str(source.resolve())) as writer:
+        mapper = _FhirMapper(store, writer)
+        for path in files:
+            if progress:
+                progress(path.name)
+            mapper.read_file(path)
+        mapper.flush()
+        writer.add_codes(
+            pa.table({"code": list(_DISPLAYS), "description": list(_DISPLAYS.values())})
+        )
+        return writer.commit()
+
+
+class _FhirMapper:
+    def __init__(self, store: Store, writer: BatchWriter) -> None:
+        self.p = store.pseudonymiser
+        self.writer = writer
+        self.report = writer.report
+        self.events = _Events()
+        self.rejects: dict[str, list] = {n: [] for n in REJECT_SCHEMA.names}
+        self.identities: dict[str, list] = {
+            "subject_id": [],
+            "source": [],
+            "source_id": [],
+            "identifiers": [],
+        }
+        self.seen: set[str] = set()
+        self.handlers: dict[str, Callable[[dict, str, int], None]] = {
+            "Patient": self._patient,
+            "Encounter": self._encounter,
+            "Condition": self._condition,
+            "Observation": self._observation,
+            "MedicationRequest": self._medication,
+            "MedicationStatement": self._medication,
+            "MedicationAdministration": self._medication,
+            "Procedure": self._procedure,
+            "Immunization": self._immunization,
+            "AllergyIntolerance": self._allergy,
+            "DiagnosticReport": self._report,
+            "Device": self._device,
+            "CarePlan": self._care_plan,
+            "Claim": self._claim,
+            "ExplanationOfBenefit": self._claim,
+        }
+
+    # -- files -----------------------------------------------------------------------------
+
+    def read_file(self, path: Path) -> None:
+        try:
+            data = _read_text(path)
+        except (FhirError, OSError, EOFError) as exc:
+            self._reject("fhir/file", path, "whole file", str(exc))
+            return
+        is_ndjson = ".ndjson" in path.name
+        if is_ndjson:
+            for line_no, line in enumerate(data.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    resource = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    self._reject("fhir/unknown", path, f"line {line_no}", f"invalid JSON: {exc}")
+                    continue
+                self._resource(resource, path, f"line {line_no}", {})
+            return
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            self._reject(
+                "fhir/file", path, "whole file", f"invalid JSON (truncated or malformed): {exc}"
+            )
+            return
+        if not isinstance(doc, dict) or "resourceType" not in doc:
+            self._reject("fhir/file", path, "whole file", "not a FHIR resource (no resourceType)")
+            return
+        if doc["resourceType"] != "Bundle":
+            self._resource(doc, path, "resource", {})
+            return
+        entries = doc.get("entry") or []
+        fullurls: dict[str, str] = {}
+        for entry in entries:
+            res = entry.get("resource") or {}
+            if res.get("resourceType") == "Patient" and res.get("id") and entry.get("fullUrl"):
+                fullurls[entry["fullUrl"]] = res["id"]
+        for i, entry in enumerate(entries):
+            res = entry.get("resource")
+            if isinstance(res, dict):
+                self._resource(res, path, f"entry {i}", fullurls)
+
+    def _resource(self, res: dict, path: Path, where: str, fullurls: dict[str, str]) -> None:
+        rtype = res.get("resourceType")
+        if not isinstance(rtype, str):
+            self._reject("fhir/unknown", path, where, "resource has no resourceType")
+            return
+        handler = self.handlers.get(rtype)
+        if handler is None:
+            self.report.unhandled[rtype] = self.report.unhandled.get(rtype, 0) + 1
+            return
+        counts = self.report.table(f"fhir/{rtype}")
+        counts.read += 1
+        identity = f"{rtype}/{res.get('id')}" if res.get("id") else None
+        if identity and identity in self.seen:
+            counts.rejected += 1
+            self._reject(
+                f"fhir/{rtype}",
+                path,
+                f"{where} ({rtype})",
+                "duplicate of a resource read earlier in this batch",
+            )
+            return
+        before = len(self.events)
+        try:
+            handler(res, where, 0 if rtype == "Patient" else 1, fullurls=fullurls)  # type: ignore[call-arg]
+        except FhirError as exc:
+            del_count = len(self.events) - before
+            if del_count:
+                for column in self.events.cols.values():
+                    del column[before:]
+            counts.rejected += 1
+            self._reject(f"fhir/{rtype}", path, f"{where} ({rtype})", str(exc))
+            return
+        if identity:
+            self.seen.add(identity)
+        counts.accepted += 1
+        counts.events += len(self.events) - before
+        if len(self.events) >= _FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if len(self.events):
+            self.writer.add_events(self.events.table())
+            self.events = _Events()
+        if self.rejects["source"]:
+            self.writer.add_rejects(pa.table(self.rejects, schema=REJECT_SCHEMA))
+            self.rejects = {n: [] for n in REJECT_SCHEMA.names}
+        if self.identities["subject_id"]:
+            self.writer.add_identities(pa.table(self.identities))
+            self.identities = {k: [] for k in self.identities}
+
+    def _reject(self, source: str, path: Path, record: str, reason: str) -> None:
+        for name, value in (
+            ("source", source),
+            ("file", str(path)),
+            ("record", record),
+            ("reason", reason),
+            ("record_key", None),
+        ):
+            self.rejects[name].append(value)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _subject(self, res: dict, fullurls: dict[str, str]) -> tuple[int, int]:
+        ref = (res.get("subject") or res.get("patient") or res.get("beneficiary") or {}).get(
+            "reference"
+        )
+        if not ref:
+            raise FhirError("no subject/patient reference")
+        if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+            patient_id = fullurls.get(ref)
+            if patient_id is None:
+                raise FhirError("subject reference does not resolve to a Patient in this bundle")
+        else:
+            parts = ref.rstrip("/").split("/")
+            if "_history" in parts:
+                parts = parts[: parts.index("_history")]
+            if len(parts) < 2 or parts[-2] != "Patient":
+                raise FhirError(
+                    f"subject is a {parts[-2] if len(parts) > 1 else 'bare'} reference, not a Patient"
+                )
+            patient_id = parts[-1]
+        return self.p.subject_id("fhir", patient_id), self.p.shift_us("fhir", patient_id)
+
+    def _emit(
+        self,
+        res: dict,
+        subject: tuple[int, int],
+        *,
+        code: str | None,
+        domain: str,
+        time: int | None,
+        end: int | None = None,
+        part: str = "",
+        numeric: float | None = None,
+        text: str | None = None,
+        unit: str | None = None,
+    ) -> None:
+        if not code:
+            raise FhirError("no code")
+        rtype = res["resourceType"]
+        subject_id, shift = subject
+        record = f"{rtype}/{res.get('id', '')}{part}"
+        self.events.add(
+            subject_id=subject_id,
+            time=None if time is None else time + shift,
+            code=code,
+            numeric_value=numeric,
+            text_value=text,
+            unit=unit,
+            end_time=None if end is None else end + shift,
+            domain=domain,
+            source=f"fhir/{rtype}",
+            record_key=self.p.record_key(f"fhir/{rtype}", record),
+        )
+
+    @staticmethod
+    def _period(res: dict, *names: str) -> tuple[int | None, int | None]:
+        """The first present of ``names`` (``xDateTime``, ``xPeriod``, ``x``) as (start, end)."""
+        for name in names:
+            value = res.get(name)
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                start = parse_fhir_time(value.get("start"))
+                end = parse_fhir_time(value.get("end"))
+                if start is not None or end is not None:
+                    return (start if start is not None else end), end
+                continue
+            if isinstance(value, str):
+                return parse_fhir_time(value), None
+        return None, None
+
+    def _timed(self, res: dict, *names: str) -> tuple[int, int | None]:
+        start, end = self._period(res, *names)
+        if start is None:
+            raise FhirError(f"no time: none of {', '.join(names)} is present")
+        return start, end
+
+    # -- resources -------------------------------------------------------------------------
+
+    def _patient(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        patient_id = res.get("id")
+        if not patient_id:
+            raise FhirError("Patient has no id")
+        subject = (self.p.subject_id("fhir", patient_id), self.p.shift_us("fhir", patient_id))
+        birth = parse_fhir_time(res.get("birthDate"))
+        if birth is not None:
+            self._emit(
+                res, subject, code=BIRTH_CODE, domain="demographic", time=birth, part="#birth"
+            )
+        gender = {"male": "M", "female": "F", "other": "O", "unknown": "U"}.get(
+            res.get("gender", "")
+        )
+        if gender:
+            self._emit(
+                res,
+                subject,
+                code=f"Gender/{gender}",
+                domain="demographic",
+                time=None,
+                part="#gender",
+            )
+        for ext in res.get("extension") or []:
+            url = ext.get("url", "")
+            kind = (
+                url.rsplit("-", 1)[-1]
+                if "us-core-race" in url or "us-core-ethnicity" in url
+                else None
+            )
+            if kind:
+                for sub in ext.get("extension") or []:
+                    coding = sub.get("valueCoding")
+                    if sub.get("url") == "ombCategory" and coding and coding.get("code"):
+                        code = f"{fhir_vocabulary(coding.get('system'))}/{coding['code']}"
+                        self._emit(
+                            res,
+                            subject,
+                            code=code,
+                            domain="demographic",
+                            time=None,
+                            part=f"#{kind}:{code}",
+                        )
+        marital = concept_code(res.get("maritalStatus"))
+        if marital:
+            self._emit(
+                res,
+                subject,
+                code=f"MaritalStatus/{marital.rsplit('/', 1)[-1]}",
+                domain="demographic",
+                time=None,
+                part="#marital",
+            )
+        death = res.get("deceasedDateTime")
+        if death:
+            self._emit(
+                res,
+                subject,
+                code=DEATH_CODE,
+                domain="death",
+                time=parse_fhir_time(death),
+                part="#death",
+            )
+        self.identities["subject_id"].append(subject[0])
+        self.identities["source"].append("fhir")
+        self.identities["source_id"].append(patient_id)
+        self.identities["identifiers"].append(
+            orjson.dumps(
+                {
+                    k: res.get(k)
+                    for k in (
+                        "name",
+                        "telecom",
+                        "address",
+                        "identifier",
+                        "birthDate",
+                        "photo",
+                        "contact",
+                    )
+                }
+                | {
+                    "extension": [
+                        e
+                        for e in res.get("extension") or []
+                        if "mothersMaidenName" in e.get("url", "")
+                        or "birthPlace" in e.get("url", "")
+                    ]
+                }
+            ).decode()
+        )
+
+    def _encounter(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "period")
+        code = None
+        for t in res.get("type") or []:
+            code = concept_code(t, ("SNOMED",))
+            if code:
+                break
+        if code is None and isinstance(res.get("class"), dict) and res["class"].get("code"):
+            code = f"{fhir_vocabulary(res['class'].get('system'))}/{res['class']['code']}"
+        self._emit(res, subject, code=code, domain="visit", time=start, end=end)
+
+    def _condition(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "onsetDateTime", "onsetPeriod", "recordedDate")
+        end, _ = self._period(res, "abatementDateTime", "abatementPeriod")
+        self._emit(
+            res,
+            subject,
+            code=concept_code(res.get("code"), ("SNOMED", "ICD10", "ICD10CM")),
+            domain="condition",
+            time=start,
+            end=end,
+        )
+
+    def _observation(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(
+            res, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"
+        )
+        categories = {c.get("code") for cat in res.get("category") or [] for c in _codings(cat)}
+        domain = "measurement" if categories & {"vital-signs", "laboratory"} else "observation"
+        code = concept_code(res.get("code"), ("LOINC", "SNOMED"))
+        components = res.get("component") or []
+        has_value = any(k.startswith("value") for k in res)
+        if has_value or not components:
+            numeric, text, unit = _value(res)
+            self._emit(
+                res,
+                subject,
+                code=code,
+                domain=domain,
+                time=start,
+                end=end,
+                numeric=numeric,
+                text=text,
+                unit=unit,
+            )
+        for i, comp in enumerate(components):
+            numeric, text, unit = _value(comp)
+            self._emit(
+                res,
+                subject,
+                code=concept_code(comp.get("code"), ("LOINC", "SNOMED")),
+                domain=domain,
+                time=start,
+                end=end,
+                part=f"#component[{i}]",
+                numeric=numeric,
+                text=text,
+                unit=unit,
+            )
+
+    def _medication(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        if res["resourceType"] == "MedicationRequest":
+            start, end = self._timed(res, "authoredOn")
+        else:
+            start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "dateAsserted")
+        code = concept_code(res.get("medicationCodeableConcept"), ("RxNorm", "ATC", "NDC"))
+        if code is None:
+            for contained in res.get("contained") or []:
+                if contained.get("resourceType") == "Medication":
+                    code = concept_code(contained.get("code"), ("RxNorm", "ATC", "NDC"))
+        numeric = unit = None
+        dose = (
+            (res.get("dosage") or {}).get("dose")
+            if res["resourceType"] == "MedicationAdministration"
+            else None
+        )
+        if dose:
+            numeric, unit = dose.get("value"), dose.get("code") or dose.get("unit")
+        self._emit(
+            res,
+            subject,
+            code=code,
+            domain="drug",
+            time=start,
+            end=end,
+            numeric=numeric,
+            unit=unit,
+            text=res.get("status"),
+        )
+
+    def _procedure(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "performedDateTime", "performedPeriod")
+        self._emit(
+            res,
+            subject,
+            code=concept_code(res.get("code"), ("SNOMED", "CPT4")),
+            domain="procedure",
+            time=start,
+            end=end,
+        )
+
+    def _immunization(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "occurrenceDateTime", "recorded")
+        self._emit(
+            res,
+            subject,
+            code=concept_code(res.get("vaccineCode"), ("CVX",)),
+            domain="immunization",
+            time=start,
+            text=res.get("status"),
+        )
+
+    def _allergy(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "onsetDateTime", "onsetPeriod", "recordedDate")
+        self._emit(
+            res,
+            subject,
+            code=concept_code(res.get("code"), ("SNOMED", "RxNorm")),
+            domain="allergy",
+            time=start,
+            text=res.get("criticality"),
+        )
+
+    def _report(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "issued")
+        self._emit(
+            res,
+            subject,
+            code=concept_code(res.get("code"), ("LOINC",)),
+            domain="report",
+            time=start,
+            end=end,
+            text=res.get("conclusion"),
+        )
+
+    def _device(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, _ = self._period(res, "manufactureDate")
+        self._emit(
+            res,
+            subject,
+            code=concept_code(res.get("type"), ("SNOMED",)),
+            domain="device",
+            time=start,
+        )
+
+    def _care_plan(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "period", "created")
+        code = None
+        for category in res.get("category") or []:
+            code = concept_code(category, ("SNOMED",))
+            if code and code.startswith("SNOMED/"):
+                break
+        self._emit(
+            res, subject, code=code, domain="care_plan", time=start, end=end, text=res.get("status")
+        )
+
+    def _claim(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "billablePeriod", "created")
+        kind = concept_code(res.get("type")) or "claim"
+        amount = res.get("total")
+        if isinstance(amount, list):
+            amount = next((t.get("amount") for t in amount if t.get("amount")), None)
+        if res["resourceType"] == "ExplanationOfBenefit" and (res.get("payment") or {}).get(
+            "amount"
+        ):
+            amount = res["payment"]["amount"]
+        numeric = unit = None
+        if isinstance(amount, dict):
+            numeric, unit = amount.get("value"), amount.get("currency")
+        code = f"FHIR/{res['resourceType']}/{kind.rsplit('/', 1)[-1]}"
+        self._emit(
+            res, subject, code=code, domain="claim", time=start, end=end, numeric=numeric, unit=unit
+        )
+
+
+def _value(element: dict) -> tuple[float | None, str | None, str | None]:
+    """(numeric_value, text_value, unit) of an Observation or component value[x]."""
+    if "valueQuantity" in element:
+        q = element["valueQuantity"]
+        value = q.get("value")
+        unit = q.get("code") or q.get("unit")
+        comparator = q.get("comparator")
+        return (float(value) if value is not None else None), comparator, unit
+    if "valueCodeableConcept" in element:
+        cc = element["valueCodeableConcept"]
+        return None, concept_code(cc) or cc.get("text"), None
+    if "valueString" in element:
+        return None, element["valueString"], None
+    if "valueBoolean" in element:
+        return float(element["valueBoolean"]), None, None
+    if "valueInteger" in element:
+        return float(element["valueInteger"]), None, None
+    if "valueRange" in element:
+        low = (element["valueRange"].get("low") or {}).get("value")
+        return (float(low) if low is not None else None), "range", None
+    for key in ("valueDateTime", "valueTime", "valuePeriod"):
+        if key in element:
+            return None, str(element[key]), None
+    return None, None, None
+
+
+def iter_resources(path: Path) -> Iterator[dict]:
+    """Every resource of a Bundle or NDJSON file (for tests and tools)."""
+    data = _read_text(path)
+    if ".ndjson" in path.name:
+        for line in data.splitlines():
+            if line.strip():
+                yield orjson.loads(line)
+        return
+    doc = orjson.loads(data)
+    if doc.get("resourceType") == "Bundle":
+        for entry in doc.get("entry") or []:
+            if isinstance(entry.get("resource"), dict):
+                yield entry["resource"]
+    else:
+        yield doc

@@ -1,0 +1,123 @@
+"""MEDS datasets in: ``data/**/*.parquet`` shards plus optional ``metadata/codes.parquet``.
+
+MEDS subject ids are source ids like any other: they become keyed pseudonyms. A MEDS row has no
+record id, so its record key hashes the row's content and its rank among identical rows, which
+makes re-importing the same dataset a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from jumeau._duck import arrow_reader, arrow_table, run
+from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store.keys import record_key_sql
+
+REQUIRED = ("subject_id", "time", "code")
+
+
+class MedsError(ValueError):
+    """A MEDS dataset is missing or malformed."""
+
+
+def ingest_meds(
+    store: Store, source: str | Path, *, progress: Callable[[str], None] | None = None
+) -> IngestReport:
+    """Import a MEDS dataset into ``store`` as one atomic batch.
+
+    Columns beyond MEDS's own (``text_value``, ``unit``, ``end_time``, ``domain``) are kept when
+    present, so a jumeau MEDS export comes back unchanged.
+    """
+    root = Path(source)
+    data_dir = root / "data" if (root / "data").is_dir() else root
+    files = sorted(str(p) for p in data_dir.rglob("*.parquet"))
+    if not files:
+        raise MedsError(f"{root}: no MEDS data shards (expected data/*.parquet)")
+    with BatchWriter(store, "meds", str(root.resolve())) as writer:
+        con = duckdb.connect()
+        try:
+            _map(con, store, writer, files, progress)
+            codes = root / "metadata" / "codes.parquet"
+            if codes.exists():
+                writer.add_codes(
+                    arrow_table(
+                        con,
+                        "SELECT CAST(code AS VARCHAR) AS code, CAST(description AS VARCHAR) AS description "
+                        f"FROM read_parquet('{codes}')",
+                    )
+                )
+        finally:
+            con.close()
+        return writer.commit()
+
+
+def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> None:
+    cols = {
+        r[0].lower()
+        for r in run(
+            con, "DESCRIBE SELECT * FROM read_parquet($f, union_by_name=true)", {"f": files}
+        )
+    }
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        raise MedsError(f"{files[0]}: MEDS data lacks required column(s) {', '.join(missing)}")
+    if progress:
+        progress("data")
+    opt = lambda c, t: f"CAST({c} AS {t})" if c in cols else f"NULL::{t}"  # noqa: E731
+    run(
+        con,
+        f"""CREATE TEMP TABLE src AS SELECT filename, row_number() OVER () AS _row,
+            subject_id AS subject_raw, TRY_CAST(subject_id AS BIGINT) AS sid,
+            CAST(time AS TIMESTAMP) AS time, CAST(code AS VARCHAR) AS code,
+            {opt("numeric_value", "DOUBLE")} AS numeric_value,
+            {opt("text_value", "VARCHAR")} AS text_value, {opt("unit", "VARCHAR")} AS unit,
+            {opt("end_time", "TIMESTAMP")} AS end_time, {opt("domain", "VARCHAR")} AS domain
+        FROM read_parquet($f, union_by_name=true, filename=true)""",
+        {"f": files},
+    )
+    subjects = [r[0] for r in run(con, "SELECT DISTINCT sid FROM src WHERE sid IS NOT NULL")]
+    p = store.pseudonymiser
+    con.register(
+        "meds_map",
+        pa.table(
+            {
+                "sid": pa.array(subjects, pa.int64()),
+                "subject_id": pa.array([p.subject_id("meds", s) for s in subjects], pa.int64()),
+                "shift_us": pa.array([p.shift_us("meds", s) for s in subjects], pa.int64()),
+            }
+        ),
+    )
+    counts = writer.report.table("meds/data")
+    counts.read = run(con, "SELECT count(*) FROM src")[0][0]
+    rejects = arrow_table(
+        con,
+        """SELECT 'meds/data' AS source, filename AS file, 'row ' || _row AS record,
+            CASE WHEN sid IS NULL THEN 'subject_id is missing or not an integer'
+                 ELSE 'code is missing' END AS reason, NULL::BIGINT AS record_key
+        FROM src WHERE sid IS NULL OR code IS NULL OR code = ''""",
+    )
+    counts.rejected = writer.add_rejects(rejects)
+    counts.accepted = counts.read - counts.rejected
+    shift = "" if store.config.max_date_shift_days <= 0 else " + to_microseconds(m.shift_us)"
+    content = (
+        "concat_ws('|', s.sid, s.time, s.code, s.numeric_value, s.text_value, s.unit, s.end_time)"
+    )
+    key = record_key_sql(
+        p.record_salt,
+        "'meds/data'",
+        f"{content} || '#' || row_number() OVER (PARTITION BY {content} ORDER BY s._row)",
+    )
+    reader = arrow_reader(
+        con,
+        f"""SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value, s.text_value, s.unit,
+            s.end_time{shift} AS end_time,
+            COALESCE(s.domain, CASE WHEN s.code IN ('MEDS_BIRTH') THEN 'demographic'
+                                    WHEN s.code = 'MEDS_DEATH' THEN 'death' ELSE 'other' END) AS domain,
+            'meds/data' AS source, {key} AS record_key
+        FROM src s JOIN meds_map m USING (sid) WHERE s.code IS NOT NULL AND s.code <> ''""",
+    )
+    counts.events = writer.add_event_stream(reader)
