@@ -247,6 +247,15 @@ class Store:
             f"FROM read_parquet({files!r}) GROUP BY code"
         )
 
+    def code_descriptions(self) -> dict[str, str]:
+        """Every described code of the store and its description."""
+        con = duckdb.connect()
+        try:
+            rows = run(con, self.codes_sql())
+        finally:
+            con.close()
+        return {code: desc for code, desc in rows if desc}
+
     def rejects(self) -> pl.DataFrame:
         """Every rejected record with its reason."""
         files = [str(p) for p in self.batch_files(layout.REJECTS_PARQUET)]

@@ -1,0 +1,1 @@
+"""The ``jumeau`` command line."""

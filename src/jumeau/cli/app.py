@@ -1,0 +1,273 @@
+"""``jumeau``: create a store, ingest OMOP/FHIR/MEDS, read timelines, export MEDS, run the demo."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+import jumeau
+from jumeau.cli import render
+from jumeau.store import IngestReport, StoreError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+ingest_app = typer.Typer(
+    no_args_is_help=True, help="Ingest a source into a store (one atomic batch)."
+)
+export_app = typer.Typer(no_args_is_help=True, help="Export a store to another format.")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(export_app, name="export")
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+StoreOpt = Annotated[Path, typer.Option("--store", "-s", help="The store directory.")]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option("--key-file", help="The store's secret key, if not at its default place."),
+]
+FormatOpt = Annotated[
+    Format, typer.Option("--format", "-f", help="text for people, json for machines.")
+]
+
+
+def _fail(message: str) -> None:
+    render.console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _errors():
+    """Turn expected failures into one clear line and exit code 2."""
+    from jumeau.ingest.fhir import FhirError
+    from jumeau.ingest.meds import MedsError
+    from jumeau.ingest.omop_sources import OmopSourceError
+    from jumeau.store.keys import KeyError_
+
+    try:
+        yield
+    except (
+        StoreError,
+        OmopSourceError,
+        FhirError,
+        MedsError,
+        KeyError_,
+        FileNotFoundError,
+        FileExistsError,
+    ) as exc:
+        _fail(str(exc))
+
+
+def _open(store: Path, key_file: Path | None = None) -> jumeau.Store:
+    with _errors():
+        return jumeau.open(store, key_file=key_file)
+
+
+@contextmanager
+def _progress(label: str):
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=render.console,
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task(label)
+        yield lambda name: bar.update(task, description=f"{label}: {name}")
+
+
+def _ingest(
+    kind: str, source: str, store: Path, key_file: Path | None, fmt: Format, **kwargs
+) -> IngestReport:
+    from jumeau.ingest.fhir import ingest_fhir
+    from jumeau.ingest.meds import ingest_meds
+    from jumeau.ingest.omop import ingest_omop
+
+    func = {"omop": ingest_omop, "fhir": ingest_fhir, "meds": ingest_meds}[kind]
+    target = _open(store, key_file)
+    with _errors(), _progress(f"ingesting {kind}") as progress:
+        report = func(target, source, progress=progress, **kwargs)
+    if fmt is Format.json:
+        render.print_json(report.to_dict())
+    else:
+        render.report_table(report)
+    return report
+
+
+@app.command()
+def init(
+    store: Annotated[Path, typer.Argument(help="The new store directory.")],
+    key_file: KeyOpt = None,
+    date_shift_days: Annotated[
+        int,
+        typer.Option(help="Shift each subject's dates by a keyed, consistent ±N days (0: off)."),
+    ] = 0,
+) -> None:
+    """Create an empty store and its secret key (kept outside the store)."""
+    with _errors():
+        s = jumeau.init(store, key_file=key_file, max_date_shift_days=date_shift_days)
+    render.console.print(f"created store {s.root}; secret key at {s.key_path} (keep it safe)")
+
+
+@ingest_app.command("omop")
+def ingest_omop_cmd(
+    source: Annotated[
+        str, typer.Argument(help="CDM folder (CSV/Parquet), .duckdb file or postgresql:// URL.")
+    ],
+    store: StoreOpt,
+    schema: Annotated[str | None, typer.Option(help="Database schema of the CDM tables.")] = None,
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Ingest an OMOP CDM v5.3/v5.4 database."""
+    _ingest("omop", source, store, key_file, format, schema=schema)
+
+
+@ingest_app.command("fhir")
+def ingest_fhir_cmd(
+    source: Annotated[str, typer.Argument(help="Bundle .json, .ndjson file, or a folder of them.")],
+    store: StoreOpt,
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Ingest FHIR R4 Bundles and Bulk Data NDJSON."""
+    _ingest("fhir", source, store, key_file, format)
+
+
+@ingest_app.command("meds")
+def ingest_meds_cmd(
+    source: Annotated[str, typer.Argument(help="A MEDS dataset folder (data/*.parquet).")],
+    store: StoreOpt,
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Import a MEDS dataset."""
+    _ingest("meds", source, store, key_file, format)
+
+
+@app.command()
+def stats(store: StoreOpt, format: FormatOpt = Format.text) -> None:
+    """Subjects, events, events by domain, rejects."""
+    s = _open(store)
+    result = s.stats()
+    render.print_json(result) if format is Format.json else render.stats_table(result)
+
+
+@app.command()
+def subjects(
+    store: StoreOpt,
+    limit: Annotated[int, typer.Option(help="At most this many (0: all).")] = 0,
+    format: FormatOpt = Format.text,
+) -> None:
+    """List subject pseudonyms."""
+    ids = _open(store).subjects().tolist()
+    ids = ids[:limit] if limit else ids
+    if format is Format.json:
+        render.print_json(ids)
+    else:
+        print("\n".join(str(i) for i in ids))
+
+
+@app.command()
+def timeline(
+    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    store: StoreOpt,
+    start: Annotated[
+        datetime | None, typer.Option(help="Keep events at or after this time.")
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option(help="Keep events at or before this time.")
+    ] = None,
+    code: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep these codes; a prefix ending in / keeps a vocabulary."),
+    ] = None,
+    domain: Annotated[list[str] | None, typer.Option(help="Keep these domains.")] = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """One subject's events in time order."""
+    s = _open(store)
+    frame = s.timeline(subject, start=start, end=end, codes=code, domains=domain)
+    if frame.is_empty() and not s.timeline(subject).height:
+        _fail(f"subject {subject} is not in {store}")
+    if format is Format.json:
+        render.print_json(render.events_as_records(frame))
+    else:
+        render.timeline_table(
+            frame, s.code_descriptions(), f"subject {subject}: {frame.height} events"
+        )
+
+
+@app.command()
+def lookup(
+    store: StoreOpt,
+    source: Annotated[str, typer.Option(help="omop, fhir or meds.")],
+    id: Annotated[str, typer.Option("--id", help="The patient id in that source.")],
+    key_file: KeyOpt = None,
+) -> None:
+    """Print the pseudonym of a source patient id (needs the store key)."""
+    s = _open(store, key_file)
+    with _errors():
+        print(s.lookup(source, id))
+
+
+@app.command()
+def rejects(store: StoreOpt, limit: int = 20, format: FormatOpt = Format.text) -> None:
+    """Records that failed validation, with file, record and reason."""
+    frame = _open(store).rejects()
+    if format is Format.json:
+        render.print_json(frame.head(limit).to_dicts() if limit else frame.to_dicts())
+        return
+    render.console.print(f"{frame.height:,} rejects")
+    with __import__("polars").Config(tbl_rows=limit, fmt_str_lengths=120, tbl_width_chars=200):
+        render.console.print(frame.drop("record_key").head(limit))
+
+
+@export_app.command("meds")
+def export_meds_cmd(
+    out: Annotated[Path, typer.Argument(help="The new MEDS dataset folder.")],
+    store: StoreOpt,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Write the store as a MEDS dataset."""
+    from jumeau.export.meds import export_meds
+
+    with _errors():
+        result = export_meds(_open(store), out)
+    if format is Format.json:
+        render.print_json(result)
+    else:
+        render.console.print(
+            f"wrote MEDS dataset {out}: {result['subjects']:,} subjects, {result['events']:,} events, "
+            f"{result['shards']} shard(s), {result['codes']:,} codes"
+        )
+
+
+@app.command()
+def demo(
+    store: Annotated[Path, typer.Option(help="Where to build the demo store (replaced).")] = Path(
+        "demo-store"
+    ),
+) -> None:
+    """Build a store from the Eunomia OMOP database and bundled Synthea FHIR bundles, then show it."""
+    from jumeau.demo import run_demo
+
+    run_demo(store)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
