@@ -468,12 +468,23 @@ class _OmopMapper:
         c = lambda name: self._col(cols, name)  # noqa: E731
         rel = self.tables.relations[table]
         id_col = spec.id or "person_id"
+        time_cols = [
+            col
+            for col in (spec.start_date, spec.start_datetime, spec.end_date, spec.end_datetime)
+            if col and col in cols
+        ]
+        raw_times = "".join(f'"{col}" AS "raw_{col}", ' for col in time_cols)
+        date_checks = " ".join(
+            f"WHEN NOT blank(v.\"raw_{col}\") AND jts(v.\"raw_{col}\") IS NULL "
+            f"THEN '{col} ' || shown(v.\"raw_{col}\") || ' is not a date'"
+            for col in time_cols
+        )
         run(
             self.con,
             f"""CREATE OR REPLACE TEMP TABLE staged AS
             WITH src AS (SELECT row_number() OVER () AS _row,
                     count(*) OVER (PARTITION BY "{id_col}") AS _n_same, * FROM {rel}),
-            t AS (SELECT _row, _n_same,
+            t AS (SELECT _row, _n_same, {raw_times}
                     CAST("{id_col}" AS VARCHAR) AS id_raw,
                     person_id AS person_raw,
                     TRY_CAST(person_id AS BIGINT) AS person_id,
@@ -503,8 +514,7 @@ class _OmopMapper:
                    WHEN v.person_id IS NULL THEN 'person_id is not an integer'
                    WHEN m.subject_id IS NULL THEN 'person_id not found in the person table'
                    WHEN blank(v.start_raw) THEN 'start date is missing'
-                   WHEN v.t0 IS NULL THEN 'start date ' || shown(v.start_raw) || ' is not a date'
-                   WHEN NOT blank(v.end_raw) AND v.t1 IS NULL THEN 'end date ' || shown(v.end_raw) || ' is not a date'
+                   {date_checks}
                    {"WHEN blank(v.concept_raw) THEN 'concept id is missing'" if spec.fixed_code is None and spec.concept else ""}
                    WHEN NOT blank(v.concept_raw) AND v.concept_id IS NULL THEN 'concept id ' || shown(v.concept_raw) || ' is not an integer'
                    WHEN NOT blank(v.number_raw) AND v.number IS NULL THEN '{spec.number} ' || shown(v.number_raw) || ' is not a number'

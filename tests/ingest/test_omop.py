@@ -1,0 +1,219 @@
+"""OMOP CDM ingest, specified on the real Eunomia GiBleed database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+import jumeau
+from jumeau.ingest.omop import SPECS, ingest_omop
+from jumeau.ingest.omop_sources import OmopSourceError
+
+EVENT_TABLES = [t for t in SPECS]
+
+
+def source_counts(eunomia: Path) -> dict[str, int]:
+    con = duckdb.connect(str(eunomia), read_only=True)
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ["person", *EVENT_TABLES]}
+    con.close()
+    return counts
+
+
+def test_every_table_reconciles_with_the_source(eunomia_store, eunomia):
+    store, report = eunomia_store
+    expected = source_counts(eunomia)
+    by_source = store.stats()["events_by_source"]
+    rejects = store.rejects().group_by("source").len()
+    rejected = dict(zip(rejects["source"], rejects["len"], strict=True))
+    for table, n in expected.items():
+        counts = report.tables[f"omop/{table}"]
+        assert counts.read == n, table
+        assert counts.accepted + counts.rejected == n, table
+        assert rejected.get(f"omop/{table}", 0) == counts.rejected, table
+        if table != "person":
+            assert by_source.get(f"omop/{table}", 0) == counts.accepted, table
+    assert report.tables["omop/condition_occurrence"].accepted == 65332
+    assert report.tables["omop/drug_exposure"].accepted == 67707
+    assert report.tables["omop/measurement"].accepted == 44053
+
+
+def test_person_gives_birth_and_demographics(eunomia_store, eunomia):
+    store, _ = eunomia_store
+    events = store.scan().filter(pl.col("source") == "omop/person").collect()
+    assert (events["code"] == "MEDS_BIRTH").sum() == 2694
+    genders = events.filter(pl.col("code").str.starts_with("Gender/"))
+    assert genders.height == 2694 and set(genders["code"]) == {"Gender/F", "Gender/M"}
+    assert genders["time"].is_null().all()
+
+
+def test_eunomia_placeholder_tables_are_rejected_with_a_reason(eunomia_store):
+    store, report = eunomia_store
+    rejects = store.rejects()
+    for table in ("death", "note", "specimen", "visit_detail", "device_exposure"):
+        assert report.tables[f"omop/{table}"].rejected == 1
+        reason = rejects.filter(pl.col("source") == f"omop/{table}")["reason"][0]
+        assert "lacks required column" in reason and "person_id" in reason
+    assert not store.scan().filter(pl.col("domain") == "death").collect().height
+
+
+def test_orphan_observation_periods_are_rejected_not_dropped(eunomia_store, eunomia):
+    store, report = eunomia_store
+    con = duckdb.connect(str(eunomia), read_only=True)
+    orphans = con.execute(
+        "SELECT count(*) FROM observation_period WHERE person_id NOT IN (SELECT person_id FROM person)"
+    ).fetchall()[0][0]
+    assert orphans > 0
+    assert report.tables["omop/observation_period"].rejected == orphans
+    reasons = store.rejects().filter(pl.col("source") == "omop/observation_period")["reason"]
+    assert set(reasons) == {"person_id not found in the person table"}
+
+
+def test_rows_sharing_an_id_are_kept_and_reported(eunomia_store):
+    _, report = eunomia_store
+    assert any("drug_exposure_id" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("person_id", [6, 123, 2790])
+def test_a_patient_timeline_matches_the_source_rows(eunomia_store, eunomia, person_id):
+    store, _ = eunomia_store
+    subject = store.lookup("omop", str(person_id))
+    timeline = store.timeline(subject)
+    con = duckdb.connect(str(eunomia), read_only=True)
+    queries = {
+        "omop/condition_occurrence": "SELECT condition_start_date, condition_concept_id, condition_end_date FROM condition_occurrence",
+        "omop/drug_exposure": "SELECT drug_exposure_start_date, drug_concept_id, drug_exposure_end_date FROM drug_exposure",
+        "omop/procedure_occurrence": "SELECT procedure_date, procedure_concept_id, NULL FROM procedure_occurrence",
+        "omop/measurement": "SELECT measurement_date, measurement_concept_id, NULL FROM measurement",
+        "omop/visit_occurrence": "SELECT visit_start_date, visit_concept_id, visit_end_date FROM visit_occurrence",
+    }
+    concept = dict(
+        (cid, f"{vocab}/{code}")
+        for cid, vocab, code in con.execute("SELECT concept_id, vocabulary_id, concept_code FROM concept").fetchall()
+    )
+    concept.update({9201: "Visit/IP", 9202: "Visit/OP", 9203: "Visit/ER"})
+    total = 0
+    for source, query in queries.items():
+        rows = con.execute(query.replace(" FROM ", ", person_id FROM ")).fetchall()
+        expected = sorted(
+            (
+                dt.datetime.combine(start, dt.time()),
+                concept.get(cid, f"OMOP/{cid}"),
+                dt.datetime.combine(end, dt.time()) if end else None,
+            )
+            for start, cid, end, pid in rows
+            if pid == person_id
+        )
+        got = timeline.filter(pl.col("source") == source)
+        actual = sorted(zip(got["time"], got["code"], got["end_time"], strict=True))
+        assert actual == expected, source
+        total += len(expected)
+    assert total > 0
+    birth = timeline.filter(pl.col("code") == "MEDS_BIRTH")["time"][0]
+    year = con.execute(f"SELECT year_of_birth FROM person WHERE person_id = {person_id}").fetchall()[0][0]
+    assert birth.year == year
+    assert timeline["subject_id"].unique().to_list() == [subject]
+
+
+def test_timeline_is_in_time_order_with_static_facts_first(eunomia_store):
+    store, _ = eunomia_store
+    subject = int(store.subjects()[10])
+    times = store.timeline(subject)["time"]
+    static = times.is_null()
+    assert static.head(int(static.sum())).all()
+    assert times.drop_nulls().is_sorted()
+
+
+def test_reingesting_the_same_source_adds_nothing(eunomia_store, eunomia):
+    store, first = eunomia_store
+    before = store.stats()
+    again = ingest_omop(store, eunomia)
+    assert not again.committed
+    assert again.events_written == 0 and again.rejects_written == 0
+    assert again.events_already_present == first.events_written
+    assert store.stats() == before
+
+
+def _export_csv(eunomia: Path, folder: Path, tables: list[str]) -> None:
+    folder.mkdir(parents=True)
+    con = duckdb.connect(str(eunomia), read_only=True)
+    for t in tables:
+        con.execute(f"COPY {t} TO '{folder / (t + '.csv')}' (HEADER)")
+    con.close()
+
+
+def test_csv_folder_with_bad_rows_rejects_them_and_keeps_the_rest(tmp_path, eunomia):
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "condition_occurrence"])
+    good = (folder / "condition_occurrence.csv").read_text().splitlines()
+    header = good[0].split(",")
+    bad_rows = []
+    for change in ({"CONDITION_START_DATE": "2019-13-45"}, {"PERSON_ID": "abc"}, {"PERSON_ID": "99999999"}):
+        row = good[1].split(",")
+        row[0] = str(10_000_000 + len(bad_rows))
+        for col, value in change.items():
+            row[header.index(col)] = value
+        bad_rows.append(",".join(row))
+    (folder / "condition_occurrence.csv").write_text("\n".join([*good, *bad_rows]) + "\n")
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    counts = report.tables["omop/condition_occurrence"]
+    assert counts.read == len(good) - 1 + 3
+    assert counts.rejected == 3 and counts.accepted == len(good) - 1
+    rejects = store.rejects().filter(pl.col("source") == "omop/condition_occurrence").sort("record")
+    reasons = set(rejects["reason"])
+    assert "CONDITION_START_DATE '2019-13-45' is not a date".lower() in {r.lower() for r in reasons}
+    assert "person_id is not an integer" in reasons
+    assert "person_id not found in the person table" in reasons
+    assert set(rejects["file"]) == {str(folder / "condition_occurrence.csv")}
+    n = len(good) - 1
+    assert set(rejects["record"]) == {f"row {n + 1}", f"row {n + 2}", f"row {n + 3}"}
+
+
+def test_parquet_folder_and_duckdb_file_give_the_same_events(tmp_path, eunomia, eunomia_store):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    con = duckdb.connect(str(eunomia), read_only=True)
+    for t in ["person", "concept", "measurement", "visit_occurrence"]:
+        con.execute(f"COPY {t} TO '{folder / (t + '.parquet')}' (FORMAT parquet)")
+    con.close()
+    reference, _ = eunomia_store
+    # Same key, so the same pseudonyms: compare with the DuckDB-file ingest of the same tables.
+    shutil.copytree(reference.root, tmp_path / "copy", ignore=shutil.ignore_patterns("batches", "manifest.json"))
+    store = jumeau.open(tmp_path / "copy")
+    report = ingest_omop(store, folder)
+    assert report.tables["omop/measurement"].accepted == 44053
+    cols = ["subject_id", "time", "code", "numeric_value", "end_time", "record_key"]
+    for source in ("omop/measurement", "omop/visit_occurrence"):
+        a = store.scan().filter(pl.col("source") == source).select(cols).collect().sort(cols)
+        b = reference.scan().filter(pl.col("source") == source).select(cols).collect().sort(cols)
+        assert a.equals(b), source
+
+
+def test_new_rows_in_a_grown_source_are_appended(tmp_path, eunomia):
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "visit_occurrence"])
+    lines = (folder / "visit_occurrence.csv").read_text().splitlines()
+    (folder / "visit_occurrence.csv").write_text("\n".join(lines[:501]) + "\n")
+    store = jumeau.init(tmp_path / "store")
+    first = ingest_omop(store, folder)
+    assert first.tables["omop/visit_occurrence"].events == 500
+    (folder / "visit_occurrence.csv").write_text("\n".join(lines) + "\n")
+    second = ingest_omop(store, folder)
+    assert second.events_written == len(lines) - 1 - 500
+    assert store.stats()["events_by_source"]["omop/visit_occurrence"] == len(lines) - 1
+    assert len(store.manifest.batches) == 2
+
+
+def test_a_folder_without_a_person_table_is_refused(tmp_path):
+    (tmp_path / "cdm").mkdir()
+    (tmp_path / "cdm" / "measurement.csv").write_text("measurement_id,person_id\n1,2\n")
+    store = jumeau.init(tmp_path / "store")
+    with pytest.raises(OmopSourceError, match="no person table"):
+        ingest_omop(store, tmp_path / "cdm")
+    assert store.stats()["events"] == 0
+    assert not list((tmp_path / "store" / ".staging").glob("*"))
