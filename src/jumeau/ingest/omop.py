@@ -361,10 +361,10 @@ class _OmopMapper:
         reader = arrow_reader(self.con, events_sql)
         counts.events = self.writer.add_event_stream(reader)
 
-    def _shifted(self, expr: str) -> str:
+    def _shifted(self, expr: str, shift: str = "s.shift_us") -> str:
         if self.store.config.max_date_shift_days <= 0:
             return expr
-        return f"({expr} + to_microseconds(s.shift_us))"
+        return f"({expr} + to_microseconds({shift}))"
 
     def _record_key(self, table: str, id_sql: str = "s.rid") -> str:
         return record_key_sql(self.salt, repr(f"omop/{table}"), id_sql)
@@ -446,7 +446,7 @@ class _OmopMapper:
                 LEFT JOIN concepts c ON c.concept_id = s.{column}
                 WHERE s.reason IS NULL AND s.{column} IS NOT NULL AND s.{column} <> 0"""
             )
-        birth = f"""SELECT m.subject_id, {self._shifted("s.birth")} AS time, '{BIRTH_CODE}' AS code,
+        birth = f"""SELECT m.subject_id, {self._shifted("s.birth", "m.shift_us")} AS time, '{BIRTH_CODE}' AS code,
                 NULL::DOUBLE AS numeric_value, NULL AS text_value, NULL AS unit,
                 NULL::TIMESTAMP AS end_time, 'demographic' AS domain, 'omop/person' AS source,
                 {self._record_key("person", "s.rid || '#birth'")} AS record_key

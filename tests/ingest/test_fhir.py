@@ -1,0 +1,160 @@
+"""FHIR R4 ingest, specified on real Synthea bundles and on broken copies of them."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import jumeau
+from jumeau.ingest.fhir import iter_resources, parse_fhir_time
+from jumeau.ingest.fhir import ingest_fhir
+
+
+def bundle_resources(folder: Path) -> list[dict]:
+    return [r for path in sorted(folder.glob("*.json")) for r in iter_resources(path)]
+
+
+def expected_observation_events(resources: list[dict]) -> int:
+    total = 0
+    for r in resources:
+        if r["resourceType"] != "Observation":
+            continue
+        has_value = any(k.startswith("value") for k in r)
+        components = r.get("component") or []
+        total += (1 if has_value or not components else 0) + len(components)
+    return total
+
+
+def test_observation_counts_equal_the_bundles(synthea_store, synthea_dir):
+    store, report = synthea_store
+    resources = bundle_resources(synthea_dir)
+    n_obs = sum(r["resourceType"] == "Observation" for r in resources)
+    counts = report.tables["fhir/Observation"]
+    assert counts.read == counts.accepted == n_obs
+    assert counts.rejected == 0
+    stored = store.scan().filter(pl.col("source") == "fhir/Observation").collect()
+    assert stored.height == expected_observation_events(resources) == counts.events
+
+
+def test_every_mapped_resource_type_reconciles(synthea_store, synthea_dir):
+    _, report = synthea_store
+    by_type = Counter(r["resourceType"] for r in bundle_resources(synthea_dir))
+    for name, counts in report.tables.items():
+        rtype = name.split("/", 1)[1]
+        assert counts.read == by_type[rtype] == counts.accepted + counts.rejected
+    for rtype in ("Organization", "Practitioner"):
+        assert report.unhandled[rtype] == by_type[rtype]
+
+
+def test_blood_pressure_becomes_systolic_and_diastolic_events(synthea_store, synthea_dir):
+    store, _ = synthea_store
+    panels = [
+        r for r in bundle_resources(synthea_dir)
+        if r["resourceType"] == "Observation"
+        and any(c["code"]["coding"][0]["code"] == "8480-6" for c in r.get("component", []))
+    ]
+    assert panels
+    events = store.scan().filter(pl.col("code").is_in(["LOINC/8480-6", "LOINC/8462-4"])).collect()
+    systolic = events.filter(pl.col("code") == "LOINC/8480-6")
+    diastolic = events.filter(pl.col("code") == "LOINC/8462-4")
+    assert systolic.height == diastolic.height == len(panels)
+    assert set(systolic["unit"]) == {"mm[Hg]"}
+    expected = sorted(
+        c["valueQuantity"]["value"] for p in panels for c in p["component"]
+        if c["code"]["coding"][0]["code"] == "8480-6"
+    )
+    assert sorted(systolic["numeric_value"].to_list()) == pytest.approx(expected)
+
+
+def test_references_resolve_to_the_bundle_patient(synthea_store, synthea_dir):
+    store, _ = synthea_store
+    patients = [r for r in bundle_resources(synthea_dir) if r["resourceType"] == "Patient"]
+    expected = sorted(store.lookup("fhir", p["id"]) for p in patients)
+    assert sorted(store.subjects().tolist()) == expected
+
+
+def test_one_patient_timeline_matches_its_bundle(synthea_store, synthea_dir):
+    store, _ = synthea_store
+    path = sorted(synthea_dir.glob("*.json"))[0]
+    resources = list(iter_resources(path))
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    timeline = store.timeline(store.lookup("fhir", patient["id"]))
+    encounters = [r for r in resources if r["resourceType"] == "Encounter"]
+    got = timeline.filter(pl.col("source") == "fhir/Encounter")
+    starts = sorted(parse_fhir_time(e["period"]["start"]) for e in encounters)
+    assert sorted(t.timestamp() * 1e6 for t in got["time"].dt.replace_time_zone("UTC")) == pytest.approx(starts)
+    birth = timeline.filter(pl.col("code") == "MEDS_BIRTH")["time"][0]
+    assert birth.date().isoformat() == patient["birthDate"]
+
+
+def test_fhir_times_are_utc():
+    assert parse_fhir_time("2019-04-23T02:29:21+02:00") == parse_fhir_time("2019-04-23T00:29:21Z")
+    assert parse_fhir_time("2019") == parse_fhir_time("2019-01-01")
+    assert parse_fhir_time("2019-03") == parse_fhir_time("2019-03-01T00:00:00")
+
+
+def _as_ndjson(bundle: Path, out: Path) -> int:
+    """Write a bundle as Bulk Data NDJSON (one file per type, ``Patient/<id>`` references)."""
+    doc = json.loads(bundle.read_text())
+    ids = {e["fullUrl"]: e["resource"]["id"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"}
+    by_type: dict[str, list[str]] = {}
+    for entry in doc["entry"]:
+        text = json.dumps(entry["resource"])
+        for url, pid in ids.items():
+            text = text.replace(f'"{url}"', f'"Patient/{pid}"')
+        by_type.setdefault(entry["resource"]["resourceType"], []).append(text)
+    out.mkdir()
+    for rtype, lines in by_type.items():
+        (out / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n")
+    return len(doc["entry"])
+
+
+def test_bulk_ndjson_gives_the_same_events_as_the_bundle(tmp_path, synthea_dir):
+    bundle = sorted(synthea_dir.glob("*.json"))[0]
+    _as_ndjson(bundle, tmp_path / "bulk")
+    a = jumeau.init(tmp_path / "a")
+    ingest_fhir(a, bundle)
+    b = jumeau.open(a.root)  # same store: re-reading the same resources as NDJSON adds nothing
+    report = ingest_fhir(b, tmp_path / "bulk")
+    assert report.events_written == 0
+    assert report.events_already_present == a.stats()["events"]
+
+
+def test_broken_files_are_rejected_and_the_rest_is_kept(tmp_path, synthea_dir):
+    src = sorted(synthea_dir.glob("*.json"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = folder / "good.json"
+    good.write_bytes(src[0].read_bytes())
+    text = src[1].read_text()
+    (folder / "truncated.json").write_text(text[: len(text) // 2])
+    (folder / "latin1.json").write_bytes('{"resourceType": "Patient", "id": "é"}'.encode("latin-1"))
+    lines = [
+        json.dumps({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                    "effectiveDateTime": "2020-01-01T10:00:00Z", "valueQuantity": {"value": 72, "code": "/min"}}),
+        '{"resourceType": "Observation", "id": "o2", "subject": ',
+        json.dumps({"resourceType": "Observation", "id": "o3", "code": {"coding": [{"code": "x"}]},
+                    "effectiveDateTime": "2020-01-01"}),
+        json.dumps({"resourceType": "Observation", "id": "o4", "subject": {"reference": "Patient/p1"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                    "effectiveDateTime": "not a date"}),
+    ]
+    (folder / "Observation.ndjson").write_text("\n".join(lines) + "\n")
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_fhir(store, folder)
+    rejects = {(Path(r["file"]).name, r["record"]): r["reason"] for r in store.rejects().to_dicts()}
+    assert "invalid JSON" in rejects[("truncated.json", "whole file")]
+    assert "not UTF-8" in rejects[("latin1.json", "whole file")]
+    assert "invalid JSON" in rejects[("Observation.ndjson", "line 2")]
+    assert "no subject" in rejects[("Observation.ndjson", "line 3 (Observation)")]
+    assert "not a FHIR date" in rejects[("Observation.ndjson", "line 4 (Observation)")]
+    assert report.tables["fhir/Observation"].accepted == sum(
+        r["resourceType"] == "Observation" for r in iter_resources(good)
+    ) + 1
+    heart_rate = store.timeline(store.lookup("fhir", "p1"))
+    assert heart_rate["numeric_value"].to_list() == [72.0]

@@ -1,0 +1,120 @@
+"""Pseudonymisation at the door: no name or source id reaches the store files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import jumeau
+from jumeau.ingest.fhir import ingest_fhir, iter_resources
+from jumeau.ingest.omop import ingest_omop
+from jumeau.store.keys import KeyError_
+
+
+def identifying_strings(folder: Path) -> set[str]:
+    """Patient ids, names, identifier values, phones and address lines of a set of bundles."""
+    found: set[str] = set()
+    for path in folder.glob("*.json"):
+        for r in iter_resources(path):
+            if r["resourceType"] != "Patient":
+                continue
+            found.add(r["id"])
+            for name in r.get("name", []):
+                found.update(name.get("given", []))
+                found.add(name.get("family", ""))
+            for ident in r.get("identifier", []):
+                found.add(ident["value"])
+            for tel in r.get("telecom", []):
+                found.add(tel["value"])
+            for addr in r.get("address", []):
+                found.update(addr.get("line", []))
+    return {s for s in found if len(s) >= 4}
+
+
+def decoded_texts(store_root: Path) -> list[str]:
+    """Every string cell of every Parquet/Arrow file, and every JSON file, of a store."""
+    texts: list[str] = []
+    for path in store_root.rglob("*"):
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+        elif path.suffix == ".arrow":
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        elif path.suffix == ".json":
+            texts.append(path.read_text())
+            continue
+        else:
+            continue
+        for column in table.columns:
+            texts.extend(str(v) for v in column.to_pylist() if v is not None)
+    return texts
+
+
+def test_no_name_or_source_id_appears_in_any_store_file(synthea_store, synthea_dir):
+    store, _ = synthea_store
+    secrets = identifying_strings(synthea_dir)
+    assert len(secrets) > 100
+    blob = "\n".join(decoded_texts(store.root))
+    raw = b"".join(p.read_bytes() for p in store.root.rglob("*") if p.is_file())
+    leaked = [s for s in secrets if s in blob or s.encode() in raw]
+    assert leaked == []
+
+
+def test_omop_person_ids_and_source_values_stay_out(eunomia_store, eunomia):
+    store, _ = eunomia_store
+    con = duckdb.connect(str(eunomia), read_only=True)
+    people = con.execute("SELECT person_id, person_source_value FROM person").fetchall()
+    con.close()
+    subjects = set(store.subjects().tolist())
+    assert not subjects & {pid for pid, _ in people}
+    assert subjects == {store.lookup("omop", str(pid)) for pid, _ in people}
+    cells = set(decoded_texts(store.root))
+    values = {v for _, v in people if v}
+    assert values and not values & cells
+
+
+def test_identity_vault_reidentifies_only_with_the_key(synthea_store, tmp_path):
+    store, _ = synthea_store
+    vault = store.identities()
+    assert vault.height == 20
+    names = json.loads(vault["identifiers"][0])["name"]
+    assert names[0]["family"]
+    assert vault["subject_id"].to_list() == [store.lookup("fhir", s) for s in vault["source_id"]]
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("00" * 32)
+    with pytest.raises(PermissionError, match="does not open"):
+        jumeau.open(store.root, key_file=wrong).identities()
+
+
+def test_the_key_lives_outside_the_store_and_is_required_to_ingest(tmp_path, synthea_dir):
+    store = jumeau.init(tmp_path / "store")
+    assert not store.key_path.is_relative_to(store.root)
+    with pytest.raises(jumeau.StoreError, match="outside the store"):
+        jumeau.init(tmp_path / "s2", key_file=tmp_path / "s2" / "k.key")
+    store.key_path.unlink()
+    with pytest.raises(KeyError_, match="store key not found"):
+        ingest_fhir(jumeau.open(store.root), synthea_dir)
+
+
+def test_date_shifting_is_consistent_per_patient(tmp_path, eunomia):
+    plain = jumeau.init(tmp_path / "plain")
+    shifted = jumeau.init(tmp_path / "shifted", max_date_shift_days=365)
+    key = shifted.key_path.read_text()
+    plain.key_path.write_text(key)  # same key: same pseudonyms, only the shift differs
+    plain = jumeau.open(plain.root)
+    ingest_omop(plain, eunomia)
+    ingest_omop(shifted, eunomia)
+    cols = ["subject_id", "record_key", "time"]
+    a = plain.scan().select(cols).collect()
+    b = shifted.scan().select(cols).collect()
+    joined = a.join(b, on=["subject_id", "record_key"], suffix="_shifted").drop_nulls()
+    joined = joined.with_columns(delta=(pl.col("time_shifted") - pl.col("time")).dt.total_days())
+    per_subject = joined.group_by("subject_id").agg(pl.col("delta").n_unique().alias("n"), pl.col("delta").first())
+    assert per_subject["n"].max() == 1
+    assert per_subject["delta"].abs().max() <= 365
+    assert per_subject["delta"].n_unique() > 100
