@@ -44,12 +44,16 @@ def postgres_server():
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     subprocess.run(
         [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "jumeau", "-E", "UTF8"],
-        check=True, capture_output=True, env=env,
+        check=True,
+        capture_output=True,
+        env=env,
     )
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
         [*prefix, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"],
-        check=True, capture_output=True, env=env,
+        check=True,
+        capture_output=True,
+        env=env,
     )
     try:
         url = f"postgresql://jumeau@127.0.0.1:{port}/postgres"
@@ -64,5 +68,7 @@ def postgres_server():
                 time.sleep(0.2)
         yield url
     finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(base, ignore_errors=True)

@@ -10,8 +10,7 @@ import polars as pl
 import pytest
 
 import jumeau
-from jumeau.ingest.fhir import iter_resources, parse_fhir_time
-from jumeau.ingest.fhir import ingest_fhir
+from jumeau.ingest.fhir import ingest_fhir, iter_resources, parse_fhir_time
 
 
 def bundle_resources(folder: Path) -> list[dict]:
@@ -53,7 +52,8 @@ def test_every_mapped_resource_type_reconciles(synthea_store, synthea_dir):
 def test_blood_pressure_becomes_systolic_and_diastolic_events(synthea_store, synthea_dir):
     store, _ = synthea_store
     panels = [
-        r for r in bundle_resources(synthea_dir)
+        r
+        for r in bundle_resources(synthea_dir)
         if r["resourceType"] == "Observation"
         and any(c["code"]["coding"][0]["code"] == "8480-6" for c in r.get("component", []))
     ]
@@ -64,7 +64,9 @@ def test_blood_pressure_becomes_systolic_and_diastolic_events(synthea_store, syn
     assert systolic.height == diastolic.height == len(panels)
     assert set(systolic["unit"]) == {"mm[Hg]"}
     expected = sorted(
-        c["valueQuantity"]["value"] for p in panels for c in p["component"]
+        c["valueQuantity"]["value"]
+        for p in panels
+        for c in p["component"]
         if c["code"]["coding"][0]["code"] == "8480-6"
     )
     assert sorted(systolic["numeric_value"].to_list()) == pytest.approx(expected)
@@ -86,7 +88,9 @@ def test_one_patient_timeline_matches_its_bundle(synthea_store, synthea_dir):
     encounters = [r for r in resources if r["resourceType"] == "Encounter"]
     got = timeline.filter(pl.col("source") == "fhir/Encounter")
     starts = sorted(parse_fhir_time(e["period"]["start"]) for e in encounters)
-    assert sorted(t.timestamp() * 1e6 for t in got["time"].dt.replace_time_zone("UTC")) == pytest.approx(starts)
+    assert sorted(
+        t.timestamp() * 1e6 for t in got["time"].dt.replace_time_zone("UTC")
+    ) == pytest.approx(starts)
     birth = timeline.filter(pl.col("code") == "MEDS_BIRTH")["time"][0]
     assert birth.date().isoformat() == patient["birthDate"]
 
@@ -100,7 +104,11 @@ def test_fhir_times_are_utc():
 def _as_ndjson(bundle: Path, out: Path) -> int:
     """Write a bundle as Bulk Data NDJSON (one file per type, ``Patient/<id>`` references)."""
     doc = json.loads(bundle.read_text())
-    ids = {e["fullUrl"]: e["resource"]["id"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"}
+    ids = {
+        e["fullUrl"]: e["resource"]["id"]
+        for e in doc["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    }
     by_type: dict[str, list[str]] = {}
     for entry in doc["entry"]:
         text = json.dumps(entry["resource"])
@@ -134,15 +142,34 @@ def test_broken_files_are_rejected_and_the_rest_is_kept(tmp_path, synthea_dir):
     (folder / "truncated.json").write_text(text[: len(text) // 2])
     (folder / "latin1.json").write_bytes('{"resourceType": "Patient", "id": "é"}'.encode("latin-1"))
     lines = [
-        json.dumps({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"},
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                    "effectiveDateTime": "2020-01-01T10:00:00Z", "valueQuantity": {"value": 72, "code": "/min"}}),
+        json.dumps(
+            {
+                "resourceType": "Observation",
+                "id": "o1",
+                "subject": {"reference": "Patient/p1"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "effectiveDateTime": "2020-01-01T10:00:00Z",
+                "valueQuantity": {"value": 72, "code": "/min"},
+            }
+        ),
         '{"resourceType": "Observation", "id": "o2", "subject": ',
-        json.dumps({"resourceType": "Observation", "id": "o3", "code": {"coding": [{"code": "x"}]},
-                    "effectiveDateTime": "2020-01-01"}),
-        json.dumps({"resourceType": "Observation", "id": "o4", "subject": {"reference": "Patient/p1"},
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                    "effectiveDateTime": "not a date"}),
+        json.dumps(
+            {
+                "resourceType": "Observation",
+                "id": "o3",
+                "code": {"coding": [{"code": "x"}]},
+                "effectiveDateTime": "2020-01-01",
+            }
+        ),
+        json.dumps(
+            {
+                "resourceType": "Observation",
+                "id": "o4",
+                "subject": {"reference": "Patient/p1"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "effectiveDateTime": "not a date",
+            }
+        ),
     ]
     (folder / "Observation.ndjson").write_text("\n".join(lines) + "\n")
     store = jumeau.init(tmp_path / "store")
@@ -153,8 +180,9 @@ def test_broken_files_are_rejected_and_the_rest_is_kept(tmp_path, synthea_dir):
     assert "invalid JSON" in rejects[("Observation.ndjson", "line 2")]
     assert "no subject" in rejects[("Observation.ndjson", "line 3 (Observation)")]
     assert "not a FHIR date" in rejects[("Observation.ndjson", "line 4 (Observation)")]
-    assert report.tables["fhir/Observation"].accepted == sum(
-        r["resourceType"] == "Observation" for r in iter_resources(good)
-    ) + 1
+    assert (
+        report.tables["fhir/Observation"].accepted
+        == sum(r["resourceType"] == "Observation" for r in iter_resources(good)) + 1
+    )
     heart_rate = store.timeline(store.lookup("fhir", "p1"))
     assert heart_rate["numeric_value"].to_list() == [72.0]

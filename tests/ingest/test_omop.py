@@ -19,7 +19,10 @@ EVENT_TABLES = [t for t in SPECS]
 
 def source_counts(eunomia: Path) -> dict[str, int]:
     con = duckdb.connect(str(eunomia), read_only=True)
-    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ["person", *EVENT_TABLES]}
+    counts = {
+        t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+        for t in ["person", *EVENT_TABLES]
+    }
     con.close()
     return counts
 
@@ -93,7 +96,9 @@ def test_a_patient_timeline_matches_the_source_rows(eunomia_store, eunomia, pers
     }
     concept = dict(
         (cid, f"{vocab}/{code}")
-        for cid, vocab, code in con.execute("SELECT concept_id, vocabulary_id, concept_code FROM concept").fetchall()
+        for cid, vocab, code in con.execute(
+            "SELECT concept_id, vocabulary_id, concept_code FROM concept"
+        ).fetchall()
     )
     concept.update({9201: "Visit/IP", 9202: "Visit/OP", 9203: "Visit/ER"})
     total = 0
@@ -114,7 +119,9 @@ def test_a_patient_timeline_matches_the_source_rows(eunomia_store, eunomia, pers
         total += len(expected)
     assert total > 0
     birth = timeline.filter(pl.col("code") == "MEDS_BIRTH")["time"][0]
-    year = con.execute(f"SELECT year_of_birth FROM person WHERE person_id = {person_id}").fetchall()[0][0]
+    year = con.execute(
+        f"SELECT year_of_birth FROM person WHERE person_id = {person_id}"
+    ).fetchall()[0][0]
     assert birth.year == year
     assert timeline["subject_id"].unique().to_list() == [subject]
 
@@ -152,7 +159,11 @@ def test_csv_folder_with_bad_rows_rejects_them_and_keeps_the_rest(tmp_path, euno
     good = (folder / "condition_occurrence.csv").read_text().splitlines()
     header = good[0].split(",")
     bad_rows = []
-    for change in ({"CONDITION_START_DATE": "2019-13-45"}, {"PERSON_ID": "abc"}, {"PERSON_ID": "99999999"}):
+    for change in (
+        {"CONDITION_START_DATE": "2019-13-45"},
+        {"PERSON_ID": "abc"},
+        {"PERSON_ID": "99999999"},
+    ):
         row = good[1].split(",")
         row[0] = str(10_000_000 + len(bad_rows))
         for col, value in change.items():
@@ -183,7 +194,9 @@ def test_parquet_folder_and_duckdb_file_give_the_same_events(tmp_path, eunomia, 
     con.close()
     reference, _ = eunomia_store
     # Same key, so the same pseudonyms: compare with the DuckDB-file ingest of the same tables.
-    shutil.copytree(reference.root, tmp_path / "copy", ignore=shutil.ignore_patterns("batches", "manifest.json"))
+    shutil.copytree(
+        reference.root, tmp_path / "copy", ignore=shutil.ignore_patterns("batches", "manifest.json")
+    )
     store = jumeau.open(tmp_path / "copy")
     report = ingest_omop(store, folder)
     assert report.tables["omop/measurement"].accepted == 44053

@@ -35,17 +35,36 @@ def omop_postgres(eunomia):
 
 def test_postgres_ingest_equals_the_duckdb_file_ingest(omop_postgres, eunomia_store, tmp_path):
     reference, ref_report = eunomia_store
-    shutil.copytree(reference.root, tmp_path / "copy", ignore=shutil.ignore_patterns("batches", "manifest.json"))
+    shutil.copytree(
+        reference.root, tmp_path / "copy", ignore=shutil.ignore_patterns("batches", "manifest.json")
+    )
     store = jumeau.open(tmp_path / "copy")
     report = ingest_omop(store, omop_postgres, schema="cdm")
     assert "jumeau@127.0.0.1" in report.source
     for table in ("person", "condition_occurrence", "measurement", "death"):
         got, want = report.tables[f"omop/{table}"], ref_report.tables[f"omop/{table}"]
-        assert (got.read, got.accepted, got.rejected, got.events) == (want.read, want.accepted, want.rejected, want.events)
+        assert (got.read, got.accepted, got.rejected, got.events) == (
+            want.read,
+            want.accepted,
+            want.rejected,
+            want.events,
+        )
     cols = ["subject_id", "time", "code", "numeric_value", "unit", "end_time", "record_key"]
     for source in ("omop/person", "omop/condition_occurrence", "omop/measurement"):
-        a = store.scan().filter(pl.col("source") == source).select(cols).collect().sort(cols, nulls_last=True)
-        b = reference.scan().filter(pl.col("source") == source).select(cols).collect().sort(cols, nulls_last=True)
+        a = (
+            store.scan()
+            .filter(pl.col("source") == source)
+            .select(cols)
+            .collect()
+            .sort(cols, nulls_last=True)
+        )
+        b = (
+            reference.scan()
+            .filter(pl.col("source") == source)
+            .select(cols)
+            .collect()
+            .sort(cols, nulls_last=True)
+        )
         assert a.equals(b), source
 
 

@@ -114,7 +114,9 @@ def test_date_shifting_is_consistent_per_patient(tmp_path, eunomia):
     b = shifted.scan().select(cols).collect()
     joined = a.join(b, on=["subject_id", "record_key"], suffix="_shifted").drop_nulls()
     joined = joined.with_columns(delta=(pl.col("time_shifted") - pl.col("time")).dt.total_days())
-    per_subject = joined.group_by("subject_id").agg(pl.col("delta").n_unique().alias("n"), pl.col("delta").first())
+    per_subject = joined.group_by("subject_id").agg(
+        pl.col("delta").n_unique().alias("n"), pl.col("delta").first()
+    )
     assert per_subject["n"].max() == 1
     assert per_subject["delta"].abs().max() <= 365
     assert per_subject["delta"].n_unique() > 100

@@ -321,6 +321,9 @@ class _OmopMapper:
                   WHERE b.concept_id NOT IN (SELECT concept_id FROM ({cdm}) WHERE concept_id IS NOT NULL))
             GROUP BY concept_id""",
         )
+        self.writer.add_codes(
+            arrow_table(self.con, "SELECT code, concept_name AS description FROM concepts")
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -475,7 +478,7 @@ class _OmopMapper:
         ]
         raw_times = "".join(f'"{col}" AS "raw_{col}", ' for col in time_cols)
         date_checks = " ".join(
-            f"WHEN NOT blank(v.\"raw_{col}\") AND jts(v.\"raw_{col}\") IS NULL "
+            f'WHEN NOT blank(v."raw_{col}") AND jts(v."raw_{col}") IS NULL '
             f"THEN '{col} ' || shown(v.\"raw_{col}\") || ' is not a date'"
             for col in time_cols
         )

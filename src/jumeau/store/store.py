@@ -54,6 +54,16 @@ class _MappedBatch:
         return self.table.slice(int(self.starts[i]), int(self.counts[i]))
 
 
+_PA_MAJOR = int(pa.__version__.split(".")[0])
+
+
+def _sort_by_time(table: pa.Table) -> pa.Table:
+    """Order events by time (static facts first), then code."""
+    if _PA_MAJOR >= 25:
+        return table.sort_by([("time", "ascending", "at_start"), ("code", "ascending", "at_start")])
+    return table.sort_by([("time", "ascending"), ("code", "ascending")], null_placement="at_start")
+
+
 def init(
     root: str | Path,
     *,
@@ -161,9 +171,7 @@ class Store:
         if len(parts) == 1:
             return parts[0]
         table = pa.concat_tables(parts)
-        return table.sort_by(
-            [("time", "ascending"), ("code", "ascending")], null_placement="at_start"
-        )
+        return _sort_by_time(table)
 
     def timeline(
         self,

@@ -1,0 +1,95 @@
+"""The command line, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+JUMEAU = [sys.executable, "-m", "jumeau.cli.app"]
+
+
+def jumeau(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*JUMEAU, *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout + result.stderr)
+    return result
+
+
+@pytest.fixture(scope="module")
+def cli_store(tmp_path_factory, synthea_dir) -> Path:
+    store = tmp_path_factory.mktemp("cli") / "store"
+    jumeau("init", str(store))
+    report = json.loads(
+        jumeau("ingest", "fhir", str(synthea_dir), "--store", str(store), "--format", "json").stdout
+    )
+    assert report["committed"] and report["tables"]["fhir/Observation"]["read"] > 0
+    return store
+
+
+def test_stats_json(cli_store):
+    stats = json.loads(jumeau("stats", "--store", str(cli_store), "--format", "json").stdout)
+    assert stats["subjects"] > 0 and stats["events"] == sum(stats["events_by_domain"].values())
+
+
+def test_timeline_json_uses_the_canonical_fields(cli_store):
+    subject = jumeau("subjects", "--store", str(cli_store), "--limit", "1").stdout.strip()
+    events = json.loads(
+        jumeau(
+            "timeline", subject, "--store", str(cli_store), "--code", "LOINC/", "--format", "json"
+        ).stdout
+    )
+    assert events and all(e["code"].startswith("LOINC/") for e in events)
+    assert set(events[0]) >= {
+        "subject_id",
+        "time",
+        "code",
+        "numeric_value",
+        "text_value",
+        "unit",
+        "end_time",
+        "domain",
+    }
+    assert all(e["subject_id"] == int(subject) for e in events)
+    text = jumeau("timeline", subject, "--store", str(cli_store)).stdout
+    assert "subject" in text and "LOINC/" in text
+
+
+def test_lookup_finds_the_pseudonym(cli_store, synthea_dir):
+    from jumeau.ingest.fhir import iter_resources
+
+    bundle = sorted(synthea_dir.glob("*.json"))[0]
+    patient = next(r for r in iter_resources(bundle) if r["resourceType"] == "Patient")
+    pseudonym = jumeau(
+        "lookup", "--store", str(cli_store), "--source", "fhir", "--id", patient["id"]
+    ).stdout.strip()
+    events = json.loads(
+        jumeau("timeline", pseudonym, "--store", str(cli_store), "--format", "json").stdout
+    )
+    assert any(
+        e["code"] == "MEDS_BIRTH" and e["time"].startswith(patient["birthDate"]) for e in events
+    )
+
+
+def test_export_meds(cli_store, tmp_path):
+    result = json.loads(
+        jumeau(
+            "export", "meds", str(tmp_path / "m"), "--store", str(cli_store), "--format", "json"
+        ).stdout
+    )
+    assert result["events"] > 0 and (tmp_path / "m" / "metadata" / "codes.parquet").exists()
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    result = jumeau("stats", "--store", str(tmp_path / "nothing"), check=False)
+    assert result.returncode == 2 and "not a jumeau store" in result.stdout
+    jumeau("init", str(tmp_path / "s"))
+    bad = jumeau(
+        "ingest", "omop", str(tmp_path / "nope.csv"), "--store", str(tmp_path / "s"), check=False
+    )
+    assert bad.returncode == 2 and "expected a folder of CDM tables" in bad.stdout
+    missing = jumeau("timeline", "42", "--store", str(tmp_path / "s"), check=False)
+    assert missing.returncode == 2 and "not in" in missing.stdout

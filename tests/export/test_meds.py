@@ -1,0 +1,93 @@
+"""MEDS out and back in: valid, readable by meds_reader, lossless."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import meds
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+import jumeau
+from jumeau.export.meds import export_meds, meds_data_schema
+from jumeau.ingest.meds import MedsError, ingest_meds
+
+KEY = ["subject_id", "time", "code", "numeric_value", "text_value", "unit", "end_time", "domain"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, synthea_store, eunomia_store):
+    """A MEDS export of a store holding both Eunomia and Synthea data."""
+    store, _ = eunomia_store
+    out = tmp_path_factory.mktemp("meds") / "dataset"
+    return store, out, export_meds(store, out, subjects_per_shard=1000)
+
+
+def test_export_is_valid_meds(exported):
+    store, out, counts = exported
+    assert counts["subjects"] == 2694 and counts["shards"] == 3
+    for shard in sorted((out / "data").glob("*.parquet")):
+        schema = pq.read_schema(shard)
+        assert schema.equals(meds_data_schema(), check_metadata=False)
+        frame = pl.read_parquet(shard)
+        assert frame.select(["subject_id", "time"]).equals(
+            frame.select(["subject_id", "time"]).sort(["subject_id", "time"], nulls_last=False)
+        )
+    assert pq.read_schema(out / "metadata/codes.parquet").equals(
+        meds.code_metadata_schema(), check_metadata=False
+    )
+    splits = pl.read_parquet(out / "metadata/subject_splits.parquet")
+    assert splits.height == 2694 and set(splits["split"]) == {"train", "tuning", "held_out"}
+    codes = pl.read_parquet(out / "metadata/codes.parquet")
+    described = dict(zip(codes["code"], codes["description"], strict=True))
+    assert described["SNOMED/74474003"] == "Gastrointestinal hemorrhage"  # GiBleed's own outcome
+
+
+def test_meds_reader_reads_the_export(exported, tmp_path):
+    store, out, counts = exported
+    converted = tmp_path / "reader"
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "meds_reader_convert"),
+            str(out),
+            str(converted),
+            "--num_threads",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    import meds_reader
+
+    subject = int(store.subjects()[5])
+    with meds_reader.SubjectDatabase(str(converted)) as db:
+        assert len(db) == counts["subjects"]
+        events = db[subject].events
+        assert len(events) == store.timeline(subject).height
+        assert sorted(e.code for e in events) == sorted(store.timeline(subject)["code"].to_list())
+
+
+def test_meds_round_trip_is_lossless(exported, tmp_path):
+    _, out, _ = exported
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_meds(store, out)
+    assert report.tables["meds/data"].read == report.events_written
+    again = export_meds(store, tmp_path / "again")
+    original = pl.read_parquet(out / "data/*.parquet")
+    back = pl.read_parquet(tmp_path / "again" / "data/*.parquet")
+    mapping = {sid: store.lookup("meds", str(sid)) for sid in original["subject_id"].unique()}
+    original = original.with_columns(pl.col("subject_id").replace_strict(mapping))
+    assert again["events"] == original.height
+    assert original.sort(KEY, nulls_last=True).equals(back.sort(KEY, nulls_last=True))
+    assert ingest_meds(store, out).events_written == 0
+
+
+def test_meds_without_a_code_column_is_refused(tmp_path, new_store):
+    (tmp_path / "bad" / "data").mkdir(parents=True)
+    pl.DataFrame({"subject_id": [1], "time": [None]}).write_parquet(tmp_path / "bad/data/0.parquet")
+    with pytest.raises(MedsError, match="lacks required column"):
+        ingest_meds(new_store, tmp_path / "bad")
+    assert new_store.stats()["events"] == 0

@@ -1,0 +1,158 @@
+"""The store: atomic batches, idempotence, random-access timelines, columnar scans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import jumeau
+from jumeau.ingest.omop import ingest_omop
+from jumeau.model import CONNECTOR_SCHEMA
+from jumeau.store import BatchWriter, StoreError, layout
+
+
+def snapshot(store_root: Path) -> dict:
+    """What a reader of the store can see."""
+    store = jumeau.open(store_root)
+    return {
+        "manifest": (store_root / layout.MANIFEST_FILE).read_bytes(),
+        "stats": store.stats(),
+        "subjects": store.subjects().tolist(),
+    }
+
+
+def _start_ingest(store: Path, source: Path, pause: str | None) -> subprocess.Popen:
+    env = {**os.environ}
+    if pause:
+        env["JUMEAU_PAUSE_AT"] = pause
+    code = (
+        "import sys, jumeau; from jumeau.ingest.omop import ingest_omop; "
+        "ingest_omop(jumeau.open(sys.argv[1]), sys.argv[2])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(store), str(source)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("kill_at", ["before-manifest", "mid-work"])
+def test_a_killed_ingest_leaves_the_store_unchanged(tmp_path, eunomia, synthea_dir, kill_at):
+    store = jumeau.init(tmp_path / "store")
+    from jumeau.ingest.fhir import ingest_fhir
+
+    ingest_fhir(store, synthea_dir)
+    before = snapshot(store.root)
+    proc = _start_ingest(
+        store.root, eunomia, "before-manifest" if kill_at == "before-manifest" else None
+    )
+    if kill_at == "before-manifest":
+        assert proc.stdout.readline().strip() == "paused at before-manifest"
+    else:
+        deadline = time.time() + 30
+        while not (store.root / layout.STAGING_DIR).exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert snapshot(store.root) == before
+    report = ingest_omop(jumeau.open(store.root), eunomia)
+    assert report.committed
+    published = set(jumeau.open(store.root).manifest.batch_ids)
+    assert {p.name for p in (store.root / layout.BATCHES_DIR).iterdir()} == published
+
+
+def test_one_writer_at_a_time(new_store):
+    with BatchWriter(new_store, "test", "a"), pytest.raises(StoreError, match="another ingest"):
+        BatchWriter(new_store, "test", "b")
+
+
+def _events(subjects: np.ndarray, times: np.ndarray, source: str = "test/gen") -> pa.Table:
+    n = len(subjects)
+    return pa.table(
+        {
+            "subject_id": subjects.astype(np.int64),
+            "time": pa.array(times.astype(np.int64), pa.int64()).cast(pa.timestamp("us")),
+            "code": [f"TEST/{i % 7}" for i in range(n)],
+            "numeric_value": np.arange(n, dtype=np.float64),
+            "text_value": pa.nulls(n, pa.string()),
+            "unit": pa.nulls(n, pa.string()),
+            "end_time": pa.nulls(n, pa.timestamp("us")),
+            "domain": ["measurement"] * n,
+            "source": [source] * n,
+            "record_key": np.arange(n, dtype=np.int64) + (hash(source) % 1000) * 10_000_000,
+        },
+        schema=CONNECTOR_SCHEMA,
+    )
+
+
+def test_timelines_across_batches_and_row_groups_are_exact(new_store):
+    rng = np.random.default_rng(7)
+    n = 400_000  # several Arrow record batches, so subject runs cross batch boundaries
+    subjects = rng.integers(1, 5_000, n)
+    times = rng.integers(0, 10**15, n)
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(_events(subjects, times))
+        w.commit()
+    more = rng.integers(1, 5_000, 1_000)
+    with BatchWriter(new_store, "test", "gen2") as w:
+        w.add_events(_events(more, rng.integers(0, 10**15, 1_000), source="test/gen2"))
+        w.commit()
+    store = jumeau.open(new_store.root)
+    all_subjects = np.concatenate([subjects, more])
+    assert store.subjects().tolist() == np.unique(all_subjects).tolist()
+    for sid in rng.choice(np.unique(all_subjects), 50):
+        timeline = store.timeline_arrow(int(sid))
+        assert timeline.num_rows == int((all_subjects == sid).sum())
+        assert set(timeline.column("subject_id").to_pylist()) == {sid}
+        assert timeline.column("time").to_numpy().tolist() == sorted(
+            timeline.column("time").to_numpy().tolist()
+        )
+    assert store.timeline_arrow(10**12).num_rows == 0
+
+
+def test_timeline_filters(eunomia_store):
+    store, _ = eunomia_store
+    subject = int(store.subjects()[0])
+    full = store.timeline(subject)
+    window = store.timeline(subject, start=datetime(2000, 1, 1), end=datetime(2010, 12, 31))
+    timed = window.filter(window["time"].is_not_null())
+    assert timed["time"].min() >= datetime(2000, 1, 1) and timed["time"].max() <= datetime(
+        2010, 12, 31
+    )
+    assert window.height < full.height
+    snomed = store.timeline(subject, codes=["SNOMED/"])
+    assert snomed.height and snomed["code"].str.starts_with("SNOMED/").all()
+    conditions = store.timeline(subject, domains=["condition"])
+    assert set(conditions["domain"]) == {"condition"}
+
+
+def test_scan_and_sql_see_every_event(eunomia_store):
+    store, report = eunomia_store
+    assert store.scan().select("subject_id").collect().height == report.events_written
+    con = store.connect()
+    assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == report.events_written
+    con.close()
+
+
+def test_init_refuses_an_existing_or_non_empty_directory(tmp_path):
+    jumeau.init(tmp_path / "s")
+    with pytest.raises(StoreError, match="already a jumeau store"):
+        jumeau.init(tmp_path / "s")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file").write_text("x")
+    with pytest.raises(StoreError, match="not empty"):
+        jumeau.init(tmp_path / "junk")
+    with pytest.raises(StoreError, match="not a jumeau store"):
+        jumeau.open(tmp_path / "junk")
