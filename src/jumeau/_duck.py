@@ -1,4 +1,4 @@
-"""Arrow results from DuckDB queries across its 1.x and 2.x Python APIs.
+"""DuckDB connections and Arrow results queries across its 1.x and 2.x Python APIs.
 
 Results are read through relations (``con.sql``): DuckDB 2.0's DB-API path copies rows and, with
 ``preserve_insertion_order`` off, may stream an ``ORDER BY`` out of order.
@@ -6,6 +6,7 @@ Results are read through relations (``con.sql``): DuckDB 2.0's DB-API path copie
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import duckdb
@@ -44,3 +45,15 @@ def scalar(con: duckdb.DuckDBPyConnection, query: str, params: Any = None) -> An
     """The first column of the first row of ``query``'s result."""
     rows = run(con, query, params)
     return rows[0][0] if rows else None
+
+
+def connect(temp_dir=None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection set up for ingest work: UTC, no progress bar, a memory
+    limit (``JUMEAU_MEMORY_LIMIT``, default 4GB) and spilling to ``temp_dir``."""
+    con = duckdb.connect()
+    run(con, "SET enable_progress_bar = false")
+    run(con, "SET TimeZone = 'UTC'")
+    run(con, f"SET memory_limit = '{os.environ.get('JUMEAU_MEMORY_LIMIT', '4GB')}'")
+    if temp_dir is not None:
+        run(con, f"SET temp_directory = '{temp_dir}'")
+    return con

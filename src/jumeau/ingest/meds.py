@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
-from jumeau._duck import arrow_reader, arrow_table, run
+from jumeau._duck import arrow_table, connect, run, scalar
 from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
 
@@ -38,7 +37,7 @@ def ingest_meds(
     if not files:
         raise MedsError(f"{root}: no MEDS data shards (expected data/*.parquet)")
     with BatchWriter(store, "meds", str(root.resolve())) as writer:
-        con = duckdb.connect()
+        con = connect(writer.staging_dir / "meds-tmp")
         try:
             _map(con, store, writer, files, progress)
             codes = root / "metadata" / "codes.parquet"
@@ -111,13 +110,15 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
         "'meds/data'",
         f"{content} || '#' || row_number() OVER (PARTITION BY {content} ORDER BY s._row)",
     )
-    reader = arrow_reader(
+    out = writer.raw_path("meds")
+    run(
         con,
-        f"""SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value, s.text_value, s.unit,
+        f"""COPY (SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value, s.text_value, s.unit,
             s.end_time{shift} AS end_time,
             COALESCE(s.domain, CASE WHEN s.code IN ('MEDS_BIRTH') THEN 'demographic'
                                     WHEN s.code = 'MEDS_DEATH' THEN 'death' ELSE 'other' END) AS domain,
             'meds/data' AS source, {key} AS record_key
-        FROM src s JOIN meds_map m USING (sid) WHERE s.code IS NOT NULL AND s.code <> ''""",
+        FROM src s JOIN meds_map m USING (sid) WHERE s.code IS NOT NULL AND s.code <> '')
+        TO '{out}' (FORMAT parquet)""",
     )
-    counts.events = writer.add_event_stream(reader)
+    counts.events = scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")

@@ -17,7 +17,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from jumeau._duck import arrow_reader, arrow_table, run, scalar
+from jumeau._duck import arrow_table, connect, run
 from jumeau.ingest import omop_sources
 from jumeau.ingest.omop_sources import OmopSourceError, OmopTables
 from jumeau.model import BIRTH_CODE, DEATH_CODE
@@ -228,11 +228,8 @@ def ingest_omop(
     is_url = source_str.startswith(("postgres://", "postgresql://"))
     label = omop_sources._redact(source_str) if is_url else str(Path(source).resolve())
     with BatchWriter(store, "omop", label) as writer:
-        con = duckdb.connect()
+        con = connect(writer.staging_dir / "omop-tmp")
         try:
-            run(con, "SET TimeZone = 'UTC'")
-            run(con, f"SET temp_directory = '{writer.staging_dir / 'omop-tmp'}'")
-            run(con, "SET preserve_insertion_order = false")
             run(con, _MACROS)
             tables = _open_source(source_str, is_url, con, writer, schema)
             _OmopMapper(store, tables, writer, progress).run()
@@ -348,21 +345,39 @@ class _OmopMapper:
         counts.read = counts.rejected = self.writer.add_rejects(rejects)
         return True
 
-    def _write(self, table: str, events_sql: str) -> None:
-        """Write events and rejects of the staged table ``staged``."""
+    def _write(self, table: str, events_sql: str, id_col: str = "id") -> None:
+        """Write the events of ``events_sql`` straight into the batch (one DuckDB pass), then
+        report its rejects.
+
+        ``events_sql`` yields canonical columns plus ``reject_reason`` (null for events),
+        ``_row`` (the source row), ``_rid`` (the record id) and ``_primary`` (false for the
+        extra facts of a row, so each source row counts once).
+        """
+        out = self.writer.raw_path(f"omop_{table}")
+        run(self.con, f"COPY ({events_sql}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
         counts = self.report.table(f"omop/{table}")
-        counts.read = scalar(self.con, "SELECT count(*) FROM staged")
-        rejects = arrow_table(
+        counts.read, counts.rejected, counts.events, shared = run(
             self.con,
-            f"SELECT 'omop/{table}' AS source, $file AS file, 'row ' || _row AS record, reason, "
-            f"{record_key_sql(self.salt, repr(f'omop/{table}'), 'rid')} AS record_key "
-            "FROM staged WHERE reason IS NOT NULL ORDER BY _row",
-            {"file": self.tables.files[table]},
-        )
-        counts.rejected = self.writer.add_rejects(rejects)
+            "SELECT count(*) FILTER (_primary), count(reject_reason) FILTER (_primary), "
+            "count(*) FILTER (reject_reason IS NULL), count(*) FILTER (_shared AND reject_reason IS NULL) "
+            f"FROM read_parquet('{out}')",
+        )[0]
         counts.accepted = counts.read - counts.rejected
-        reader = arrow_reader(self.con, events_sql)
-        counts.events = self.writer.add_event_stream(reader)
+        if counts.rejected:
+            self.writer.add_rejects(
+                arrow_table(
+                    self.con,
+                    f"SELECT 'omop/{table}' AS source, $file AS file, 'row ' || _row AS record, "
+                    f"reject_reason AS reason, {record_key_sql(self.salt, repr(f'omop/{table}'), '_rid')} "
+                    f"AS record_key FROM read_parquet('{out}') WHERE reject_reason IS NOT NULL ORDER BY _row",
+                    {"file": self.tables.files[table]},
+                )
+            )
+        if shared:
+            self.report.warnings.append(
+                f"omop/{table}: {shared} rows share their {id_col} with a different row; "
+                "kept, each identified by its content"
+            )
 
     def _shifted(self, expr: str, shift: str = "s.shift_us") -> str:
         if self.store.config.max_date_shift_days <= 0:
@@ -384,7 +399,7 @@ class _OmopMapper:
         rel = self.tables.relations["person"]
         run(
             self.con,
-            f"""CREATE OR REPLACE TEMP TABLE staged AS
+            f"""CREATE OR REPLACE TEMP VIEW staged AS
             WITH src AS (SELECT row_number() OVER () AS _row, * FROM {rel}),
             t AS (SELECT _row, CAST(person_id AS VARCHAR) AS rid,
                     TRY_CAST(person_id AS BIGINT) AS person_id,
@@ -444,7 +459,8 @@ class _OmopMapper:
                     COALESCE(c.code, 'OMOP/' || s.{column}) AS code, NULL::DOUBLE AS numeric_value,
                     NULL AS text_value, NULL AS unit, NULL::TIMESTAMP AS end_time,
                     'demographic' AS domain, 'omop/person' AS source,
-                    {self._record_key("person", f"s.rid || '#{suffix}'")} AS record_key
+                    {self._record_key("person", f"s.rid || '#{suffix}'")} AS record_key,
+                    NULL AS reject_reason, s._row, s.rid AS _rid, false AS _primary, false AS _shared
                 FROM staged s JOIN subject_map m USING (person_id)
                 LEFT JOIN concepts c ON c.concept_id = s.{column}
                 WHERE s.reason IS NULL AND s.{column} IS NOT NULL AND s.{column} <> 0"""
@@ -452,8 +468,9 @@ class _OmopMapper:
         birth = f"""SELECT m.subject_id, {self._shifted("s.birth", "m.shift_us")} AS time, '{BIRTH_CODE}' AS code,
                 NULL::DOUBLE AS numeric_value, NULL AS text_value, NULL AS unit,
                 NULL::TIMESTAMP AS end_time, 'demographic' AS domain, 'omop/person' AS source,
-                {self._record_key("person", "s.rid || '#birth'")} AS record_key
-            FROM staged s JOIN subject_map m USING (person_id) WHERE s.reason IS NULL"""
+                {self._record_key("person", "s.rid || '#birth'")} AS record_key,
+                s.reason AS reject_reason, s._row, s.rid AS _rid, true AS _primary, false AS _shared
+            FROM staged s LEFT JOIN subject_map m USING (person_id)"""
         self._write("person", " UNION ALL ".join([birth, *static]))
 
     # -- event tables ----------------------------------------------------------------------
@@ -484,7 +501,7 @@ class _OmopMapper:
         )
         run(
             self.con,
-            f"""CREATE OR REPLACE TEMP TABLE staged AS
+            f"""CREATE OR REPLACE TEMP VIEW staged AS
             WITH src AS (SELECT row_number() OVER () AS _row,
                     count(*) OVER (PARTITION BY "{id_col}") AS _n_same, * FROM {rel}),
             t AS (SELECT _row, _n_same, {raw_times}
@@ -524,14 +541,6 @@ class _OmopMapper:
               END AS reason
             FROM v LEFT JOIN subject_map m ON v.person_id = m.person_id""",
         )
-        shared = scalar(
-            self.con, "SELECT count(*) FROM staged WHERE _n_same > 1 AND reason IS NULL"
-        )
-        if shared:
-            self.report.warnings.append(
-                f"omop/{table}: {shared} rows share their {id_col} with a different row; "
-                "kept, each identified by its content"
-            )
         if spec.fixed_code:
             code = f"'{spec.fixed_code}'"
         else:
@@ -544,11 +553,12 @@ class _OmopMapper:
         events_sql = f"""SELECT s.subject_id, {self._shifted("s.t0")} AS time, {code} AS code,
                 s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
                 {self._shifted("s.t1")} AS end_time, '{spec.domain}' AS domain,
-                'omop/{table}' AS source, {self._record_key(table)} AS record_key
+                'omop/{table}' AS source, {self._record_key(table)} AS record_key,
+                s.reason AS reject_reason, s._row, s.rid AS _rid, true AS _primary,
+                s._n_same > 1 AS _shared
             FROM staged s
             LEFT JOIN concepts c ON c.concept_id = s.concept_id
             LEFT JOIN concepts sc ON sc.concept_id = s.source_concept_id AND s.source_concept_id <> 0
             LEFT JOIN concepts vc ON vc.concept_id = s.value_concept_id
-            LEFT JOIN concepts uc ON uc.concept_id = s.unit_concept_id
-            WHERE s.reason IS NULL"""
-        self._write(table, events_sql)
+            LEFT JOIN concepts uc ON uc.concept_id = s.unit_concept_id"""
+        self._write(table, events_sql, id_col)

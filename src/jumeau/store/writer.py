@@ -1,8 +1,10 @@
 """Atomic, idempotent ingest batches.
 
-A connector streams canonical events and rejects into a :class:`BatchWriter`; ``commit`` drops
-events already in the store (same source and record key), sorts the rest by subject and time,
-writes the batch files in a staging folder and publishes them with one atomic manifest update.
+A connector hands a :class:`BatchWriter` canonical events, either as Arrow tables or as Parquet
+files it writes itself with DuckDB (``raw_path``), plus rejects, code descriptions and
+identities. ``commit`` drops events already in the store (same source and record key), sorts the
+rest by subject and time, writes the batch files in a staging folder and publishes them with one
+atomic manifest update.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jumeau._duck import arrow_reader, run, scalar
+from jumeau._duck import arrow_reader, connect, run, scalar
 from jumeau.model import CONNECTOR_SCHEMA, EVENT_SCHEMA, REJECT_SCHEMA
 from jumeau.store import layout
 from jumeau.store.report import IngestReport
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from jumeau.store.store import Store
 
 ROW_GROUP_SIZE = 128 * 1024
+#: A raw event file may carry this column; rows where it is set are not events (the connector
+#: reports them as rejects) and are skipped at commit.
+REJECT_REASON = "reject_reason"
 CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string())])
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
 
@@ -70,11 +75,12 @@ class BatchWriter:
         self._clear_orphan_batches()
         self.batch_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.dir = staging / self.batch_id
-        self.dir.mkdir(parents=True)
-        self._events = pq.ParquetWriter(self.dir / "raw-events.parquet", CONNECTOR_SCHEMA)
+        self.raw_dir = self.dir / "raw"
+        self.raw_dir.mkdir(parents=True)
+        self._events: pq.ParquetWriter | None = None
         self._rejects = pq.ParquetWriter(self.dir / "raw-rejects.parquet", REJECT_SCHEMA)
-        self._identities: list[pa.Table] = []
         self._codes = pq.ParquetWriter(self.dir / "raw-codes.parquet", CODES_SCHEMA)
+        self._identities: list[pa.Table] = []
         self._closed = False
 
     def _clear_orphan_batches(self) -> None:
@@ -92,16 +98,22 @@ class BatchWriter:
         """A scratch folder a connector may use; removed with the batch."""
         return self.dir
 
+    def raw_path(self, name: str) -> Path:
+        """Where a connector may write a Parquet file of events itself (e.g. a DuckDB ``COPY``).
+
+        The file holds ``CONNECTOR_SCHEMA`` columns and optionally ``reject_reason``; rows with
+        a reason are skipped (report them with :meth:`add_rejects`).
+        """
+        return self.raw_dir / f"{name}.parquet"
+
     def add_events(self, data: pa.Table | pa.RecordBatch) -> int:
         """Append canonical events (``CONNECTOR_SCHEMA`` columns); return the row count."""
         table = conform(data, CONNECTOR_SCHEMA)
         if table.num_rows:
+            if self._events is None:
+                self._events = pq.ParquetWriter(self.raw_path("arrow-events"), CONNECTOR_SCHEMA)
             self._events.write_table(table, row_group_size=ROW_GROUP_SIZE)
         return table.num_rows
-
-    def add_event_stream(self, reader: pa.RecordBatchReader) -> int:
-        """Append every batch of an Arrow stream; return the row count."""
-        return sum(self.add_events(batch) for batch in reader)
 
     def add_rejects(self, data: pa.Table) -> int:
         """Append rejected records (``REJECT_SCHEMA``)."""
@@ -120,11 +132,16 @@ class BatchWriter:
         """Keep direct identifiers for the encrypted vault (``VAULT_SCHEMA``)."""
         self._identities.append(conform(data, VAULT_SCHEMA))
 
+    def _close_writers(self) -> None:
+        for w in (self._events, self._rejects, self._codes):
+            if w is not None:
+                with contextlib.suppress(Exception):
+                    w.close()
+
     def commit(self) -> IngestReport:
         """Deduplicate, sort and publish the batch; a batch that adds nothing is dropped."""
-        for w in (self._events, self._rejects, self._codes):
-            w.close()
-        con = self._connect()
+        self._close_writers()
+        con = connect(self.dir / "tmp")
         try:
             written, present, subjects = self._write_events(con)
             rejects = self._write_rejects(con)
@@ -140,9 +157,8 @@ class BatchWriter:
             return report
         report.batch = self.batch_id
         report.committed = True
-        for name in ("raw-events.parquet", "raw-rejects.parquet", "raw-codes.parquet"):
+        for name in ("raw-rejects.parquet", "raw-codes.parquet"):
             (self.dir / name).unlink()
-        shutil.rmtree(self.dir / "tmp", ignore_errors=True)
         for child in list(self.dir.iterdir()):
             if child.is_dir():
                 shutil.rmtree(child)
@@ -156,49 +172,61 @@ class BatchWriter:
         self._publish()
         return report
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
-        tmp = self.dir / "tmp"
-        tmp.mkdir(exist_ok=True)
-        run(con, f"SET temp_directory = '{tmp}'")
-        run(con, f"SET memory_limit = '{os.environ.get('JUMEAU_MEMORY_LIMIT', '4GB')}'")
-        return con
-
     def _existing(self, filename: str) -> list[str]:
         return [str(p) for p in self.store.batch_files(filename)]
 
     def _write_events(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
-        raw = self.dir / "raw-events.parquet"
-        total = scalar(con, f"SELECT count(*) FROM read_parquet('{raw}')")
+        raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
+        if not raw:
+            pq.write_table(EVENT_SCHEMA.empty_table(), self.dir / layout.EVENTS_PARQUET)
+            return 0, 0, 0
+        columns = {
+            r[0]
+            for r in run(
+                con, "DESCRIBE SELECT * FROM read_parquet($raw, union_by_name=true)", {"raw": raw}
+            )
+        }
+        valid = f"{REJECT_REASON} IS NULL" if REJECT_REASON in columns else "true"
+        run(
+            con,
+            f"""CREATE TEMP VIEW incoming AS SELECT
+                CAST(subject_id AS BIGINT) AS subject_id, CAST(time AS TIMESTAMP) AS time,
+                CAST(code AS VARCHAR) AS code, CAST(numeric_value AS DOUBLE) AS numeric_value,
+                CAST(text_value AS VARCHAR) AS text_value, CAST(unit AS VARCHAR) AS unit,
+                CAST(end_time AS TIMESTAMP) AS end_time, CAST(domain AS VARCHAR) AS domain,
+                CAST(source AS VARCHAR) AS source, CAST(record_key AS BIGINT) AS record_key
+            FROM read_parquet({raw!r}, union_by_name=true) WHERE {valid}""",
+        )
+        total = scalar(con, "SELECT count(*) FROM incoming")
         existing = self._existing(layout.EVENTS_PARQUET)
         new_filter = ""
         if existing:
             new_filter = (
-                "WHERE NOT EXISTS (SELECT 1 FROM read_parquet($existing) e "
+                f"WHERE NOT EXISTS (SELECT 1 FROM read_parquet({existing!r}) e "
                 "WHERE e.source = r.source AND e.record_key = r.record_key)"
             )
         query = (
-            f"SELECT r.*, '{self.batch_id}' AS batch FROM read_parquet('{raw}') r {new_filter} "
+            f"SELECT r.*, '{self.batch_id}' AS batch FROM incoming r {new_filter} "
             "ORDER BY subject_id, time NULLS FIRST, code, record_key"
-        )
-        reader = arrow_reader(
-            con, query, {"existing": existing} if existing else None, ROW_GROUP_SIZE
         )
         runs = _SubjectRuns()
         written = 0
-        with (
-            pq.ParquetWriter(
-                self.dir / layout.EVENTS_PARQUET, EVENT_SCHEMA, compression="zstd"
-            ) as parquet,
-            pa.OSFile(str(self.dir / layout.EVENTS_ARROW), "wb") as sink,
-            pa.ipc.new_file(sink, EVENT_SCHEMA) as ipc,
-        ):
-            for batch in reader:
-                batch = pa.Table.from_batches([batch]).cast(EVENT_SCHEMA)
-                parquet.write_table(batch, row_group_size=ROW_GROUP_SIZE)
-                ipc.write_table(batch)
-                runs.add(batch.column("subject_id").to_numpy(), written)
-                written += batch.num_rows
+        arrow_path = self.dir / layout.EVENTS_ARROW
+        with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_file(sink, EVENT_SCHEMA) as ipc:
+            for batch in arrow_reader(con, query, batch_size=ROW_GROUP_SIZE):
+                table = pa.Table.from_batches([batch]).cast(EVENT_SCHEMA)
+                ipc.write_table(table)
+                runs.add(table.column("subject_id").to_numpy(), written)
+                written += table.num_rows
+        sorted_events = pa.ipc.open_file(pa.memory_map(str(arrow_path))).read_all()
+        con.register("sorted_events", sorted_events)
+        run(
+            con,
+            f"COPY sorted_events TO '{self.dir / layout.EVENTS_PARQUET}' "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
+        )
+        con.unregister("sorted_events")
+        del sorted_events
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
         return written, total - written, runs.count
 
@@ -208,7 +236,7 @@ class BatchWriter:
         new_filter = ""
         if existing:
             new_filter = (
-                "WHERE NOT EXISTS (SELECT 1 FROM read_parquet($existing) e "
+                f"WHERE NOT EXISTS (SELECT 1 FROM read_parquet({existing!r}) e "
                 "WHERE e.source = r.source AND e.file = r.file AND e.record = r.record "
                 "AND e.reason = r.reason)"
             )
@@ -217,10 +245,8 @@ class BatchWriter:
             con,
             f"COPY (SELECT r.* FROM read_parquet('{raw}') r {new_filter}) TO '{out}' "
             "(FORMAT parquet, COMPRESSION zstd)",
-            {"existing": existing} if existing else None,
         )
-        n = scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")
-        return n
+        return scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")
 
     def _write_codes(self, con: duckdb.DuckDBPyConnection) -> None:
         events = self.dir / layout.EVENTS_PARQUET
@@ -273,9 +299,7 @@ class BatchWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._closed:
-            for w in (self._events, self._rejects, self._codes):
-                with contextlib.suppress(Exception):
-                    w.close()
+            self._close_writers()
             self._discard()
 
 
@@ -292,6 +316,7 @@ class _SubjectRuns:
     def __init__(self) -> None:
         self._ids: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
+        self._end = 0
 
     def add(self, subject_ids: np.ndarray, offset: int) -> None:
         if len(subject_ids) == 0:
@@ -299,7 +324,7 @@ class _SubjectRuns:
         change = np.flatnonzero(np.diff(subject_ids)) + 1
         starts = np.concatenate(([0], change))
         ids = subject_ids[starts]
-        if self._ids and self._ids[-1][-1] == ids[0]:
+        if self._ids and len(self._ids[-1]) and self._ids[-1][-1] == ids[0]:
             ids, starts = ids[1:], starts[1:]
         self._ids.append(ids)
         self._starts.append(starts + offset)
