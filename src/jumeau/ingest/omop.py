@@ -17,7 +17,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from jumeau._duck import arrow_table, connect, run
+from jumeau._duck import arrow_table, connect, run, scalar
 from jumeau.ingest import omop_sources
 from jumeau.ingest.omop_sources import OmopSourceError, OmopTables
 from jumeau.model import BIRTH_CODE, DEATH_CODE
@@ -198,6 +198,88 @@ CREATE OR REPLACE MACRO shown(x) AS '''' || left(CAST(x AS VARCHAR), 40) || ''''
 """
 
 
+_INTEGER_TYPES = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+)
+
+
+#: Columns whose values are source ids: a reject reason never quotes them.
+_IDENTIFYING = frozenset({"person_id"})
+
+
+class _Typed:
+    """SQL for reading a CDM column of whatever type the source gave it.
+
+    Typed columns (a DATE, a BIGINT) are read as they are; text columns (CSV) are parsed, and
+    only they can hold a value that does not parse, which then becomes the row's reject reason.
+    """
+
+    def __init__(self, types: dict[str, str]) -> None:
+        self.types = types
+
+    def ref(self, name: str | None) -> str:
+        return f'"{name}"' if name and name in self.types else "NULL"
+
+    def _is_text(self, name: str) -> bool:
+        return self.types[name].upper().startswith("VARCHAR")
+
+    def blank(self, name: str | None) -> str:
+        if not name or name not in self.types:
+            return "true"
+        if self._is_text(name):
+            return f'("{name}" IS NULL OR trim("{name}") = \'\')'
+        return f'("{name}" IS NULL)'
+
+    def time(self, name: str | None) -> str:
+        if not name or name not in self.types:
+            return "NULL::TIMESTAMP"
+        kind = self.types[name].upper()
+        if kind.startswith(("DATE", "TIMESTAMP")):
+            return f'CAST("{name}" AS TIMESTAMP)'
+        return f'jts("{name}")'
+
+    def integer(self, name: str | None) -> str:
+        if not name or name not in self.types:
+            return "NULL::BIGINT"
+        if self.types[name].upper() in _INTEGER_TYPES:
+            return f'CAST("{name}" AS BIGINT)'
+        return f'TRY_CAST(trim(CAST("{name}" AS VARCHAR)) AS BIGINT)'
+
+    def number(self, name: str | None) -> str:
+        if not name or name not in self.types:
+            return "NULL::DOUBLE"
+        return f'TRY_CAST("{name}" AS DOUBLE)'
+
+    def _bad(self, name: str | None, parsed: str, what: str) -> str:
+        if not name or name not in self.types or not self._is_text(name):
+            return ""
+        shown = "''" if name in _IDENTIFYING else f"' ' || shown(\"{name}\")"
+        return f"WHEN NOT {self.blank(name)} AND {parsed} IS NULL THEN '{name}' || {shown} || ' is not {what}'"
+
+    def bad_time(self, name: str | None) -> str:
+        return self._bad(name, self.time(name), "a date")
+
+    def bad_integer(self, name: str | None) -> str:
+        if (
+            name
+            and name in self.types
+            and self.types[name].upper() in ("DOUBLE", "FLOAT", "DECIMAL")
+        ):
+            return f'WHEN "{name}" <> floor("{name}") THEN \'{name} \' || shown("{name}") || \' is not an integer\''
+        return self._bad(name, self.integer(name), "an integer")
+
+    def bad_number(self, name: str | None) -> str:
+        return self._bad(name, self.number(name), "a number")
+
+
 def ingest_omop(
     store: Store,
     source: str | Path,
@@ -355,6 +437,7 @@ class _OmopMapper:
         """
         out = self.writer.raw_path(f"omop_{table}")
         run(self.con, f"COPY ({events_sql}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+        self._reject_exact_duplicates(out, id_col)
         counts = self.report.table(f"omop/{table}")
         counts.read, counts.rejected, counts.events, shared = run(
             self.con,
@@ -378,6 +461,26 @@ class _OmopMapper:
                 f"omop/{table}: {shared} rows share their {id_col} with a different row; "
                 "kept, each identified by its content"
             )
+
+    def _reject_exact_duplicates(self, out: Path, id_col: str) -> None:
+        """Rows sharing both their id and their content are one record: keep the first."""
+        duplicated = scalar(
+            self.con,
+            f"SELECT count(*) FROM (SELECT _rid FROM read_parquet('{out}') WHERE _shared AND _primary "
+            "GROUP BY _rid HAVING count(*) > 1)",
+        )
+        if not duplicated:
+            return
+        fixed = out.with_name(out.stem + "-dedup.parquet")
+        run(
+            self.con,
+            f"""COPY (SELECT * REPLACE (CASE WHEN reject_reason IS NULL AND _shared AND
+                    row_number() OVER (PARTITION BY _rid, _primary ORDER BY _row) > 1
+                THEN 'exact duplicate of an earlier row with the same {id_col}'
+                ELSE reject_reason END AS reject_reason)
+            FROM read_parquet('{out}')) TO '{fixed}' (FORMAT parquet, COMPRESSION zstd)""",
+        )
+        fixed.replace(out)
 
     def _shifted(self, expr: str, shift: str = "s.shift_us") -> str:
         if self.store.config.max_date_shift_days <= 0:
@@ -476,7 +579,8 @@ class _OmopMapper:
     # -- event tables ----------------------------------------------------------------------
 
     def _events(self, table: str, spec: TableSpec) -> None:
-        cols = set(self.tables.columns(table))
+        types = self.tables.column_types(table)
+        cols = set(types)
         required = ["person_id", spec.id or "person_id"]
         if spec.concept and spec.fixed_code is None:
             required.append(spec.concept)
@@ -485,61 +589,70 @@ class _OmopMapper:
             required.append(spec.start_date or spec.start_datetime or "")
         if self._missing(table, cols, sorted(set(required))):
             return
-        c = lambda name: self._col(cols, name)  # noqa: E731
+        x = _Typed(types)
         rel = self.tables.relations[table]
         id_col = spec.id or "person_id"
-        time_cols = [
-            col
+        run(
+            self.con,
+            f"""CREATE OR REPLACE TEMP TABLE shared_ids AS SELECT CAST("{id_col}" AS VARCHAR) AS id_raw
+            FROM {rel} GROUP BY 1 HAVING count(*) > 1""",
+        )
+        time_checks = " ".join(
+            x.bad_time(col)
             for col in (spec.start_date, spec.start_datetime, spec.end_date, spec.end_datetime)
-            if col and col in cols
-        ]
-        raw_times = "".join(f'"{col}" AS "raw_{col}", ' for col in time_cols)
-        date_checks = " ".join(
-            f'WHEN NOT blank(v."raw_{col}") AND jts(v."raw_{col}") IS NULL '
-            f"THEN '{col} ' || shown(v.\"raw_{col}\") || ' is not a date'"
-            for col in time_cols
+        )
+        content = ", ".join(
+            f"CAST({x.ref(col)} AS VARCHAR)"
+            for col in (
+                "person_id",
+                spec.start_datetime,
+                spec.start_date,
+                spec.end_datetime,
+                spec.end_date,
+                spec.concept,
+                spec.source_concept,
+                spec.number,
+                spec.string,
+                spec.value_concept,
+                spec.unit_concept,
+                spec.unit_source,
+            )
         )
         run(
             self.con,
             f"""CREATE OR REPLACE TEMP VIEW staged AS
-            WITH src AS (SELECT row_number() OVER () AS _row,
-                    count(*) OVER (PARTITION BY "{id_col}") AS _n_same, * FROM {rel}),
-            t AS (SELECT _row, _n_same, {raw_times}
-                    CAST("{id_col}" AS VARCHAR) AS id_raw,
-                    person_id AS person_raw,
-                    TRY_CAST(person_id AS BIGINT) AS person_id,
-                    COALESCE({c(spec.start_datetime)}, {c(spec.start_date)}) AS start_raw,
-                    COALESCE(jts({c(spec.start_datetime)}), jts({c(spec.start_date)})) AS t0,
-                    COALESCE({c(spec.end_datetime)}, {c(spec.end_date)}) AS end_raw,
-                    COALESCE(jts({c(spec.end_datetime)}), jts({c(spec.end_date)})) AS t1,
-                    {c(spec.concept)} AS concept_raw,
-                    TRY_CAST({c(spec.concept)} AS BIGINT) AS concept_id,
-                    TRY_CAST({c(spec.source_concept)} AS BIGINT) AS source_concept_id,
-                    {c(spec.number)} AS number_raw,
-                    TRY_CAST({c(spec.number)} AS DOUBLE) AS number,
-                    CAST({c(spec.string)} AS VARCHAR) AS string,
-                    TRY_CAST({c(spec.value_concept)} AS BIGINT) AS value_concept_id,
-                    TRY_CAST({c(spec.unit_concept)} AS BIGINT) AS unit_concept_id,
-                    CAST({c(spec.unit_source)} AS VARCHAR) AS unit_source
-                  FROM src),
-            u AS (SELECT *, CASE WHEN _n_same > 1 THEN id_raw || '#' || left(md5(concat_ws('|',
-                    person_raw, start_raw, end_raw, concept_raw, source_concept_id, number_raw,
-                    string, value_concept_id, unit_concept_id, unit_source)), 16)
-                    ELSE id_raw END AS rid FROM t),
-            v AS (SELECT *, row_number() OVER (PARTITION BY rid ORDER BY _row) AS dup FROM u)
-            SELECT v.*, m.subject_id, m.shift_us,
-              CASE WHEN blank(v.id_raw) THEN '{id_col} is missing'
-                   WHEN v.dup > 1 THEN 'exact duplicate of an earlier row with the same {id_col}'
-                   WHEN blank(v.person_raw) THEN 'person_id is missing'
-                   WHEN v.person_id IS NULL THEN 'person_id is not an integer'
-                   WHEN m.subject_id IS NULL THEN 'person_id not found in the person table'
-                   WHEN blank(v.start_raw) THEN 'start date is missing'
-                   {date_checks}
-                   {"WHEN blank(v.concept_raw) THEN 'concept id is missing'" if spec.fixed_code is None and spec.concept else ""}
-                   WHEN NOT blank(v.concept_raw) AND v.concept_id IS NULL THEN 'concept id ' || shown(v.concept_raw) || ' is not an integer'
-                   WHEN NOT blank(v.number_raw) AND v.number IS NULL THEN '{spec.number} ' || shown(v.number_raw) || ' is not a number'
-              END AS reason
-            FROM v LEFT JOIN subject_map m ON v.person_id = m.person_id""",
+            WITH src AS (SELECT row_number() OVER () AS _row, * FROM {rel}),
+            t AS (SELECT src._row,
+                    CAST(src."{id_col}" AS VARCHAR) AS id_raw,
+                    shared_ids.id_raw IS NOT NULL AS _shared,
+                    CASE WHEN shared_ids.id_raw IS NULL THEN CAST(src."{id_col}" AS VARCHAR)
+                         ELSE CAST(src."{id_col}" AS VARCHAR) || '#' || left(md5(concat_ws('|', {content})), 16)
+                    END AS rid,
+                    {x.integer("person_id")} AS person_id,
+                    COALESCE({x.time(spec.start_datetime)}, {x.time(spec.start_date)}) AS t0,
+                    COALESCE({x.time(spec.end_datetime)}, {x.time(spec.end_date)}) AS t1,
+                    {x.integer(spec.concept)} AS concept_id,
+                    {x.integer(spec.source_concept)} AS source_concept_id,
+                    {x.number(spec.number)} AS number,
+                    CAST({x.ref(spec.string)} AS VARCHAR) AS string,
+                    {x.integer(spec.value_concept)} AS value_concept_id,
+                    {x.integer(spec.unit_concept)} AS unit_concept_id,
+                    CAST({x.ref(spec.unit_source)} AS VARCHAR) AS unit_source,
+                    CASE WHEN {x.blank(id_col)} THEN '{id_col} is missing'
+                         WHEN {x.blank("person_id")} THEN 'person_id is missing'
+                         {x.bad_integer("person_id")}
+                         WHEN {x.blank(spec.start_datetime)} AND {x.blank(spec.start_date)} THEN 'start date is missing'
+                         {time_checks}
+                         {f"WHEN {x.blank(spec.concept)} THEN 'concept id is missing'" if spec.fixed_code is None and spec.concept else ""}
+                         {x.bad_integer(spec.concept)}
+                         {x.bad_number(spec.number)}
+                    END AS input_problem
+                  FROM src LEFT JOIN shared_ids ON shared_ids.id_raw = CAST(src."{id_col}" AS VARCHAR))
+            SELECT t.*, m.subject_id, m.shift_us,
+              COALESCE(t.input_problem,
+                       CASE WHEN m.subject_id IS NULL THEN 'person_id not found in the person table' END
+              ) AS reason
+            FROM t LEFT JOIN subject_map m ON t.person_id = m.person_id""",
         )
         if spec.fixed_code:
             code = f"'{spec.fixed_code}'"
@@ -554,8 +667,7 @@ class _OmopMapper:
                 s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
                 {self._shifted("s.t1")} AS end_time, '{spec.domain}' AS domain,
                 'omop/{table}' AS source, {self._record_key(table)} AS record_key,
-                s.reason AS reject_reason, s._row, s.rid AS _rid, true AS _primary,
-                s._n_same > 1 AS _shared
+                s.reason AS reject_reason, s._row, s.rid AS _rid, true AS _primary, s._shared
             FROM staged s
             LEFT JOIN concepts c ON c.concept_id = s.concept_id
             LEFT JOIN concepts sc ON sc.concept_id = s.source_concept_id AND s.source_concept_id <> 0

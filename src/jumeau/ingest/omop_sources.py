@@ -50,6 +50,11 @@ class OmopTables:
         rows = run(self.con, f"DESCRIBE SELECT * FROM {self.relations[table]}")
         return [r[0].lower() for r in rows]
 
+    def column_types(self, table: str) -> dict[str, str]:
+        """The table's lower-cased column names and their DuckDB types."""
+        rows = run(self.con, f"DESCRIBE SELECT * FROM {self.relations[table]}")
+        return {r[0].lower(): r[1] for r in rows}
+
     def count(self, table: str) -> int:
         return scalar(self.con, f"SELECT count(*) FROM {self.relations[table]}")
 
