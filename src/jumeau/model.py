@@ -43,20 +43,19 @@ EVENT_SCHEMA = pa.schema(
         pa.field("domain", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("record_key", pa.int64(), nullable=False),
-        pa.field("batch", pa.string(), nullable=False),
     ]
 )
 """Arrow schema of one stored event.
 
 ``time`` is null for static facts. ``source`` names the source table or resource type
 (``omop/measurement``, ``fhir/Observation``); ``record_key`` is a keyed hash of the source
-record id (never the id itself) that makes re-ingestion idempotent; ``batch`` is the ingest
-batch that wrote the event.
+record id (never the id itself) that makes re-ingestion idempotent. The ingest batch that
+wrote an event is the batch whose files hold it (the store's SQL view shows it as ``batch``).
 """
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
-#: Columns a connector provides; ``batch`` is stamped by the store when it commits.
-CONNECTOR_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "batch"])
+#: Columns a connector provides: the stored event, exactly.
+CONNECTOR_SCHEMA = EVENT_SCHEMA
 
 REJECT_SCHEMA = pa.schema(
     [

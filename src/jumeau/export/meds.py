@@ -77,7 +77,7 @@ def export_meds(
                 "SELECT subject_id, time, code, CAST(numeric_value AS FLOAT) AS numeric_value, "
                 "text_value, unit, end_time, domain FROM events "
                 "WHERE subject_id BETWEEN $lo AND $hi "
-                "ORDER BY subject_id, time NULLS FIRST, code, record_key",
+                "ORDER BY subject_id, time NULLS FIRST, record_key",
                 {"lo": lo, "hi": hi},
             )
             with pq.ParquetWriter(data_dir / f"{shards}.parquet", schema, compression="zstd") as w:

@@ -436,7 +436,7 @@ class _OmopMapper:
         extra facts of a row, so each source row counts once).
         """
         out = self.writer.raw_path(f"omop_{table}")
-        run(self.con, f"COPY ({events_sql}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+        run(self.con, f"COPY ({events_sql}) TO '{out}' (FORMAT parquet, COMPRESSION snappy)")
         self._reject_exact_duplicates(out, id_col)
         counts = self.report.table(f"omop/{table}")
         counts.read, counts.rejected, counts.events, shared = run(
@@ -478,7 +478,7 @@ class _OmopMapper:
                     row_number() OVER (PARTITION BY _rid, _primary ORDER BY _row) > 1
                 THEN 'exact duplicate of an earlier row with the same {id_col}'
                 ELSE reject_reason END AS reject_reason)
-            FROM read_parquet('{out}')) TO '{fixed}' (FORMAT parquet, COMPRESSION zstd)""",
+            FROM read_parquet('{out}')) TO '{fixed}' (FORMAT parquet, COMPRESSION snappy)""",
         )
         fixed.replace(out)
 

@@ -221,7 +221,8 @@ class Store:
         return np.unique(np.concatenate(ids))
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with views ``events`` and ``rejects`` over the committed batches."""
+        """A DuckDB connection with views ``events`` and ``rejects`` over the committed batches
+        (each row with the ``batch`` that wrote it)."""
         con = duckdb.connect()
         for view, filename, schema in (
             ("events", layout.EVENTS_PARQUET, EVENT_SCHEMA),
@@ -231,11 +232,16 @@ class Store:
             if files:
                 run(
                     con,
-                    f"CREATE VIEW {view} AS SELECT * FROM read_parquet({files!r}, union_by_name=true)",
+                    f"CREATE VIEW {view} AS SELECT * EXCLUDE (filename), "
+                    "regexp_extract(filename, '([^/]+)/[^/]+$', 1) AS batch "
+                    f"FROM read_parquet({files!r}, union_by_name=true, filename=true)",
                 )
             else:
                 con.register(f"_{view}_empty", schema.empty_table())
-                run(con, f"CREATE VIEW {view} AS SELECT * FROM _{view}_empty")
+                run(
+                    con,
+                    f"CREATE VIEW {view} AS SELECT *, NULL::VARCHAR AS batch FROM _{view}_empty",
+                )
         return con
 
     def scan(self) -> pl.LazyFrame:

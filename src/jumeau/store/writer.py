@@ -206,8 +206,8 @@ class BatchWriter:
                 "WHERE e.source = r.source AND e.record_key = r.record_key)"
             )
         query = (
-            f"SELECT r.*, '{self.batch_id}' AS batch FROM incoming r {new_filter} "
-            "ORDER BY subject_id, time NULLS FIRST, code, record_key"
+            f"SELECT r.* FROM incoming r {new_filter} "
+            "ORDER BY subject_id, time NULLS FIRST, record_key"
         )
         runs = _SubjectRuns()
         written = 0
@@ -223,7 +223,7 @@ class BatchWriter:
         run(
             con,
             f"COPY sorted_events TO '{self.dir / layout.EVENTS_PARQUET}' "
-            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
+            f"(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
         )
         con.unregister("sorted_events")
         del sorted_events
