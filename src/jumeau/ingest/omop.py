@@ -563,7 +563,7 @@ class _OmopMapper:
                     NULL AS text_value, NULL AS unit, NULL::TIMESTAMP AS end_time,
                     'demographic' AS domain, 'omop/person' AS source,
                     {self._record_key("person", f"s.rid || '#{suffix}'")} AS record_key,
-                    NULL AS reject_reason, s._row, s.rid AS _rid, false AS _primary, false AS _shared
+                    NULL AS reject_reason, s._row, NULL AS _rid, false AS _primary, false AS _shared
                 FROM staged s JOIN subject_map m USING (person_id)
                 LEFT JOIN concepts c ON c.concept_id = s.{column}
                 WHERE s.reason IS NULL AND s.{column} IS NOT NULL AND s.{column} <> 0"""
@@ -572,7 +572,7 @@ class _OmopMapper:
                 NULL::DOUBLE AS numeric_value, NULL AS text_value, NULL AS unit,
                 NULL::TIMESTAMP AS end_time, 'demographic' AS domain, 'omop/person' AS source,
                 {self._record_key("person", "s.rid || '#birth'")} AS record_key,
-                s.reason AS reject_reason, s._row, s.rid AS _rid, true AS _primary, false AS _shared
+                s.reason AS reject_reason, s._row, CASE WHEN s.reason IS NOT NULL THEN s.rid END AS _rid, true AS _primary, false AS _shared
             FROM staged s LEFT JOIN subject_map m USING (person_id)"""
         self._write("person", " UNION ALL ".join([birth, *static]))
 
@@ -667,7 +667,7 @@ class _OmopMapper:
                 s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
                 {self._shifted("s.t1")} AS end_time, '{spec.domain}' AS domain,
                 'omop/{table}' AS source, {self._record_key(table)} AS record_key,
-                s.reason AS reject_reason, s._row, s.rid AS _rid, true AS _primary, s._shared
+                s.reason AS reject_reason, s._row, CASE WHEN s.reason IS NOT NULL OR s._shared THEN s.rid END AS _rid, true AS _primary, s._shared
             FROM staged s
             LEFT JOIN concepts c ON c.concept_id = s.concept_id
             LEFT JOIN concepts sc ON sc.concept_id = s.source_concept_id AND s.source_concept_id <> 0

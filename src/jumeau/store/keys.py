@@ -91,8 +91,9 @@ class Pseudonymiser:
 
     @property
     def record_salt(self) -> str:
-        """A hex salt derived from the key, prefixed to record ids before hashing."""
-        return hmac.new(self.key, b"record-salt", hashlib.sha256).hexdigest()
+        """A 96-bit hex secret derived from the key, prefixed to record ids before hashing (short
+        enough that salt, source and id fit one MD5 block)."""
+        return hmac.new(self.key, b"record-salt", hashlib.sha256).hexdigest()[:24]
 
     def record_key(self, source: str, record_id: object) -> int:
         """A 60-bit keyed hash of a source record id; the same formula as :func:`record_key_sql`.
