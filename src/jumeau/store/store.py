@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -163,9 +163,26 @@ class Store:
             self._mapped = [_MappedBatch.open(base / b) for b in self.manifest.batch_ids]
         return self._mapped
 
-    def timeline_arrow(self, subject_id: int) -> pa.Table:
-        """All events of one subject as Arrow, in time order (static facts first)."""
-        parts = [t for b in self._batches() if (t := b.slice(subject_id)) is not None]
+    def batches_known_at(self, known_at: datetime) -> set[str]:
+        """The batches committed at or before ``known_at`` (naive times are UTC)."""
+        if known_at.tzinfo is None:
+            known_at = known_at.replace(tzinfo=UTC)
+        return {
+            b["id"]
+            for b in self.manifest.batches
+            if datetime.strptime(b["committed_at"], "%Y-%m-%dT%H:%M:%S%z") <= known_at
+        }
+
+    def timeline_arrow(self, subject_id: int, *, known_at: datetime | None = None) -> pa.Table:
+        """All events of one subject as Arrow, in time order (static facts first).
+
+        With ``known_at``, only events from batches committed by then: the store as it was.
+        """
+        batches = self._batches()
+        if known_at is not None:
+            allowed = self.batches_known_at(known_at)
+            batches = [b for b in batches if b.id in allowed]
+        parts = [t for b in batches if (t := b.slice(subject_id)) is not None]
         if not parts:
             return EVENT_SCHEMA.empty_table()
         if len(parts) == 1:
@@ -181,6 +198,7 @@ class Store:
         end: datetime | None = None,
         codes: list[str] | None = None,
         domains: list[str] | None = None,
+        known_at: datetime | None = None,
     ) -> pl.DataFrame:
         """One subject's events as a Polars frame, in time order.
 
@@ -195,8 +213,10 @@ class Store:
             (``LOINC/`` keeps every LOINC code).
         domains:
             Keep events of these domains.
+        known_at:
+            Read the store as it was then: only batches committed by ``known_at``.
         """
-        frame = pl.from_arrow(self.timeline_arrow(subject_id))
+        frame = pl.from_arrow(self.timeline_arrow(subject_id, known_at=known_at))
         assert isinstance(frame, pl.DataFrame)
         if start is not None:
             frame = frame.filter(pl.col("time").is_null() | (pl.col("time") >= start))
@@ -304,6 +324,15 @@ class Store:
             "rejects_by_source": rejects,
             "batches": len(self.manifest.batches),
         }
+
+    # ---- the twin ------------------------------------------------------------------------
+
+    def twin(self, subject_id: int, as_of: datetime | None = None, **kwargs):
+        """The subject's :class:`~jumeau.twin.Twin` built from what was known at ``as_of``
+        (keyword arguments: ``known_at``, ``population``; see :func:`jumeau.twin.build_twin`)."""
+        from jumeau.twin import build_twin
+
+        return build_twin(self, subject_id, as_of, **kwargs)
 
     # ---- identity ------------------------------------------------------------------------
 

@@ -218,15 +218,16 @@ class BatchWriter:
                 ipc.write_table(table)
                 runs.add(table.column("subject_id").to_numpy(), written)
                 written += table.num_rows
-        sorted_events = pa.ipc.open_file(pa.memory_map(str(arrow_path))).read_all()
-        con.register("sorted_events", sorted_events)
-        run(
-            con,
-            f"COPY sorted_events TO '{self.dir / layout.EVENTS_PARQUET}' "
-            f"(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
-        )
-        con.unregister("sorted_events")
-        del sorted_events
+        with pa.OSFile(str(arrow_path), "rb") as source:
+            ipc_file = pa.ipc.open_file(source)
+            batches = (ipc_file.get_batch(i) for i in range(ipc_file.num_record_batches))
+            con.register("sorted_events", pa.RecordBatchReader.from_batches(EVENT_SCHEMA, batches))
+            run(
+                con,
+                f"COPY sorted_events TO '{self.dir / layout.EVENTS_PARQUET}' "
+                f"(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
+            )
+            con.unregister("sorted_events")
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
         return written, total - written, runs.count
 

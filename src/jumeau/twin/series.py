@@ -1,0 +1,74 @@
+"""Every subject's series of each catalogued variable, read in one columnar pass."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from jumeau.twin.variables import Variable, code_index
+
+if TYPE_CHECKING:
+    from jumeau.store import Store
+
+
+def measurement_frame(
+    store: Store, catalogue: dict[str, Variable], cutoff: datetime | None = None
+) -> pl.DataFrame:
+    """All plausible, unit-converted observations: subject_id, variable, day, value (sorted)."""
+    index = code_index(catalogue)
+    frame = (
+        store.scan()
+        .filter(
+            pl.col("code").is_in(list(index))
+            & pl.col("numeric_value").is_not_null()
+            & pl.col("time").is_not_null()
+        )
+        .select("subject_id", "time", "code", "numeric_value", "unit")
+    )
+    if cutoff is not None:
+        frame = frame.filter(pl.col("time") <= cutoff)
+    frame = frame.collect()
+    parts = []
+    for name, var in catalogue.items():
+        sub = frame.filter(pl.col("code").is_in(list(var.codes)))
+        if sub.is_empty():
+            continue
+        values = [
+            var.to_canonical(v, u) for v, u in zip(sub["numeric_value"], sub["unit"], strict=True)
+        ]
+        sub = sub.with_columns(
+            pl.Series("value", values, dtype=pl.Float64), pl.lit(name).alias("variable")
+        )
+        sub = sub.filter(
+            pl.col("value").is_not_null() & pl.col("value").is_between(var.low, var.high)
+        )
+        parts.append(sub)
+    if not parts:
+        return pl.DataFrame(
+            schema={
+                "subject_id": pl.Int64,
+                "variable": pl.String,
+                "day": pl.Float64,
+                "value": pl.Float64,
+            }
+        )
+    out = pl.concat(parts).with_columns(day=(pl.col("time").dt.epoch("us") / 86_400_000_000))
+    return out.select("subject_id", "variable", "day", "value", "time").sort(
+        "subject_id", "variable", "day"
+    )
+
+
+def variable_series(
+    store: Store, catalogue: dict[str, Variable], cutoff: datetime | None = None
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """variable -> [(days, values) per subject]."""
+    frame = measurement_frame(store, catalogue, cutoff)
+    out: dict[str, list] = {}
+    for (variable, _subject), group in frame.group_by(
+        ["variable", "subject_id"], maintain_order=True
+    ):
+        out.setdefault(variable, []).append((group["day"].to_numpy(), group["value"].to_numpy()))
+    return out

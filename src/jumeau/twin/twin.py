@@ -1,0 +1,396 @@
+"""The digital twin of one patient as of a date.
+
+A :class:`Twin` is built only from what was known at ``as_of``: events timed at or before it
+and, when ``known_at`` is given, only from batches committed by then. It holds the patient's
+demographics, the filtered state of every catalogued variable (with uncertainty and trend),
+active problems and medications, allergies, recent encounters and risk scores; it serialises to
+JSON and says what changed since an earlier twin.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from jumeau.model import BIRTH_CODE, DEATH_CODE
+from jumeau.twin import conditions as cond
+from jumeau.twin.risks import RiskResult, compute_risks
+from jumeau.twin.state import DAYS_PER_YEAR, Estimate, LocalTrendFilter, NoiseModel
+from jumeau.twin.variables import (
+    CATALOGUE,
+    SMOKING_STATUS_CODES,
+    SMOKING_VALUES,
+    Variable,
+    code_index,
+)
+
+if TYPE_CHECKING:
+    from jumeau.store import Store
+
+US_PER_DAY = 86_400_000_000
+ACTIVE_DRUG_WINDOW = timedelta(days=90)
+
+
+def day_number(moment: datetime) -> float:
+    """Days since the epoch (the time axis the filters run on)."""
+    return (moment - datetime(1970, 1, 1)).total_seconds() / 86_400
+
+
+@dataclass
+class VariableState:
+    """What the twin knows about one variable."""
+
+    variable: str
+    unit: str
+    estimate: Estimate
+    last_value: float | None
+    last_time: datetime | None
+    days: np.ndarray
+    values: np.ndarray
+    flagged: list[dict] = field(default_factory=list)
+
+    def to_dict(self, as_of: datetime) -> dict:
+        return {
+            "unit": self.unit,
+            "last_value": self.last_value,
+            "last_time": self.last_time.isoformat() if self.last_time else None,
+            "age_days": round((as_of - self.last_time).total_seconds() / 86_400, 1)
+            if self.last_time
+            else None,
+            "estimate": round(self.estimate.mean, 3),
+            "sd": round(self.estimate.sd, 3),
+            "interval_95": [round(x, 3) for x in self.estimate.interval(0.95)],
+            "trend_per_year": round(self.estimate.slope_per_year, 3),
+            "trend_sd_per_year": round(self.estimate.slope_sd_per_year, 3),
+            "n_observations": self.estimate.n_observations,
+            "flagged": self.flagged,
+        }
+
+
+class PopulationModel:
+    """Per-variable priors and noise (default from the catalogue, or learnt by ``fit``)."""
+
+    def __init__(
+        self,
+        catalogue: dict[str, Variable] | None = None,
+        noise: dict[str, NoiseModel] | None = None,
+    ):
+        self.catalogue = catalogue or CATALOGUE
+        self.noise = {n: NoiseModel.default(v) for n, v in self.catalogue.items()}
+        self.noise.update(noise or {})
+
+    def filter(self, variable: str) -> LocalTrendFilter:
+        return LocalTrendFilter(self.noise[variable])
+
+    @classmethod
+    def fit(
+        cls,
+        store: Store,
+        cutoff: datetime | None = None,
+        catalogue: dict[str, Variable] | None = None,
+    ) -> PopulationModel:
+        """Learn each variable's prior and noise from every subject's series before ``cutoff``."""
+        from jumeau.twin.series import variable_series
+        from jumeau.twin.state import fit_noise
+
+        model = cls(catalogue)
+        for name, series in variable_series(store, model.catalogue, cutoff).items():
+            model.noise[name] = fit_noise(model.catalogue[name], series)
+        return model
+
+    def to_dict(self) -> dict:
+        return {n: m.__dict__ for n, m in self.noise.items() if m.learnt}
+
+
+@dataclass
+class Twin:
+    """One patient's twin as of a date; build it with :meth:`Store.twin <jumeau.store.Store.twin>`."""
+
+    subject_id: int
+    as_of: datetime
+    known_at: datetime | None
+    birth: datetime | None
+    sex: str | None
+    deceased: datetime | None
+    variables: dict[str, VariableState]
+    smoking_status: str | None
+    problems: list[dict]
+    medications: list[dict]
+    allergies: list[dict]
+    encounters: list[dict]
+    events_used: int
+    descriptions: dict[str, str] = field(repr=False, default_factory=dict)
+    risks: dict[str, RiskResult] = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def age(self) -> float | None:
+        """Age in years at ``as_of``."""
+        if self.birth is None:
+            return None
+        return round((self.as_of - self.birth).days / DAYS_PER_YEAR, 2)
+
+    def condition_flags(self) -> dict[str, bool]:
+        """Whether any recorded problem (active or past) belongs to each scored condition."""
+        codes = [p["code"] for p in self._all_conditions]
+        return {name: any(cond.matches(c, name) for c in codes) for name in cond.CONDITIONS}
+
+    def on_antiplatelet_or_nsaid(self) -> bool:
+        names = " ".join((m.get("description") or "").lower() for m in self.medications)
+        return any(drug in names for drug in cond.ANTIPLATELETS_AND_NSAIDS)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready snapshot (for the service, the viewer and ``twin.diff``)."""
+        return {
+            "subject_id": self.subject_id,
+            "as_of": self.as_of.isoformat(),
+            "known_at": self.known_at.isoformat() if self.known_at else None,
+            "version": self.version,
+            "demographics": {
+                "birth_date": self.birth.date().isoformat() if self.birth else None,
+                "age": self.age,
+                "sex": self.sex,
+                "deceased": self.deceased.isoformat() if self.deceased else None,
+                "smoking_status": self.smoking_status,
+            },
+            "variables": {n: v.to_dict(self.as_of) for n, v in sorted(self.variables.items())},
+            "problems": self.problems,
+            "medications": self.medications,
+            "allergies": self.allergies,
+            "recent_encounters": self.encounters,
+            "risks": {n: r.to_dict() for n, r in self.risks.items()},
+            "events_used": self.events_used,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def diff(self, previous: Twin | dict) -> dict:
+        """What changed since an earlier twin of the same subject.
+
+        New and resolved problems, started and stopped medications, observations that fell
+        outside the earlier twin's 95% predictive interval, and risk scores that moved.
+        """
+        before = previous.to_dict() if isinstance(previous, Twin) else previous
+        after = self.to_dict()
+        prob_before = {p["code"] for p in before["problems"]}
+        prob_after = {p["code"] for p in after["problems"]}
+        meds_before = {m["code"] for m in before["medications"]}
+        meds_after = {m["code"] for m in after["medications"]}
+        surprises = []
+        if isinstance(previous, Twin):
+            for name, state in self.variables.items():
+                old = previous.variables.get(name)
+                new_obs = state.days > day_number(previous.as_of)
+                if old is None or not new_obs.any():
+                    continue
+                flt = (
+                    PopulationModel().filter(name)
+                    if not hasattr(self, "_population")
+                    else self._population.filter(name)
+                )
+                for day, value in zip(state.days[new_obs], state.values[new_obs], strict=True):
+                    mean, sd = flt.predictive(old.days, old.values, float(day))
+                    if abs(value - mean) > 1.96 * sd:
+                        surprises.append(
+                            {
+                                "variable": name,
+                                "time": (
+                                    datetime(1970, 1, 1) + timedelta(days=float(day))
+                                ).isoformat(),
+                                "value": float(value),
+                                "expected": round(mean, 3),
+                                "interval_95": [
+                                    round(mean - 1.96 * sd, 3),
+                                    round(mean + 1.96 * sd, 3),
+                                ],
+                            }
+                        )
+        risk_changes = {}
+        for name, risk in after["risks"].items():
+            old = before["risks"].get(name, {}).get("value")
+            if old != risk["value"]:
+                risk_changes[name] = {"before": old, "after": risk["value"]}
+        return {
+            "subject_id": self.subject_id,
+            "from": before["as_of"],
+            "to": after["as_of"],
+            "new_problems": sorted(prob_after - prob_before),
+            "resolved_problems": sorted(prob_before - prob_after),
+            "started_medications": sorted(meds_after - meds_before),
+            "stopped_medications": sorted(meds_before - meds_after),
+            "outside_predicted_interval": surprises,
+            "risk_changes": risk_changes,
+        }
+
+
+def build_twin(
+    store: Store,
+    subject_id: int,
+    as_of: datetime | None = None,
+    *,
+    known_at: datetime | None = None,
+    population: PopulationModel | None = None,
+    descriptions: dict[str, str] | None = None,
+) -> Twin:
+    """Build a subject's twin from the store (see :class:`Twin`)."""
+    population = population or PopulationModel()
+    as_of = as_of or datetime.now()
+    events = store.timeline(subject_id, end=as_of, known_at=known_at)
+    if events.is_empty():
+        raise KeyError(f"subject {subject_id} has no events known at {as_of.isoformat()}")
+    descriptions = store.code_descriptions() if descriptions is None else descriptions
+    twin = Twin(
+        subject_id=subject_id,
+        as_of=as_of,
+        known_at=known_at,
+        birth=_first_time(events, BIRTH_CODE),
+        sex=_sex(events),
+        deceased=_first_time(events, DEATH_CODE),
+        variables=_variable_states(events, population, as_of),
+        smoking_status=_smoking(events),
+        problems=[],
+        medications=[],
+        allergies=[],
+        encounters=[],
+        events_used=events.height,
+        descriptions=descriptions,
+        version=len(store.manifest.batches),
+    )
+    twin._population = population  # type: ignore[attr-defined]
+    describe = lambda code: descriptions.get(code)  # noqa: E731
+    conditions = events.filter(pl.col("domain") == "condition")
+    twin._all_conditions = [{"code": c} for c in conditions["code"].to_list()]  # type: ignore[attr-defined]
+    active = conditions.filter(pl.col("end_time").is_null() | (pl.col("end_time") > as_of))
+    twin.problems = [
+        {"code": code, "description": describe(code), "since": since.isoformat()}
+        for code, since in active.group_by("code")
+        .agg(pl.col("time").min())
+        .sort("time")
+        .iter_rows()
+    ]
+    drugs = events.filter(pl.col("domain") == "drug")
+    on_drug = drugs.filter(
+        (pl.col("end_time").is_not_null() & (pl.col("end_time") >= as_of))
+        | (pl.col("end_time").is_null() & (pl.col("time") >= as_of - ACTIVE_DRUG_WINDOW))
+    )
+    twin.medications = [
+        {
+            "code": code,
+            "description": describe(code),
+            "since": since.isoformat(),
+            "until": until.isoformat() if until else None,
+        }
+        for code, since, until in on_drug.group_by("code")
+        .agg(pl.col("time").min(), pl.col("end_time").max())
+        .sort("time")
+        .iter_rows()
+    ]
+    allergies = events.filter(pl.col("domain") == "allergy")
+    twin.allergies = [
+        {"code": c, "description": describe(c), "since": t.isoformat()}
+        for c, t in allergies.group_by("code").agg(pl.col("time").min()).sort("time").iter_rows()
+    ]
+    visits = events.filter(pl.col("domain") == "visit").sort("time").tail(5)
+    twin.encounters = [
+        {
+            "code": c,
+            "description": describe(c),
+            "start": t.isoformat(),
+            "end": e.isoformat() if e else None,
+        }
+        for c, t, e in visits.select("code", "time", "end_time").iter_rows()
+    ]
+    twin.risks = compute_risks(twin)
+    return twin
+
+
+def _first_time(events: pl.DataFrame, code: str) -> datetime | None:
+    hit = events.filter(pl.col("code") == code)
+    return hit["time"][0] if hit.height else None
+
+
+def _sex(events: pl.DataFrame) -> str | None:
+    codes = events.filter(pl.col("code").str.starts_with("Gender/"))["code"].to_list()
+    return {"Gender/F": "female", "Gender/M": "male"}.get(codes[-1]) if codes else None
+
+
+def _smoking(events: pl.DataFrame) -> str | None:
+    rows = events.filter(
+        pl.col("code").is_in(list(SMOKING_STATUS_CODES)) & pl.col("text_value").is_not_null()
+    )
+    statuses = [SMOKING_VALUES.get(v) for v in rows["text_value"].to_list()]
+    statuses = [s for s in statuses if s and s != "unknown"]
+    return statuses[-1] if statuses else None
+
+
+def observations(
+    events: pl.DataFrame, catalogue: dict[str, Variable]
+) -> dict[str, tuple[list, list, list]]:
+    """Per variable: (times, canonical values, flagged problems) of a subject's events."""
+    index = code_index(catalogue)
+    rows = events.filter(
+        pl.col("code").is_in(list(index))
+        & pl.col("numeric_value").is_not_null()
+        & pl.col("time").is_not_null()
+    )
+    out: dict[str, tuple[list, list, list]] = {}
+    for code, time, value, unit in rows.select("code", "time", "numeric_value", "unit").iter_rows():
+        var = catalogue[index[code]]
+        times, values, flagged = out.setdefault(var.name, ([], [], []))
+        converted = var.to_canonical(value, unit)
+        if converted is None:
+            flagged.append(
+                {
+                    "time": time.isoformat(),
+                    "value": value,
+                    "unit": unit,
+                    "problem": f"unit {unit!r} unknown for {var.name}",
+                }
+            )
+        elif not var.plausible(converted):
+            flagged.append(
+                {
+                    "time": time.isoformat(),
+                    "value": value,
+                    "unit": unit,
+                    "problem": f"implausible ({converted:g} {var.unit} outside {var.low:g}-{var.high:g})",
+                }
+            )
+        else:
+            times.append(time)
+            values.append(converted)
+    return out
+
+
+def _variable_states(
+    events: pl.DataFrame, population: PopulationModel, as_of: datetime
+) -> dict[str, VariableState]:
+    states = {}
+    at = day_number(as_of)
+    for name, (times, values, flagged) in observations(events, population.catalogue).items():
+        days = np.array([day_number(t) for t in times], dtype=float)
+        vals = np.array(values, dtype=float)
+        estimate = (
+            population.filter(name).estimate(days, vals, at)
+            if len(vals)
+            else Estimate(
+                population.noise[name].prior_mean, population.noise[name].prior_sd, 0.0, 0.0, 0
+            )
+        )
+        states[name] = VariableState(
+            name,
+            population.catalogue[name].unit,
+            estimate,
+            float(vals[-1]) if len(vals) else None,
+            times[-1] if times else None,
+            days,
+            vals,
+            flagged,
+        )
+    return states

@@ -1,0 +1,431 @@
+"""The catalogue of clinical variables a twin tracks: which codes measure them, in which units,
+and which values are physiologically plausible.
+
+Every variable has one canonical unit; observations in other units are converted (mg/dL and
+mmol/L per analyte, lb and kg, °F and °C, in and cm, mmol/mol and %), and values outside the
+plausible range are flagged and left out of the state, never used silently. Users extend or
+override the catalogue with a JSON mapping file (:func:`load_catalogue`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+Convert = Callable[[float], float]
+
+
+def _scale(factor: float) -> Convert:
+    return lambda v: v * factor
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A clinical variable: its codes, canonical unit, conversions and plausible range.
+
+    ``conversions`` maps a source unit (UCUM, lower-cased) to a function giving the canonical
+    unit; ``obs_sd`` and ``drift_sd_per_year`` are default measurement noise and natural drift
+    (replaced by values learnt from the store when a population model is fitted).
+    """
+
+    name: str
+    label: str
+    unit: str
+    codes: tuple[str, ...]
+    low: float
+    high: float
+    conversions: dict[str, Convert] = field(default_factory=dict)
+    obs_sd: float = 1.0
+    drift_sd_per_year: float = 1.0
+    prior_mean: float = 0.0
+    prior_sd: float = 1.0
+
+    def to_canonical(self, value: float, unit: str | None) -> float | None:
+        """The value in the canonical unit, or None when the unit is unknown for this variable."""
+        key = _unit_key(unit)
+        if key in ("", _unit_key(self.unit)):
+            return value
+        convert = self.conversions.get(key)
+        return None if convert is None else convert(value)
+
+    def plausible(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+def _unit_key(unit: str | None) -> str:
+    return (unit or "").strip().lower().replace(" ", "").replace("µ", "u").replace("μ", "u")
+
+
+MG_DL_TO_MMOL_GLUCOSE = 1 / 18.016
+MG_DL_TO_MMOL_CHOLESTEROL = 1 / 38.67
+MG_DL_TO_MMOL_TRIGLYCERIDES = 1 / 88.57
+MG_DL_TO_UMOL_CREATININE = 88.42
+
+
+def _v(
+    name, label, unit, codes, low, high, conversions=None, obs_sd=1.0, drift=1.0, mean=0.0, sd=1.0
+):
+    return Variable(
+        name, label, unit, tuple(codes), low, high, conversions or {}, obs_sd, drift, mean, sd
+    )
+
+
+CATALOGUE: dict[str, Variable] = {
+    v.name: v
+    for v in (
+        _v(
+            "sbp",
+            "Systolic blood pressure",
+            "mm[Hg]",
+            ["LOINC/8480-6", "SNOMED/271649006", "OMOP/3004249"],
+            50,
+            260,
+            {"mmhg": _scale(1), "kpa": _scale(7.50062)},
+            9,
+            6,
+            125,
+            18,
+        ),
+        _v(
+            "dbp",
+            "Diastolic blood pressure",
+            "mm[Hg]",
+            ["LOINC/8462-4", "SNOMED/271650006", "OMOP/3012888"],
+            20,
+            160,
+            {"mmhg": _scale(1), "kpa": _scale(7.50062)},
+            7,
+            4,
+            78,
+            11,
+        ),
+        _v(
+            "heart_rate",
+            "Heart rate",
+            "/min",
+            ["LOINC/8867-4", "SNOMED/364075005", "OMOP/3027018"],
+            20,
+            250,
+            {"bpm": _scale(1), "{beats}/min": _scale(1), "beats/min": _scale(1)},
+            8,
+            4,
+            75,
+            13,
+        ),
+        _v(
+            "weight",
+            "Body weight",
+            "kg",
+            ["LOINC/29463-7", "LOINC/3141-9", "OMOP/3025315"],
+            0.5,
+            400,
+            {"[lb_av]": _scale(0.45359237), "lb": _scale(0.45359237), "g": _scale(0.001)},
+            1.5,
+            4,
+            75,
+            20,
+        ),
+        _v(
+            "height",
+            "Body height",
+            "cm",
+            ["LOINC/8302-2", "LOINC/8306-3", "OMOP/3036277"],
+            30,
+            250,
+            {"[in_i]": _scale(2.54), "in": _scale(2.54), "m": _scale(100)},
+            1.0,
+            2,
+            168,
+            12,
+        ),
+        _v(
+            "bmi",
+            "Body mass index",
+            "kg/m2",
+            ["LOINC/39156-5", "OMOP/3038553"],
+            10,
+            80,
+            {"kg/m^2": _scale(1)},
+            0.6,
+            1.5,
+            27,
+            5,
+        ),
+        _v(
+            "temperature",
+            "Body temperature",
+            "Cel",
+            ["LOINC/8310-5", "LOINC/8331-1", "OMOP/3020891"],
+            30,
+            45,
+            {
+                "[degf]": lambda f: (f - 32) * 5 / 9,
+                "degf": lambda f: (f - 32) * 5 / 9,
+                "°c": _scale(1),
+            },
+            0.4,
+            0.3,
+            36.9,
+            0.5,
+        ),
+        _v(
+            "spo2",
+            "Oxygen saturation",
+            "%",
+            ["LOINC/59408-5", "LOINC/2708-6", "OMOP/40762499"],
+            50,
+            100,
+            {},
+            1.5,
+            1,
+            97,
+            2,
+        ),
+        _v(
+            "respiratory_rate",
+            "Respiratory rate",
+            "/min",
+            ["LOINC/9279-1", "OMOP/3024171"],
+            4,
+            60,
+            {},
+            2,
+            1,
+            15,
+            3,
+        ),
+        _v(
+            "glucose",
+            "Glucose",
+            "mmol/L",
+            ["LOINC/2339-0", "LOINC/2345-7", "LOINC/15074-8", "OMOP/3004501"],
+            1,
+            50,
+            {"mg/dl": _scale(MG_DL_TO_MMOL_GLUCOSE)},
+            0.8,
+            0.5,
+            5.6,
+            1.5,
+        ),
+        _v(
+            "hba1c",
+            "Haemoglobin A1c",
+            "%",
+            ["LOINC/4548-4", "LOINC/17856-6", "LOINC/59261-8", "OMOP/3004410"],
+            3,
+            20,
+            {"mmol/mol": lambda v: v / 10.929 + 2.15},
+            0.3,
+            0.4,
+            5.8,
+            1.0,
+        ),
+        _v(
+            "total_cholesterol",
+            "Total cholesterol",
+            "mmol/L",
+            ["LOINC/2093-3", "OMOP/3027114"],
+            1,
+            20,
+            {"mg/dl": _scale(MG_DL_TO_MMOL_CHOLESTEROL)},
+            0.4,
+            0.3,
+            5.2,
+            1.0,
+        ),
+        _v(
+            "ldl",
+            "LDL cholesterol",
+            "mmol/L",
+            ["LOINC/18262-6", "LOINC/2089-1", "LOINC/13457-7", "OMOP/3028437"],
+            0.2,
+            15,
+            {"mg/dl": _scale(MG_DL_TO_MMOL_CHOLESTEROL)},
+            0.35,
+            0.3,
+            3.1,
+            0.9,
+        ),
+        _v(
+            "hdl",
+            "HDL cholesterol",
+            "mmol/L",
+            ["LOINC/2085-9", "OMOP/3007070"],
+            0.1,
+            5,
+            {"mg/dl": _scale(MG_DL_TO_MMOL_CHOLESTEROL)},
+            0.12,
+            0.1,
+            1.4,
+            0.4,
+        ),
+        _v(
+            "triglycerides",
+            "Triglycerides",
+            "mmol/L",
+            ["LOINC/2571-8", "OMOP/3022192"],
+            0.1,
+            60,
+            {"mg/dl": _scale(MG_DL_TO_MMOL_TRIGLYCERIDES)},
+            0.4,
+            0.3,
+            1.5,
+            0.8,
+        ),
+        _v(
+            "creatinine",
+            "Creatinine",
+            "umol/L",
+            ["LOINC/2160-0", "LOINC/38483-4", "OMOP/3016723"],
+            10,
+            2000,
+            {"mg/dl": _scale(MG_DL_TO_UMOL_CREATININE), "mmol/l": _scale(1000)},
+            8,
+            5,
+            80,
+            20,
+        ),
+        _v(
+            "egfr",
+            "Estimated GFR",
+            "mL/min/{1.73_m2}",
+            [
+                "LOINC/33914-3",
+                "LOINC/62238-1",
+                "LOINC/98979-8",
+                "LOINC/48642-3",
+                "LOINC/48643-1",
+                "LOINC/69405-9",
+            ],
+            1,
+            200,
+            {"ml/min/1.73m2": _scale(1), "ml/min": _scale(1)},
+            6,
+            3,
+            90,
+            20,
+        ),
+        _v(
+            "potassium",
+            "Potassium",
+            "mmol/L",
+            ["LOINC/6298-4", "LOINC/2823-3", "OMOP/3023103"],
+            1.5,
+            9,
+            {"meq/l": _scale(1)},
+            0.3,
+            0.2,
+            4.3,
+            0.5,
+        ),
+        _v(
+            "sodium",
+            "Sodium",
+            "mmol/L",
+            ["LOINC/2947-0", "LOINC/2951-2", "OMOP/3019550"],
+            100,
+            180,
+            {"meq/l": _scale(1)},
+            2,
+            1,
+            140,
+            3,
+        ),
+        _v(
+            "haemoglobin",
+            "Haemoglobin",
+            "g/dL",
+            ["LOINC/718-7", "OMOP/3000963"],
+            3,
+            25,
+            {"g/l": _scale(0.1), "mmol/l": _scale(1.611)},
+            0.6,
+            0.4,
+            14,
+            1.6,
+        ),
+        _v(
+            "qtc",
+            "QTc interval",
+            "ms",
+            ["LOINC/8636-3", "LOINC/8634-8"],
+            250,
+            700,
+            {},
+            15,
+            5,
+            420,
+            25,
+        ),
+    )
+}
+
+#: Smoking status (LOINC 72166-2 and SNOMED findings) mapped to current / former / never.
+SMOKING_STATUS_CODES = ("LOINC/72166-2",)
+SMOKING_VALUES: dict[str, str] = {
+    "SNOMED/449868002": "current",
+    "SNOMED/428041000124106": "current",
+    "SNOMED/77176002": "current",
+    "SNOMED/65568007": "current",
+    "SNOMED/230063004": "current",
+    "SNOMED/428061000124105": "current",
+    "SNOMED/8517006": "former",
+    "SNOMED/266919005": "never",
+    "SNOMED/266927001": "unknown",
+}
+
+
+def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
+    """The built-in catalogue, extended by a user JSON file.
+
+    The file maps variable names to objects with any of ``label``, ``unit``, ``codes`` (added to
+    the built-in ones), ``low``, ``high`` and ``conversions`` as ``{"unit": factor}``; an unknown
+    name defines a new variable (``unit``, ``codes``, ``low`` and ``high`` required).
+    """
+    catalogue = dict(CATALOGUE)
+    if path is None:
+        return catalogue
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the variable mapping ({exc})") from exc
+    for name, entry in spec.items():
+        conversions = {
+            _unit_key(u): _scale(float(f)) for u, f in entry.get("conversions", {}).items()
+        }
+        if name in catalogue:
+            base = catalogue[name]
+            catalogue[name] = replace(
+                base,
+                label=entry.get("label", base.label),
+                codes=base.codes + tuple(c for c in entry.get("codes", []) if c not in base.codes),
+                low=entry.get("low", base.low),
+                high=entry.get("high", base.high),
+                conversions={**base.conversions, **conversions},
+            )
+            continue
+        missing = [k for k in ("unit", "codes", "low", "high") if k not in entry]
+        if missing:
+            raise ValueError(f"{path}: new variable {name!r} needs {', '.join(missing)}")
+        catalogue[name] = Variable(
+            name,
+            entry.get("label", name),
+            entry["unit"],
+            tuple(entry["codes"]),
+            float(entry["low"]),
+            float(entry["high"]),
+            conversions,
+            float(entry.get("obs_sd", 1.0)),
+            float(entry.get("drift_sd_per_year", 1.0)),
+            float(entry.get("prior_mean", 0.0)),
+            float(entry.get("prior_sd", 1.0)),
+        )
+    return catalogue
+
+
+def code_index(catalogue: dict[str, Variable]) -> dict[str, str]:
+    """code -> variable name."""
+    return {code: v.name for v in catalogue.values() for code in v.codes}
