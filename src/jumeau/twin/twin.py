@@ -271,7 +271,7 @@ def build_twin(
         {"code": code, "description": describe(code), "since": since.isoformat()}
         for code, since in active.group_by("code")
         .agg(pl.col("time").min())
-        .sort("time")
+        .sort("time", "code")
         .iter_rows()
     ]
     drugs = events.filter(pl.col("domain") == "drug")
@@ -288,15 +288,18 @@ def build_twin(
         }
         for code, since, until in on_drug.group_by("code")
         .agg(pl.col("time").min(), pl.col("end_time").max())
-        .sort("time")
+        .sort("time", "code")
         .iter_rows()
     ]
     allergies = events.filter(pl.col("domain") == "allergy")
     twin.allergies = [
         {"code": c, "description": describe(c), "since": t.isoformat()}
-        for c, t in allergies.group_by("code").agg(pl.col("time").min()).sort("time").iter_rows()
+        for c, t in allergies.group_by("code")
+        .agg(pl.col("time").min())
+        .sort("time", "code")
+        .iter_rows()
     ]
-    visits = events.filter(pl.col("domain") == "visit").sort("time").tail(5)
+    visits = events.filter(pl.col("domain") == "visit").sort("time", "code").tail(5)
     twin.encounters = [
         {
             "code": c,

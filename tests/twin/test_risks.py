@@ -1,0 +1,152 @@
+"""Risk scores against the worked examples and tables of their publications."""
+
+from __future__ import annotations
+
+import pytest
+
+from jumeau.twin.risks import (
+    bmi_class,
+    cha2ds2_vasc,
+    ckd_epi_2021,
+    has_bled,
+    qtc_class,
+    score2,
+    score2_op,
+)
+
+
+@pytest.mark.parametrize(
+    ("sex", "region", "published_percent"),
+    [
+        # SCORE2 (Eur Heart J 2021;42:2439), abstract: a 50-year-old smoker, SBP 140 mmHg,
+        # total cholesterol 5.5 mmol/L, HDL 1.3 mmol/L.
+        ("male", "low", 5.9),
+        ("male", "very_high", 14.0),
+        ("female", "low", 4.2),
+        ("female", "very_high", 13.7),
+    ],
+)
+def test_score2_matches_the_publication_example(sex, region, published_percent):
+    risk = score2(50, sex, True, 140, 5.5, 1.3, region=region)
+    assert round(float(risk) * 100, 1) == published_percent
+
+
+def test_score2_rises_with_each_risk_factor_and_france_is_low_risk():
+    base = float(score2(55, "male", False, 130, 5.0, 1.3))
+    assert float(score2(60, "male", False, 130, 5.0, 1.3)) > base
+    assert float(score2(55, "male", True, 130, 5.0, 1.3)) > base
+    assert float(score2(55, "male", False, 150, 5.0, 1.3)) > base
+    assert float(score2(55, "male", False, 130, 6.5, 1.3)) > base
+    assert float(score2(55, "male", False, 130, 5.0, 0.9)) > base
+    assert float(score2(55, "male", False, 130, 5.0, 1.3, region="high")) > base
+
+
+def test_score2_op_is_plausible_for_older_people():
+    # SCORE2-OP (Eur Heart J 2021;42:2455): older persons have high absolute risk, and diabetes and
+    # smoking raise it in every region.
+    base = float(score2_op(75, "male", False, False, 150, 6.0, 1.4))
+    assert 0.10 < base < 0.40
+    assert float(score2_op(75, "male", True, False, 150, 6.0, 1.4)) > base
+    assert float(score2_op(75, "male", False, True, 150, 6.0, 1.4)) > base
+    assert float(score2_op(75, "male", False, False, 150, 6.0, 1.4, region="very_high")) > base
+    assert float(score2_op(80, "male", False, False, 150, 6.0, 1.4)) > base
+
+
+@pytest.mark.parametrize(
+    ("creatinine", "age", "sex", "expected"),
+    [
+        # CKD-EPI 2021 (Inker et al., NEJM 2021;385:1737), reported as labs do (nearest integer):
+        # 142 x min(Scr/k,1)^a x max(Scr/k,1)^-1.200 x 0.9938^age [x 1.012 female]; e.g. a man of
+        # 60 with 1.0 mg/dL: 142 x 1.1111^-1.2 x 0.9938^60 = 142 x 0.8812 x 0.6886 = 86.
+        (1.0, 60, "male", 86),
+        (0.9, 50, "female", 78),
+        (0.7, 40, "female", 112),
+        (2.5, 70, "male", 27),
+        (0.6, 30, "male", 133),
+    ],
+)
+def test_ckd_epi_2021(creatinine, age, sex, expected):
+    assert round(float(ckd_epi_2021(creatinine, age, sex))) == expected
+
+
+def test_cha2ds2_vasc_points_follow_lip_2010():
+    assert (
+        cha2ds2_vasc(
+            chf=False,
+            hypertension=False,
+            age=50,
+            diabetes=False,
+            stroke_tia=False,
+            vascular=False,
+            female=False,
+        )
+        == 0
+    )
+    assert (
+        cha2ds2_vasc(
+            chf=False,
+            hypertension=True,
+            age=76,
+            diabetes=True,
+            stroke_tia=False,
+            vascular=False,
+            female=True,
+        )
+        == 5
+    )
+    assert (
+        cha2ds2_vasc(
+            chf=True,
+            hypertension=True,
+            age=80,
+            diabetes=True,
+            stroke_tia=True,
+            vascular=True,
+            female=True,
+        )
+        == 9
+    )
+    assert (
+        cha2ds2_vasc(
+            chf=False,
+            hypertension=False,
+            age=65,
+            diabetes=False,
+            stroke_tia=False,
+            vascular=False,
+            female=False,
+        )
+        == 1
+    )
+
+
+def test_has_bled_counts_each_component_once():
+    none = dict(
+        hypertension=False,
+        abnormal_renal=False,
+        abnormal_liver=False,
+        stroke=False,
+        bleeding=False,
+        labile_inr=False,
+        elderly=False,
+        drugs=False,
+        alcohol=False,
+    )
+    assert has_bled(**none) == 0
+    assert has_bled(**{k: True for k in none}) == 9
+    assert has_bled(**{**none, "elderly": True, "drugs": True}) == 2
+
+
+def test_classes():
+    assert [bmi_class(b) for b in (17, 22, 27, 32, 37, 45)] == [
+        "underweight",
+        "normal",
+        "overweight",
+        "obese class I",
+        "obese class II",
+        "obese class III",
+    ]
+    assert qtc_class(420, "male") == "normal"
+    assert qtc_class(440, "male") == "borderline"
+    assert qtc_class(455, "male") == "prolonged" and qtc_class(455, "female") == "borderline"
+    assert qtc_class(510, "female") == "high risk (>500 ms)"

@@ -1,0 +1,168 @@
+"""The twin as of a date: no leakage, units, plausibility, problems, medications, diff."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import jumeau
+from jumeau.model import EVENT_SCHEMA
+from jumeau.store import BatchWriter
+from jumeau.twin.variables import MG_DL_TO_MMOL_CHOLESTEROL, load_catalogue
+
+AS_OF = datetime(2015, 1, 1)
+
+
+def _copy_events(source: jumeau.Store, target: jumeau.Store, frame: pl.DataFrame) -> None:
+    codes = source.code_descriptions()
+    with BatchWriter(target, "test", "copy") as writer:
+        writer.add_events(frame.select(EVENT_SCHEMA.names).to_arrow())
+        writer.add_codes(pa.table({"code": list(codes), "description": list(codes.values())}))
+        writer.commit()
+
+
+@pytest.fixture(scope="module")
+def truncated_store(tmp_path_factory, synthea_store):
+    """The Synthea store cut at AS_OF: what a store would hold if nothing later had happened."""
+    store, _ = synthea_store
+    target = jumeau.init(tmp_path_factory.mktemp("cut") / "store")
+    target.key_path.write_text(store.key_path.read_text())
+    frame = store.scan().filter(pl.col("time").is_null() | (pl.col("time") <= AS_OF)).collect()
+    _copy_events(store, jumeau.open(target.root), frame)
+    return jumeau.open(target.root)
+
+
+def _snapshot(twin) -> dict:
+    data = twin.to_dict()
+    data.pop("version")
+    return data
+
+
+def test_a_twin_as_of_a_date_ignores_later_data(synthea_store, truncated_store):
+    store, _ = synthea_store
+    checked = 0
+    for subject in store.subjects().tolist():
+        try:
+            full = store.twin(subject, AS_OF)
+        except KeyError:
+            continue
+        assert _snapshot(full) == _snapshot(truncated_store.twin(subject, AS_OF))
+        checked += 1
+    assert checked >= 3
+
+
+def test_known_at_reads_the_store_as_it_was(tmp_path, synthea_store):
+    store, _ = synthea_store
+    subject = int(store.subjects()[0])
+    events = store.timeline(subject)
+    target = jumeau.init(tmp_path / "store")
+    early = events.filter(pl.col("domain") != "measurement")
+    _copy_events(store, target, early)
+    first_commit = datetime.strptime(
+        target.manifest.batches[0]["committed_at"], "%Y-%m-%dT%H:%M:%S%z"
+    )
+    time.sleep(1.1)
+    _copy_events(
+        store, target, events.filter(pl.col("domain") == "measurement")
+    )  # late-arriving labs
+    then = target.twin(subject, AS_OF, known_at=first_commit.replace(tzinfo=None))
+    now = target.twin(subject, AS_OF)
+    assert then.variables == {}
+    assert now.variables
+    assert then.events_used < now.events_used
+
+
+def test_units_are_converted_and_implausible_values_flagged(tmp_path, synthea_store):
+    store, _ = synthea_store
+    chol = store.scan().filter(pl.col("code") == "LOINC/2093-3").collect()
+    assert set(chol["unit"]) == {"mg/dL"}
+    subject = int(chol["subject_id"][0])
+    events = store.timeline(subject)
+    row = events.filter(pl.col("code") == "LOINC/8480-6").head(1)
+    bad = row.with_columns(
+        numeric_value=pl.lit(900.0),
+        record_key=pl.lit(1, dtype=pl.Int64),
+        time=pl.col("time") + pl.duration(days=1),
+    )
+    target = jumeau.init(tmp_path / "s")
+    _copy_events(store, target, pl.concat([events, bad]))
+    twin = target.twin(subject, datetime(2030, 1, 1))
+    last_mg_dl = events.filter(pl.col("code") == "LOINC/2093-3").sort("time")["numeric_value"][-1]
+    assert twin.variables["total_cholesterol"].last_value == pytest.approx(
+        last_mg_dl * MG_DL_TO_MMOL_CHOLESTEROL
+    )
+    assert twin.variables["total_cholesterol"].unit == "mmol/L"
+    flagged = twin.variables["sbp"].flagged
+    assert len(flagged) == 1 and "implausible" in flagged[0]["problem"]
+    assert 900.0 not in twin.variables["sbp"].values
+
+
+def test_a_twin_has_demographics_problems_risks_and_serialises(synthea_store):
+    store, _ = synthea_store
+    subject = max(
+        store.subjects().tolist(), key=lambda s: store.timeline(s, domains=["condition"]).height
+    )
+    twin = store.twin(subject, datetime(2020, 1, 1))
+    data = json.loads(twin.to_json())
+    assert data["demographics"]["sex"] in ("male", "female")
+    assert data["demographics"]["age"] > 0
+    assert data["problems"], "the subject with most conditions has active problems"
+    assert {
+        "score2",
+        "cha2ds2_vasc",
+        "has_bled",
+        "egfr_ckd_epi_2021",
+        "bmi_class",
+        "qtc_class",
+    } <= set(data["risks"])
+    for risk in data["risks"].values():
+        assert risk["value"] is not None or risk["missing"] or risk["note"]
+    sbp = data["variables"]["sbp"]
+    low, high = sbp["interval_95"]
+    assert low < sbp["estimate"] < high
+
+
+def test_diff_names_what_changed(synthea_store):
+    store, _ = synthea_store
+    subject = max(
+        store.subjects().tolist(), key=lambda s: store.timeline(s, domains=["condition"]).height
+    )
+    events = store.timeline(subject, domains=["condition"]).sort("time")
+    onset = events["time"][events.height // 2]
+    before = store.twin(subject, onset - timedelta(days=1))
+    after = store.twin(subject, datetime(2021, 1, 1))
+    change = after.diff(before)
+    assert change["new_problems"] or change["resolved_problems"]
+    assert change["from"] < change["to"]
+    for surprise in change["outside_predicted_interval"]:
+        low, high = surprise["interval_95"]
+        assert not low <= surprise["value"] <= high
+
+
+def test_a_user_mapping_file_extends_the_catalogue(tmp_path):
+    path = tmp_path / "vars.json"
+    path.write_text(
+        json.dumps(
+            {
+                "sbp": {"codes": ["LOCAL/PAS"]},
+                "nt_probnp": {
+                    "unit": "pg/mL",
+                    "codes": ["LOINC/33762-6"],
+                    "low": 0,
+                    "high": 70000,
+                    "conversions": {"ng/L": 1},
+                },
+            }
+        )
+    )
+    catalogue = load_catalogue(path)
+    assert "LOCAL/PAS" in catalogue["sbp"].codes and "LOINC/8480-6" in catalogue["sbp"].codes
+    assert catalogue["nt_probnp"].to_canonical(125, "ng/L") == 125
+    path.write_text(json.dumps({"new_var": {"unit": "x"}}))
+    with pytest.raises(ValueError, match="needs codes, low, high"):
+        load_catalogue(path)
