@@ -21,8 +21,12 @@ ingest_app = typer.Typer(
     no_args_is_help=True, help="Ingest a source into a store (one atomic batch)."
 )
 export_app = typer.Typer(no_args_is_help=True, help="Export a store to another format.")
+evaluate_app = typer.Typer(
+    no_args_is_help=True, help="Measure how well jumeau's models do on your data."
+)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(export_app, name="export")
+app.add_typer(evaluate_app, name="evaluate")
 
 
 class Format(StrEnum):
@@ -251,6 +255,73 @@ def export_meds_cmd(
             f"wrote MEDS dataset {out}: {result['subjects']:,} subjects, {result['events']:,} events, "
             f"{result['shards']} shard(s), {result['codes']:,} codes"
         )
+
+
+@app.command()
+def twin(
+    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    store: StoreOpt,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(help="Build the twin from what was known then (default: now)."),
+    ] = None,
+    known_at: Annotated[
+        datetime | None,
+        typer.Option(help="Read the store as it was then (batches committed by this time)."),
+    ] = None,
+    forecast: Annotated[
+        list[str] | None, typer.Option(help="Also forecast these variables (3, 6, 12 months).")
+    ] = None,
+    learn: Annotated[
+        bool, typer.Option(help="Learn population priors and noise from the store first.")
+    ] = True,
+    format: FormatOpt = Format.text,
+) -> None:
+    """A patient's state, risks and forecasts as of a date, with no data from after it."""
+    from jumeau.twin import PopulationModel
+
+    s = _open(store)
+    population = PopulationModel.fit(s, as_of) if learn else None
+    try:
+        result = s.twin(subject, as_of, known_at=known_at, population=population)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    payload = result.to_dict()
+    if forecast:
+        payload["forecasts"] = {}
+        for variable in forecast:
+            try:
+                payload["forecasts"][variable] = result.forecast(variable)
+            except KeyError as exc:
+                payload["forecasts"][variable] = {"error": str(exc.args[0])}
+    if format is Format.json:
+        render.print_json(payload)
+    else:
+        render.twin_summary(payload)
+
+
+@evaluate_app.command("forecasts")
+def evaluate_forecasts(
+    store: StoreOpt,
+    cutoff: Annotated[
+        list[datetime], typer.Option(help="Train before, forecast after (repeat to pool cutoffs).")
+    ],
+    horizon: Annotated[
+        str, typer.Option(help="Forecast measurements up to this far after the cutoff.")
+    ] = "12mo",
+    format: FormatOpt = Format.text,
+) -> None:
+    """Temporal back-test: MAE and interval coverage per variable against carry-forward and the
+    population mean."""
+    from jumeau.twin.forecast import backtest, pool
+
+    s = _open(store)
+    results = [backtest(s, c, horizon=horizon) for c in cutoff]
+    payload = results[0] if len(results) == 1 else pool(results)
+    if format is Format.json:
+        render.print_json(payload)
+    else:
+        render.backtest_table(payload)
 
 
 @app.command()

@@ -102,3 +102,100 @@ def timeline_table(frame: pl.DataFrame, descriptions: dict[str, str], title: str
             when += f" → {row['end_time'].date()}"
         table.add_row(when, row["domain"], row["code"], descriptions.get(row["code"], ""), value)
     console.print(table)
+
+
+def twin_summary(twin: dict) -> None:
+    demo = twin["demographics"]
+    console.print(
+        f"[bold]subject {twin['subject_id']}[/bold] as of {twin['as_of']}: {demo['sex'] or 'sex unknown'}, "
+        f"age {demo['age']}, smoking {demo['smoking_status'] or 'unknown'}; {twin['events_used']} events used"
+    )
+    table = Table(title="state (filtered estimate with 95% interval)")
+    for col in (
+        "variable",
+        "last value",
+        "age (days)",
+        "estimate",
+        "95% interval",
+        "trend / year",
+        "n",
+    ):
+        table.add_column(col, justify="left" if col == "variable" else "right")
+    for name, v in twin["variables"].items():
+        low, high = v["interval_95"]
+        table.add_row(
+            name,
+            f"{v['last_value']:.4g} {v['unit']}" if v["last_value"] is not None else "",
+            f"{v['age_days']:g}" if v["age_days"] is not None else "",
+            f"{v['estimate']:.4g}",
+            f"{low:.4g} - {high:.4g}",
+            f"{v['trend_per_year']:+.3g}",
+            str(v["n_observations"]),
+        )
+    console.print(table)
+    risks = Table(title="risk scores")
+    for col in ("score", "value", "95% interval", "missing / note"):
+        risks.add_column(col)
+    for r in twin["risks"].values():
+        interval = (
+            "" if not r["interval_95"] else f"{r['interval_95'][0]:g} - {r['interval_95'][1]:g}"
+        )
+        value = "" if r["value"] is None else f"{r['value']} {r['unit']}".strip()
+        risks.add_row(
+            r["name"],
+            value,
+            interval,
+            ", ".join(r["missing"]) + (" " + r["note"] if r["note"] else ""),
+        )
+    console.print(risks)
+    for title, key in (
+        ("active problems", "problems"),
+        ("active medications", "medications"),
+        ("allergies", "allergies"),
+    ):
+        items = twin[key]
+        console.print(
+            f"[bold]{title}[/bold] ({len(items)}): "
+            + "; ".join(f"{i.get('description') or i['code']}" for i in items[:12])
+            + (" ..." if len(items) > 12 else "")
+        )
+    for variable, forecasts in twin.get("forecasts", {}).items():
+        if isinstance(forecasts, dict):
+            console.print(f"forecast {variable}: {forecasts['error']}")
+            continue
+        for f in forecasts:
+            lo80, hi80 = f["interval_80"]
+            console.print(
+                f"forecast {variable} +{f['horizon']} ({f['date']}): {f['median']:.4g} {f['unit']} "
+                f"(80%: {lo80:.4g} - {hi80:.4g})"
+            )
+
+
+def backtest_table(result: dict) -> None:
+    table = Table(
+        title=f"forecast back-test, cutoff {result['cutoff']}, horizon {result['horizon']}"
+    )
+    for col in (
+        "variable",
+        "n",
+        "MAE twin",
+        "MAE carry-fwd",
+        "MAE pop. mean",
+        "vs carry-fwd",
+        "80% cover",
+        "95% cover",
+    ):
+        table.add_column(col, justify="left" if col == "variable" else "right")
+    for name, v in result["variables"].items():
+        improvement = v["improvement_vs_carry_forward"]
+        table.add_row(
+            name,
+            str(v["n"]),
+            f"{v['mae']:.3g}",
+            f"{v['mae_carry_forward']:.3g}",
+            f"{v['mae_population_mean']:.3g}",
+            "" if improvement is None else f"{improvement:+.0%}",
+            f"{v['coverage_80']:.0%}",
+            f"{v['coverage_95']:.0%}",
+        )
+    console.print(table)

@@ -7,7 +7,6 @@ dates, what was missing, and an uncertainty interval propagated from uncertain i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -449,7 +448,3 @@ def _bmi(state) -> tuple[float, dict] | None:
     if w is not None and h is not None and w.last_value is not None and h.last_value is not None:
         return w.estimate.mean / (h.estimate.mean / 100) ** 2, {"source": "weight / height²"}
     return None
-
-
-def is_finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

@@ -118,55 +118,68 @@ class LocalTrendFilter:
         return est.mean, math.sqrt(est.sd**2 + self.r)
 
 
+def one_step_log_likelihood(
+    noise: NoiseModel, series: list[tuple[np.ndarray, np.ndarray]]
+) -> float:
+    """Sum over subjects of the log density of each observation given the ones before it."""
+    flt = LocalTrendFilter(noise)
+    total = 0.0
+    for days, values in series:
+        x = np.array([noise.prior_mean, 0.0])
+        p = np.diag([noise.prior_sd**2, (noise.slope_sd_per_year / DAYS_PER_YEAR) ** 2])
+        last = float(days[0])
+        for day, y in zip(days, values, strict=True):
+            x, p = flt._predict(x, p, float(day) - last)
+            last = float(day)
+            s = p[0, 0] + flt.r
+            resid = y - x[0]
+            total += -0.5 * (math.log(2 * math.pi * s) + resid * resid / s)
+            k = p[:, 0] / s
+            x = x + k * resid
+            p = p - np.outer(k, p[0, :])
+    return total
+
+
 def fit_noise(variable: Variable, series: list[tuple[np.ndarray, np.ndarray]]) -> NoiseModel:
     """Learn a variable's prior, measurement noise and drift from many subjects' series.
 
-    The variogram of within-subject differences, ``E[(y2 - y1)^2] = 2 sd_obs^2 + q * dt``, is
-    fitted by least squares on pairs of consecutive observations; the prior is the distribution
-    of subjects' mean values.
+    The prior is the distribution of subjects' mean values; measurement noise, level drift and
+    slope variability are chosen on a grid around the catalogue's defaults to maximise the
+    one-step-ahead predictive likelihood of every subject's series (empirical Bayes), which
+    also calibrates the predictive intervals.
     """
     default = NoiseModel.default(variable)
-    gaps, sq = [], []
-    means = []
-    for days, values in series:
-        if len(values) == 0:
-            continue
-        means.append(float(np.mean(values)))
-        if len(values) > 1:
-            gaps.append(np.diff(days))
-            sq.append(np.diff(values) ** 2)
+    series = [(d, v) for d, v in series if len(v)]
+    means = [float(np.mean(v)) for _, v in series]
     if len(means) < 5:
         return default
     prior_mean = float(np.mean(means))
     prior_sd = float(np.std(means)) or default.prior_sd
-    if not gaps or sum(len(g) for g in gaps) < 20:
-        return NoiseModel(
-            prior_mean,
-            prior_sd,
-            default.obs_sd,
-            default.drift_sd_per_year,
-            default.slope_sd_per_year,
-            len(means),
-            True,
-        )
-    dt = np.concatenate(gaps)
-    d2 = np.concatenate(sq)
-    keep = dt > 0
-    dt, d2 = dt[keep], d2[keep]
-    design = np.column_stack([np.full_like(dt, 2.0), dt])
-    (r2, q), *_ = np.linalg.lstsq(design, d2, rcond=None)
-    if r2 <= 0:
-        r2 = max(
-            float(np.median(d2[dt < np.percentile(dt, 10) + 1]) / 2), (default.obs_sd / 4) ** 2
-        )
-    q = max(float(q), 1e-9)
-    drift_per_year = math.sqrt(q * DAYS_PER_YEAR)
-    return NoiseModel(
+    base = NoiseModel(
         prior_mean,
         prior_sd,
-        math.sqrt(float(r2)),
-        drift_per_year,
-        drift_per_year / 2,
+        default.obs_sd,
+        default.drift_sd_per_year,
+        default.slope_sd_per_year,
         len(means),
         True,
     )
+    if sum(len(v) - 1 for _, v in series) < 10:
+        return base
+    best, best_ll = base, -math.inf
+    for obs in (0.1, 0.25, 0.5, 1.0, 2.0):
+        for drift in (0.03, 0.1, 0.3, 1.0, 3.0):
+            for slope in (0.0, 0.1, 0.5, 1.0):
+                candidate = NoiseModel(
+                    prior_mean,
+                    prior_sd,
+                    default.obs_sd * obs,
+                    default.drift_sd_per_year * drift,
+                    max(default.drift_sd_per_year * slope, 1e-6),
+                    len(means),
+                    True,
+                )
+                ll = one_step_log_likelihood(candidate, series)
+                if ll > best_ll:
+                    best, best_ll = candidate, ll
+    return best

@@ -127,6 +127,13 @@ class Twin:
     descriptions: dict[str, str] = field(repr=False, default_factory=dict)
     risks: dict[str, RiskResult] = field(default_factory=dict)
     version: int = 0
+    population: PopulationModel = field(repr=False, default_factory=lambda: PopulationModel())
+
+    def forecast(self, variable: str, horizons=("3mo", "6mo", "12mo")) -> list[dict]:
+        """Predictive distribution (median, 50/80/95% intervals) of ``variable`` at each horizon."""
+        from jumeau.twin.forecast import forecast
+
+        return forecast(self, variable, horizons)
 
     @property
     def age(self) -> float | None:
@@ -262,7 +269,7 @@ def build_twin(
         descriptions=descriptions,
         version=len(store.manifest.batches),
     )
-    twin._population = population  # type: ignore[attr-defined]
+    twin.population = population
     describe = lambda code: descriptions.get(code)  # noqa: E731
     conditions = events.filter(pl.col("domain") == "condition")
     twin._all_conditions = [{"code": c} for c in conditions["code"].to_list()]  # type: ignore[attr-defined]

@@ -1,0 +1,201 @@
+"""Probabilistic forecasts of a patient's variables, and their temporal back-test.
+
+A forecast combines the population (priors, measurement noise and drift learnt from every
+subject's series before the forecast date) with the patient's own series (the local-trend
+filter), so it starts at the population and becomes personal as observations accumulate. The
+back-test trains on data before a cutoff and scores forecasts of what was measured after it
+against last-value-carried-forward and the population mean.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+from statistics import NormalDist
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from jumeau.twin.series import measurement_frame
+from jumeau.twin.state import DAYS_PER_YEAR
+
+if TYPE_CHECKING:
+    from jumeau.store import Store
+    from jumeau.twin.twin import PopulationModel, Twin
+
+LEVELS = (0.5, 0.8, 0.95)
+_HORIZON = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|day|days|w|wk|weeks?|mo|months?|y|yr|years?)\s*$")
+
+
+def horizon_days(text: str | float | int) -> float:
+    """``"3mo"``, ``"6 months"``, ``"1y"``, ``"90d"`` or a number of days."""
+    if isinstance(text, int | float):
+        return float(text)
+    match = _HORIZON.match(text.lower())
+    if not match:
+        raise ValueError(f"horizon {text!r}: use a number with d, w, mo or y (e.g. 3mo, 1y)")
+    value, unit = float(match.group(1)), match.group(2)
+    if unit.startswith("d"):
+        return value
+    if unit.startswith("w"):
+        return value * 7
+    if unit.startswith("m"):
+        return value * DAYS_PER_YEAR / 12
+    return value * DAYS_PER_YEAR
+
+
+def _quantiles(mean: float, sd: float) -> dict:
+    out = {"median": mean}
+    for level in LEVELS:
+        z = NormalDist().inv_cdf(0.5 + level / 2)
+        out[f"interval_{round(level * 100)}"] = [mean - z * sd, mean + z * sd]
+    return out
+
+
+def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list[dict]:
+    """The predictive distribution of a new measurement of ``variable`` at each horizon."""
+    state = twin.variables.get(variable)
+    if state is None or len(state.values) == 0:
+        raise KeyError(
+            f"subject {twin.subject_id} has no {variable} observation before {twin.as_of.date()}"
+        )
+    flt = twin.population.filter(variable)
+    out = []
+    for horizon in horizons:
+        days = horizon_days(horizon)
+        when = twin.as_of + timedelta(days=days)
+        mean, sd = flt.predictive(state.days, state.values, _day(twin.as_of) + days)
+        out.append(
+            {
+                "horizon": horizon,
+                "date": when.date().isoformat(),
+                "unit": state.unit,
+                "sd": sd,
+                **_quantiles(mean, sd),
+            }
+        )
+    return out
+
+
+def _day(moment: datetime) -> float:
+    return (moment - datetime(1970, 1, 1)).total_seconds() / 86_400
+
+
+def backtest(
+    store: Store,
+    cutoff: datetime,
+    *,
+    horizon: str | float = "12mo",
+    population: PopulationModel | None = None,
+) -> dict:
+    """Forecast every measurement in ``(cutoff, cutoff + horizon]`` from the data up to ``cutoff``.
+
+    Returns per variable: the number of forecasts, MAE of the twin, of last value carried
+    forward and of the population mean, the twin's improvement over carry-forward, the coverage
+    of its 80% and 95% intervals, and its MAE by how many observations the patient had.
+    """
+    from jumeau.twin.twin import PopulationModel
+
+    population = population or PopulationModel.fit(store, cutoff)
+    frame = measurement_frame(store, population.catalogue)
+    cut = _day(cutoff)
+    end = cut + horizon_days(horizon)
+    z80, z95 = NormalDist().inv_cdf(0.9), NormalDist().inv_cdf(0.975)
+    results: dict[str, dict] = {}
+    for (variable,), by_var in frame.group_by(["variable"], maintain_order=True):
+        flt = population.filter(variable)
+        prior = population.noise[variable].prior_mean
+        rows = []
+        for (_subject,), series in by_var.group_by(["subject_id"], maintain_order=True):
+            days, values = series["day"].to_numpy(), series["value"].to_numpy()
+            past = days <= cut
+            future = (days > cut) & (days <= end)
+            if not past.any() or not future.any():
+                continue
+            hist_d, hist_v = days[past], values[past]
+            for day, actual in zip(days[future], values[future], strict=True):
+                mean, sd = flt.predictive(hist_d, hist_v, float(day))
+                rows.append((actual, mean, sd, hist_v[-1], prior, len(hist_v)))
+        if not rows:
+            continue
+        a = np.array(rows)
+        actual, mean, sd, locf, pop, n_hist = a.T
+        err = np.abs(actual - mean)
+        mae, mae_locf, mae_pop = (
+            float(err.mean()),
+            float(np.abs(actual - locf).mean()),
+            float(np.abs(actual - pop).mean()),
+        )
+        by_history = {}
+        for label, lo, hi in (("1", 1, 1), ("2-3", 2, 3), ("4-7", 4, 7), ("8+", 8, math.inf)):
+            sel = (n_hist >= lo) & (n_hist <= hi)
+            if sel.any():
+                by_history[label] = {
+                    "n": int(sel.sum()),
+                    "mae": float(err[sel].mean()),
+                    "mae_carry_forward": float(np.abs(actual - locf)[sel].mean()),
+                }
+        results[variable] = {
+            "n": len(rows),
+            "subjects": int(by_var.filter(by_var["day"] <= cut)["subject_id"].n_unique()),
+            "unit": population.catalogue[variable].unit,
+            "mae": mae,
+            "mae_carry_forward": mae_locf,
+            "mae_population_mean": mae_pop,
+            "improvement_vs_carry_forward": 1 - mae / mae_locf if mae_locf else None,
+            "coverage_80": float((err <= z80 * sd).mean()),
+            "coverage_95": float((err <= z95 * sd).mean()),
+            "mae_by_history": by_history,
+        }
+    return {
+        "cutoff": cutoff.isoformat(),
+        "horizon": str(horizon),
+        "variables": results,
+        "population": population.to_dict(),
+    }
+
+
+def pool(results: list[dict]) -> dict:
+    """Combine back-tests at several cutoffs into one (weighted by forecasts)."""
+    pooled: dict[str, dict] = {}
+    for result in results:
+        for name, v in result["variables"].items():
+            acc = pooled.setdefault(name, {"n": 0, "unit": v["unit"], "sums": {}, "by_history": {}})
+            acc["n"] += v["n"]
+            for key in (
+                "mae",
+                "mae_carry_forward",
+                "mae_population_mean",
+                "coverage_80",
+                "coverage_95",
+            ):
+                acc["sums"][key] = acc["sums"].get(key, 0.0) + v[key] * v["n"]
+            for label, h in v["mae_by_history"].items():
+                b = acc["by_history"].setdefault(
+                    label, {"n": 0, "mae": 0.0, "mae_carry_forward": 0.0}
+                )
+                b["n"] += h["n"]
+                b["mae"] += h["mae"] * h["n"]
+                b["mae_carry_forward"] += h["mae_carry_forward"] * h["n"]
+    variables = {}
+    for name, acc in pooled.items():
+        n = acc["n"]
+        v = {key: total / n for key, total in acc["sums"].items()}
+        v["improvement_vs_carry_forward"] = (
+            1 - v["mae"] / v["mae_carry_forward"] if v["mae_carry_forward"] else None
+        )
+        v["mae_by_history"] = {
+            label: {
+                "n": b["n"],
+                "mae": b["mae"] / b["n"],
+                "mae_carry_forward": b["mae_carry_forward"] / b["n"],
+            }
+            for label, b in acc["by_history"].items()
+        }
+        variables[name] = {"n": n, "unit": acc["unit"], **v}
+    return {
+        "cutoff": ", ".join(r["cutoff"] for r in results),
+        "horizon": results[0]["horizon"],
+        "variables": variables,
+    }
