@@ -1,0 +1,73 @@
+"""Forecasts and their back-test on the Synthea patients."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from jumeau.twin import PopulationModel
+from jumeau.twin.forecast import backtest, horizon_days, pool
+
+CUTOFFS = [datetime(y, 1, 1) for y in range(2012, 2020)]
+
+
+def test_horizons_parse():
+    assert horizon_days("3mo") == pytest.approx(91.3, abs=0.1)
+    assert horizon_days("1y") == pytest.approx(365.25)
+    assert horizon_days("90d") == 90
+    with pytest.raises(ValueError, match="horizon"):
+        horizon_days("soon")
+
+
+def test_forecast_gives_nested_intervals_that_widen_with_horizon(synthea_store):
+    store, _ = synthea_store
+    population = PopulationModel.fit(store, datetime(2018, 1, 1))
+    subject = next(
+        s
+        for s in store.subjects().tolist()
+        if "sbp" in store.twin(s, datetime(2018, 1, 1), population=population).variables
+    )
+    twin = store.twin(subject, datetime(2018, 1, 1), population=population)
+    forecasts = twin.forecast("sbp", ["3mo", "12mo"])
+    for f in forecasts:
+        assert f["interval_50"][0] < f["median"] < f["interval_50"][1]
+        assert f["interval_95"][0] < f["interval_80"][0] < f["interval_50"][0]
+    width = [f["interval_95"][1] - f["interval_95"][0] for f in forecasts]
+    assert width[1] > width[0]
+    with pytest.raises(KeyError):
+        twin.forecast("qtc")
+
+
+@pytest.fixture(scope="module")
+def pooled(synthea_store):
+    store, _ = synthea_store
+    return pool([backtest(store, c) for c in CUTOFFS])
+
+
+def test_backtest_beats_carry_forward_on_blood_pressure(pooled):
+    for variable in ("sbp", "dbp"):
+        result = pooled["variables"][variable]
+        assert result["n"] >= 50
+        assert result["mae"] < result["mae_carry_forward"]
+        assert result["mae"] < result["mae_population_mean"]
+
+
+def test_backtest_intervals_are_roughly_calibrated(pooled):
+    for variable in ("sbp", "dbp", "weight", "bmi"):
+        result = pooled["variables"][variable]
+        assert 0.65 <= result["coverage_80"] <= 0.95, variable
+        assert 0.85 <= result["coverage_95"] <= 1.0, variable
+
+
+def test_error_falls_as_the_patient_accumulates_observations(pooled):
+    by_history = pooled["variables"]["sbp"]["mae_by_history"]
+    assert by_history["1"]["mae"] > by_history["4-7"]["mae"]
+
+
+def test_the_population_is_learnt_only_before_the_cutoff(synthea_store):
+    store, _ = synthea_store
+    early = PopulationModel.fit(store, datetime(2010, 1, 1))
+    late = PopulationModel.fit(store, datetime(2020, 1, 1))
+    assert early.noise["sbp"].n_subjects <= late.noise["sbp"].n_subjects
+    assert early.noise["sbp"].prior_mean != late.noise["sbp"].prior_mean
