@@ -244,6 +244,7 @@ class Store:
         """A DuckDB connection with views ``events`` and ``rejects`` over the committed batches
         (each row with the ``batch`` that wrote it)."""
         con = duckdb.connect()
+        run(con, "SET enable_progress_bar = false")
         for view, filename, schema in (
             ("events", layout.EVENTS_PARQUET, EVENT_SCHEMA),
             ("rejects", layout.REJECTS_PARQUET, REJECT_SCHEMA),
