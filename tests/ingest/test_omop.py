@@ -230,3 +230,28 @@ def test_a_folder_without_a_person_table_is_refused(tmp_path):
         ingest_omop(store, tmp_path / "cdm")
     assert store.stats()["events"] == 0
     assert not list((tmp_path / "store" / ".staging").glob("*"))
+
+
+def test_unreadable_csv_names_the_file_and_leaves_the_store_unchanged(tmp_path, eunomia):
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "visit_occurrence"])
+    data = (folder / "visit_occurrence.csv").read_bytes()
+    (folder / "visit_occurrence.csv").write_bytes(data[:200] + b"\xff\xfe\xfa" + data[200:])
+    store = jumeau.init(tmp_path / "store")
+    with pytest.raises(OmopSourceError, match="visit_occurrence.csv"):
+        ingest_omop(store, folder)
+    assert store.stats()["events"] == 0 and not store.manifest.batches
+
+
+def test_a_truncated_csv_keeps_its_complete_rows_and_rejects_the_cut_one(tmp_path, eunomia):
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "visit_occurrence"])
+    lines = (folder / "visit_occurrence.csv").read_text().splitlines()
+    cut = lines[10][: lines[10].index(",", lines[10].index(",") + 1) + 1]  # id and person only
+    (folder / "visit_occurrence.csv").write_text("\n".join([*lines[:10], cut]))
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    counts = report.tables["omop/visit_occurrence"]
+    assert (counts.read, counts.accepted, counts.rejected) == (10, 9, 1)
+    reason = store.rejects().filter(pl.col("source") == "omop/visit_occurrence")["reason"][0]
+    assert "missing" in reason

@@ -304,24 +304,40 @@ def twin(
 def evaluate_forecasts(
     store: StoreOpt,
     cutoff: Annotated[
-        list[datetime], typer.Option(help="Train before, forecast after (repeat to pool cutoffs).")
+        list[datetime], typer.Option(help="Train before, forecast after (repeat to pool).")
     ],
     horizon: Annotated[
         str, typer.Option(help="Forecast measurements up to this far after the cutoff.")
     ] = "12mo",
+    outcome: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also back-test the 1-year risk of an event with these codes (e.g. SNOMED/74474003)."
+        ),
+    ] = None,
     format: FormatOpt = Format.text,
 ) -> None:
     """Temporal back-test: MAE and interval coverage per variable against carry-forward and the
-    population mean."""
+    population mean; with --outcome, C-index and Brier score of the 1-year event risk."""
+    from jumeau.twin.events import evaluate_events
     from jumeau.twin.forecast import backtest, pool
 
     s = _open(store)
     results = [backtest(s, c, horizon=horizon) for c in cutoff]
     payload = results[0] if len(results) == 1 else pool(results)
+    if outcome:
+        payload["events"] = []
+        for c in cutoff:
+            try:
+                payload["events"].append(evaluate_events(s, outcome, c))
+            except ValueError as exc:
+                payload["events"].append({"cutoff": c.isoformat(), "error": str(exc)})
     if format is Format.json:
         render.print_json(payload)
     else:
         render.backtest_table(payload)
+        for result in payload.get("events", []):
+            render.event_result(result)
 
 
 @app.command()

@@ -199,3 +199,16 @@ def backtest_table(result: dict) -> None:
             f"{v['coverage_95']:.0%}",
         )
     console.print(table)
+
+
+def event_result(result: dict) -> None:
+    if "error" in result:
+        console.print(f"event back-test at {result['cutoff']}: {result['error']}")
+        return
+    c_index = "n/a" if result["c_index"] is None else f"{result['c_index']:.3f}"
+    console.print(
+        f"1-year risk of {', '.join(result['outcome'])} after {result['cutoff'][:10]}: "
+        f"C-index {c_index}, Brier {result['brier']:.4f} (prevalence-only {result['brier_prevalence_baseline']:.4f}); "
+        f"train {result['train']['subjects']} subjects / {result['train']['events']} events, "
+        f"test {result['test']['subjects']} / {result['test']['events']}"
+    )

@@ -10,6 +10,7 @@ larger than memory.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,13 +359,26 @@ class _OmopMapper:
         self.salt = store.pseudonymiser.record_salt
 
     def run(self) -> None:
-        self._load_concepts()
+        with self._reading("concept"):
+            self._load_concepts()
         self.progress("person")
-        self._persons()
+        with self._reading("person"):
+            self._persons()
         for table, spec in SPECS.items():
             if table in self.tables.relations:
                 self.progress(table)
-                self._events(table, spec)
+                with self._reading(table):
+                    self._events(table, spec)
+
+    @contextmanager
+    def _reading(self, table: str):
+        """Name the file behind a table that cannot be read at all (bad encoding, broken CSV)."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            where = self.tables.files.get(table, table)
+            message = str(exc).split("\n\n")[0]
+            raise OmopSourceError(f"{where}: cannot read the {table} table: {message}") from exc
 
     # -- vocabulary ------------------------------------------------------------------------
 

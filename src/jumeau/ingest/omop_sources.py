@@ -80,7 +80,7 @@ def _folder_relation(path: Path) -> str | None:
         return f"read_parquet({_sql_str(str(path))})"
     if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
         delim = "\\t" if name.endswith(".tsv") else None
-        opts = "header=true, all_varchar=true, strict_mode=false"
+        opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true"
         if delim:
             opts += f", delim='{delim}'"
         return f"read_csv({_sql_str(str(path))}, {opts})"

@@ -249,7 +249,7 @@ def build_twin(
     population = population or PopulationModel()
     as_of = as_of or datetime.now()
     events = store.timeline(subject_id, end=as_of, known_at=known_at)
-    if events.is_empty():
+    if events.filter(pl.col("time").is_not_null()).is_empty():
         raise KeyError(f"subject {subject_id} has no events known at {as_of.isoformat()}")
     descriptions = store.code_descriptions() if descriptions is None else descriptions
     twin = Twin(

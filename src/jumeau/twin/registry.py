@@ -1,0 +1,98 @@
+"""Twins kept up to date as data arrives: versioned snapshots, incremental updates, diffs.
+
+The registry keeps one JSON snapshot per subject under ``STORE/twins/``, stamped with the store
+version (number of committed batches) it was built from. ``update`` rebuilds only the subjects
+that the batches committed since then touched, so new data for a few patients costs a few
+twins, not the store; every updated twin is diffed against its previous snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from jumeau.store import layout
+from jumeau.twin.twin import PopulationModel, build_twin
+
+if TYPE_CHECKING:
+    from jumeau.store import Store
+
+TWINS_DIR = "twins"
+
+
+class TwinRegistry:
+    """Versioned twin snapshots of every subject of a store, as of one date."""
+
+    def __init__(
+        self, store: Store, as_of: datetime, population: PopulationModel | None = None
+    ) -> None:
+        self.store = store
+        self.as_of = as_of
+        self.population = population or PopulationModel()
+        self.dir = store.root / TWINS_DIR / as_of.strftime("%Y%m%dT%H%M%S")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.dir / "state.json"
+
+    @property
+    def version(self) -> int:
+        if not self.state_file.exists():
+            return 0
+        return json.loads(self.state_file.read_text())["version"]
+
+    def snapshot(self, subject_id: int) -> dict | None:
+        path = self.dir / f"{subject_id}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _touched_since(self, version: int) -> np.ndarray:
+        batches = self.store.manifest.batch_ids[version:]
+        base = self.store.root / layout.BATCHES_DIR
+        ids = [
+            pq.read_table(base / b / layout.SUBJECTS_INDEX, columns=["subject_id"])
+            .column(0)
+            .to_numpy()
+            for b in batches
+        ]
+        return np.unique(np.concatenate(ids)) if ids else np.array([], dtype=np.int64)
+
+    def update(self) -> dict:
+        """Bring every snapshot to the store's current version; return what changed."""
+        self.store.refresh()
+        current = len(self.store.manifest.batches)
+        since = self.version
+        touched = self._touched_since(since)
+        descriptions = self.store.code_descriptions()
+        diffs = []
+        for subject in touched.tolist():
+            try:
+                twin = build_twin(
+                    self.store,
+                    subject,
+                    self.as_of,
+                    population=self.population,
+                    descriptions=descriptions,
+                )
+            except KeyError:
+                continue
+            previous = self.snapshot(subject)
+            if previous is not None:
+                diffs.append(twin.diff(previous))
+            _write_json(self.dir / f"{subject}.json", twin.to_dict())
+        _write_json(self.state_file, {"version": current, "as_of": self.as_of.isoformat()})
+        return {
+            "from_version": since,
+            "to_version": current,
+            "rebuilt": int(len(touched)),
+            "diffs": diffs,
+        }
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,61 @@
+"""``jumeau twin`` and ``jumeau evaluate forecasts`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cli.test_cli import cli_store, jumeau  # noqa: F401 - the fixture is shared
+
+
+def test_twin_json_has_state_risks_and_forecasts(cli_store):  # noqa: F811
+    subjects = json.loads(jumeau("subjects", "--store", str(cli_store), "--format", "json").stdout)
+    for subject in subjects:
+        result = jumeau(
+            "twin",
+            str(subject),
+            "--store",
+            str(cli_store),
+            "--as-of",
+            "2019-06-01",
+            "--forecast",
+            "sbp",
+            "--format",
+            "json",
+        )
+        twin = json.loads(result.stdout)
+        if "sbp" in twin["variables"]:
+            break
+    assert twin["as_of"].startswith("2019-06-01")
+    assert "score2" in twin["risks"]
+    horizons = [f["horizon"] for f in twin["forecasts"]["sbp"]]
+    assert horizons == ["3mo", "6mo", "12mo"]
+    text = jumeau("twin", str(subject), "--store", str(cli_store), "--as-of", "2019-06-01").stdout
+    assert "risk scores" in text and "state" in text
+
+
+def test_evaluate_forecasts_json(cli_store):  # noqa: F811
+    result = json.loads(
+        jumeau(
+            "evaluate",
+            "forecasts",
+            "--store",
+            str(cli_store),
+            "--cutoff",
+            "2016-01-01",
+            "--format",
+            "json",
+        ).stdout
+    )
+    sbp = result["variables"]["sbp"]
+    assert sbp["n"] > 0 and 0 <= sbp["coverage_80"] <= 1
+    assert {"mae", "mae_carry_forward", "mae_population_mean"} <= set(sbp)
+
+
+def test_a_subject_unknown_at_the_date_is_a_clear_error(cli_store):  # noqa: F811
+    subject = json.loads(jumeau("subjects", "--store", str(cli_store), "--format", "json").stdout)[
+        0
+    ]
+    result = jumeau(
+        "twin", str(subject), "--store", str(cli_store), "--as-of", "1800-01-01", check=False
+    )
+    assert result.returncode == 2 and "no events known" in result.stdout
