@@ -52,6 +52,9 @@ def test_incremental_update_equals_a_full_rebuild(tmp_path, synthea_store):
     for subject in subjects:
         rebuilt = json.loads(json.dumps(build_twin(fresh, subject, AS_OF).to_dict(), default=str))
         kept = registry.snapshot(subject)
-        rebuilt.pop("version"), kept.pop("version")  # untouched twins keep the version they were built at
+        (
+            rebuilt.pop("version"),
+            kept.pop("version"),
+        )  # untouched twins keep the version they were built at
         assert kept == rebuilt, subject
     assert registry.update()["rebuilt"] == 0

@@ -58,7 +58,8 @@ def test_a_twin_as_of_a_date_ignores_later_data(synthea_store, truncated_store):
 
 def test_known_at_reads_the_store_as_it_was(tmp_path, synthea_store):
     store, _ = synthea_store
-    subject = int(store.subjects()[0])
+    measured = store.scan().filter((pl.col("domain") == "measurement") & (pl.col("time") < AS_OF))
+    subject = int(measured.select("subject_id").collect()["subject_id"].min())
     events = store.timeline(subject)
     target = jumeau.init(tmp_path / "store")
     early = events.filter(pl.col("domain") != "measurement")
