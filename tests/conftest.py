@@ -48,6 +48,14 @@ def synthea_store(tmp_path_factory: pytest.TempPathFactory, key_dir: Path, synth
     return store, report
 
 
+@pytest.fixture(scope="session")
+def synthea_full_store(synthea_store, synthea_dir):
+    """The store of all 20 shared Synthea bundles: statistical tests need that many patients."""
+    if synthea_dir != SHARED_SYNTHEA:
+        pytest.skip("needs the 20 Synthea bundles of ../shared/data/fhir/synthea-r4 (CI has them)")
+    return synthea_store
+
+
 @pytest.fixture
 def new_store(tmp_path: Path) -> jumeau.Store:
     return jumeau.init(tmp_path / "store")

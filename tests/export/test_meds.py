@@ -6,13 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import meds
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
 import jumeau
-from jumeau.export.meds import export_meds, meds_data_schema
+from jumeau.export.meds import export_meds, meds_data_schema, meds_schemas
 from jumeau.ingest.meds import MedsError, ingest_meds
 
 KEY = ["subject_id", "time", "code", "numeric_value", "text_value", "unit", "end_time", "domain"]
@@ -37,7 +36,7 @@ def test_export_is_valid_meds(exported):
             frame.select(["subject_id", "time"]).sort(["subject_id", "time"], nulls_last=False)
         )
     assert pq.read_schema(out / "metadata/codes.parquet").equals(
-        meds.code_metadata_schema(), check_metadata=False
+        meds_schemas()[1], check_metadata=False
     )
     splits = pl.read_parquet(out / "metadata/subject_splits.parquet")
     assert splits.height == 2694 and set(splits["split"]) == {"train", "tuning", "held_out"}

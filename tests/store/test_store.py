@@ -124,7 +124,13 @@ def test_timelines_across_batches_and_row_groups_are_exact(new_store):
 
 def test_timeline_filters(eunomia_store):
     store, _ = eunomia_store
-    counts = store.scan().group_by("subject_id").len().sort(["len", "subject_id"], descending=True).collect()
+    counts = (
+        store.scan()
+        .group_by("subject_id")
+        .len()
+        .sort(["len", "subject_id"], descending=True)
+        .collect()
+    )
     subject = int(counts["subject_id"][0])
     full = store.timeline(subject)
     window = store.timeline(subject, start=datetime(2000, 1, 1), end=datetime(2010, 12, 31))

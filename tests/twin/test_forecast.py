@@ -40,8 +40,8 @@ def test_forecast_gives_nested_intervals_that_widen_with_horizon(synthea_store):
 
 
 @pytest.fixture(scope="module")
-def pooled(synthea_store):
-    store, _ = synthea_store
+def pooled(synthea_full_store):
+    store, _ = synthea_full_store
     return pool([backtest(store, c) for c in CUTOFFS])
 
 
@@ -65,8 +65,8 @@ def test_error_falls_as_the_patient_accumulates_observations(pooled):
     assert by_history["1"]["mae"] > by_history["4-7"]["mae"]
 
 
-def test_the_population_is_learnt_only_before_the_cutoff(synthea_store):
-    store, _ = synthea_store
+def test_the_population_is_learnt_only_before_the_cutoff(synthea_full_store):
+    store, _ = synthea_full_store
     early = PopulationModel.fit(store, datetime(2010, 1, 1))
     late = PopulationModel.fit(store, datetime(2020, 1, 1))
     assert early.noise["sbp"].n_subjects <= late.noise["sbp"].n_subjects

@@ -103,8 +103,8 @@ def test_units_are_converted_and_implausible_values_flagged(tmp_path, synthea_st
     assert 900.0 not in twin.variables["sbp"].values
 
 
-def test_a_twin_has_demographics_problems_risks_and_serialises(synthea_store):
-    store, _ = synthea_store
+def test_a_twin_has_demographics_problems_risks_and_serialises(synthea_full_store):
+    store, _ = synthea_full_store
     subject = max(
         store.subjects().tolist(), key=lambda s: store.timeline(s, domains=["condition"]).height
     )
@@ -128,8 +128,8 @@ def test_a_twin_has_demographics_problems_risks_and_serialises(synthea_store):
     assert low < sbp["estimate"] < high
 
 
-def test_diff_names_what_changed(synthea_store):
-    store, _ = synthea_store
+def test_diff_names_what_changed(synthea_full_store):
+    store, _ = synthea_full_store
     subject = max(
         store.subjects().tolist(), key=lambda s: store.timeline(s, domains=["condition"]).height
     )

@@ -22,16 +22,30 @@ from jumeau.store import Store
 EXTRA_COLUMNS = ("text_value", "unit", "end_time", "domain")
 
 
+def meds_schemas() -> tuple[pa.Schema, pa.Schema, pa.Schema]:
+    """The ``meds`` package's data, code-metadata and subject-split schemas (0.3 and 0.4 APIs)."""
+    if hasattr(meds, "DataSchema"):
+        return (
+            meds.DataSchema.schema(),
+            meds.CodeMetadataSchema.schema(),
+            meds.SubjectSplitSchema.schema(),
+        )
+    return meds.data_schema(), meds.code_metadata_schema(), meds.subject_split_schema
+
+
 def meds_data_schema() -> pa.Schema:
-    """The MEDS data schema with jumeau's extra columns."""
-    return meds.data_schema(
-        [
-            ("text_value", pa.string()),
-            ("unit", pa.string()),
-            ("end_time", pa.timestamp("us")),
-            ("domain", pa.string()),
-        ]
-    )
+    """The MEDS data schema with jumeau's extra columns (text_value, unit, end_time, domain)."""
+    schema = meds_schemas()[0]
+    extras = {
+        "text_value": pa.string(),
+        "unit": pa.string(),
+        "end_time": pa.timestamp("us"),
+        "domain": pa.string(),
+    }
+    for name, kind in extras.items():
+        if name not in schema.names:
+            schema = schema.append(pa.field(name, kind))
+    return schema
 
 
 def export_meds(
@@ -91,7 +105,8 @@ def export_meds(
             "FROM (SELECT DISTINCT code FROM events) e "
             f"LEFT JOIN ({store.codes_sql()}) c USING (code) ORDER BY e.code",
         )
-        pq.write_table(codes.cast(meds.code_metadata_schema()), out / meds.code_metadata_filepath)
+        _, codes_schema, splits_schema = meds_schemas()
+        pq.write_table(codes.cast(codes_schema), out / meds.code_metadata_filepath)
         train, tuning, _ = splits
         split_rows = []
         for sid in subjects:
@@ -106,7 +121,7 @@ def export_meds(
             split_rows.append(split)
         pq.write_table(
             pa.table({"subject_id": pa.array(subjects, pa.int64()), "split": split_rows}).cast(
-                meds.subject_split_schema
+                splits_schema
             ),
             out / meds.subject_splits_filepath,
         )
@@ -115,7 +130,7 @@ def export_meds(
             "dataset_version": store.config.store_id,
             "etl_name": "jumeau",
             "etl_version": __version__,
-            "meds_version": meds.__version__,
+            "meds_version": getattr(meds, "__version__", "unknown"),
             "created_at": datetime.now(UTC).isoformat(),
         }
         (out / meds.dataset_metadata_filepath).write_text(json.dumps(metadata, indent=2))

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from jumeau.model import BIRTH_CODE, DEATH_CODE
 from jumeau.twin import conditions as cond
@@ -248,111 +247,120 @@ def build_twin(
     """Build a subject's twin from the store (see :class:`Twin`)."""
     population = population or PopulationModel()
     as_of = as_of or datetime.now()
-    events = store.timeline(subject_id, end=as_of, known_at=known_at)
-    if events.filter(pl.col("time").is_not_null()).is_empty():
+    rows = [
+        r
+        for r in store.timeline_arrow(subject_id, known_at=known_at).to_pylist()
+        if r["time"] is None or r["time"] <= as_of
+    ]
+    if not any(r["time"] is not None for r in rows):
         raise KeyError(f"subject {subject_id} has no events known at {as_of.isoformat()}")
     descriptions = store.code_descriptions() if descriptions is None else descriptions
+    by_domain: dict[str, list[dict]] = {}
+    for r in rows:
+        by_domain.setdefault(r["domain"], []).append(r)
+    demographic = by_domain.get("demographic", [])
+    sexes = [r["code"] for r in demographic if r["code"].startswith("Gender/")]
     twin = Twin(
         subject_id=subject_id,
         as_of=as_of,
         known_at=known_at,
-        birth=_first_time(events, BIRTH_CODE),
-        sex=_sex(events),
-        deceased=_first_time(events, DEATH_CODE),
-        variables=_variable_states(events, population, as_of),
-        smoking_status=_smoking(events),
+        birth=next((r["time"] for r in rows if r["code"] == BIRTH_CODE), None),
+        sex={"Gender/F": "female", "Gender/M": "male"}.get(sexes[-1]) if sexes else None,
+        deceased=next((r["time"] for r in rows if r["code"] == DEATH_CODE), None),
+        variables=_variable_states(rows, population, as_of),
+        smoking_status=_smoking(rows),
         problems=[],
         medications=[],
         allergies=[],
         encounters=[],
-        events_used=events.height,
+        events_used=len(rows),
         descriptions=descriptions,
         version=len(store.manifest.batches),
     )
     twin.population = population
-    describe = lambda code: descriptions.get(code)  # noqa: E731
-    conditions = events.filter(pl.col("domain") == "condition")
-    twin._all_conditions = [{"code": c} for c in conditions["code"].to_list()]  # type: ignore[attr-defined]
-    active = conditions.filter(pl.col("end_time").is_null() | (pl.col("end_time") > as_of))
+    conditions = by_domain.get("condition", [])
+    twin._all_conditions = [{"code": r["code"]} for r in conditions]  # type: ignore[attr-defined]
+    active = [r for r in conditions if r["end_time"] is None or r["end_time"] > as_of]
     twin.problems = [
-        {"code": code, "description": describe(code), "since": since.isoformat()}
-        for code, since in active.group_by("code")
-        .agg(pl.col("time").min())
-        .sort("time", "code")
-        .iter_rows()
+        {"code": code, "description": descriptions.get(code), "since": since.isoformat()}
+        for code, since, _ in _first_by_code(active)
     ]
-    drugs = events.filter(pl.col("domain") == "drug")
-    on_drug = drugs.filter(
-        (pl.col("end_time").is_not_null() & (pl.col("end_time") >= as_of))
-        | (pl.col("end_time").is_null() & (pl.col("time") >= as_of - ACTIVE_DRUG_WINDOW))
-    )
+    on_drug = [
+        r
+        for r in by_domain.get("drug", [])
+        if (r["end_time"] is not None and r["end_time"] >= as_of)
+        or (
+            r["end_time"] is None
+            and r["time"] is not None
+            and r["time"] >= as_of - ACTIVE_DRUG_WINDOW
+        )
+    ]
     twin.medications = [
         {
             "code": code,
-            "description": describe(code),
+            "description": descriptions.get(code),
             "since": since.isoformat(),
             "until": until.isoformat() if until else None,
         }
-        for code, since, until in on_drug.group_by("code")
-        .agg(pl.col("time").min(), pl.col("end_time").max())
-        .sort("time", "code")
-        .iter_rows()
+        for code, since, until in _first_by_code(on_drug)
     ]
-    allergies = events.filter(pl.col("domain") == "allergy")
     twin.allergies = [
-        {"code": c, "description": describe(c), "since": t.isoformat()}
-        for c, t in allergies.group_by("code")
-        .agg(pl.col("time").min())
-        .sort("time", "code")
-        .iter_rows()
+        {"code": code, "description": descriptions.get(code), "since": since.isoformat()}
+        for code, since, _ in _first_by_code(by_domain.get("allergy", []))
     ]
-    visits = events.filter(pl.col("domain") == "visit").sort("time", "code").tail(5)
+    visits = sorted(
+        (r for r in by_domain.get("visit", []) if r["time"] is not None),
+        key=lambda r: (r["time"], r["code"]),
+    )[-5:]
     twin.encounters = [
         {
-            "code": c,
-            "description": describe(c),
-            "start": t.isoformat(),
-            "end": e.isoformat() if e else None,
+            "code": r["code"],
+            "description": descriptions.get(r["code"]),
+            "start": r["time"].isoformat(),
+            "end": r["end_time"].isoformat() if r["end_time"] else None,
         }
-        for c, t, e in visits.select("code", "time", "end_time").iter_rows()
+        for r in visits
     ]
     twin.risks = compute_risks(twin)
     return twin
 
 
-def _first_time(events: pl.DataFrame, code: str) -> datetime | None:
-    hit = events.filter(pl.col("code") == code)
-    return hit["time"][0] if hit.height else None
+def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime, datetime | None]]:
+    """(code, first time, latest end) per code, ordered by first time then code."""
+    first: dict[str, list] = {}
+    for r in rows:
+        if r["time"] is None:
+            continue
+        entry = first.setdefault(r["code"], [r["time"], r["end_time"]])
+        entry[0] = min(entry[0], r["time"])
+        if r["end_time"] is not None and (entry[1] is None or r["end_time"] > entry[1]):
+            entry[1] = r["end_time"]
+    return sorted(((c, t, e) for c, (t, e) in first.items()), key=lambda x: (x[1], x[0]))
 
 
-def _sex(events: pl.DataFrame) -> str | None:
-    codes = events.filter(pl.col("code").str.starts_with("Gender/"))["code"].to_list()
-    return {"Gender/F": "female", "Gender/M": "male"}.get(codes[-1]) if codes else None
-
-
-def _smoking(events: pl.DataFrame) -> str | None:
-    rows = events.filter(
-        pl.col("code").is_in(list(SMOKING_STATUS_CODES)) & pl.col("text_value").is_not_null()
-    )
-    statuses = [SMOKING_VALUES.get(v) for v in rows["text_value"].to_list()]
+def _smoking(rows: list[dict]) -> str | None:
+    statuses = [
+        SMOKING_VALUES.get(r["text_value"])
+        for r in rows
+        if r["code"] in SMOKING_STATUS_CODES and r["text_value"]
+    ]
     statuses = [s for s in statuses if s and s != "unknown"]
     return statuses[-1] if statuses else None
 
 
 def observations(
-    events: pl.DataFrame, catalogue: dict[str, Variable]
+    rows: list[dict], catalogue: dict[str, Variable]
 ) -> dict[str, tuple[list, list, list]]:
     """Per variable: (times, canonical values, flagged problems) of a subject's events."""
     index = code_index(catalogue)
-    rows = events.filter(
-        pl.col("code").is_in(list(index))
-        & pl.col("numeric_value").is_not_null()
-        & pl.col("time").is_not_null()
-    )
     out: dict[str, tuple[list, list, list]] = {}
-    for code, time, value, unit in rows.select("code", "time", "numeric_value", "unit").iter_rows():
-        var = catalogue[index[code]]
-        times, values, flagged = out.setdefault(var.name, ([], [], []))
+    for r in rows:
+        name = index.get(r["code"])
+        if name is None or r["numeric_value"] is None or r["time"] is None:
+            continue
+        var = catalogue[name]
+        times, values, flagged = out.setdefault(name, ([], [], []))
+        value, unit, time = r["numeric_value"], r["unit"], r["time"]
         converted = var.to_canonical(value, unit)
         if converted is None:
             flagged.append(
@@ -379,11 +387,11 @@ def observations(
 
 
 def _variable_states(
-    events: pl.DataFrame, population: PopulationModel, as_of: datetime
+    rows: list[dict], population: PopulationModel, as_of: datetime
 ) -> dict[str, VariableState]:
     states = {}
     at = day_number(as_of)
-    for name, (times, values, flagged) in observations(events, population.catalogue).items():
+    for name, (times, values, flagged) in observations(rows, population.catalogue).items():
         days = np.array([day_number(t) for t in times], dtype=float)
         vals = np.array(values, dtype=float)
         estimate = (
