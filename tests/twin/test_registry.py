@@ -29,7 +29,8 @@ def test_incremental_update_equals_a_full_rebuild(tmp_path, synthea_store):
     codes = source.code_descriptions()
     events = source.scan().collect()
     subjects = sorted(events["subject_id"].unique().to_list())
-    late_subject = subjects[0]
+    counts = events.filter(pl.col("domain") == "condition").group_by("subject_id").len()
+    late_subject = int(counts.sort(["len", "subject_id"], descending=True)["subject_id"][0])
     late = (pl.col("subject_id") == late_subject) & (
         pl.col("domain").is_in(["measurement", "condition"])
     )
