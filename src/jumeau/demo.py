@@ -40,7 +40,17 @@ def run_demo(root: Path) -> jumeau.Store:
     recent = frame.filter(frame["time"].is_not_null()).tail(25)
     render.console.rule(f"Subject {subject}: {frame.height} events; the last 25")
     render.timeline_table(recent, store.code_descriptions(), f"subject {subject}")
+    from jumeau.twin import PopulationModel
+
+    as_of = frame["time"].max()
+    population = PopulationModel.fit(store, as_of)
+    twin = store.twin(subject, as_of, population=population)
+    payload = twin.to_dict()
+    payload["forecasts"] = {v: twin.forecast(v) for v in ("sbp", "bmi") if v in twin.variables}
+    render.console.rule(f"The twin of subject {subject} as of {as_of.date()}")
+    render.twin_summary(payload)
     render.console.print(
-        f"\nTry: jumeau timeline {subject} --store {root} --code LOINC/ --format json"
+        f"\nTry: jumeau timeline {subject} --store {root} --code LOINC/ --format json\n"
+        f"     jumeau twin {subject} --store {root} --as-of 2015-01-01 --forecast sbp"
     )
     return store
