@@ -26,22 +26,30 @@ from jumeau.store.vault import read_vault
 
 @dataclass
 class _MappedBatch:
-    """One committed batch opened for random access."""
+    """One committed batch opened for random access.
+
+    The Arrow file is memory-mapped and kept as its record batches with their row offsets, so a
+    subject's rows are found by two binary searches and sliced from the one record batch (rarely
+    two) that holds them, whatever the size of the file.
+    """
 
     id: str
-    table: pa.Table
+    batches: list[pa.RecordBatch]
+    batch_starts: np.ndarray
     subject_ids: np.ndarray
     starts: np.ndarray
     counts: np.ndarray
 
     @classmethod
     def open(cls, folder: Path) -> _MappedBatch:
-        source = pa.memory_map(str(folder / layout.EVENTS_ARROW), "r")
-        table = pa.ipc.open_file(source).read_all()
+        reader = pa.ipc.open_file(pa.memory_map(str(folder / layout.EVENTS_ARROW), "r"))
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        sizes = np.array([b.num_rows for b in batches], dtype=np.int64)
         index = pq.read_table(folder / layout.SUBJECTS_INDEX)
         return cls(
             id=folder.name,
-            table=table,
+            batches=batches,
+            batch_starts=np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else sizes,
             subject_ids=index.column("subject_id").to_numpy(),
             starts=index.column("start").to_numpy(),
             counts=index.column("count").to_numpy(),
@@ -51,7 +59,17 @@ class _MappedBatch:
         i = int(np.searchsorted(self.subject_ids, subject_id))
         if i == len(self.subject_ids) or self.subject_ids[i] != subject_id:
             return None
-        return self.table.slice(int(self.starts[i]), int(self.counts[i]))
+        start, remaining = int(self.starts[i]), int(self.counts[i])
+        b = int(np.searchsorted(self.batch_starts, start, side="right")) - 1
+        parts = []
+        while remaining > 0:
+            offset = start - int(self.batch_starts[b])
+            take = min(remaining, self.batches[b].num_rows - offset)
+            parts.append(self.batches[b].slice(offset, take))
+            remaining -= take
+            start += take
+            b += 1
+        return pa.Table.from_batches(parts, schema=EVENT_SCHEMA)
 
 
 _PA_MAJOR = int(pa.__version__.split(".")[0])
