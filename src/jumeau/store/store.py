@@ -290,6 +290,19 @@ class Store:
             return pl.LazyFrame(schema=pl.from_arrow(EVENT_SCHEMA.empty_table()).schema)
         return pl.scan_parquet(files)
 
+    def signal_records(self, subject_id: int | None = None) -> list:
+        """Waveform records in the store (of one subject, if given), by start time."""
+        from jumeau.signals.store import SignalRecord
+
+        records = [
+            SignalRecord(meta.parent)
+            for batch in self.manifest.batch_ids
+            for meta in (self.root / layout.BATCHES_DIR / batch / "signals").glob("*/meta.json")
+        ]
+        if subject_id is not None:
+            records = [r for r in records if r.subject_id == subject_id]
+        return sorted(records, key=lambda r: (r.start, r.id))
+
     def codes_sql(self) -> str:
         """A DuckDB query giving ``code, description`` for every described code in the store."""
         files = [str(p) for p in self.batch_files(layout.CODES_PARQUET) if p.exists()]

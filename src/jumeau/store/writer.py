@@ -37,6 +37,8 @@ ROW_GROUP_SIZE = 128 * 1024
 #: A raw event file may carry this column; rows where it is set are not events (the connector
 #: reports them as rejects) and are skipped at commit.
 REJECT_REASON = "reject_reason"
+#: Folder of a batch holding its waveform records (see :mod:`jumeau.signals.store`).
+SIGNALS_DIR = "signals"
 CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string())])
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
 
@@ -160,7 +162,7 @@ class BatchWriter:
         for name in ("raw-rejects.parquet", "raw-codes.parquet"):
             (self.dir / name).unlink()
         for child in list(self.dir.iterdir()):
-            if child.is_dir():
+            if child.is_dir() and child.name != SIGNALS_DIR:
                 shutil.rmtree(child)
         if self._identities:
             write_vault(
@@ -263,9 +265,10 @@ class BatchWriter:
         root = self.store.root
         target = root / layout.BATCHES_DIR / self.batch_id
         target.parent.mkdir(exist_ok=True)
-        for f in self.dir.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in self.dir.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         layout.fsync_dir(self.dir)
         os.rename(self.dir, target)
         layout.fsync_dir(target.parent)

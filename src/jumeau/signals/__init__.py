@@ -1,0 +1,1 @@
+"""Millisecond scale: waveform storage built for zoom, and signal processing (ECG)."""

@@ -1,0 +1,234 @@
+"""A signal store built for zoom: chunked, compressed, per-channel samples and a min/max/mean pyramid.
+
+Each record is a folder inside the batch that ingested it::
+
+    signals/<record>/meta.json        subject, start, sampling rate, channels (unit, gain, baseline)
+    signals/<record>/<ch>.chunks      digital samples, int32, zstd-compressed chunks of 65,536
+    signals/<record>/<ch>.index.npy   byte offsets of the chunks
+    signals/<record>/<ch>.pyramid.npz min/max/mean per level, each level 8x coarser than the last
+
+Samples are stored as the digital values the device recorded, with the gain and baseline that turn
+them into physical units (``(digital - baseline) / gain``, the WFDB definition), so physical values
+are exactly those of the source. Reading a window decompresses only the chunks it covers; "this
+channel from t0 to t1 in at most N points" is answered from the coarsest pyramid level that still
+has N points in the window, so any zoom costs about N values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+CHUNK = 65_536
+FACTOR = 8
+MIN_LEVEL_POINTS = 256
+CODEC = "zstd"
+
+
+@dataclass
+class Channel:
+    name: str
+    unit: str
+    gain: float
+    baseline: float
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "channel"
+
+
+def _fold(values: np.ndarray, how: str) -> np.ndarray:
+    """One pyramid step: ``how`` (min, max, mean) over consecutive groups of FACTOR values."""
+    whole = len(values) // FACTOR * FACTOR
+    head = getattr(values[:whole].reshape(-1, FACTOR), how)(axis=1)
+    return np.append(head, getattr(values[whole:], how)()) if whole < len(values) else head
+
+
+def write_record(
+    folder: Path,
+    *,
+    subject_id: int,
+    start: datetime,
+    fs: float,
+    channels: list[Channel],
+    digital: np.ndarray,
+    source: str,
+) -> dict:
+    """Write one record (``digital``: samples x channels, integers) and its pyramids."""
+    folder.mkdir(parents=True, exist_ok=False)
+    n = digital.shape[0]
+    files = []
+    for i, ch in enumerate(channels):
+        stem = f"{i:02d}_{_safe(ch.name)}"
+        column = np.ascontiguousarray(digital[:, i].astype(np.int32))
+        offsets = [0]
+        with open(folder / f"{stem}.chunks", "wb") as out:
+            for lo in range(0, n, CHUNK):
+                block = pa.compress(column[lo : lo + CHUNK].tobytes(), codec=CODEC, asbytes=True)
+                out.write(block)
+                offsets.append(offsets[-1] + len(block))
+        np.save(folder / f"{stem}.index.npy", np.array(offsets, dtype=np.int64))
+        physical = (column - ch.baseline) / ch.gain
+        levels = {}
+        values_min = values_max = values_mean = physical
+        level = 0
+        while len(values_min) > MIN_LEVEL_POINTS:
+            level += 1
+            m = len(values_min) // FACTOR * FACTOR
+            tail = len(values_min) - m
+
+            def fold(x, how):
+                head = getattr(x[:m].reshape(-1, FACTOR), how)(axis=1)
+                return np.append(head, getattr(x[m:], how)()) if tail else head
+
+            values_min, values_max = fold(values_min, "min"), fold(values_max, "max")
+            values_mean = fold(values_mean, "mean")
+            levels[f"min{level}"] = values_min.astype(np.float32)
+            levels[f"max{level}"] = values_max.astype(np.float32)
+            levels[f"mean{level}"] = values_mean.astype(np.float32)
+        np.savez(folder / f"{stem}.pyramid.npz", **levels)
+        files.append(stem)
+    meta = {
+        "subject_id": subject_id,
+        "start": start.isoformat(),
+        "fs": fs,
+        "samples": int(n),
+        "source": source,
+        "channels": [
+            {"name": c.name, "unit": c.unit, "gain": c.gain, "baseline": c.baseline, "file": f}
+            for c, f in zip(channels, files, strict=True)
+        ],
+        "chunk": CHUNK,
+        "factor": FACTOR,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+class SignalRecord:
+    """A stored record, read by window or by zoom."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.id = folder.name
+        self.fs = float(self.meta["fs"])
+        self.samples = int(self.meta["samples"])
+        self.start = datetime.fromisoformat(self.meta["start"])
+        self.subject_id = int(self.meta["subject_id"])
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.samples / self.fs)
+
+    @property
+    def channels(self) -> list[str]:
+        return [c["name"] for c in self.meta["channels"]]
+
+    def _channel(self, channel: str | int) -> dict:
+        chans = self.meta["channels"]
+        if isinstance(channel, int):
+            return chans[channel]
+        for c in chans:
+            if c["name"] == channel:
+                return c
+        raise KeyError(
+            f"record {self.id} has no channel {channel!r} (channels: {', '.join(self.channels)})"
+        )
+
+    def _sample_range(self, start: datetime | None, end: datetime | None) -> tuple[int, int]:
+        lo = 0 if start is None else int(np.floor((start - self.start).total_seconds() * self.fs))
+        hi = (
+            self.samples
+            if end is None
+            else int(np.ceil((end - self.start).total_seconds() * self.fs))
+        )
+        return max(lo, 0), min(hi, self.samples)
+
+    def digital(self, channel: str | int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Digital samples ``[lo, hi)``, decompressing only the chunks that hold them."""
+        c = self._channel(channel)
+        hi = self.samples if hi is None else hi
+        if hi <= lo:
+            return np.zeros(0, dtype=np.int32)
+        offsets = np.load(self.folder / f"{c['file']}.index.npy")
+        first, last = lo // CHUNK, (hi - 1) // CHUNK
+        parts = []
+        with open(self.folder / f"{c['file']}.chunks", "rb") as f:
+            f.seek(int(offsets[first]))
+            raw = f.read(int(offsets[last + 1] - offsets[first]))
+        pos = 0
+        for k in range(first, last + 1):
+            size = int(offsets[k + 1] - offsets[k])
+            count = min(CHUNK, self.samples - k * CHUNK)
+            block = pa.decompress(
+                raw[pos : pos + size], decompressed_size=count * 4, codec=CODEC, asbytes=True
+            )
+            parts.append(np.frombuffer(block, dtype=np.int32))
+            pos += size
+        data = np.concatenate(parts)
+        return data[lo - first * CHUNK : hi - first * CHUNK]
+
+    def physical(
+        self, channel: str | int, start: datetime | None = None, end: datetime | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(times in seconds from record start, physical values) of a window, at full resolution."""
+        c = self._channel(channel)
+        lo, hi = self._sample_range(start, end)
+        values = (self.digital(channel, lo, hi) - c["baseline"]) / c["gain"]
+        return np.arange(lo, hi) / self.fs, values
+
+    def window(
+        self,
+        channel: str | int,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        points: int = 2000,
+    ) -> dict:
+        """At most ``points`` (min, max, mean) buckets covering the window; the min/max bound the
+        true extremes of every sample in each bucket."""
+        c = self._channel(channel)
+        lo, hi = self._sample_range(start, end)
+        n = hi - lo
+        if n <= 0:
+            return {"t": [], "min": [], "max": [], "mean": [], "level": 0, "unit": c["unit"]}
+        if n <= points:
+            t, v = self.physical(channel, start, end)
+            return {"t": t, "min": v, "max": v, "mean": v, "level": 0, "unit": c["unit"]}
+        pyramid = np.load(self.folder / f"{c['file']}.pyramid.npz")
+        level, scale = 0, 1
+        while f"min{level + 1}" in pyramid and n / (scale * FACTOR) >= 1 and n / scale > points:
+            level += 1
+            scale *= FACTOR
+        if level == 0:
+            t, v = self.physical(channel, start, end)
+            mins = maxs = means = v
+            base_lo = lo
+        else:
+            a, b = lo // scale, -(-hi // scale)
+            mins, maxs = pyramid[f"min{level}"][a:b], pyramid[f"max{level}"][a:b]
+            means = pyramid[f"mean{level}"][a:b]
+            base_lo = a * scale
+        group = -(-len(mins) // points)
+        if group > 1:
+            pad = (-len(mins)) % group
+            mins = np.append(mins, np.full(pad, np.inf)).reshape(-1, group).min(axis=1)
+            maxs = np.append(maxs, np.full(pad, -np.inf)).reshape(-1, group).max(axis=1)
+            means = np.append(means, np.full(pad, np.nan)).reshape(-1, group)
+            means = np.nanmean(means, axis=1)
+        step = scale * group
+        t = (base_lo + np.arange(len(mins)) * step) / self.fs
+        return {
+            "t": t,
+            "min": mins,
+            "max": maxs,
+            "mean": means,
+            "level": level,
+            "unit": c["unit"],
+            "samples_per_point": step,
+        }
