@@ -79,15 +79,8 @@ def write_record(
         level = 0
         while len(values_min) > MIN_LEVEL_POINTS:
             level += 1
-            m = len(values_min) // FACTOR * FACTOR
-            tail = len(values_min) - m
-
-            def fold(x, how):
-                head = getattr(x[:m].reshape(-1, FACTOR), how)(axis=1)
-                return np.append(head, getattr(x[m:], how)()) if tail else head
-
-            values_min, values_max = fold(values_min, "min"), fold(values_max, "max")
-            values_mean = fold(values_mean, "mean")
+            values_min, values_max = _fold(values_min, "min"), _fold(values_max, "max")
+            values_mean = _fold(values_mean, "mean")
             levels[f"min{level}"] = values_min.astype(np.float32)
             levels[f"max{level}"] = values_max.astype(np.float32)
             levels[f"mean{level}"] = values_mean.astype(np.float32)
