@@ -96,8 +96,11 @@ def _ingest(
     from jumeau.ingest.fhir import ingest_fhir
     from jumeau.ingest.meds import ingest_meds
     from jumeau.ingest.omop import ingest_omop
+    from jumeau.ingest.wfdb import ingest_wfdb
 
-    func = {"omop": ingest_omop, "fhir": ingest_fhir, "meds": ingest_meds}[kind]
+    func = {"omop": ingest_omop, "fhir": ingest_fhir, "meds": ingest_meds, "wfdb": ingest_wfdb}[
+        kind
+    ]
     target = _open(store, key_file)
     with _errors(), _progress(f"ingesting {kind}") as progress:
         report = func(target, source, progress=progress, **kwargs)
@@ -157,6 +160,127 @@ def ingest_meds_cmd(
 ) -> None:
     """Import a MEDS dataset."""
     _ingest("meds", source, store, key_file, format)
+
+
+@ingest_app.command("wfdb")
+def ingest_wfdb_cmd(
+    source: Annotated[
+        str, typer.Argument(help="A WFDB record (path without extension or .hea) or a folder.")
+    ],
+    store: StoreOpt,
+    subject: Annotated[
+        str | None, typer.Option(help="The patient's id (default: the record name).")
+    ] = None,
+    subject_source: Annotated[
+        str, typer.Option(help="The namespace of --subject: wfdb, omop, fhir...")
+    ] = "wfdb",
+    start: Annotated[
+        datetime | None, typer.Option(help="Record start when the header has none.")
+    ] = None,
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Ingest WFDB waveform records and their annotations."""
+    from jumeau.ingest.wfdb import WfdbError
+
+    try:
+        _ingest(
+            "wfdb",
+            source,
+            store,
+            key_file,
+            format,
+            subject=subject,
+            subject_source=subject_source,
+            start=start,
+        )
+    except WfdbError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def signal(
+    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    store: StoreOpt,
+    channel: Annotated[str | None, typer.Option(help="Channel name (default: the first).")] = None,
+    start: Annotated[
+        datetime | None, typer.Option(help="Window start (default: record start).")
+    ] = None,
+    end: Annotated[datetime | None, typer.Option(help="Window end (default: record end).")] = None,
+    points: Annotated[
+        int, typer.Option(help="At most this many points (min/max/mean buckets).")
+    ] = 2000,
+    format: FormatOpt = Format.text,
+) -> None:
+    """A window of a subject's waveform at any zoom, in at most --points points."""
+    s = _open(store)
+    records = s.signal_records(subject)
+    if start is not None:
+        records = [r for r in records if r.end > start] or records
+    if not records:
+        _fail(f"subject {subject} has no waveform record in {store}")
+    record = records[0]
+    window = record.window(channel if channel is not None else 0, start, end, points)
+    chan = channel or record.channels[0]
+    payload = {
+        "record": record.id,
+        "channel": chan,
+        "unit": window["unit"],
+        "fs": record.fs,
+        "start": record.start.isoformat(),
+        "level": window["level"],
+        "t": [round(float(t), 6) for t in window["t"]],
+        "min": [float(v) for v in window["min"]],
+        "max": [float(v) for v in window["max"]],
+        "mean": [float(v) for v in window["mean"]],
+    }
+    if format is Format.json:
+        render.print_json(payload)
+    else:
+        render.console.print(
+            f"record {record.id} channel {chan} ({window['unit']}, {record.fs:g} Hz) from {record.start}: "
+            f"{len(payload['t'])} points at pyramid level {window['level']}; "
+            f"range {min(payload['min']):.4g} .. {max(payload['max']):.4g} {window['unit']}"
+        )
+
+
+@evaluate_app.command("ecg")
+def evaluate_ecg(
+    records: Annotated[
+        list[str], typer.Argument(help="WFDB records with reference .atr annotations.")
+    ],
+    channel: Annotated[int, typer.Option(help="Lead to analyse (index).")] = 0,
+    format: FormatOpt = Format.text,
+) -> None:
+    """R-peak detection against each record's reference beats (150 ms): sensitivity, PPV, F1."""
+    from jumeau.signals.ecg import evaluate_record
+
+    results = []
+    for record in records:
+        try:
+            results.append(evaluate_record(record.removesuffix(".hea"), channel))
+        except (FileNotFoundError, ValueError) as exc:
+            results.append({"record": record, "error": str(exc)})
+    scored = [r for r in results if "f1" in r]
+    summary = {
+        "records": results,
+        "mean_f1": sum(r["f1"] for r in scored) / len(scored) if scored else None,
+    }
+    if format is Format.json:
+        render.print_json(summary)
+        return
+    for r in results:
+        if "error" in r:
+            render.console.print(f"{r['record']}: {r['error']}")
+        else:
+            render.console.print(
+                f"{r['record']} ({r['channel']}): Se {r['sensitivity']:.4%}  PPV {r['ppv']:.4%}  F1 {r['f1']:.4%}  "
+                f"({r['tp']} TP, {r['fn']} FN, {r['fp']} FP; {r['times_real_time']:,.0f}x real time)"
+            )
+    if summary["mean_f1"] is not None:
+        render.console.print(f"mean F1 {summary['mean_f1']:.4%} over {len(scored)} record(s)")
+    if len(scored) < len(results):
+        raise typer.Exit(2)
 
 
 @app.command()

@@ -1,0 +1,97 @@
+"""WFDB records in the signal store: exact samples, annotations on the timeline, zoomable windows."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import wfdb
+
+import jumeau
+from jumeau.ingest.wfdb import WfdbError, ingest_wfdb
+
+RECORD = Path(__file__).resolve().parents[1] / "data" / "wfdb" / "100"
+START = datetime(2020, 3, 1, 8, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def ecg_store(tmp_path_factory, key_dir):
+    store = jumeau.init(tmp_path_factory.mktemp("ecg") / "store")
+    report = ingest_wfdb(store, RECORD, subject="6", subject_source="omop", start=START)
+    return store, report
+
+
+def test_samples_equal_wfdb_physical_values(ecg_store):
+    store, _ = ecg_store
+    (record,) = store.signal_records()
+    reference = wfdb.rdrecord(str(RECORD))
+    assert record.channels == ["MLII", "V5"]
+    assert record.fs == 360 and record.samples == 650_000
+    for i, name in enumerate(record.channels):
+        _, values = record.physical(name)
+        assert np.array_equal(values, reference.p_signal[:, i])
+
+
+def test_reading_a_window_decompresses_only_its_chunks(ecg_store):
+    store, _ = ecg_store
+    (record,) = store.signal_records()
+    reference = wfdb.rdrecord(str(RECORD), sampfrom=100_000, sampto=100_720, channels=[0])
+    t, values = record.physical(
+        "MLII", START + timedelta(seconds=100_000 / 360), START + timedelta(seconds=100_720 / 360)
+    )
+    assert np.allclose(values, reference.p_signal[:, 0])
+    assert t[0] == pytest.approx(100_000 / 360)
+
+
+def test_record_and_beats_sit_on_the_subjects_timeline(ecg_store):
+    store, report = ecg_store
+    subject = store.lookup("omop", "6")
+    timeline = store.timeline(subject)
+    record_event = timeline.filter(pl.col("code") == "WFDB/record")
+    assert record_event["time"][0] == START
+    assert record_event["end_time"][0] == START + timedelta(seconds=650_000 / 360)
+    ann = wfdb.rdann(str(RECORD), "atr")
+    beats = timeline.filter(pl.col("domain") == "annotation")
+    assert beats.height == len(ann.sample) == report.tables["wfdb/annotation.atr"].accepted
+    first_n = beats.filter(pl.col("code") == "WFDB/N")["time"][0]
+    first_sample = ann.sample[ann.symbol.index("N")]
+    assert abs((first_n - START).total_seconds() - first_sample / 360) < 1e-6
+    assert (
+        ingest_wfdb(store, RECORD, subject="6", subject_source="omop", start=START).events_written
+        == 0
+    )
+
+
+@pytest.mark.parametrize("seconds", [10, 60, 600, 1800])
+def test_pyramid_windows_bound_the_true_extremes(ecg_store, seconds):
+    store, _ = ecg_store
+    (record,) = store.signal_records()
+    t0 = START + timedelta(seconds=37.3)
+    t1 = t0 + timedelta(seconds=seconds)
+    window = record.window("MLII", t0, t1, points=500)
+    assert 0 < len(window["t"]) <= 500
+    _, truth = record.physical("MLII", t0, t1)
+    assert window["min"].min() <= truth.min() + 1e-6
+    assert window["max"].max() >= truth.max() - 1e-6
+    assert np.all(window["min"] <= window["max"])
+
+
+def test_a_truncated_dat_file_is_a_clear_error_and_nothing_is_written(tmp_path):
+    for ext in ("hea", "dat", "atr"):
+        shutil.copy(f"{RECORD}.{ext}", tmp_path / f"100.{ext}")
+    data = (tmp_path / "100.dat").read_bytes()
+    (tmp_path / "100.dat").write_bytes(data[: len(data) // 3])
+    store = jumeau.init(tmp_path / "store")
+    with pytest.raises(WfdbError, match="100"):
+        ingest_wfdb(store, tmp_path / "100", start=START)
+    assert store.stats()["events"] == 0 and store.signal_records() == []
+
+
+def test_a_header_without_a_date_needs_a_start(tmp_path):
+    store = jumeau.init(tmp_path / "store")
+    with pytest.raises(WfdbError, match="--start"):
+        ingest_wfdb(store, RECORD)
