@@ -135,11 +135,17 @@ class SignalRecord:
         )
 
     def _sample_range(self, start: datetime | None, end: datetime | None) -> tuple[int, int]:
-        lo = 0 if start is None else int(np.floor((start - self.start).total_seconds() * self.fs))
+        # microsecond times rarely fall exactly on a sample: snap within a microsecond's worth
+        eps = 1e-6 * self.fs
+        lo = (
+            0
+            if start is None
+            else int(np.floor((start - self.start).total_seconds() * self.fs + eps))
+        )
         hi = (
             self.samples
             if end is None
-            else int(np.ceil((end - self.start).total_seconds() * self.fs))
+            else int(np.ceil((end - self.start).total_seconds() * self.fs - eps))
         )
         return max(lo, 0), min(hi, self.samples)
 
