@@ -244,6 +244,23 @@ def signal(
         )
 
 
+@app.command()
+def features(
+    kind: Annotated[str, typer.Argument(help="ecg")],
+    store: StoreOpt,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Derive signal features as timeline events (per 5-min window, per record)."""
+    if kind != "ecg":
+        _fail(f"unknown feature kind {kind!r}: use ecg")
+    from jumeau.signals.features import ecg_features
+
+    s = _open(store)
+    with _errors(), _progress("ECG features") as progress:
+        report = ecg_features(s, progress=progress)
+    render.print_json(report.to_dict()) if format is Format.json else render.report_table(report)
+
+
 @evaluate_app.command("ecg")
 def evaluate_ecg(
     records: Annotated[
