@@ -105,10 +105,14 @@ def test_ecg_features_bridge_to_the_timeline_and_the_twin(ecg_store):
     assert report.committed and report.tables["derived/ecg"].accepted == 1
     subject = store.lookup("omop", "6")
     derived = store.timeline(subject).filter(pl.col("source") == "derived/ecg")
-    record_hr = derived.filter((pl.col("code") == "LOINC/8867-4") & pl.col("text_value").str.starts_with("record"))
+    record_hr = derived.filter(
+        (pl.col("code") == "LOINC/8867-4") & pl.col("text_value").str.starts_with("record")
+    )
     reference_beats = 2273  # MIT-BIH 100: 2,273 beats in 1,805.6 s
     assert record_hr["numeric_value"][0] == pytest.approx(reference_beats / 1805.56 * 60, rel=0.01)
-    windows = derived.filter((pl.col("code") == "LOINC/8867-4") & pl.col("text_value").str.starts_with("5-min"))
+    windows = derived.filter(
+        (pl.col("code") == "LOINC/8867-4") & pl.col("text_value").str.starts_with("5-min")
+    )
     assert windows.height == 7
     sdnn = derived.filter(pl.col("code") == "JUMEAU/ECG/SDNN")["numeric_value"]
     assert (sdnn > 5).all() and (sdnn < 300).all()

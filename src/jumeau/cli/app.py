@@ -198,6 +198,30 @@ def ingest_wfdb_cmd(
         _fail(str(exc))
 
 
+@ingest_app.command("edf")
+def ingest_edf_cmd(
+    source: Annotated[str, typer.Argument(help="An EDF/EDF+ file or a folder of them.")],
+    store: StoreOpt,
+    subject: Annotated[
+        str | None, typer.Option(help="The patient's id (default: the file name).")
+    ] = None,
+    subject_source: Annotated[
+        str, typer.Option(help="The namespace of --subject: edf, omop, fhir...")
+    ] = "edf",
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Ingest EDF/EDF+ recordings (EEG, polysomnography) and their annotations or hypnograms."""
+    from jumeau.ingest.edf import EdfError
+
+    try:
+        _ingest(
+            "edf", source, store, key_file, format, subject=subject, subject_source=subject_source
+        )
+    except EdfError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def signal(
     subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
@@ -246,18 +270,20 @@ def signal(
 
 @app.command()
 def features(
-    kind: Annotated[str, typer.Argument(help="ecg")],
+    kind: Annotated[str, typer.Argument(help="ecg or eeg")],
     store: StoreOpt,
     format: FormatOpt = Format.text,
 ) -> None:
-    """Derive signal features as timeline events (per 5-min window, per record)."""
-    if kind != "ecg":
-        _fail(f"unknown feature kind {kind!r}: use ecg")
-    from jumeau.signals.features import ecg_features
+    """Derive signal features as timeline events (ECG: HR/HRV per 5-min window and record;
+    EEG: relative band powers per 30-s epoch and channel)."""
+    from jumeau.signals.features import ecg_features, eeg_features
 
+    derive = {"ecg": ecg_features, "eeg": eeg_features}.get(kind)
+    if derive is None:
+        _fail(f"unknown feature kind {kind!r}: use ecg or eeg")
     s = _open(store)
-    with _errors(), _progress("ECG features") as progress:
-        report = ecg_features(s, progress=progress)
+    with _errors(), _progress(f"{kind.upper()} features") as progress:
+        report = derive(s, progress=progress)
     render.print_json(report.to_dict()) if format is Format.json else render.report_table(report)
 
 

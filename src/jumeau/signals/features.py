@@ -179,3 +179,78 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             counts.accepted += 1
             counts.events += len(rows)
         return writer.commit()
+
+
+BANDS = {
+    "delta": (0.5, 4.0),
+    "theta": (4.0, 8.0),
+    "alpha": (8.0, 12.0),
+    "sigma": (12.0, 15.0),
+    "beta": (15.0, 30.0),
+}
+EPOCH_S = 30.0
+EEG_UNITS = ("uv", "µv", "μv", "mv", "v")
+
+
+def band_powers(signal: np.ndarray, fs: float) -> dict[str, float]:
+    """Relative power (0-1) of each EEG band in 0.5-30 Hz (Welch, 4-s segments)."""
+    freqs, power = welch(signal - np.mean(signal), fs=fs, nperseg=min(len(signal), int(4 * fs)))
+    total_mask = (freqs >= 0.5) & (freqs < 30.0)
+    total = np.trapezoid(power[total_mask], freqs[total_mask])
+    out = {}
+    for band, (lo, hi) in BANDS.items():
+        mask = (freqs >= lo) & (freqs < hi)
+        out[band] = (
+            float(np.trapezoid(power[mask], freqs[mask]) / total) if total > 0 else float("nan")
+        )
+    return out
+
+
+def eeg_features(store: Store, progress: Callable[[str], None] | None = None) -> IngestReport:
+    """Per 30-s epoch and channel, relative delta/theta/alpha/sigma/beta power as timeline events
+    (records shorter than an epoch give one epoch of their length, if at least 4 s)."""
+    with BatchWriter(store, "features", "eeg") as writer:
+        p = store.pseudonymiser
+        counts = writer.report.table("derived/eeg")
+        for record in store.signal_records():
+            units = [c["unit"].strip().lower() for c in record.meta["channels"]]
+            chosen = [i for i, u in enumerate(units) if u in EEG_UNITS]
+            if not chosen or record.fs < 60:
+                continue
+            if progress:
+                progress(record.id)
+            counts.read += 1
+            duration = record.samples / record.fs
+            epoch = EPOCH_S if duration >= EPOCH_S else duration
+            if epoch < 4:
+                continue
+            rows = []
+            for i in chosen:
+                _, signal = record.physical(i)
+                name = record.channels[i]
+                per = int(epoch * record.fs)
+                for k in range(int(len(signal) // per)):
+                    start = record.start + timedelta(seconds=k * epoch)
+                    for band, value in band_powers(
+                        signal[k * per : (k + 1) * per], record.fs
+                    ).items():
+                        if not np.isfinite(value):
+                            continue
+                        row = _event(
+                            record.subject_id,
+                            _us(start),
+                            f"JUMEAU/EEG/{band}_relative_power",
+                            value,
+                            name,
+                            _us(start + timedelta(seconds=epoch)),
+                            "measurement",
+                            "derived/eeg",
+                            p.record_key("derived/eeg", f"{record.id}#{name}#{k}#{band}"),
+                        )
+                        row["unit"] = "1"
+                        rows.append(row)
+            if rows:
+                writer.add_events(_table(rows))
+            counts.accepted += 1
+            counts.events += len(rows)
+        return writer.commit()

@@ -1,0 +1,150 @@
+"""EDF and EDF+ recordings (EEG, polysomnography) and their annotations, through ``pyedflib``.
+
+Signals are grouped by sampling rate, each group one record of the signal store, with the file's
+digital samples and the gain and baseline that turn them into its physical values
+(``physical = pmin + (digital - dmin) * (pmax - pmin) / (dmax - dmin)``). EDF+ annotations
+(events, hypnogram stages such as ``Sleep stage W``) become ``annotation`` events at their onset,
+with their duration as the end time. Annotation-only files (hypnograms) are accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from jumeau.ingest.wfdb import _event, _table
+from jumeau.signals.store import Channel, write_record
+from jumeau.store import BatchWriter, IngestReport, Store
+
+
+class EdfError(ValueError):
+    """An EDF file cannot be read; the message names the file."""
+
+
+def _us(moment: datetime) -> int:
+    return int((moment - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+
+
+def ingest_edf(
+    store: Store,
+    source: str | Path,
+    *,
+    subject: str | None = None,
+    subject_source: str = "edf",
+    progress: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Ingest EDF/EDF+ files (a file or a folder of ``*.edf``) as one atomic batch.
+
+    ``subject`` is the patient's id in ``subject_source`` (default: the file name under ``edf``).
+    """
+    import pyedflib
+
+    source = Path(source)
+    files = (
+        sorted(source.glob("*.edf")) + sorted(source.glob("*.EDF")) if source.is_dir() else [source]
+    )
+    if not files or not all(f.exists() for f in files):
+        raise FileNotFoundError(f"{source}: no EDF file found")
+    with BatchWriter(store, "edf", str(source.resolve())) as writer:
+        p = store.pseudonymiser
+        for path in files:
+            if progress:
+                progress(path.name)
+            counts = writer.report.table("edf/file")
+            counts.read += 1
+            try:
+                reader = pyedflib.EdfReader(str(path))
+            except OSError as exc:
+                raise EdfError(f"{path}: not a readable EDF/EDF+ file ({exc})") from exc
+            try:
+                patient = subject or path.stem
+                subject_id = p.subject_id(subject_source, patient)
+                start = reader.getStartdatetime() + timedelta(
+                    microseconds=p.shift_us(subject_source, patient)
+                )
+                rows = []
+                groups: dict[float, list[int]] = {}
+                for i in range(reader.signals_in_file):
+                    groups.setdefault(float(reader.getSampleFrequency(i)), []).append(i)
+                for fs, indices in sorted(groups.items()):
+                    channels, columns = [], []
+                    for i in indices:
+                        dmin, dmax = reader.getDigitalMinimum(i), reader.getDigitalMaximum(i)
+                        pmin, pmax = reader.getPhysicalMinimum(i), reader.getPhysicalMaximum(i)
+                        if dmax == dmin or pmax == pmin:
+                            raise EdfError(
+                                f"{path}: signal {i} ({reader.getLabel(i)!r}) has a degenerate range"
+                            )
+                        gain = (dmax - dmin) / (pmax - pmin)
+                        channels.append(
+                            Channel(
+                                reader.getLabel(i),
+                                reader.getPhysicalDimension(i),
+                                gain,
+                                dmin - pmin * gain,
+                            )
+                        )
+                        columns.append(reader.readSignal(i, digital=True))
+                    length = min(len(c) for c in columns)
+                    digital = np.column_stack([c[:length] for c in columns])
+                    record_id = str(p.record_key("edf/record", f"{path.name}@{fs:g}"))
+                    write_record(
+                        writer.staging_dir / "signals" / record_id,
+                        subject_id=subject_id,
+                        start=start,
+                        fs=fs,
+                        channels=channels,
+                        digital=digital,
+                        source=f"edf/{path.name}",
+                    )
+                    end = start + timedelta(seconds=length / fs)
+                    rows.append(
+                        _event(
+                            subject_id,
+                            _us(start),
+                            "EDF/record",
+                            fs,
+                            record_id,
+                            _us(end),
+                            "signal",
+                            "edf/record",
+                            p.record_key("edf/record", f"{path.name}@{fs:g}"),
+                        )
+                    )
+                onsets, durations, texts = reader.readAnnotations()
+                ann_counts = writer.report.table("edf/annotation")
+                for k, (onset, duration, text) in enumerate(
+                    zip(onsets, durations, texts, strict=True)
+                ):
+                    ann_counts.read += 1
+                    label, _, channel = str(text).partition("@@")
+                    at = start + timedelta(seconds=float(onset))
+                    end = (
+                        at + timedelta(seconds=float(duration))
+                        if duration and duration > 0
+                        else None
+                    )
+                    rows.append(
+                        _event(
+                            subject_id,
+                            _us(at),
+                            f"EDF/{label.strip()}",
+                            None,
+                            channel or None,
+                            _us(end) if end else None,
+                            "annotation",
+                            "edf/annotation",
+                            p.record_key("edf/annotation", f"{path.name}#{k}"),
+                        )
+                    )
+                    ann_counts.accepted += 1
+                    ann_counts.events += 1
+                writer.add_events(_table(rows))
+                counts.accepted += 1
+                counts.events += len(rows)
+            finally:
+                reader.close()
+        return writer.commit()

@@ -1,0 +1,101 @@
+"""EDF/EDF+ recordings and hypnograms, and EEG band powers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyedflib
+import pytest
+
+import jumeau
+from jumeau.ingest.edf import EdfError, ingest_edf
+from jumeau.signals.features import band_powers, eeg_features
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "edf"
+
+
+def test_edf_samples_equal_pyedflib_physical_values(new_store):
+    report = ingest_edf(new_store, DATA / "mne_test.edf", subject="6", subject_source="omop")
+    (record,) = new_store.signal_records()
+    reader = pyedflib.EdfReader(str(DATA / "mne_test.edf"))
+    try:
+        assert record.fs == 512 and len(record.channels) == reader.signals_in_file
+        assert record.start == reader.getStartdatetime()
+        for i in (0, 17, reader.signals_in_file - 1):
+            _, values = record.physical(i)
+            assert np.allclose(values, reader.readSignal(i), rtol=0, atol=1e-9)
+    finally:
+        reader.close()
+    assert report.tables["edf/annotation"].accepted == 5
+    events = new_store.timeline(new_store.lookup("omop", "6"))
+    assert set(events.filter(pl.col("domain") == "annotation")["code"]) == {
+        "EDF/start",
+        "EDF/type A",
+        "EDF/type B",
+    }
+
+
+def test_a_hypnogram_becomes_sleep_stage_events(new_store):
+    ingest_edf(new_store, DATA / "test_edfann.edf")
+    events = (
+        new_store.scan()
+        .filter(pl.col("code").str.starts_with("EDF/Sleep stage"))
+        .collect()
+        .sort("time")
+    )
+    reader = pyedflib.EdfReader(str(DATA / "test_edfann.edf"))
+    onsets, durations, texts = reader.readAnnotations()
+    reader.close()
+    expected = [t for t in texts if str(t).startswith("Sleep stage")]
+    assert events.height == len(expected)
+    first = events.row(0, named=True)
+    assert first["time"] == datetime(2001, 1, 1, 23, 59, 30)
+    assert (first["end_time"] - first["time"]).total_seconds() == 30
+
+
+def test_eeg_band_powers_find_a_10_hz_rhythm(tmp_path, new_store):
+    fs, seconds = 256, 60
+    t = np.arange(fs * seconds) / fs
+    alpha = 40 * np.sin(2 * np.pi * 10 * t) + np.random.default_rng(0).normal(0, 5, len(t))
+    path = tmp_path / "alpha.edf"
+    writer = pyedflib.EdfWriter(str(path), 1, file_type=pyedflib.FILETYPE_EDFPLUS)
+    writer.setSignalHeaders(
+        [
+            {
+                "label": "EEG O1-A2",
+                "dimension": "uV",
+                "sample_frequency": fs,
+                "physical_max": 200,
+                "physical_min": -200,
+                "digital_max": 32767,
+                "digital_min": -32768,
+            }
+        ]
+    )
+    writer.setStartdatetime(datetime(2022, 5, 1, 22, 0, 0))
+    writer.writeSamples([alpha])
+    writer.close()
+    ingest_edf(new_store, path)
+    report = eeg_features(new_store)
+    assert report.committed
+    powers = new_store.scan().filter(pl.col("code").str.starts_with("JUMEAU/EEG/")).collect()
+    assert powers.height == 2 * 5  # two 30-s epochs, five bands
+    per_band = powers.group_by("code").agg(pl.col("numeric_value").mean())
+    alpha_power = per_band.filter(pl.col("code") == "JUMEAU/EEG/alpha_relative_power")[
+        "numeric_value"
+    ][0]
+    assert alpha_power > 0.8
+    assert sum(band_powers(alpha[: 30 * fs], fs).values()) == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_corrupt_edf_header_is_a_clear_error(tmp_path):
+    data = (DATA / "mne_test.edf").read_bytes()
+    broken = tmp_path / "broken.edf"
+    broken.write_bytes(b"XX" + data[2:256] + b"garbage" * 10)
+    store = jumeau.init(tmp_path / "store")
+    with pytest.raises(EdfError, match="broken.edf"):
+        ingest_edf(store, broken)
+    assert store.stats()["events"] == 0
