@@ -93,14 +93,23 @@ def _progress(label: str):
 def _ingest(
     kind: str, source: str, store: Path, key_file: Path | None, fmt: Format, **kwargs
 ) -> IngestReport:
+    from jumeau.ingest.dicom import ingest_dicom
+    from jumeau.ingest.edf import ingest_edf
     from jumeau.ingest.fhir import ingest_fhir
     from jumeau.ingest.meds import ingest_meds
     from jumeau.ingest.omop import ingest_omop
+    from jumeau.ingest.vcf import ingest_vcf
     from jumeau.ingest.wfdb import ingest_wfdb
 
-    func = {"omop": ingest_omop, "fhir": ingest_fhir, "meds": ingest_meds, "wfdb": ingest_wfdb}[
-        kind
-    ]
+    func = {
+        "omop": ingest_omop,
+        "fhir": ingest_fhir,
+        "meds": ingest_meds,
+        "wfdb": ingest_wfdb,
+        "edf": ingest_edf,
+        "vcf": ingest_vcf,
+        "dicom": ingest_dicom,
+    }[kind]
     target = _open(store, key_file)
     with _errors(), _progress(f"ingesting {kind}") as progress:
         report = func(target, source, progress=progress, **kwargs)
@@ -220,6 +229,59 @@ def ingest_edf_cmd(
         )
     except EdfError as exc:
         _fail(str(exc))
+
+
+@ingest_app.command("vcf")
+def ingest_vcf_cmd(
+    source: Annotated[str, typer.Argument(help="A VCF/BCF file (plain or bgzipped).")],
+    store: StoreOpt,
+    sample_map: Annotated[
+        Path | None,
+        typer.Option(help="CSV with columns sample,source,id mapping samples to patients."),
+    ] = None,
+    subject_source: Annotated[
+        str, typer.Option(help="Namespace of samples absent from the map.")
+    ] = "vcf",
+    time: Annotated[
+        datetime | None, typer.Option(help="Sample date (default: static genotypes).")
+    ] = None,
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Ingest each sample's called variants (genotype, quality, filter, gene, consequence)."""
+    from jumeau.ingest.vcf import VcfError, read_sample_map
+
+    try:
+        mapping = read_sample_map(sample_map) if sample_map else None
+        _ingest(
+            "vcf",
+            source,
+            store,
+            key_file,
+            format,
+            sample_map=mapping,
+            subject_source=subject_source,
+            time=time,
+        )
+    except VcfError as exc:
+        _fail(str(exc))
+
+
+@ingest_app.command("dicom")
+def ingest_dicom_cmd(
+    source: Annotated[
+        str, typer.Argument(help="A DICOM file or a folder (walked; non-DICOM files reported).")
+    ],
+    store: StoreOpt,
+    subject: Annotated[str | None, typer.Option(help="Override the files' PatientID.")] = None,
+    subject_source: Annotated[str, typer.Option(help="The namespace of --subject.")] = "dicom",
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Ingest DICOM metadata as events (pixel data referenced by path and hash) and waveforms."""
+    _ingest(
+        "dicom", source, store, key_file, format, subject=subject, subject_source=subject_source
+    )
 
 
 @app.command()

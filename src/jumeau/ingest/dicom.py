@@ -1,0 +1,261 @@
+"""DICOM studies into the twin: metadata as events, pixel data left in place, waveforms stored.
+
+A folder of mixed files is walked; files that are not DICOM are reported as rejects, never fatal.
+Every instance becomes an ``imaging`` event (``DICOM/<modality>``) at its acquisition time, whose
+text gives the series description, body part, the file's path and its SHA-256, so pixel data stays
+in its files and can be found and verified; every study gets one ``DICOM/study`` event. Patient
+names and birth dates go to the identity vault. DICOM waveform objects (12-lead ECG) go to the
+signal store like any other recording.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from jumeau.ingest.wfdb import _event, _table
+from jumeau.model import REJECT_SCHEMA
+from jumeau.signals.store import Channel, write_record
+from jumeau.store import BatchWriter, IngestReport, Store
+
+REQUIRED = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality")
+_WAVEFORM_DTYPES = {
+    ("SS", 16): np.int16,
+    ("US", 16): np.uint16,
+    ("SB", 8): np.int8,
+    ("UB", 8): np.uint8,
+}
+
+
+def _us(moment: datetime) -> int:
+    return int((moment - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+
+
+_INSTANCE_TIMES = (
+    ("ContentDate", "ContentTime"),
+    ("SeriesDate", "SeriesTime"),
+    ("AcquisitionDate", "AcquisitionTime"),
+    ("StudyDate", "StudyTime"),
+)
+
+
+def _when(ds, pairs=_INSTANCE_TIMES, with_acquisition_datetime: bool = True) -> datetime | None:
+    """The first present of the given (date, time) tag pairs, as a datetime."""
+    stamp = str(ds.get("AcquisitionDateTime", "") or "") if with_acquisition_datetime else ""
+    candidates = [stamp[:14]] if stamp else []
+    for date_tag, time_tag in pairs:
+        date = str(ds.get(date_tag, "") or "").strip()
+        if date:
+            candidates.append(
+                date + str(ds.get(time_tag, "") or "").strip().split(".")[0].ljust(6, "0")[:6]
+            )
+    for text in candidates:
+        for fmt, size in (("%Y%m%d%H%M%S", 14), ("%Y%m%d", 8)):
+            try:
+                return datetime.strptime(text[:size], fmt)
+            except ValueError:
+                continue
+    return None
+
+
+def _reject(writer: BatchWriter, path: Path, reason: str) -> None:
+    writer.add_rejects(
+        pa.table(
+            {
+                "source": ["dicom/file"],
+                "file": [str(path)],
+                "record": ["whole file"],
+                "reason": [reason],
+                "record_key": pa.nulls(1, pa.int64()),
+            },
+            schema=REJECT_SCHEMA,
+        )
+    )
+
+
+def ingest_dicom(
+    store: Store,
+    source: str | Path,
+    *,
+    subject: str | None = None,
+    subject_source: str = "dicom",
+    progress: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Ingest a DICOM file or a folder (walked recursively) as one atomic batch.
+
+    ``subject`` overrides the files' PatientID (then looked up under ``subject_source``).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    root = Path(source)
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    if not files:
+        raise FileNotFoundError(f"{root}: no files to read")
+    base = root if root.is_dir() else root.parent
+    with BatchWriter(store, "dicom", str(root.resolve())) as writer:
+        p = store.pseudonymiser
+        counts = writer.report.table("dicom/instance")
+        rows, identities, studies = [], {}, set()
+        for path in files:
+            if progress:
+                progress(path.name)
+            counts.read += 1
+            try:
+                ds = pydicom.dcmread(str(path), stop_before_pixels=False)
+            except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+                counts.rejected += 1
+                _reject(writer, path, f"not a readable DICOM file ({type(exc).__name__})")
+                continue
+            missing = [tag for tag in REQUIRED if not str(ds.get(tag, "") or "").strip()]
+            when = _when(ds)
+            if missing or when is None:
+                counts.rejected += 1
+                _reject(
+                    writer,
+                    path,
+                    f"missing required tag(s) {', '.join(missing)}"
+                    if missing
+                    else "no study, series, acquisition or content date",
+                )
+                continue
+            patient = subject or str(ds.PatientID)
+            source_ns = subject_source if subject else "dicom"
+            subject_id = p.subject_id(source_ns, patient)
+            shift = timedelta(microseconds=p.shift_us(source_ns, patient))
+            when += shift
+            identities[subject_id] = (
+                patient,
+                {
+                    "PatientName": str(ds.get("PatientName", "")),
+                    "PatientBirthDate": str(ds.get("PatientBirthDate", "")),
+                },
+            )
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            details = {
+                "description": str(
+                    ds.get("SeriesDescription", "") or ds.get("StudyDescription", "") or ""
+                ).strip(),
+                "body_part": str(ds.get("BodyPartExamined", "") or "").strip(),
+                "path": str(path.relative_to(base)),
+                "sha256": digest,
+            }
+            text = ";".join(f"{k}={v}" for k, v in details.items() if v)
+            modality = str(ds.Modality).strip()
+            rows.append(
+                _event(
+                    subject_id,
+                    _us(when),
+                    f"DICOM/{modality}",
+                    None,
+                    text,
+                    None,
+                    "imaging",
+                    "dicom/instance",
+                    p.record_key("dicom/instance", str(ds.SOPInstanceUID)),
+                )
+            )
+            study = str(ds.StudyInstanceUID)
+            if study not in studies:
+                studies.add(study)
+                study_time = _when(
+                    ds, (("StudyDate", "StudyTime"),), with_acquisition_datetime=False
+                )
+                study_time = when if study_time is None else study_time + shift
+                rows.append(
+                    _event(
+                        subject_id,
+                        _us(study_time),
+                        "DICOM/study",
+                        None,
+                        str(ds.get("StudyDescription", "") or "").strip() or None,
+                        None,
+                        "imaging",
+                        "dicom/study",
+                        p.record_key("dicom/study", study),
+                    )
+                )
+            if "WaveformSequence" in ds:
+                rows += _waveforms(writer, ds, path, subject_id, when, p)
+            counts.accepted += 1
+            counts.events += 1
+        if rows:
+            writer.add_events(_table(rows))
+        if identities:
+            writer.add_identities(
+                pa.table(
+                    {
+                        "subject_id": pa.array(list(identities), pa.int64()),
+                        "source": ["dicom"] * len(identities),
+                        "source_id": [v[0] for v in identities.values()],
+                        "identifiers": [orjson.dumps(v[1]).decode() for v in identities.values()],
+                    }
+                )
+            )
+        return writer.commit()
+
+
+def _waveforms(
+    writer: BatchWriter, ds, path: Path, subject_id: int, when: datetime, p
+) -> list[dict]:
+    """Each waveform multiplex group becomes a signal record and a ``signal`` event."""
+    rows = []
+    for g, group in enumerate(ds.WaveformSequence):
+        bits = int(group.WaveformBitsAllocated)
+        kind = str(group.WaveformSampleInterpretation)
+        dtype = _WAVEFORM_DTYPES.get((kind, bits))
+        if dtype is None:
+            continue
+        n_ch, n = int(group.NumberOfWaveformChannels), int(group.NumberOfWaveformSamples)
+        raw = np.frombuffer(group.WaveformData, dtype=np.dtype(dtype).newbyteorder("<"))[
+            : n * n_ch
+        ].reshape(n, n_ch)
+        channels = []
+        for c, definition in enumerate(group.ChannelDefinitionSequence):
+            label = (
+                definition.ChannelSourceSequence[0].CodeMeaning
+                if "ChannelSourceSequence" in definition
+                else f"ch{c}"
+            )
+            unit = (
+                definition.ChannelSensitivityUnitsSequence[0].CodeValue
+                if "ChannelSensitivityUnitsSequence" in definition
+                else ""
+            )
+            sensitivity = float(definition.get("ChannelSensitivity", 1) or 1)
+            correction = float(definition.get("ChannelSensitivityCorrectionFactor", 1) or 1)
+            offset = float(definition.get("ChannelBaseline", 0) or 0)
+            channels.append(
+                Channel(str(label), str(unit), 1.0 / (sensitivity * correction), -offset)
+            )
+        fs = float(group.SamplingFrequency)
+        key = p.record_key("dicom/waveform", f"{ds.SOPInstanceUID}#{g}")
+        write_record(
+            writer.staging_dir / "signals" / str(key),
+            subject_id=subject_id,
+            start=when,
+            fs=fs,
+            channels=channels,
+            digital=raw.astype(np.int32),
+            source=f"dicom/{path.name}#{g}",
+        )
+        rows.append(
+            _event(
+                subject_id,
+                _us(when),
+                "DICOM/waveform",
+                fs,
+                str(key),
+                _us(when + timedelta(seconds=n / fs)),
+                "signal",
+                "dicom/waveform",
+                key,
+            )
+        )
+    return rows

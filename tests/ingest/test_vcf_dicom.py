@@ -1,0 +1,98 @@
+"""Genomics (VCF) and imaging (DICOM) in their subjects' timelines."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cyvcf2
+import numpy as np
+import polars as pl
+import pydicom
+import pytest
+
+from jumeau.ingest.dicom import ingest_dicom
+from jumeau.ingest.vcf import VcfError, ingest_vcf, read_sample_map
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _called(path: Path) -> int:
+    """Non-reference alleles carried, counted with cyvcf2 directly."""
+    total = 0
+    for variant in cyvcf2.VCF(str(path)):
+        for genotype in variant.genotypes:
+            total += len({a for a in genotype[:-1] if a is not None and a > 0})
+    return total
+
+
+def test_vcf_variants_attach_to_mapped_subjects(tmp_path, new_store):
+    vcf = DATA / "vcf" / "test.snpeff.vcf"
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("sample,source,id\n1094PC0005,omop,6\n1094PC0009,omop,123\n")
+    report = ingest_vcf(new_store, vcf, sample_map=read_sample_map(mapping))
+    assert report.tables["vcf/variant"].read == report.tables["vcf/variant"].accepted == 10
+    assert report.events_written == _called(vcf)
+    events = new_store.timeline(new_store.lookup("omop", "6"))
+    assert (
+        events.height and (events["domain"] == "genomic").all() and events["time"].is_null().all()
+    )
+    first = events.row(0, named=True)
+    assert (
+        first["code"].startswith("VARIANT/chr1-")
+        and "GT=" in first["text_value"]
+        and "GENE=" in first["text_value"]
+    )
+    assert ingest_vcf(new_store, vcf, sample_map=read_sample_map(mapping)).events_written == 0
+
+
+def test_vep_annotations_give_gene_and_consequence(new_store):
+    vcf = DATA / "vcf" / "test-haploidX.vep.vcf"
+    report = ingest_vcf(new_store, vcf)
+    assert report.events_written == _called(vcf)
+    texts = new_store.scan().select("text_value").collect()["text_value"]
+    assert texts.str.contains("CONSEQUENCE=missense_variant").any()
+    assert texts.str.contains("GENE=XG").any()
+
+
+def test_a_malformed_vcf_line_is_refused_as_a_whole(tmp_path, new_store):
+    lines = (DATA / "vcf" / "test.snpeff.vcf").read_text().splitlines()
+    body = [i for i, line in enumerate(lines) if not line.startswith("#")]
+    lines[body[4]] = "chr1\tnot_a_position\t.\tA"
+    bad = tmp_path / "bad.vcf"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(VcfError, match="bad.vcf"):
+        ingest_vcf(new_store, bad)
+    assert new_store.stats()["events"] == 0
+
+
+def test_dicom_study_metadata_and_waveforms(tmp_path, new_store):
+    folder = tmp_path / "study"
+    shutil.copytree(DATA / "dicom", folder)
+    (folder / "notes.txt").write_text("not an image")
+    report = ingest_dicom(new_store, folder)
+    counts = report.tables["dicom/instance"]
+    assert (counts.read, counts.accepted, counts.rejected) == (4, 3, 1)
+    assert "not a readable DICOM" in new_store.rejects()["reason"][0]
+    ct = pydicom.dcmread(folder / "CT_small.dcm")
+    events = new_store.timeline(new_store.lookup("dicom", str(ct.PatientID)))
+    image = events.filter(pl.col("code") == "DICOM/CT").row(0, named=True)
+    assert "path=CT_small.dcm" in image["text_value"] and "sha256=" in image["text_value"]
+    assert str(ct.PatientName) not in " ".join(
+        new_store.scan().collect()["text_value"].drop_nulls()
+    )
+    ecg = pydicom.dcmread(folder / "waveform_ecg.dcm")
+    record = next(r for r in new_store.signal_records() if r.samples == 10_000)
+    assert record.fs == 1000 and record.channels[1] == "Lead II"
+    _, lead2 = record.physical("Lead II")
+    assert np.allclose(lead2, ecg.waveform_array(0)[:, 1])
+
+
+def test_dicom_without_required_tags_is_rejected(tmp_path, new_store):
+    ds = pydicom.dcmread(DATA / "dicom" / "MR_small.dcm")
+    del ds.StudyInstanceUID
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "broken.dcm")
+    report = ingest_dicom(new_store, tmp_path / "in")
+    assert report.tables["dicom/instance"].rejected == 1
+    assert "StudyInstanceUID" in new_store.rejects()["reason"][0]
