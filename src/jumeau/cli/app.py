@@ -93,6 +93,7 @@ def _progress(label: str):
 def _ingest(
     kind: str, source: str, store: Path, key_file: Path | None, fmt: Format, **kwargs
 ) -> IngestReport:
+    from jumeau.ingest.devices import ingest_devices
     from jumeau.ingest.dicom import ingest_dicom
     from jumeau.ingest.edf import ingest_edf
     from jumeau.ingest.fhir import ingest_fhir
@@ -109,6 +110,7 @@ def _ingest(
         "edf": ingest_edf,
         "vcf": ingest_vcf,
         "dicom": ingest_dicom,
+        "devices": ingest_devices,
     }[kind]
     target = _open(store, key_file)
     with _errors(), _progress(f"ingesting {kind}") as progress:
@@ -282,6 +284,43 @@ def ingest_dicom_cmd(
     _ingest(
         "dicom", source, store, key_file, format, subject=subject, subject_source=subject_source
     )
+
+
+@ingest_app.command("devices")
+def ingest_devices_cmd(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A CSV/JSON/NDJSON stream (time, metric, value[, unit, device]) or a folder."
+        ),
+    ],
+    store: StoreOpt,
+    subject: Annotated[str, typer.Option(help="The patient's id in --subject-source.")],
+    subject_source: Annotated[
+        str, typer.Option(help="Namespace of --subject: device, omop, fhir...")
+    ] = "device",
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA zone of times without an offset, e.g. Europe/Paris.")
+    ] = None,
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Ingest connected-device streams; duplicates and clock jumps are reported."""
+    from jumeau.ingest.devices import DeviceError
+
+    try:
+        _ingest(
+            "devices",
+            source,
+            store,
+            key_file,
+            format,
+            subject=subject,
+            subject_source=subject_source,
+            timezone=timezone,
+        )
+    except DeviceError as exc:
+        _fail(str(exc))
 
 
 @app.command()
