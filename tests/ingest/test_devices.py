@@ -29,7 +29,10 @@ def test_a_wearable_stream_lands_in_utc_with_loinc_codes(tmp_path, new_store):
     assert any("duplicate" in w for w in report.warnings)
     events = new_store.timeline(new_store.lookup("device", "p1")).sort("time")
     hr = events.filter(pl.col("code") == "LOINC/8867-4")
-    assert hr["time"].to_list() == [datetime(2024, 3, 31, 0, 59), datetime(2024, 3, 31, 1, 0)]  # CET, then CEST
+    assert hr["time"].to_list() == [
+        datetime(2024, 3, 31, 0, 59),
+        datetime(2024, 3, 31, 1, 0),
+    ]  # CET, then CEST
     assert events.filter(pl.col("code") == "LOINC/59408-5")["unit"][0] == "%"
     assert events.filter(pl.col("code") == "LOINC/55423-8")["time"][0] == datetime(
         2024, 3, 31, 2, 30

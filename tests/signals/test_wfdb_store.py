@@ -119,3 +119,19 @@ def test_ecg_features_bridge_to_the_timeline_and_the_twin(ecg_store):
     twin = store.twin(subject, START + timedelta(hours=1))
     assert twin.variables["heart_rate"].estimate.n_observations == 8
     assert ecg_features(store).events_written == 0
+
+
+def test_plot_draws_a_window_with_its_annotations(ecg_store, tmp_path):
+    from jumeau.signals.plot import plot_window
+
+    store, _ = ecg_store
+    (record,) = store.signal_records()
+    out = plot_window(
+        store,
+        record,
+        tmp_path / "ecg.png",
+        start=START + timedelta(minutes=5),
+        end=START + timedelta(minutes=5, seconds=8),
+    )
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

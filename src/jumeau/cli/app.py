@@ -388,6 +388,32 @@ def features(
     render.print_json(report.to_dict()) if format is Format.json else render.report_table(report)
 
 
+@app.command()
+def plot(
+    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    store: StoreOpt,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("signal.png"),
+    channel: Annotated[
+        list[str] | None, typer.Option(help="Channels to draw (default: the first three).")
+    ] = None,
+    start: Annotated[
+        datetime | None, typer.Option(help="Window start (default: record start).")
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option(help="Window end (default: start + 10 s).")
+    ] = None,
+) -> None:
+    """Draw a window of a subject's waveform with its annotations (PNG)."""
+    from jumeau.signals.plot import plot_window
+
+    s = _open(store)
+    records = [r for r in s.signal_records(subject) if start is None or r.start <= start < r.end]
+    if not records:
+        _fail(f"subject {subject} has no waveform record covering {start or 'any time'} in {store}")
+    path = plot_window(s, records[0], out, channels=channel, start=start, end=end)
+    render.console.print(f"wrote {path}")
+
+
 @evaluate_app.command("ecg")
 def evaluate_ecg(
     records: Annotated[

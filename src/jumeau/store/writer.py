@@ -181,7 +181,10 @@ class BatchWriter:
         raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
         if not raw:  # a batch of rejects only still has (empty) event files
             pq.write_table(EVENT_SCHEMA.empty_table(), self.dir / layout.EVENTS_PARQUET)
-            with pa.OSFile(str(self.dir / layout.EVENTS_ARROW), "wb") as sink, pa.ipc.new_file(sink, EVENT_SCHEMA):
+            with (
+                pa.OSFile(str(self.dir / layout.EVENTS_ARROW), "wb") as sink,
+                pa.ipc.new_file(sink, EVENT_SCHEMA),
+            ):
                 pass
             pq.write_table(INDEX_SCHEMA.empty_table(), self.dir / layout.SUBJECTS_INDEX)
             return 0, 0, 0
