@@ -60,6 +60,7 @@ def test_record_and_beats_sit_on_the_subjects_timeline(ecg_store):
     first_n = beats.filter(pl.col("code") == "WFDB/N")["time"][0]
     first_sample = ann.sample[ann.symbol.index("N")]
     assert abs((first_n - START).total_seconds() - first_sample / 360) < 1e-6
+    assert "WFDB/rhythm/N" in set(beats["code"])  # rhythm changes: '+' annotations with a note
     assert (
         ingest_wfdb(store, RECORD, subject="6", subject_source="omop", start=START).events_written
         == 0
@@ -117,7 +118,14 @@ def test_ecg_features_bridge_to_the_timeline_and_the_twin(ecg_store):
     sdnn = derived.filter(pl.col("code") == "JUMEAU/ECG/SDNN")["numeric_value"]
     assert (sdnn > 5).all() and (sdnn < 300).all()
     twin = store.twin(subject, START + timedelta(hours=1))
-    assert twin.variables["heart_rate"].estimate.n_observations == 8
+    assert (
+        twin.variables["heart_rate"].estimate.n_observations == 9
+    )  # 7 windows, the record, the day
+    day = derived.filter(
+        pl.col("text_value").str.starts_with("day") & (pl.col("code") == "LOINC/8867-4")
+    )
+    assert day["time"][0] == datetime(2020, 3, 1)
+    assert day["numeric_value"][0] == pytest.approx(record_hr["numeric_value"][0])
     assert ecg_features(store).events_written == 0
 
 

@@ -146,11 +146,13 @@ def ingest_wfdb(
                         continue
                     note = (ann.aux_note[k] or "").strip("\x00").strip() if ann.aux_note else ""
                     t = us(record_start) + int(round(sample / record.fs * 1_000_000))
+                    rhythm = symbol == "+" and note
+                    code = f"WFDB/rhythm/{note.lstrip('(')}" if rhythm else f"WFDB/{symbol}"
                     rows.append(
                         _event(
                             subject_id,
                             t,
-                            f"WFDB/{symbol}",
+                            code,
                             None,
                             note or None,
                             None,

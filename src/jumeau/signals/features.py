@@ -155,10 +155,26 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                 rows += _feature_rows(
                     p, record, lead, hrv(rr[sel]), start, end, "5-min window", f"w{w}"
                 )
-            clean = rr[(rr > 250) & (rr < 2500)]
+            valid = (rr > 250) & (rr < 2500)
+            clean = rr[valid]
             rows += _feature_rows(
                 p, record, lead, hrv(clean), record.start, record.end, "record", "record"
             )
+            day = datetime.combine(record.start.date(), datetime.min.time())
+            while day < record.end:
+                lo = (day - record.start).total_seconds()
+                sel = valid & (rr_at >= lo) & (rr_at < lo + 86_400)
+                rows += _feature_rows(
+                    p,
+                    record,
+                    lead,
+                    hrv(rr[sel]),
+                    day,
+                    day + timedelta(days=1),
+                    "day",
+                    f"day{day.date()}",
+                )
+                day += timedelta(days=1)
             for flag in rhythm_flags(clean):
                 us = int((record.start - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
                 rows.append(
