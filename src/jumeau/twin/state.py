@@ -31,6 +31,7 @@ class NoiseModel:
     slope_sd_per_year: float
     n_subjects: int = 0
     learnt: bool = False
+    interval_scale: float = 1.0
 
     @classmethod
     def default(cls, variable: Variable) -> NoiseModel:
@@ -115,7 +116,7 @@ class LocalTrendFilter:
     ) -> tuple[float, float]:
         """Mean and sd of a new measurement taken at ``at_day``."""
         est = self.estimate(days, values, at_day)
-        return est.mean, math.sqrt(est.sd**2 + self.r)
+        return est.mean, math.sqrt(est.sd**2 + self.r) * self.noise.interval_scale
 
 
 def one_step_log_likelihood(
@@ -182,4 +183,26 @@ def fit_noise(variable: Variable, series: list[tuple[np.ndarray, np.ndarray]]) -
                 ll = one_step_log_likelihood(candidate, series)
                 if ll > best_ll:
                     best, best_ll = candidate, ll
-    return best
+    return _calibrated(best, series)
+
+
+def _calibrated(
+    noise: NoiseModel, series: list[tuple[np.ndarray, np.ndarray]], horizon_days: float = 366
+) -> NoiseModel:
+    """Scale predictive intervals so that 80% of the training data's own forecasts (from each
+    history to the next observations within the horizon) fall inside the 80% interval."""
+    from dataclasses import replace
+
+    flt = LocalTrendFilter(noise)
+    z = []
+    for days, values in series:
+        for i in range(1, len(values)):
+            for j in range(i, min(i + 3, len(values))):
+                if days[j] - days[i - 1] > horizon_days:
+                    break
+                mean, sd = flt.predictive(days[:i], values[:i], float(days[j]))
+                z.append(abs(values[j] - mean) / sd)
+    if len(z) < 30:
+        return noise
+    scale = float(np.quantile(z, 0.8)) / Z80
+    return replace(noise, interval_scale=min(max(scale, 0.5), 3.0))
