@@ -61,3 +61,19 @@ def test_evaluate_ecg_command_prints_per_record_scores():
         check=True,
     )
     assert '"f1": 1.0' in result.stdout or '"f1": 0.99' in result.stdout
+
+
+def test_qt_from_a_12_lead_dicom_ecg_is_physiological():
+    pydicom = pytest.importorskip("pydicom")
+    from jumeau.signals.ecg import qt_interval
+
+    ds = pydicom.dcmread(Path(RECORD).parents[1] / "dicom" / "waveform_ecg.dcm")
+    leads = ds.waveform_array(0) / 1000  # µV -> mV
+    peaks = detect_r_peaks(leads[:, 1], 1000)
+    values = [
+        q["qt"]
+        for ch in range(12)
+        if (q := qt_interval(leads[:, ch], 1000, peaks)) and q["t_to_noise"] >= 5
+    ]
+    assert len(values) >= 8
+    assert 300 < float(np.median(values)) < 420

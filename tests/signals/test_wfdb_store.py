@@ -126,6 +126,13 @@ def test_ecg_features_bridge_to_the_timeline_and_the_twin(ecg_store):
     )
     assert day["time"][0] == datetime(2020, 3, 1)
     assert day["numeric_value"][0] == pytest.approx(record_hr["numeric_value"][0])
+    qtc = derived.filter(
+        (pl.col("code") == "LOINC/8636-3") & pl.col("text_value").str.starts_with("record")
+    )
+    assert (
+        350 < qtc["numeric_value"][0] < 430
+    )  # a normal adult QTc (record 100: sinus rhythm, ~75/min)
+    assert twin.risks["qtc_class"].value == "normal"
     assert ecg_features(store).events_written == 0
 
 

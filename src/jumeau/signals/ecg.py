@@ -167,3 +167,59 @@ def evaluate_record(path: str, channel: int = 0, detector=detect_r_peaks) -> dic
         "seconds": seconds,
         "times_real_time": duration / seconds if seconds else None,
     }
+
+
+def qt_interval(ecg: np.ndarray, fs: float, peaks: np.ndarray) -> dict[str, float] | None:
+    """QT from the median beat: QRS onset by the derivative falling silent before R, T end by the
+    tangent method (the steepest T-wave downslope extended to the isoelectric level).
+
+    Returns QT and RR in ms and QTc by Bazett and Fridericia, or None when the median beat has no
+    clear T wave (QT outside 250-650 ms).
+    """
+    if len(peaks) < 8:
+        return None
+    sos = butter(2, [0.5, 40.0], btype="bandpass", fs=fs, output="sos")
+    clean = sosfiltfilt(sos, np.asarray(ecg, dtype=float))
+    before, after = int(0.25 * fs), int(0.65 * fs)
+    beats = [
+        clean[p - before : p + after] for p in peaks if p - before >= 0 and p + after <= len(clean)
+    ]
+    if len(beats) < 8:
+        return None
+    template = np.median(np.vstack(beats), axis=0)
+    r = before
+    polarity = 1.0 if template[r] >= 0 else -1.0
+    template = polarity * template
+    slope = np.gradient(template) * fs
+    window = slope[r - int(0.12 * fs) : r + 1]
+    quiet = 0.12 * np.abs(window).max()
+    onset = r
+    for k in range(r, r - int(0.12 * fs), -1):
+        if abs(slope[k]) < quiet:
+            onset = k
+            break
+    baseline = float(np.median(template[max(0, onset - int(0.06 * fs)) : onset - int(0.02 * fs)]))
+    lo, hi = r + int(0.15 * fs), r + int(0.50 * fs)
+    deviation = template[lo:hi] - baseline
+    t_peak = lo + int(np.argmax(np.abs(deviation)))
+    sign = np.sign(template[t_peak] - baseline) or 1.0
+    tail = slope[t_peak : min(len(slope), t_peak + int(0.15 * fs))]
+    if len(tail) < 3:
+        return None
+    steep = t_peak + int(np.argmax(-sign * tail))
+    if slope[steep] == 0:
+        return None
+    t_end = steep + (baseline - template[steep]) / slope[steep] * fs
+    qt_ms = (t_end - onset) / fs * 1000
+    rr_ms = float(np.median(np.diff(peaks))) / fs * 1000
+    if not 250 <= qt_ms <= 650:
+        return None
+    noise = float(np.std(template[: max(2, onset - int(0.06 * fs))]))
+    return {
+        "qt": qt_ms,
+        "rr": rr_ms,
+        "qtc_bazett": qt_ms / np.sqrt(rr_ms / 1000),
+        "qtc_fridericia": qt_ms / np.cbrt(rr_ms / 1000),
+        "t_amplitude": abs(float(template[t_peak]) - baseline),
+        "t_to_noise": abs(float(template[t_peak]) - baseline) / (noise or 1e-9),
+    }

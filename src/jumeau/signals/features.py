@@ -17,7 +17,7 @@ from scipy.interpolate import interp1d
 from scipy.signal import welch
 
 from jumeau.ingest.wfdb import _event, _table
-from jumeau.signals.ecg import detect_r_peaks
+from jumeau.signals.ecg import detect_r_peaks, qt_interval
 from jumeau.store import BatchWriter, IngestReport, Store
 
 WINDOW_S = 300
@@ -91,7 +91,33 @@ FEATURE_CODES = {
     "lf": ("JUMEAU/ECG/LF", "ms2"),
     "hf": ("JUMEAU/ECG/HF", "ms2"),
     "lf_hf": ("JUMEAU/ECG/LF_HF", "1"),
+    "qt": ("LOINC/8634-8", "ms"),
+    "qtc_bazett": ("LOINC/8636-3", "ms"),
+    "qtc_fridericia": ("JUMEAU/ECG/QTcF", "ms"),
 }
+MIN_T_TO_NOISE = 5.0
+
+
+def is_ecg_lead(name: str) -> bool:
+    """Whether a channel name looks like an ECG lead (MLII, V5, Lead II, ECG1...)."""
+    up = name.upper().replace(" ", "")
+    return up in ECG_NAMES or up.startswith("LEAD") or "ECG" in up
+
+
+def qt_features(record, leads: list[str], peaks: np.ndarray, lo: int, hi: int) -> dict[str, float]:
+    """Median QT/QTc over the leads whose median beat has a clear T wave, in samples [lo, hi)."""
+    chosen = peaks[(peaks >= lo) & (peaks < hi)] - lo
+    found = []
+    for lead in leads:
+        segment = record.physical(lead)[1][lo:hi]
+        q = qt_interval(segment, record.fs, chosen)
+        if q is not None and q["t_to_noise"] >= MIN_T_TO_NOISE:
+            found.append(q)
+    if not found:
+        return {}
+    return {
+        k: float(np.median([q[k] for q in found])) for k in ("qt", "qtc_bazett", "qtc_fridericia")
+    }
 
 
 def _us(moment: datetime) -> int:
@@ -128,14 +154,8 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
         p = store.pseudonymiser
         counts = writer.report.table("derived/ecg")
         for record in store.signal_records():
-            lead = next(
-                (
-                    c
-                    for c in record.channels
-                    if c.upper().replace(" ", "") in ECG_NAMES or "ECG" in c.upper()
-                ),
-                None,
-            )
+            leads = [c for c in record.channels if is_ecg_lead(c)]
+            lead = leads[0] if leads else None
             if lead is None:
                 continue
             if progress:
@@ -152,13 +172,19 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                 sel = (rr_at >= lo) & (rr_at < lo + WINDOW_S) & (rr > 250) & (rr < 2500)
                 start = record.start + timedelta(seconds=float(lo))
                 end = min(record.end, start + timedelta(seconds=WINDOW_S))
-                rows += _feature_rows(
-                    p, record, lead, hrv(rr[sel]), start, end, "5-min window", f"w{w}"
+                values = hrv(rr[sel])
+                values.update(
+                    qt_features(
+                        record, leads, peaks, int(lo * record.fs), int((lo + WINDOW_S) * record.fs)
+                    )
                 )
+                rows += _feature_rows(p, record, lead, values, start, end, "5-min window", f"w{w}")
             valid = (rr > 250) & (rr < 2500)
             clean = rr[valid]
+            values = hrv(clean)
+            values.update(qt_features(record, leads, peaks, 0, record.samples))
             rows += _feature_rows(
-                p, record, lead, hrv(clean), record.start, record.end, "record", "record"
+                p, record, lead, values, record.start, record.end, "record", "record"
             )
             day = datetime.combine(record.start.date(), datetime.min.time())
             while day < record.end:

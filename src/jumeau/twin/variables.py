@@ -350,7 +350,7 @@ CATALOGUE: dict[str, Variable] = {
             "qtc",
             "QTc interval",
             "ms",
-            ["LOINC/8636-3", "LOINC/8634-8"],
+            ["LOINC/8636-3"],
             250,
             700,
             {},
