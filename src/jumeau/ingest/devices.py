@@ -18,10 +18,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import polars as pl
-import pyarrow as pa
 
-from jumeau.ingest.wfdb import _event, _table
-from jumeau.model import REJECT_SCHEMA
+from jumeau.ingest.events import epoch_us, event, event_table, reject_table
 from jumeau.store import BatchWriter, IngestReport, Store
 
 METRICS: dict[str, tuple[str, str]] = {
@@ -132,8 +130,8 @@ def ingest_devices(
                 last[stream] = when
                 code, default_unit = METRICS.get(metric, (f"DEVICE/{metric}", None))
                 unit = str(row.get("unit") or default_unit or "") or None
-                us = int((when - datetime(1970, 1, 1)).total_seconds() * 1_000_000) + shift
-                event = _event(
+                us = epoch_us(when) + shift
+                sample = event(
                     subject_id,
                     us,
                     code,
@@ -144,25 +142,14 @@ def ingest_devices(
                     "device/sample",
                     p.record_key("device/sample", f"{device}#{metric}#{us}"),
                 )
-                event["unit"] = unit
-                events.append(event)
+                sample["unit"] = unit
+                events.append(sample)
                 counts.accepted += 1
                 counts.events += 1
             if events:
-                writer.add_events(_table(events))
+                writer.add_events(event_table(events))
             if rejects:
-                writer.add_rejects(
-                    pa.table(
-                        {
-                            "source": ["device/sample"] * len(rejects),
-                            "file": [str(path)] * len(rejects),
-                            "record": [r for r, _ in rejects],
-                            "reason": [m for _, m in rejects],
-                            "record_key": pa.nulls(len(rejects), pa.int64()),
-                        },
-                        schema=REJECT_SCHEMA,
-                    )
-                )
+                writer.add_rejects(reject_table("device/sample", str(path), rejects))
             if duplicates:
                 writer.report.warnings.append(
                     f"{path.name}: {duplicates} duplicate samples dropped"

@@ -19,8 +19,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from jumeau.ingest.wfdb import _event, _table
-from jumeau.model import REJECT_SCHEMA
+from jumeau.ingest.events import epoch_us, event, event_table, reject_table
 from jumeau.signals.store import Channel, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -31,10 +30,6 @@ _WAVEFORM_DTYPES = {
     ("SB", 8): np.int8,
     ("UB", 8): np.uint8,
 }
-
-
-def _us(moment: datetime) -> int:
-    return int((moment - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
 
 
 _INSTANCE_TIMES = (
@@ -65,18 +60,7 @@ def _when(ds, pairs=_INSTANCE_TIMES, with_acquisition_datetime: bool = True) -> 
 
 
 def _reject(writer: BatchWriter, path: Path, reason: str) -> None:
-    writer.add_rejects(
-        pa.table(
-            {
-                "source": ["dicom/file"],
-                "file": [str(path)],
-                "record": ["whole file"],
-                "reason": [reason],
-                "record_key": pa.nulls(1, pa.int64()),
-            },
-            schema=REJECT_SCHEMA,
-        )
-    )
+    writer.add_rejects(reject_table("dicom/file", str(path), [("whole file", reason)]))
 
 
 def ingest_dicom(
@@ -149,9 +133,9 @@ def ingest_dicom(
             text = ";".join(f"{k}={v}" for k, v in details.items() if v)
             modality = str(ds.Modality).strip()
             rows.append(
-                _event(
+                event(
                     subject_id,
-                    _us(when),
+                    epoch_us(when),
                     f"DICOM/{modality}",
                     None,
                     text,
@@ -169,9 +153,9 @@ def ingest_dicom(
                 )
                 study_time = when if study_time is None else study_time + shift
                 rows.append(
-                    _event(
+                    event(
                         subject_id,
-                        _us(study_time),
+                        epoch_us(study_time),
                         "DICOM/study",
                         None,
                         str(ds.get("StudyDescription", "") or "").strip() or None,
@@ -186,7 +170,7 @@ def ingest_dicom(
             counts.accepted += 1
             counts.events += 1
         if rows:
-            writer.add_events(_table(rows))
+            writer.add_events(event_table(rows))
         if identities:
             writer.add_identities(
                 pa.table(
@@ -246,13 +230,13 @@ def _waveforms(
             source=f"dicom/{path.name}#{g}",
         )
         rows.append(
-            _event(
+            event(
                 subject_id,
-                _us(when),
+                epoch_us(when),
                 "DICOM/waveform",
                 fs,
                 str(key),
-                _us(when + timedelta(seconds=n / fs)),
+                epoch_us(when + timedelta(seconds=n / fs)),
                 "signal",
                 "dicom/waveform",
                 key,

@@ -10,22 +10,18 @@ with their duration as the end time. Annotation-only files (hypnograms) are acce
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 
-from jumeau.ingest.wfdb import _event, _table
+from jumeau.ingest.events import epoch_us, event, event_table
 from jumeau.signals.store import Channel, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
 
 class EdfError(ValueError):
     """An EDF file cannot be read; the message names the file."""
-
-
-def _us(moment: datetime) -> int:
-    return int((moment - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
 
 
 def ingest_edf(
@@ -102,13 +98,13 @@ def ingest_edf(
                     )
                     end = start + timedelta(seconds=length / fs)
                     rows.append(
-                        _event(
+                        event(
                             subject_id,
-                            _us(start),
+                            epoch_us(start),
                             "EDF/record",
                             fs,
                             record_id,
-                            _us(end),
+                            epoch_us(end),
                             "signal",
                             "edf/record",
                             p.record_key("edf/record", f"{path.name}@{fs:g}"),
@@ -128,13 +124,13 @@ def ingest_edf(
                         else None
                     )
                     rows.append(
-                        _event(
+                        event(
                             subject_id,
-                            _us(at),
+                            epoch_us(at),
                             f"EDF/{label.strip()}",
                             None,
                             channel or None,
-                            _us(end) if end else None,
+                            epoch_us(end) if end else None,
                             "annotation",
                             "edf/annotation",
                             p.record_key("edf/annotation", f"{path.name}#{k}"),
@@ -142,7 +138,7 @@ def ingest_edf(
                     )
                     ann_counts.accepted += 1
                     ann_counts.events += 1
-                writer.add_events(_table(rows))
+                writer.add_events(event_table(rows))
                 counts.accepted += 1
                 counts.events += len(rows)
             finally:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from jumeau.ingest.wfdb import _event, _table
+from jumeau.ingest.events import epoch_us, event, event_table
 from jumeau.store import BatchWriter, IngestReport, Store
 
 FLUSH = 100_000
@@ -123,9 +123,7 @@ def ingest_vcf(
         annotate = _annotation_parser(vcf)
         counts = writer.report.table("vcf/variant")
         rows: list[dict] = []
-        time_us = (
-            None if time is None else int((time - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
-        )
+        time_us = None if time is None else epoch_us(time)
         if progress:
             progress(path.name)
         position = "the header"
@@ -149,7 +147,7 @@ def ingest_vcf(
                         if consequence:
                             text += f";CONSEQUENCE={consequence}"
                         rows.append(
-                            _event(
+                            event(
                                 subjects[k],
                                 time_us,
                                 code,
@@ -163,7 +161,7 @@ def ingest_vcf(
                         )
                 counts.accepted += 1
                 if len(rows) >= FLUSH:
-                    writer.add_events(_table(rows))
+                    writer.add_events(event_table(rows))
                     counts.events += len(rows)
                     rows = []
         except Exception as exc:  # noqa: BLE001 - htslib stops on malformed lines
@@ -171,6 +169,6 @@ def ingest_vcf(
                 f"{path}: malformed record after {position} ({type(exc).__name__}: {exc})"
             ) from exc
         if rows:
-            writer.add_events(_table(rows))
+            writer.add_events(event_table(rows))
             counts.events += len(rows)
         return writer.commit()

@@ -13,9 +13,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from jumeau.model import CONNECTOR_SCHEMA
+from jumeau.ingest.events import epoch_us, event, event_table, reject_table
 from jumeau.signals.store import Channel, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -103,16 +102,15 @@ def ingest_wfdb(
                 digital=digital,
                 source=f"wfdb/{path.name}",
             )
-            us = lambda t: int((t - datetime(1970, 1, 1)).total_seconds() * 1_000_000)  # noqa: E731
             duration = timedelta(seconds=record.sig_len / record.fs)
             rows = [
-                _event(
+                event(
                     subject_id,
-                    us(record_start),
+                    epoch_us(record_start),
                     "WFDB/record",
                     None,
                     record_id,
-                    us(record_start + duration),
+                    epoch_us(record_start + duration),
                     "signal",
                     "wfdb/record",
                     p.record_key("wfdb/record", path.name),
@@ -130,26 +128,21 @@ def ingest_wfdb(
                     acounts.read += 1
                     if sample < 0 or sample > record.sig_len:
                         acounts.rejected += 1
+                        reason = f"sample {sample} outside the record (0-{record.sig_len})"
                         writer.add_rejects(
-                            pa.table(
-                                {
-                                    "source": [f"wfdb/annotation.{ext}"],
-                                    "file": [f"{path}.{ext}"],
-                                    "record": [f"annotation {k}"],
-                                    "reason": [
-                                        f"sample {sample} outside the record (0-{record.sig_len})"
-                                    ],
-                                    "record_key": pa.nulls(1, pa.int64()),
-                                }
+                            reject_table(
+                                f"wfdb/annotation.{ext}",
+                                f"{path}.{ext}",
+                                [(f"annotation {k}", reason)],
                             )
                         )
                         continue
                     note = (ann.aux_note[k] or "").strip("\x00").strip() if ann.aux_note else ""
-                    t = us(record_start) + int(round(sample / record.fs * 1_000_000))
+                    t = epoch_us(record_start) + int(round(sample / record.fs * 1_000_000))
                     rhythm = symbol == "+" and note
                     code = f"WFDB/rhythm/{note.lstrip('(')}" if rhythm else f"WFDB/{symbol}"
                     rows.append(
-                        _event(
+                        event(
                             subject_id,
                             t,
                             code,
@@ -163,34 +156,7 @@ def ingest_wfdb(
                     )
                     acounts.accepted += 1
                     acounts.events += 1
-            writer.add_events(_table(rows))
+            writer.add_events(event_table(rows))
             counts.accepted += 1
             counts.events += 1
         return writer.commit()
-
-
-def _event(subject_id, time_us, code, value, text, end_us, domain, source, key) -> dict:
-    return {
-        "subject_id": subject_id,
-        "time": time_us,
-        "code": code,
-        "numeric_value": value,
-        "text_value": text,
-        "unit": None,
-        "end_time": end_us,
-        "domain": domain,
-        "source": source,
-        "record_key": key,
-    }
-
-
-def _table(rows: list[dict]) -> pa.Table:
-    cols = {name: [r[name] for r in rows] for name in CONNECTOR_SCHEMA.names}
-    arrays = []
-    for field in CONNECTOR_SCHEMA:
-        values = cols[field.name]
-        if pa.types.is_timestamp(field.type):
-            arrays.append(pa.array(values, pa.int64()).cast(field.type))
-        else:
-            arrays.append(pa.array(values, field.type))
-    return pa.Table.from_arrays(arrays, schema=CONNECTOR_SCHEMA)

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.interpolate import interp1d
 from scipy.signal import welch
 
-from jumeau.ingest.wfdb import _event, _table
+from jumeau.ingest.events import epoch_us, event, event_table
 from jumeau.signals.ecg import detect_r_peaks, qt_interval
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -120,10 +120,6 @@ def qt_features(record, leads: list[str], peaks: np.ndarray, lo: int, hi: int) -
     }
 
 
-def _us(moment: datetime) -> int:
-    return int((moment - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
-
-
 def _feature_rows(
     p, record, lead: str, values: dict, start: datetime, end: datetime, scope: str, key: str
 ) -> list[dict]:
@@ -132,13 +128,13 @@ def _feature_rows(
         if not np.isfinite(value):
             continue
         code, unit = FEATURE_CODES[name]
-        row = _event(
+        row = event(
             record.subject_id,
-            _us(start),
+            epoch_us(start),
             code,
             float(value),
             f"{scope}; {lead}",
-            _us(end),
+            epoch_us(end),
             "measurement",
             "derived/ecg",
             p.record_key("derived/ecg", f"{record.id}#{key}#{name}"),
@@ -202,22 +198,22 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                 )
                 day += timedelta(days=1)
             for flag in rhythm_flags(clean):
-                us = int((record.start - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+                us = epoch_us(record.start)
                 rows.append(
-                    _event(
+                    event(
                         record.subject_id,
                         us,
                         f"JUMEAU/ECG/{flag.replace(' ', '_')}",
                         None,
                         lead,
-                        int((record.end - datetime(1970, 1, 1)).total_seconds() * 1_000_000),
+                        epoch_us(record.end),
                         "observation",
                         "derived/ecg",
                         p.record_key("derived/ecg", f"{record.id}#flag#{flag}"),
                     )
                 )
             if rows:
-                writer.add_events(_table(rows))
+                writer.add_events(event_table(rows))
             counts.accepted += 1
             counts.events += len(rows)
         return writer.commit()
@@ -278,13 +274,13 @@ def eeg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                     ).items():
                         if not np.isfinite(value):
                             continue
-                        row = _event(
+                        row = event(
                             record.subject_id,
-                            _us(start),
+                            epoch_us(start),
                             f"JUMEAU/EEG/{band}_relative_power",
                             value,
                             name,
-                            _us(start + timedelta(seconds=epoch)),
+                            epoch_us(start + timedelta(seconds=epoch)),
                             "measurement",
                             "derived/eeg",
                             p.record_key("derived/eeg", f"{record.id}#{name}#{k}#{band}"),
@@ -292,7 +288,7 @@ def eeg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                         row["unit"] = "1"
                         rows.append(row)
             if rows:
-                writer.add_events(_table(rows))
+                writer.add_events(event_table(rows))
             counts.accepted += 1
             counts.events += len(rows)
         return writer.commit()

@@ -19,6 +19,7 @@ import numpy as np
 
 from jumeau.twin.series import measurement_frame
 from jumeau.twin.state import DAYS_PER_YEAR
+from jumeau.twin.twin import day_number
 
 if TYPE_CHECKING:
     from jumeau.store import Store
@@ -65,7 +66,7 @@ def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list
     for horizon in horizons:
         days = horizon_days(horizon)
         when = twin.as_of + timedelta(days=days)
-        mean, sd = flt.predictive(state.days, state.values, _day(twin.as_of) + days)
+        mean, sd = flt.predictive(state.days, state.values, day_number(twin.as_of) + days)
         out.append(
             {
                 "horizon": horizon,
@@ -76,10 +77,6 @@ def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list
             }
         )
     return out
-
-
-def _day(moment: datetime) -> float:
-    return (moment - datetime(1970, 1, 1)).total_seconds() / 86_400
 
 
 def backtest(
@@ -99,7 +96,7 @@ def backtest(
 
     population = population or PopulationModel.fit(store, cutoff)
     frame = measurement_frame(store, population.catalogue)
-    cut = _day(cutoff)
+    cut = day_number(cutoff)
     end = cut + horizon_days(horizon)
     z80, z95 = NormalDist().inv_cdf(0.9), NormalDist().inv_cdf(0.975)
     results: dict[str, dict] = {}

@@ -1,0 +1,69 @@
+"""Building canonical event and reject rows: the one place connectors turn values into Arrow."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+
+from jumeau.model import CONNECTOR_SCHEMA, REJECT_SCHEMA
+
+EPOCH = datetime(1970, 1, 1)
+
+
+def epoch_us(moment: datetime) -> int:
+    """A naive UTC datetime as microseconds since the epoch (the store's time unit)."""
+    return int((moment - EPOCH).total_seconds() * 1_000_000)
+
+
+def event(
+    subject_id: int,
+    time_us: int | None,
+    code: str,
+    value: float | None,
+    text: str | None,
+    end_us: int | None,
+    domain: str,
+    source: str,
+    key: int,
+    unit: str | None = None,
+) -> dict:
+    """One canonical event as a dict (times in epoch microseconds)."""
+    return {
+        "subject_id": subject_id,
+        "time": time_us,
+        "code": code,
+        "numeric_value": value,
+        "text_value": text,
+        "unit": unit,
+        "end_time": end_us,
+        "domain": domain,
+        "source": source,
+        "record_key": key,
+    }
+
+
+def event_table(rows: list[dict]) -> pa.Table:
+    """Rows made by :func:`event` as an Arrow table of ``CONNECTOR_SCHEMA``."""
+    arrays = []
+    for field in CONNECTOR_SCHEMA:
+        values = [r[field.name] for r in rows]
+        if pa.types.is_timestamp(field.type):
+            arrays.append(pa.array(values, pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(arrays, schema=CONNECTOR_SCHEMA)
+
+
+def reject_table(source: str, file: str, rejects: list[tuple[str, str]]) -> pa.Table:
+    """``(record, reason)`` pairs of one file as an Arrow table of ``REJECT_SCHEMA``."""
+    return pa.table(
+        {
+            "source": [source] * len(rejects),
+            "file": [file] * len(rejects),
+            "record": [r for r, _ in rejects],
+            "reason": [m for _, m in rejects],
+            "record_key": pa.nulls(len(rejects), pa.int64()),
+        },
+        schema=REJECT_SCHEMA,
+    )
