@@ -52,15 +52,23 @@ def _fail(message: str) -> None:
 @contextmanager
 def _errors():
     """Turn expected failures into one clear line and exit code 2."""
+    from jumeau.ingest.devices import DeviceError
+    from jumeau.ingest.edf import EdfError
     from jumeau.ingest.fhir import FhirError
     from jumeau.ingest.meds import MedsError
     from jumeau.ingest.omop_sources import OmopSourceError
+    from jumeau.ingest.vcf import VcfError
+    from jumeau.ingest.wfdb import WfdbError
     from jumeau.store.keys import KeyError_
 
     try:
         yield
     except (
         StoreError,
+        WfdbError,
+        EdfError,
+        VcfError,
+        DeviceError,
         OmopSourceError,
         FhirError,
         MedsError,
@@ -192,21 +200,16 @@ def ingest_wfdb_cmd(
     format: FormatOpt = Format.text,
 ) -> None:
     """Ingest WFDB waveform records and their annotations."""
-    from jumeau.ingest.wfdb import WfdbError
-
-    try:
-        _ingest(
-            "wfdb",
-            source,
-            store,
-            key_file,
-            format,
-            subject=subject,
-            subject_source=subject_source,
-            start=start,
-        )
-    except WfdbError as exc:
-        _fail(str(exc))
+    _ingest(
+        "wfdb",
+        source,
+        store,
+        key_file,
+        format,
+        subject=subject,
+        subject_source=subject_source,
+        start=start,
+    )
 
 
 @ingest_app.command("edf")
@@ -223,14 +226,7 @@ def ingest_edf_cmd(
     format: FormatOpt = Format.text,
 ) -> None:
     """Ingest EDF/EDF+ recordings (EEG, polysomnography) and their annotations or hypnograms."""
-    from jumeau.ingest.edf import EdfError
-
-    try:
-        _ingest(
-            "edf", source, store, key_file, format, subject=subject, subject_source=subject_source
-        )
-    except EdfError as exc:
-        _fail(str(exc))
+    _ingest("edf", source, store, key_file, format, subject=subject, subject_source=subject_source)
 
 
 @ingest_app.command("vcf")
@@ -251,22 +247,20 @@ def ingest_vcf_cmd(
     format: FormatOpt = Format.text,
 ) -> None:
     """Ingest each sample's called variants (genotype, quality, filter, gene, consequence)."""
-    from jumeau.ingest.vcf import VcfError, read_sample_map
+    from jumeau.ingest.vcf import read_sample_map
 
-    try:
+    with _errors():
         mapping = read_sample_map(sample_map) if sample_map else None
-        _ingest(
-            "vcf",
-            source,
-            store,
-            key_file,
-            format,
-            sample_map=mapping,
-            subject_source=subject_source,
-            time=time,
-        )
-    except VcfError as exc:
-        _fail(str(exc))
+    _ingest(
+        "vcf",
+        source,
+        store,
+        key_file,
+        format,
+        sample_map=mapping,
+        subject_source=subject_source,
+        time=time,
+    )
 
 
 @ingest_app.command("dicom")
@@ -306,21 +300,16 @@ def ingest_devices_cmd(
     format: FormatOpt = Format.text,
 ) -> None:
     """Ingest connected-device streams; duplicates and clock jumps are reported."""
-    from jumeau.ingest.devices import DeviceError
-
-    try:
-        _ingest(
-            "devices",
-            source,
-            store,
-            key_file,
-            format,
-            subject=subject,
-            subject_source=subject_source,
-            timezone=timezone,
-        )
-    except DeviceError as exc:
-        _fail(str(exc))
+    _ingest(
+        "devices",
+        source,
+        store,
+        key_file,
+        format,
+        subject=subject,
+        subject_source=subject_source,
+        timezone=timezone,
+    )
 
 
 @app.command()
