@@ -186,3 +186,40 @@ def test_broken_files_are_rejected_and_the_rest_is_kept(tmp_path, synthea_dir):
     )
     heart_rate = store.timeline(store.lookup("fhir", "p1"))
     assert heart_rate["numeric_value"].to_list() == [72.0]
+
+
+def test_a_transaction_bundle_without_resource_ids_resolves_by_full_url(tmp_path, new_store):
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:8f1c",
+                "resource": {
+                    "resourceType": "Patient",
+                    "birthDate": "1970-05-01",
+                    "gender": "female",
+                },
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": "urn:uuid:77aa",
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "subject": {"reference": "urn:uuid:8f1c"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                    "effectiveDateTime": "2021-02-03T10:00:00+01:00",
+                    "valueQuantity": {"value": 64, "code": "/min"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    path = tmp_path / "tx.json"
+    path.write_text(json.dumps(bundle))
+    report = ingest_fhir(new_store, path)
+    assert report.tables["fhir/Observation"].accepted == 1
+    timeline = new_store.timeline(new_store.lookup("fhir", "8f1c"))
+    assert set(timeline["code"]) == {"MEDS_BIRTH", "Gender/F", "LOINC/8867-4"}
+    assert ingest_fhir(new_store, path).events_written == 0

@@ -133,7 +133,10 @@ def test_ecg_features_bridge_to_the_timeline_and_the_twin(ecg_store):
         350 < qtc["numeric_value"][0] < 430
     )  # a normal adult QTc (record 100: sinus rhythm, ~75/min)
     assert 350 < twin.variables["qtc"].last_value < 430
-    assert twin.risks["qtc_class"].missing == ["age", "sex"]  # this store has no demographics for them
+    assert twin.risks["qtc_class"].missing == [
+        "age",
+        "sex",
+    ]  # this store has no demographics for them
     assert ecg_features(store).events_written == 0
 
 

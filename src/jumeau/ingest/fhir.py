@@ -225,13 +225,23 @@ class _FhirMapper:
             return
         entries = doc.get("entry") or []
         fullurls: dict[str, str] = {}
+        resources = []
         for entry in entries:
-            res = entry.get("resource") or {}
-            if res.get("resourceType") == "Patient" and res.get("id") and entry.get("fullUrl"):
-                fullurls[entry["fullUrl"]] = res["id"]
-        for i, entry in enumerate(entries):
             res = entry.get("resource")
-            if isinstance(res, dict):
+            if not isinstance(res, dict):
+                resources.append(None)
+                continue
+            full_url = entry.get("fullUrl")
+            if not res.get("id") and full_url:  # transaction bundles: the server assigns ids
+                res = {
+                    **res,
+                    "id": full_url.rstrip("/").rsplit("/", 1)[-1].removeprefix("urn:uuid:"),
+                }
+            if res.get("resourceType") == "Patient" and res.get("id") and full_url:
+                fullurls[full_url] = res["id"]
+            resources.append(res)
+        for i, res in enumerate(resources):
+            if res is not None:
                 self._resource(res, path, f"entry {i}", fullurls)
 
     def _resource(self, res: dict, path: Path, where: str, fullurls: dict[str, str]) -> None:
