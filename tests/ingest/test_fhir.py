@@ -223,3 +223,50 @@ def test_a_transaction_bundle_without_resource_ids_resolves_by_full_url(tmp_path
     timeline = new_store.timeline(new_store.lookup("fhir", "8f1c"))
     assert set(timeline["code"]) == {"MEDS_BIRTH", "Gender/F", "LOINC/8867-4"}
     assert ingest_fhir(new_store, path).events_written == 0
+
+
+def test_medication_requests_resolve_referenced_and_contained_medications(tmp_path, new_store):
+    rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    folder = tmp_path / "bulk"
+    folder.mkdir()
+    (folder / "Medication.ndjson").write_text(
+        json.dumps(
+            {
+                "resourceType": "Medication",
+                "id": "m1",
+                "code": {"coding": [{"system": rxnorm, "code": "197361"}]},
+            }
+        )
+        + "\n"
+    )
+    requests = [
+        {
+            "resourceType": "MedicationRequest",
+            "id": "r1",
+            "subject": {"reference": "Patient/p9"},
+            "authoredOn": "2020-01-01",
+            "medicationReference": {"reference": "Medication/m1"},
+        },
+        {
+            "resourceType": "MedicationRequest",
+            "id": "r2",
+            "subject": {"reference": "Patient/p9"},
+            "authoredOn": "2020-02-01",
+            "medicationReference": {"reference": "#c1"},
+            "contained": [
+                {
+                    "resourceType": "Medication",
+                    "id": "c1",
+                    "code": {"coding": [{"system": rxnorm, "code": "310965"}]},
+                }
+            ],
+        },
+    ]
+    (folder / "MedicationRequest.ndjson").write_text(
+        "\n".join(json.dumps(r) for r in requests) + "\n"
+    )
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/MedicationRequest"].accepted == 2
+    codes = set(new_store.timeline(new_store.lookup("fhir", "p9"))["code"])
+    assert codes == {"RxNorm/197361", "RxNorm/310965"}
+    assert report.unhandled["Medication"] == 1

@@ -147,6 +147,9 @@ def ingest_fhir(
     files = iter_files(source)
     with BatchWriter(store, "fhir", str(source.resolve())) as writer:
         mapper = _FhirMapper(store, writer)
+        for path in files:  # Medication resources first: requests may point to them by reference
+            if "medication" in path.name.lower() and "ndjson" in path.name.lower():
+                mapper.collect_medications(path)
         for path in files:
             if progress:
                 progress(path.name)
@@ -172,6 +175,8 @@ class _FhirMapper:
             "identifiers": [],
         }
         self.seen: set[str] = set()
+        #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
+        self.medications: dict[str, str] = {}
         self.handlers: dict[str, Callable[[dict, str, int], None]] = {
             "Patient": self._patient,
             "Encounter": self._encounter,
@@ -239,10 +244,29 @@ class _FhirMapper:
                 }
             if res.get("resourceType") == "Patient" and res.get("id") and full_url:
                 fullurls[full_url] = res["id"]
+            if res.get("resourceType") == "Medication":
+                self._remember_medication(res, full_url)
             resources.append(res)
         for i, res in enumerate(resources):
             if res is not None:
                 self._resource(res, path, f"entry {i}", fullurls)
+
+    def _remember_medication(self, res: dict, full_url: str | None = None) -> None:
+        code = concept_code(res.get("code"), ("RxNorm", "ATC", "NDC"))
+        if code and res.get("id"):
+            self.medications[f"Medication/{res['id']}"] = code
+            self.medications[res["id"]] = code
+        if code and full_url:
+            self.medications[full_url] = code
+
+    def collect_medications(self, path: Path) -> None:
+        """Read the Medication resources of an NDJSON file so requests can reference them."""
+        try:
+            for resource in iter_resources(path):
+                if resource.get("resourceType") == "Medication":
+                    self._remember_medication(resource)
+        except (FhirError, orjson.JSONDecodeError, OSError):
+            return  # the file is read again, and its errors reported, in the main pass
 
     def _resource(self, res: dict, path: Path, where: str, fullurls: dict[str, str]) -> None:
         rtype = res.get("resourceType")
@@ -544,10 +568,18 @@ class _FhirMapper:
         else:
             start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "dateAsserted")
         code = concept_code(res.get("medicationCodeableConcept"), ("RxNorm", "ATC", "NDC"))
-        if code is None:
+        reference = (res.get("medicationReference") or {}).get("reference", "")
+        if code is None and reference.startswith("#"):
             for contained in res.get("contained") or []:
-                if contained.get("resourceType") == "Medication":
+                if (
+                    contained.get("resourceType") == "Medication"
+                    and contained.get("id") == reference[1:]
+                ):
                     code = concept_code(contained.get("code"), ("RxNorm", "ATC", "NDC"))
+        if code is None and reference:
+            code = self.medications.get(reference) or self.medications.get(
+                reference.rstrip("/").split("/")[-1]
+            )
         numeric = unit = None
         dose = (
             (res.get("dosage") or {}).get("dose")
