@@ -28,6 +28,10 @@ DOMAINS: tuple[str, ...] = (
     "report",
     "care_plan",
     "claim",
+    "signal",
+    "annotation",
+    "genomic",
+    "imaging",
     "other",
 )
 
