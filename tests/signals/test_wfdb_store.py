@@ -133,6 +133,10 @@ def test_ecg_features_bridge_to_the_timeline_and_the_twin(ecg_store):
         350 < qtc["numeric_value"][0] < 430
     )  # a normal adult QTc (record 100: sinus rhythm, ~75/min)
     assert 350 < twin.variables["qtc"].last_value < 430
+    features = twin.to_dict()["signal_features"]
+    last_window = windows.sort("time")["numeric_value"][-1]
+    assert features["ecg_hr"]["value"] == pytest.approx(last_window)  # the most recent value
+    assert {"ecg_sdnn", "ecg_rmssd", "ecg_qtc_bazett"} <= set(features)
     assert twin.risks["qtc_class"].missing == [
         "age",
         "sex",

@@ -125,6 +125,7 @@ class Twin:
     events_used: int
     descriptions: dict[str, str] = field(repr=False, default_factory=dict)
     risks: dict[str, RiskResult] = field(default_factory=dict)
+    signal_features: dict[str, dict] = field(default_factory=dict)
     version: int = 0
     population: PopulationModel = field(repr=False, default_factory=lambda: PopulationModel())
 
@@ -170,6 +171,7 @@ class Twin:
             "allergies": self.allergies,
             "recent_encounters": self.encounters,
             "risks": {n: r.to_dict() for n, r in self.risks.items()},
+            "signal_features": self.signal_features,
             "events_used": self.events_used,
         }
 
@@ -321,8 +323,43 @@ def build_twin(
         }
         for r in visits
     ]
+    twin.signal_features = _signal_features(rows)
     twin.risks = compute_risks(twin)
     return twin
+
+
+def _signal_features(rows: list[dict]) -> dict[str, dict]:
+    """The latest value of each ECG feature (record summaries preferred over windows at the same
+    time) and of each EEG band power per channel."""
+    from jumeau.signals.features import FEATURE_CODES
+
+    names = {code: name for name, (code, _) in FEATURE_CODES.items()}
+    latest: dict[str, dict] = {}
+    for r in rows:
+        if (
+            r["source"] not in ("derived/ecg", "derived/eeg")
+            or r["time"] is None
+            or r["numeric_value"] is None
+        ):
+            continue
+        scope, _, channel = (r["text_value"] or "").partition("; ")
+        if r["source"] == "derived/ecg":
+            key = f"ecg_{names.get(r['code'], r['code'])}"
+        else:
+            key = f"eeg_{r['code'].rsplit('/', 1)[-1].removesuffix('_relative_power')}@{scope}"
+            channel = scope
+        rank = (r["time"], scope == "record")
+        if key not in latest or rank >= latest[key]["_rank"]:
+            latest[key] = {
+                "value": r["numeric_value"],
+                "unit": r["unit"],
+                "time": r["time"].isoformat(),
+                "channel": channel or None,
+                "_rank": rank,
+            }
+    return {
+        k: {f: v for f, v in item.items() if f != "_rank"} for k, item in sorted(latest.items())
+    }
 
 
 def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime, datetime | None]]:
