@@ -158,3 +158,24 @@ def test_plot_draws_a_window_with_its_annotations(ecg_store, tmp_path):
     )
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+@pytest.mark.parametrize("fmt", ["16", "80", "212"])
+def test_wfdb_storage_formats_keep_their_values(tmp_path, new_store, fmt):
+    rng = np.random.default_rng(3)
+    fs, n = 250, 250 * 20
+    signal = np.column_stack([np.sin(np.arange(n) / fs * 2 * np.pi * 1.2), rng.normal(0, 0.2, n)])
+    wfdb.wrsamp(
+        f"rec{fmt}",
+        fs=fs,
+        units=["mV", "mV"],
+        sig_name=["I", "II"],
+        p_signal=signal,
+        fmt=[fmt, fmt],
+        write_dir=str(tmp_path),
+    )
+    reference = wfdb.rdrecord(str(tmp_path / f"rec{fmt}"))
+    ingest_wfdb(new_store, tmp_path / f"rec{fmt}", start=START)
+    (record,) = new_store.signal_records()
+    for i in range(2):
+        assert np.array_equal(record.physical(i)[1], reference.p_signal[:, i])
