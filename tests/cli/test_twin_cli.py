@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from tests.cli.test_cli import cli_store, jumeau  # noqa: F401 - the fixture is shared
 
 
 def test_twin_json_has_state_risks_and_forecasts(cli_store):  # noqa: F811
-    subjects = json.loads(jumeau("subjects", "--store", str(cli_store), "--format", "json").stdout)
-    for subject in subjects:
-        result = jumeau(
-            "twin",
-            str(subject),
-            "--store",
-            str(cli_store),
-            "--as-of",
-            "2019-06-01",
-            "--forecast",
-            "sbp",
-            "--format",
-            "json",
-        )
-        twin = json.loads(result.stdout)
-        if "sbp" in twin["variables"]:
-            break
+    import polars as pl
+
+    import jumeau as api
+
+    measured = (
+        api.open(cli_store)
+        .scan()
+        .filter((pl.col("code") == "LOINC/8480-6") & (pl.col("time") < datetime(2019, 6, 1)))
+    )
+    subject = int(measured.select("subject_id").collect()["subject_id"].min())
+    result = jumeau(
+        "twin",
+        str(subject),
+        "--store",
+        str(cli_store),
+        "--as-of",
+        "2019-06-01",
+        "--forecast",
+        "sbp",
+        "--format",
+        "json",
+    )
+    twin = json.loads(result.stdout)
+    assert "sbp" in twin["variables"]
     assert twin["as_of"].startswith("2019-06-01")
     assert "score2" in twin["risks"]
     horizons = [f["horizon"] for f in twin["forecasts"]["sbp"]]

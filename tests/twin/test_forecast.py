@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import polars as pl
 import pytest
 
 from jumeau.twin import PopulationModel
@@ -23,11 +24,10 @@ def test_horizons_parse():
 def test_forecast_gives_nested_intervals_that_widen_with_horizon(synthea_store):
     store, _ = synthea_store
     population = PopulationModel.fit(store, datetime(2018, 1, 1))
-    subject = next(
-        s
-        for s in store.subjects().tolist()
-        if "sbp" in store.twin(s, datetime(2018, 1, 1), population=population).variables
+    with_sbp = store.scan().filter(
+        (pl.col("code") == "LOINC/8480-6") & (pl.col("time") < datetime(2018, 1, 1))
     )
+    subject = int(with_sbp.select("subject_id").collect()["subject_id"].min())
     twin = store.twin(subject, datetime(2018, 1, 1), population=population)
     forecasts = twin.forecast("sbp", ["3mo", "12mo"])
     for f in forecasts:

@@ -58,10 +58,9 @@ def test_fits_a_real_patients_pressures_and_answers_what_if(synthea_store):
     store, _ = synthea_store
     best = None
     for subject in store.subjects().tolist():
-        twin = store.twin(subject, datetime(2021, 1, 1))
         try:
-            fit = wk.fit_twin(twin)
-        except KeyError:
+            fit = wk.fit_twin(store.twin(subject, datetime(2021, 1, 1)))
+        except KeyError:  # no events by then, or no blood pressure
             continue
         if fit.n_visits >= 3 and (best is None or fit.n_visits > best.n_visits):
             best = fit
