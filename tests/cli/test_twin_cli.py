@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+import polars as pl
+
+import jumeau as api
 from tests.cli.test_cli import cli_store, jumeau  # noqa: F401 - the fixture is shared
 
 
 def test_twin_json_has_state_risks_and_forecasts(cli_store):  # noqa: F811
-    import polars as pl
-
-    import jumeau as api
-
     measured = (
         api.open(cli_store)
         .scan()
