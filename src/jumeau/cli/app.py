@@ -39,6 +39,16 @@ KeyOpt = Annotated[
     Path | None,
     typer.Option("--key-file", help="The store's secret key, if not at its default place."),
 ]
+SubjectOpt = Annotated[
+    str | None, typer.Option(help="The patient's id in --subject-source (default: from the file).")
+]
+PseudonymArg = Annotated[int, typer.Argument(help="The subject's pseudonym.")]
+SubjectSourceOpt = Annotated[
+    str,
+    typer.Option(
+        help="The namespace of --subject: the file's own, or omop, fhir... to join a patient."
+    ),
+]
 FormatOpt = Annotated[
     Format, typer.Option("--format", "-f", help="text for people, json for machines.")
 ]
@@ -187,12 +197,8 @@ def ingest_wfdb_cmd(
         str, typer.Argument(help="A WFDB record (path without extension or .hea) or a folder.")
     ],
     store: StoreOpt,
-    subject: Annotated[
-        str | None, typer.Option(help="The patient's id (default: the record name).")
-    ] = None,
-    subject_source: Annotated[
-        str, typer.Option(help="The namespace of --subject: wfdb, omop, fhir...")
-    ] = "wfdb",
+    subject: SubjectOpt = None,
+    subject_source: SubjectSourceOpt = "wfdb",
     start: Annotated[
         datetime | None, typer.Option(help="Record start when the header has none.")
     ] = None,
@@ -216,12 +222,8 @@ def ingest_wfdb_cmd(
 def ingest_edf_cmd(
     source: Annotated[str, typer.Argument(help="An EDF/EDF+ file or a folder of them.")],
     store: StoreOpt,
-    subject: Annotated[
-        str | None, typer.Option(help="The patient's id (default: the file name).")
-    ] = None,
-    subject_source: Annotated[
-        str, typer.Option(help="The namespace of --subject: edf, omop, fhir...")
-    ] = "edf",
+    subject: SubjectOpt = None,
+    subject_source: SubjectSourceOpt = "edf",
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
@@ -237,9 +239,7 @@ def ingest_vcf_cmd(
         Path | None,
         typer.Option(help="CSV with columns sample,source,id mapping samples to patients."),
     ] = None,
-    subject_source: Annotated[
-        str, typer.Option(help="Namespace of samples absent from the map.")
-    ] = "vcf",
+    subject_source: SubjectSourceOpt = "vcf",
     time: Annotated[
         datetime | None, typer.Option(help="Sample date (default: static genotypes).")
     ] = None,
@@ -269,8 +269,8 @@ def ingest_dicom_cmd(
         str, typer.Argument(help="A DICOM file or a folder (walked; non-DICOM files reported).")
     ],
     store: StoreOpt,
-    subject: Annotated[str | None, typer.Option(help="Override the files' PatientID.")] = None,
-    subject_source: Annotated[str, typer.Option(help="The namespace of --subject.")] = "dicom",
+    subject: SubjectOpt = None,
+    subject_source: SubjectSourceOpt = "dicom",
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
@@ -290,9 +290,7 @@ def ingest_devices_cmd(
     ],
     store: StoreOpt,
     subject: Annotated[str, typer.Option(help="The patient's id in --subject-source.")],
-    subject_source: Annotated[
-        str, typer.Option(help="Namespace of --subject: device, omop, fhir...")
-    ] = "device",
+    subject_source: SubjectSourceOpt = "device",
     timezone: Annotated[
         str | None, typer.Option(help="IANA zone of times without an offset, e.g. Europe/Paris.")
     ] = None,
@@ -314,7 +312,7 @@ def ingest_devices_cmd(
 
 @app.command()
 def signal(
-    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    subject: PseudonymArg,
     store: StoreOpt,
     channel: Annotated[str | None, typer.Option(help="Channel name (default: the first).")] = None,
     start: Annotated[
@@ -379,7 +377,7 @@ def features(
 
 @app.command()
 def plot(
-    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    subject: PseudonymArg,
     store: StoreOpt,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("signal.png"),
     channel: Annotated[
@@ -467,7 +465,7 @@ def subjects(
 
 @app.command()
 def timeline(
-    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    subject: PseudonymArg,
     store: StoreOpt,
     start: Annotated[
         datetime | None, typer.Option(help="Keep events at or after this time.")
@@ -542,7 +540,7 @@ def export_meds_cmd(
 
 @app.command()
 def twin(
-    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    subject: PseudonymArg,
     store: StoreOpt,
     as_of: Annotated[
         datetime | None,
