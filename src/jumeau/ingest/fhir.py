@@ -55,12 +55,13 @@ def _codings(concept: dict | None) -> list[dict]:
     return (concept or {}).get("coding") or []
 
 
-#: Display texts seen for each canonical code, kept as the codes' descriptions.
-_DISPLAYS: dict[str, str] = {}
+def concept_code(
+    concept: dict | None, prefer: tuple[str, ...] = (), displays: dict[str, str] | None = None
+) -> str | None:
+    """The canonical code of a CodeableConcept: a preferred vocabulary's coding, else the first.
 
-
-def concept_code(concept: dict | None, prefer: tuple[str, ...] = ()) -> str | None:
-    """The canonical code of a CodeableConcept: a preferred vocabulary's coding, else the first."""
+    ``displays`` collects the first display text seen for each code (the codes' descriptions).
+    """
     codings = [c for c in _codings(concept) if c.get("code")]
     if not codings:
         return None
@@ -71,8 +72,8 @@ def concept_code(concept: dict | None, prefer: tuple[str, ...] = ()) -> str | No
             chosen = match
             break
     code = f"{fhir_vocabulary(chosen.get('system'))}/{chosen['code']}"
-    if chosen.get("display") and code not in _DISPLAYS:
-        _DISPLAYS[code] = chosen["display"]
+    if displays is not None and chosen.get("display") and code not in displays:
+        displays[code] = chosen["display"]
     return code
 
 
@@ -156,7 +157,7 @@ def ingest_fhir(
             mapper.read_file(path)
         mapper.flush()
         writer.add_codes(
-            pa.table({"code": list(_DISPLAYS), "description": list(_DISPLAYS.values())})
+            pa.table({"code": list(mapper.displays), "description": list(mapper.displays.values())})
         )
         return writer.commit()
 
@@ -175,6 +176,8 @@ class _FhirMapper:
             "identifiers": [],
         }
         self.seen: set[str] = set()
+        #: Display texts of the codes seen, kept as their descriptions.
+        self.displays: dict[str, str] = {}
         #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
         self.medications: dict[str, str] = {}
         self.handlers: dict[str, Callable[[dict, str, int], None]] = {
@@ -251,8 +254,11 @@ class _FhirMapper:
             if res is not None:
                 self._resource(res, path, f"entry {i}", fullurls)
 
+    def _code(self, concept: dict | None, prefer: tuple[str, ...] = ()) -> str | None:
+        return concept_code(concept, prefer, self.displays)
+
     def _remember_medication(self, res: dict, full_url: str | None = None) -> None:
-        code = concept_code(res.get("code"), ("RxNorm", "ATC", "NDC"))
+        code = self._code(res.get("code"), ("RxNorm", "ATC", "NDC"))
         if code and res.get("id"):
             self.medications[f"Medication/{res['id']}"] = code
             self.medications[res["id"]] = code
@@ -450,7 +456,7 @@ class _FhirMapper:
                             time=None,
                             part=f"#{kind}:{code}",
                         )
-        marital = concept_code(res.get("maritalStatus"))
+        marital = self._code(res.get("maritalStatus"))
         if marital:
             self._emit(
                 res,
@@ -503,7 +509,7 @@ class _FhirMapper:
         start, end = self._timed(res, "period")
         code = None
         for t in res.get("type") or []:
-            code = concept_code(t, ("SNOMED",))
+            code = self._code(t, ("SNOMED",))
             if code:
                 break
         if code is None and isinstance(res.get("class"), dict) and res["class"].get("code"):
@@ -517,7 +523,7 @@ class _FhirMapper:
         self._emit(
             res,
             subject,
-            code=concept_code(res.get("code"), ("SNOMED", "ICD10", "ICD10CM")),
+            code=self._code(res.get("code"), ("SNOMED", "ICD10", "ICD10CM")),
             domain="condition",
             time=start,
             end=end,
@@ -530,7 +536,7 @@ class _FhirMapper:
         )
         categories = {c.get("code") for cat in res.get("category") or [] for c in _codings(cat)}
         domain = "measurement" if categories & {"vital-signs", "laboratory"} else "observation"
-        code = concept_code(res.get("code"), ("LOINC", "SNOMED"))
+        code = self._code(res.get("code"), ("LOINC", "SNOMED"))
         components = res.get("component") or []
         has_value = any(k.startswith("value") for k in res)
         if has_value or not components:
@@ -551,7 +557,7 @@ class _FhirMapper:
             self._emit(
                 res,
                 subject,
-                code=concept_code(comp.get("code"), ("LOINC", "SNOMED")),
+                code=self._code(comp.get("code"), ("LOINC", "SNOMED")),
                 domain=domain,
                 time=start,
                 end=end,
@@ -567,7 +573,7 @@ class _FhirMapper:
             start, end = self._timed(res, "authoredOn")
         else:
             start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "dateAsserted")
-        code = concept_code(res.get("medicationCodeableConcept"), ("RxNorm", "ATC", "NDC"))
+        code = self._code(res.get("medicationCodeableConcept"), ("RxNorm", "ATC", "NDC"))
         reference = (res.get("medicationReference") or {}).get("reference", "")
         if code is None and reference.startswith("#"):
             for contained in res.get("contained") or []:
@@ -575,7 +581,7 @@ class _FhirMapper:
                     contained.get("resourceType") == "Medication"
                     and contained.get("id") == reference[1:]
                 ):
-                    code = concept_code(contained.get("code"), ("RxNorm", "ATC", "NDC"))
+                    code = self._code(contained.get("code"), ("RxNorm", "ATC", "NDC"))
         if code is None and reference:
             code = self.medications.get(reference) or self.medications.get(
                 reference.rstrip("/").split("/")[-1]
@@ -606,7 +612,7 @@ class _FhirMapper:
         self._emit(
             res,
             subject,
-            code=concept_code(res.get("code"), ("SNOMED", "CPT4")),
+            code=self._code(res.get("code"), ("SNOMED", "CPT4")),
             domain="procedure",
             time=start,
             end=end,
@@ -618,7 +624,7 @@ class _FhirMapper:
         self._emit(
             res,
             subject,
-            code=concept_code(res.get("vaccineCode"), ("CVX",)),
+            code=self._code(res.get("vaccineCode"), ("CVX",)),
             domain="immunization",
             time=start,
             text=res.get("status"),
@@ -630,7 +636,7 @@ class _FhirMapper:
         self._emit(
             res,
             subject,
-            code=concept_code(res.get("code"), ("SNOMED", "RxNorm")),
+            code=self._code(res.get("code"), ("SNOMED", "RxNorm")),
             domain="allergy",
             time=start,
             text=res.get("criticality"),
@@ -642,7 +648,7 @@ class _FhirMapper:
         self._emit(
             res,
             subject,
-            code=concept_code(res.get("code"), ("LOINC",)),
+            code=self._code(res.get("code"), ("LOINC",)),
             domain="report",
             time=start,
             end=end,
@@ -655,7 +661,7 @@ class _FhirMapper:
         self._emit(
             res,
             subject,
-            code=concept_code(res.get("type"), ("SNOMED",)),
+            code=self._code(res.get("type"), ("SNOMED",)),
             domain="device",
             time=start,
         )
@@ -665,7 +671,7 @@ class _FhirMapper:
         start, end = self._timed(res, "period", "created")
         code = None
         for category in res.get("category") or []:
-            code = concept_code(category, ("SNOMED",))
+            code = self._code(category, ("SNOMED",))
             if code and code.startswith("SNOMED/"):
                 break
         self._emit(
@@ -675,7 +681,7 @@ class _FhirMapper:
     def _claim(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
         start, end = self._timed(res, "billablePeriod", "created")
-        kind = concept_code(res.get("type")) or "claim"
+        kind = self._code(res.get("type")) or "claim"
         amount = res.get("total")
         if isinstance(amount, list):
             amount = next((t.get("amount") for t in amount if t.get("amount")), None)
