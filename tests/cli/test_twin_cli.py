@@ -66,3 +66,27 @@ def test_a_subject_unknown_at_the_date_is_a_clear_error(cli_store):  # noqa: F81
         "twin", str(subject), "--store", str(cli_store), "--as-of", "1800-01-01", check=False
     )
     assert result.returncode == 2 and "no events known" in result.stdout
+
+
+def test_twins_update_rebuilds_only_what_changed(tmp_path, synthea_dir):
+    store = tmp_path / "store"
+    bundles = sorted(synthea_dir.glob("*.json"))
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    for b in bundles[:-1]:
+        (first / b.name).write_bytes(b.read_bytes())
+    (second / bundles[-1].name).write_bytes(bundles[-1].read_bytes())
+    jumeau("init", str(store))
+    jumeau("ingest", "fhir", str(first), "--store", str(store))
+    built = json.loads(
+        jumeau("twins", "--store", str(store), "--as-of", "2020-01-01", "--format", "json").stdout
+    )
+    assert built["rebuilt"] == len(bundles) - 1 and built["to_version"] == 1
+    jumeau("ingest", "fhir", str(second), "--store", str(store))
+    update = json.loads(
+        jumeau("twins", "--store", str(store), "--as-of", "2020-01-01", "--format", "json").stdout
+    )
+    assert (update["from_version"], update["to_version"], update["rebuilt"]) == (1, 2, 1)
+    text = jumeau("twins", "--store", str(store), "--as-of", "2020-01-01").stdout
+    assert "0 twin(s) rebuilt" in text

@@ -581,6 +581,36 @@ def twin(
         render.twin_summary(payload)
 
 
+@app.command()
+def twins(
+    store: StoreOpt,
+    as_of: Annotated[datetime, typer.Option(help="The date the twins describe.")],
+    format: FormatOpt = Format.text,
+) -> None:
+    """Bring every subject's twin snapshot up to date: only subjects touched by batches committed
+    since the last update are rebuilt; prints what changed for each."""
+    from jumeau.twin.registry import TwinRegistry
+
+    with _errors():
+        result = TwinRegistry(_open(store), as_of).update()
+    if format is Format.json:
+        render.print_json(result)
+        return
+    render.console.print(
+        f"twins as of {as_of.date()}: store version {result['from_version']} -> {result['to_version']}, "
+        f"{result['rebuilt']} twin(s) rebuilt"
+    )
+    for change in result["diffs"]:
+        parts = [
+            f"{k.replace('_', ' ')}: {len(v) if isinstance(v, list | dict) else v}"
+            for k, v in change.items()
+            if k not in ("subject_id", "from", "to") and v
+        ]
+        render.console.print(
+            f"  subject {change['subject_id']}: " + ("; ".join(parts) or "no change")
+        )
+
+
 @evaluate_app.command("forecasts")
 def evaluate_forecasts(
     store: StoreOpt,
