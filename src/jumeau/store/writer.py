@@ -83,7 +83,6 @@ class BatchWriter:
         self._rejects = pq.ParquetWriter(self.dir / "raw-rejects.parquet", REJECT_SCHEMA)
         self._codes = pq.ParquetWriter(self.dir / "raw-codes.parquet", CODES_SCHEMA)
         self._identities: list[pa.Table] = []
-        self._query: tuple[duckdb.DuckDBPyConnection, str] | None = None
         self._closed = False
 
     def _clear_orphan_batches(self) -> None:
@@ -118,12 +117,6 @@ class BatchWriter:
             self._events.write_table(table, row_group_size=ROW_GROUP_SIZE)
         return table.num_rows
 
-    def set_event_query(self, con: duckdb.DuckDBPyConnection, query: str) -> None:
-        """Give (more) events as a query on the connector's own DuckDB connection, yielding
-        ``CONNECTOR_SCHEMA`` columns. It is run once, by ``commit``, straight into the sort: no
-        intermediate file. ``commit`` must then be called while ``con`` is open."""
-        self._query = (con, query)
-
     def add_rejects(self, data: pa.Table) -> int:
         """Append rejected records (``REJECT_SCHEMA``)."""
         table = conform(data, REJECT_SCHEMA)
@@ -150,14 +143,13 @@ class BatchWriter:
     def commit(self) -> IngestReport:
         """Deduplicate, sort and publish the batch; a batch that adds nothing is dropped."""
         self._close_writers()
-        con = self._query[0] if self._query else connect(self.dir / "tmp")
+        con = connect(self.dir / "tmp")
         try:
             written, present, subjects = self._write_events(con)
             rejects = self._write_rejects(con)
             self._write_codes(con)
         finally:
-            if self._query is None:
-                con.close()
+            con.close()
         report = self.report
         report.events_written, report.events_already_present = written, present
         report.rejects_written, report.subjects = rejects, subjects
@@ -187,7 +179,7 @@ class BatchWriter:
 
     def _write_events(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
         raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
-        if not raw and self._query is None:  # a batch of rejects only still has (empty) event files
+        if not raw:  # a batch of rejects only still has (empty) event files
             pq.write_table(EVENT_SCHEMA.empty_table(), self.dir / layout.EVENTS_PARQUET)
             with (
                 pa.OSFile(str(self.dir / layout.EVENTS_ARROW), "wb") as sink,
@@ -196,30 +188,24 @@ class BatchWriter:
                 pass
             pq.write_table(INDEX_SCHEMA.empty_table(), self.dir / layout.SUBJECTS_INDEX)
             return 0, 0, 0
-        canonical = (
-            "CAST(subject_id AS BIGINT) AS subject_id, CAST(time AS TIMESTAMP) AS time, "
-            "CAST(code AS VARCHAR) AS code, CAST(numeric_value AS DOUBLE) AS numeric_value, "
-            "CAST(text_value AS VARCHAR) AS text_value, CAST(unit AS VARCHAR) AS unit, "
-            "CAST(end_time AS TIMESTAMP) AS end_time, CAST(domain AS VARCHAR) AS domain, "
-            "CAST(source AS VARCHAR) AS source, CAST(record_key AS BIGINT) AS record_key"
-        )
-        parts = []
-        if raw:
-            columns = {
-                r[0]
-                for r in run(
-                    con,
-                    "DESCRIBE SELECT * FROM read_parquet($raw, union_by_name=true)",
-                    {"raw": raw},
-                )
-            }
-            valid = f"{REJECT_REASON} IS NULL" if REJECT_REASON in columns else "true"
-            parts.append(
-                f"SELECT {canonical} FROM read_parquet({raw!r}, union_by_name=true) WHERE {valid}"
+        columns = {
+            r[0]
+            for r in run(
+                con, "DESCRIBE SELECT * FROM read_parquet($raw, union_by_name=true)", {"raw": raw}
             )
-        if self._query is not None:
-            parts.append(f"SELECT {canonical} FROM ({self._query[1]})")
-        run(con, "CREATE OR REPLACE TEMP VIEW incoming AS " + " UNION ALL ".join(parts))
+        }
+        valid = f"{REJECT_REASON} IS NULL" if REJECT_REASON in columns else "true"
+        run(
+            con,
+            f"""CREATE TEMP VIEW incoming AS SELECT
+                CAST(subject_id AS BIGINT) AS subject_id, CAST(time AS TIMESTAMP) AS time,
+                CAST(code AS VARCHAR) AS code, CAST(numeric_value AS DOUBLE) AS numeric_value,
+                CAST(text_value AS VARCHAR) AS text_value, CAST(unit AS VARCHAR) AS unit,
+                CAST(end_time AS TIMESTAMP) AS end_time, CAST(domain AS VARCHAR) AS domain,
+                CAST(source AS VARCHAR) AS source, CAST(record_key AS BIGINT) AS record_key
+            FROM read_parquet({raw!r}, union_by_name=true) WHERE {valid}""",
+        )
+        total = scalar(con, "SELECT count(*) FROM incoming")
         existing = self._existing(layout.EVENTS_PARQUET)
         new_filter = ""
         if existing:
@@ -251,14 +237,7 @@ class BatchWriter:
             )
             con.unregister("sorted_events")
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
-        present = 0
-        if existing:  # only a re-ingest pays this second pass
-            present = scalar(
-                con,
-                f"SELECT count(*) FROM incoming r WHERE EXISTS (SELECT 1 FROM read_parquet({existing!r}) e "
-                "WHERE e.source = r.source AND e.record_key = r.record_key)",
-            )
-        return written, present, runs.count
+        return written, total - written, runs.count
 
     def _write_rejects(self, con: duckdb.DuckDBPyConnection) -> int:
         raw = self.dir / "raw-rejects.parquet"
