@@ -316,12 +316,9 @@ def ingest_omop(
             run(con, _MACROS)
             tables = _open_source(source_str, is_url, con, writer, schema)
             _OmopMapper(store, tables, writer, progress).run()
-            if progress:
-                progress("sorting and writing")
-            with _reading_errors(tables, "events"):
-                return writer.commit()
         finally:
             con.close()
+        return writer.commit()
 
 
 def _open_source(
@@ -349,17 +346,6 @@ def _open_source(
     return tables
 
 
-@contextmanager
-def _reading_errors(tables: OmopTables, table: str):
-    """Name the file behind a table that cannot be read at all (bad encoding, broken CSV)."""
-    try:
-        yield
-    except duckdb.Error as exc:
-        where = tables.files.get(table, tables.label)
-        message = str(exc).split("\n\n")[0]
-        raise OmopSourceError(f"{where}: cannot read the {table} table(s): {message}") from exc
-
-
 class _OmopMapper:
     def __init__(
         self, store: Store, tables: OmopTables, writer: BatchWriter, progress: Progress | None
@@ -371,8 +357,6 @@ class _OmopMapper:
         self.report = writer.report
         self.progress = progress or (lambda _table: None)
         self.salt = store.pseudonymiser.record_salt
-        #: Each event table's query; the writer runs them once, straight into its sort.
-        self.queries: list[str] = []
 
     def run(self) -> None:
         with self._reading("concept"):
@@ -385,11 +369,16 @@ class _OmopMapper:
                 self.progress(table)
                 with self._reading(table):
                     self._events(table, spec)
-        if self.queries:
-            self.writer.set_event_query(self.con, " UNION ALL ".join(self.queries))
 
+    @contextmanager
     def _reading(self, table: str):
-        return _reading_errors(self.tables, table)
+        """Name the file behind a table that cannot be read at all (bad encoding, broken CSV)."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            where = self.tables.files.get(table, table)
+            message = str(exc).split("\n\n")[0]
+            raise OmopSourceError(f"{where}: cannot read the {table} table: {message}") from exc
 
     # -- vocabulary ------------------------------------------------------------------------
 
@@ -527,7 +516,7 @@ class _OmopMapper:
         rel = self.tables.relations["person"]
         run(
             self.con,
-            f"""CREATE OR REPLACE TEMP VIEW staged_person AS
+            f"""CREATE OR REPLACE TEMP VIEW staged AS
             WITH src AS (SELECT row_number() OVER () AS _row, * FROM {rel}),
             t AS (SELECT _row, CAST(person_id AS VARCHAR) AS rid,
                     TRY_CAST(person_id AS BIGINT) AS person_id,
@@ -552,8 +541,7 @@ class _OmopMapper:
             FROM t""",
         )
         people = run(
-            self.con,
-            "SELECT person_id, rid, person_source_value FROM staged_person WHERE reason IS NULL",
+            self.con, "SELECT person_id, rid, person_source_value FROM staged WHERE reason IS NULL"
         )
         p = self.store.pseudonymiser
         ids = [p.subject_id("omop", rid) for _, rid, _ in people]
@@ -590,7 +578,7 @@ class _OmopMapper:
                     'demographic' AS domain, 'omop/person' AS source,
                     {self._record_key("person", f"s.rid || '#{suffix}'")} AS record_key,
                     NULL AS reject_reason, s._row, NULL AS _rid, false AS _primary, false AS _shared
-                FROM staged_person s JOIN subject_map m USING (person_id)
+                FROM staged s JOIN subject_map m USING (person_id)
                 LEFT JOIN concepts c ON c.concept_id = s.{column}
                 WHERE s.reason IS NULL AND s.{column} IS NOT NULL AND s.{column} <> 0"""
             )
@@ -599,7 +587,7 @@ class _OmopMapper:
                 NULL::TIMESTAMP AS end_time, 'demographic' AS domain, 'omop/person' AS source,
                 {self._record_key("person", "s.rid || '#birth'")} AS record_key,
                 s.reason AS reject_reason, s._row, CASE WHEN s.reason IS NOT NULL THEN s.rid END AS _rid, true AS _primary, false AS _shared
-            FROM staged_person s LEFT JOIN subject_map m USING (person_id)"""
+            FROM staged s LEFT JOIN subject_map m USING (person_id)"""
         self._write("person", " UNION ALL ".join([birth, *static]))
 
     # -- event tables ----------------------------------------------------------------------
@@ -620,7 +608,7 @@ class _OmopMapper:
         id_col = spec.id or "person_id"
         run(
             self.con,
-            f"""CREATE OR REPLACE TEMP TABLE shared_{table} AS SELECT CAST("{id_col}" AS VARCHAR) AS id_raw
+            f"""CREATE OR REPLACE TEMP TABLE shared_ids AS SELECT CAST("{id_col}" AS VARCHAR) AS id_raw
             FROM {rel} GROUP BY 1 HAVING count(*) > 1""",
         )
         time_checks = " ".join(
@@ -646,12 +634,12 @@ class _OmopMapper:
         )
         run(
             self.con,
-            f"""CREATE OR REPLACE TEMP VIEW staged_{table} AS
+            f"""CREATE OR REPLACE TEMP VIEW staged AS
             WITH src AS (SELECT row_number() OVER () AS _row, * FROM {rel}),
             t AS (SELECT src._row,
                     CAST(src."{id_col}" AS VARCHAR) AS id_raw,
-                    shared_{table}.id_raw IS NOT NULL AS _shared,
-                    CASE WHEN shared_{table}.id_raw IS NULL THEN CAST(src."{id_col}" AS VARCHAR)
+                    shared_ids.id_raw IS NOT NULL AS _shared,
+                    CASE WHEN shared_ids.id_raw IS NULL THEN CAST(src."{id_col}" AS VARCHAR)
                          ELSE CAST(src."{id_col}" AS VARCHAR) || '#' || left(md5(concat_ws('|', {content})), 16)
                     END AS rid,
                     {x.integer("person_id")} AS person_id,
@@ -673,7 +661,7 @@ class _OmopMapper:
                          {x.bad_integer(spec.concept)}
                          {x.bad_number(spec.number)}
                     END AS input_problem
-                  FROM src LEFT JOIN shared_{table} ON shared_{table}.id_raw = CAST(src."{id_col}" AS VARCHAR))
+                  FROM src LEFT JOIN shared_ids ON shared_ids.id_raw = CAST(src."{id_col}" AS VARCHAR))
             SELECT t.*, m.subject_id, m.shift_us,
               COALESCE(t.input_problem,
                        CASE WHEN m.subject_id IS NULL THEN 'person_id not found in the person table' END
@@ -689,64 +677,14 @@ class _OmopMapper:
             )
         text = "COALESCE(s.string, CASE WHEN s.value_concept_id <> 0 THEN COALESCE(vc.code, 'OMOP/' || s.value_concept_id) END)"
         unit = "COALESCE(CASE WHEN s.unit_concept_id <> 0 THEN uc.concept_code END, s.unit_source)"
-        dups = self._side_tables(table, id_col, rel)
-        exclude = f" AND s._row NOT IN (SELECT _row FROM dups_{table})" if dups else ""
-        self.queries.append(
-            f"""SELECT s.subject_id, {self._shifted("s.t0")} AS time, {code} AS code,
+        events_sql = f"""SELECT s.subject_id, {self._shifted("s.t0")} AS time, {code} AS code,
                 s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
                 {self._shifted("s.t1")} AS end_time, '{spec.domain}' AS domain,
-                'omop/{table}' AS source, {self._record_key(table)} AS record_key
-            FROM staged_{table} s
+                'omop/{table}' AS source, {self._record_key(table)} AS record_key,
+                s.reason AS reject_reason, s._row, CASE WHEN s.reason IS NOT NULL OR s._shared THEN s.rid END AS _rid, true AS _primary, s._shared
+            FROM staged s
             LEFT JOIN concepts c ON c.concept_id = s.concept_id
             LEFT JOIN concepts sc ON sc.concept_id = s.source_concept_id AND s.source_concept_id <> 0
             LEFT JOIN concepts vc ON vc.concept_id = s.value_concept_id
-            LEFT JOIN concepts uc ON uc.concept_id = s.unit_concept_id
-            WHERE s.reason IS NULL{exclude}"""
-        )
-
-    def _side_tables(self, table: str, id_col: str, rel: str) -> int:
-        """One pass over the staged rows keeps the rejected and id-sharing ones aside; report the
-        table's counts and rejects from them. Returns how many rows are exact duplicates (same id
-        and content as an earlier row), which the event query then leaves out."""
-        view = f"staged_{table}"
-        run(
-            self.con,
-            f"CREATE OR REPLACE TEMP TABLE side_{table} AS SELECT _row, rid, reason, _shared FROM {view} "
-            "WHERE reason IS NOT NULL OR _shared",
-        )
-        run(
-            self.con,
-            f"""CREATE OR REPLACE TEMP TABLE dups_{table} AS SELECT _row, rid FROM (
-                SELECT _row, rid, reason, row_number() OVER (PARTITION BY rid ORDER BY _row) AS k
-                FROM side_{table} WHERE _shared) WHERE k > 1 AND reason IS NULL""",
-        )
-        n_dups = scalar(self.con, f"SELECT count(*) FROM dups_{table}")
-        counts = self.report.table(f"omop/{table}")
-        counts.read = scalar(self.con, f"SELECT count(*) FROM {rel}")
-        rejected, shared = run(
-            self.con,
-            f"SELECT count(reason), count(*) FILTER (_shared AND reason IS NULL) FROM side_{table}",
-        )[0]
-        counts.rejected = rejected + n_dups
-        counts.accepted = counts.read - counts.rejected
-        counts.events = counts.accepted
-        if counts.rejected:
-            key = record_key_sql(self.salt, repr(f"omop/{table}"), "rid")
-            self.writer.add_rejects(
-                arrow_table(
-                    self.con,
-                    f"""SELECT 'omop/{table}' AS source, $file AS file, 'row ' || _row AS record,
-                        reason, {key} AS record_key FROM (
-                        SELECT _row, rid, reason FROM side_{table} WHERE reason IS NOT NULL
-                        UNION ALL SELECT _row, rid,
-                            'exact duplicate of an earlier row with the same {id_col}' FROM dups_{table})
-                    ORDER BY _row""",
-                    {"file": self.tables.files[table]},
-                )
-            )
-        if shared - n_dups:
-            self.report.warnings.append(
-                f"omop/{table}: {shared - n_dups} rows share their {id_col} with a different row; "
-                "kept, each identified by its content"
-            )
-        return n_dups
+            LEFT JOIN concepts uc ON uc.concept_id = s.unit_concept_id"""
+        self._write(table, events_sql, id_col)
