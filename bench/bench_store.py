@@ -203,6 +203,11 @@ def main() -> None:
     )
     parser.add_argument("--skip-meds-etl", action="store_true")
     parser.add_argument(
+        "--reingest",
+        action="store_true",
+        help="with --reuse: measure jumeau again (ingest, export, convert) but keep meds_etl's run",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep the ingest, meds_etl and convert results of an earlier run; measure the rest",
@@ -230,6 +235,8 @@ def main() -> None:
 
     store = work / f"store_x{args.replicas}"
     reuse = args.reuse and "meds_reader_convert_seconds" in results and store.exists()
+    keep_peer = reuse and args.reingest
+    reuse = reuse and not args.reingest
     if not reuse:
         shutil.rmtree(store, ignore_errors=True)
         for key in (work / "keys").glob("*.key"):
@@ -245,7 +252,7 @@ def main() -> None:
         save()
 
     meds_out = work / f"meds_etl_x{args.replicas}"
-    if not args.skip_meds_etl and not reuse:
+    if not args.skip_meds_etl and not reuse and not keep_peer:
         shutil.rmtree(meds_out, ignore_errors=True)
         print("meds_etl_omop ...", flush=True)
         peers = Path(
