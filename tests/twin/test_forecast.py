@@ -71,3 +71,15 @@ def test_the_population_is_learnt_only_before_the_cutoff(synthea_full_store):
     late = PopulationModel.fit(store, datetime(2020, 1, 1))
     assert early.noise["sbp"].n_subjects <= late.noise["sbp"].n_subjects
     assert early.noise["sbp"].prior_mean != late.noise["sbp"].prior_mean
+
+
+def test_intervals_stay_within_the_physiological_range(synthea_store):
+    store, _ = synthea_store
+    with_tg = store.scan().filter(
+        (pl.col("code") == "LOINC/2571-8") & (pl.col("time") < datetime(2020, 1, 1))
+    )
+    subject = int(with_tg.select("subject_id").collect()["subject_id"].min())
+    twin = store.twin(subject, datetime(2020, 1, 1))
+    low = twin.population.catalogue["triglycerides"].low
+    assert twin.to_dict()["variables"]["triglycerides"]["interval_95"][0] >= low
+    assert all(f["interval_95"][0] >= low for f in twin.forecast("triglycerides"))

@@ -46,11 +46,12 @@ def horizon_days(text: str | float | int) -> float:
     return value * DAYS_PER_YEAR
 
 
-def _quantiles(mean: float, sd: float) -> dict:
+def _quantiles(mean: float, sd: float, low: float = -math.inf, high: float = math.inf) -> dict:
+    """Median and central intervals, kept inside the variable's physiological range."""
     out = {"median": mean}
     for level in LEVELS:
         z = NormalDist().inv_cdf(0.5 + level / 2)
-        out[f"interval_{round(level * 100)}"] = [mean - z * sd, mean + z * sd]
+        out[f"interval_{round(level * 100)}"] = [max(mean - z * sd, low), min(mean + z * sd, high)]
     return out
 
 
@@ -62,6 +63,7 @@ def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list
             f"subject {twin.subject_id} has no {variable} observation before {twin.as_of.date()}"
         )
     flt = twin.population.filter(variable)
+    variable_spec = twin.population.catalogue[variable]
     out = []
     for horizon in horizons:
         days = horizon_days(horizon)
@@ -73,7 +75,7 @@ def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list
                 "date": when.date().isoformat(),
                 "unit": state.unit,
                 "sd": sd,
-                **_quantiles(mean, sd),
+                **_quantiles(mean, sd, variable_spec.low, variable_spec.high),
             }
         )
     return out

@@ -52,6 +52,7 @@ class VariableState:
     days: np.ndarray
     values: np.ndarray
     flagged: list[dict] = field(default_factory=list)
+    bounds: tuple[float, float] = (-np.inf, np.inf)
 
     def to_dict(self, as_of: datetime) -> dict:
         return {
@@ -63,7 +64,9 @@ class VariableState:
             else None,
             "estimate": round(self.estimate.mean, 3),
             "sd": round(self.estimate.sd, 3),
-            "interval_95": [round(x, 3) for x in self.estimate.interval(0.95)],
+            "interval_95": [
+                round(float(np.clip(x, *self.bounds)), 3) for x in self.estimate.interval(0.95)
+            ],
             "trend_per_year": round(self.estimate.slope_per_year, 3),
             "trend_sd_per_year": round(self.estimate.slope_sd_per_year, 3),
             "n_observations": self.estimate.n_observations,
@@ -447,5 +450,6 @@ def _variable_states(
             days,
             vals,
             flagged,
+            (population.catalogue[name].low, population.catalogue[name].high),
         )
     return states
