@@ -14,7 +14,7 @@ import pytest
 import jumeau
 from jumeau.ingest.fhir import ingest_fhir, iter_resources
 from jumeau.ingest.omop import ingest_omop
-from jumeau.store.keys import KeyError_
+from jumeau.store.keys import StoreKeyError
 
 
 def identifying_strings(folder: Path) -> set[str]:
@@ -109,7 +109,7 @@ def test_the_key_lives_outside_the_store_and_is_required_to_ingest(tmp_path, syn
     with pytest.raises(jumeau.StoreError, match="outside the store"):
         jumeau.init(tmp_path / "s2", key_file=tmp_path / "s2" / "k.key")
     store.key_path.unlink()
-    with pytest.raises(KeyError_, match="store key not found"):
+    with pytest.raises(StoreKeyError, match="store key not found"):
         ingest_fhir(jumeau.open(store.root), synthea_dir)
 
 

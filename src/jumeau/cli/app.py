@@ -69,7 +69,7 @@ def _errors():
     from jumeau.ingest.omop_sources import OmopSourceError
     from jumeau.ingest.vcf import VcfError
     from jumeau.ingest.wfdb import WfdbError
-    from jumeau.store.keys import KeyError_
+    from jumeau.store.keys import StoreKeyError
 
     try:
         yield
@@ -82,7 +82,7 @@ def _errors():
         OmopSourceError,
         FhirError,
         MedsError,
-        KeyError_,
+        StoreKeyError,
         FileNotFoundError,
         FileExistsError,
     ) as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from jumeau._duck import run, scalar
+from jumeau._duck import run
 
 CDM_TABLES = (
     "person",
@@ -54,9 +54,6 @@ class OmopTables:
         """The table's lower-cased column names and their DuckDB types."""
         rows = run(self.con, f"DESCRIBE SELECT * FROM {self.relations[table]}")
         return {r[0].lower(): r[1] for r in rows}
-
-    def count(self, table: str) -> int:
-        return scalar(self.con, f"SELECT count(*) FROM {self.relations[table]}")
 
 
 def _sql_str(text: str) -> str:

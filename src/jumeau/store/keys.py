@@ -18,7 +18,7 @@ _SUBJECT_MASK = (1 << 63) - 1
 _US_PER_DAY = 86_400_000_000
 
 
-class KeyError_(RuntimeError):
+class StoreKeyError(RuntimeError):
     """The store's secret key is missing or unreadable."""
 
 
@@ -42,16 +42,16 @@ def load_key(path: Path) -> bytes:
     try:
         text = path.read_text().strip()
     except FileNotFoundError as exc:
-        raise KeyError_(
+        raise StoreKeyError(
             f"store key not found at {path}: set JUMEAU_KEY_DIR or pass --key-file to the key "
             "created by `jumeau init`"
         ) from exc
     try:
         key = bytes.fromhex(text)
     except ValueError as exc:
-        raise KeyError_(f"store key at {path} is not a hex secret") from exc
+        raise StoreKeyError(f"store key at {path} is not a hex secret") from exc
     if len(key) < 16:
-        raise KeyError_(f"store key at {path} is too short ({len(key)} bytes)")
+        raise StoreKeyError(f"store key at {path} is too short ({len(key)} bytes)")
     return key
 
 
