@@ -45,15 +45,14 @@ class OmopTables:
     relations: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
-    def columns(self, table: str) -> list[str]:
-        """The table's column names, lower-cased (CDM names are case-insensitive)."""
-        rows = run(self.con, f"DESCRIBE SELECT * FROM {self.relations[table]}")
-        return [r[0].lower() for r in rows]
-
     def column_types(self, table: str) -> dict[str, str]:
-        """The table's lower-cased column names and their DuckDB types."""
+        """The table's column names, lower-cased (CDM names are case-insensitive), and types."""
         rows = run(self.con, f"DESCRIBE SELECT * FROM {self.relations[table]}")
         return {r[0].lower(): r[1] for r in rows}
+
+    def columns(self, table: str) -> list[str]:
+        """The table's lower-cased column names."""
+        return list(self.column_types(table))
 
 
 def _sql_str(text: str) -> str:
