@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from jumeau.store.store import Store
 
 ROW_GROUP_SIZE = 128 * 1024
+#: Row groups of the batch's Parquet file: large for scans (subject ranges still prune by stats).
+PARQUET_ROW_GROUP_SIZE = 1024 * 1024
 #: A raw event file may carry this column; rows where it is set are not events (the connector
 #: reports them as rejects) and are skipped at commit.
 REJECT_REASON = "reject_reason"
@@ -233,7 +235,7 @@ class BatchWriter:
             run(
                 con,
                 f"COPY sorted_events TO '{self.dir / layout.EVENTS_PARQUET}' "
-                f"(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
+                f"(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_SIZE})",
             )
             con.unregister("sorted_events")
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
