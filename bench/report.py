@@ -1,0 +1,84 @@
+"""Print the README's benchmark section from the results the benchmarks saved.
+
+    python bench/report.py > /tmp/section.md     # then paste it into README.md
+
+Reads ``bench/results_x372.json``, ``bench/twin_results.json`` and ``bench/signal_results.json``
+(copies of the latest ``bench/out`` results), so no figure in the README is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    r = json.loads((HERE / "results_x372.json").read_text())
+    t = json.loads((HERE / "twin_results.json").read_text())
+    ra = r["ratios"]
+    jr, mr = r["jumeau_reads"], r["meds_reader_reads"]
+    peer_total = r["meds_etl_ingest"]["seconds"] + r["meds_reader_convert_seconds"]
+    rows = [
+        (
+            "OMOP ingest (→ Parquet + random-access layout)",
+            f"{r['jumeau_ingest']['seconds']:.0f} s",
+            f"meds_etl_omop {r['meds_etl_ingest']['seconds']:.0f} s",
+            f"**{ra['ingest_speedup_vs_meds_etl']:.2f}×** (target ≥ 3×: not met)",
+        ),
+        (
+            "same, against the peer's equivalent (meds_etl + meds_reader_convert)",
+            f"{r['jumeau_ingest']['seconds']:.0f} s",
+            f"{peer_total:.0f} s",
+            f"{ra['ingest_speedup_vs_meds_etl_plus_meds_reader_convert']:.2f}× faster",
+        ),
+        (
+            "ingest peak memory (max RSS)",
+            f"{r['jumeau_ingest']['peak_mib']:.0f} MiB",
+            f"{r['meds_etl_ingest']['peak_mib']:.0f} MiB",
+            f"{ra['ingest_peak_memory_vs_meds_etl']:.2f}×",
+        ),
+        (
+            "median single-subject timeline read, warm (Arrow)",
+            f"{jr['arrow']['median_us']:.1f} µs",
+            f"meds_reader {mr['median_us']:.1f} µs",
+            f"{ra['timeline_read_speedup_vs_meds_reader_arrow']:.2f}× faster",
+        ),
+        (
+            "same, cold page cache",
+            f"{jr['arrow_cold']['median_us']:.1f} µs",
+            f"{mr['cold']['median_us']:.1f} µs",
+            f"{ra['cold_timeline_read_speedup_vs_meds_reader_arrow']:.2f}× faster",
+        ),
+        (
+            "same, as a Polars frame",
+            f"{jr['polars']['median_us']:.0f} µs",
+            "",
+            f"{ra['timeline_read_speedup_vs_meds_reader_polars']:.2f}×",
+        ),
+        (
+            "full scan (count, sum, distinct codes)",
+            f"{r['jumeau_scan']['events_per_second'] / 1e6:.0f} M events/s",
+            f"meds_etl's Parquet {r['meds_etl_scan']['events_per_second'] / 1e6:.0f} M events/s",
+            f"{ra['scan_speed_vs_meds_etl_output']:.2f}×",
+        ),
+    ]
+    print("| measure | jumeau | peer | ratio |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print()
+    print(
+        f"Dataset: Eunomia replicated {r['replicas']} times with offset ids = {r['dataset']['subjects']:,} subjects, "
+        f"{r['dataset']['source_rows']:,} OMOP rows, {r['jumeau_ingest']['events']:,} events."
+    )
+    print(
+        f"Twins: state and risks of all {t['twins_built']:,} Eunomia subjects in {t['seconds']:.1f} s "
+        f"({t['twins_per_second']:.0f} twins/s, one core); after one new batch the incremental update rebuilds "
+        f"{t['incremental_update_twins']} twin in {t['incremental_update_seconds'] * 1000:.0f} ms against "
+        f"{t['registry_full_build_seconds']:.1f} s for all ({t['rebuild_vs_incremental_ratio']:.0f}× cheaper)."
+    )
+
+
+if __name__ == "__main__":
+    main()
