@@ -17,11 +17,7 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 
 def print_json(payload: object) -> None:
     """One JSON document on stdout (times as ISO 8601)."""
-    print(
-        orjson.dumps(
-            payload, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC * 0, default=str
-        ).decode()
-    )
+    print(orjson.dumps(payload, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
 def events_as_records(frame: pl.DataFrame) -> list[dict]:
