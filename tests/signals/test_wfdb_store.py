@@ -179,3 +179,8 @@ def test_wfdb_storage_formats_keep_their_values(tmp_path, new_store, fmt):
     (record,) = new_store.signal_records()
     for i in range(2):
         assert np.array_equal(record.physical(i)[1], reference.p_signal[:, i])
+
+
+def test_stats_count_waveform_records(ecg_store):
+    store, _ = ecg_store
+    assert store.stats()["signal_records"] == 1

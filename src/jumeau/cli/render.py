@@ -66,7 +66,7 @@ def stats_table(stats: dict) -> None:
     console.print(
         f"[bold]{stats['store']}[/bold]: {stats['subjects']:,} subjects, {stats['events']:,} events "
         f"({stats['first_time']} .. {stats['last_time']}), {stats['rejects']:,} rejects, "
-        f"{stats['batches']} batch(es)"
+        f"{stats['batches']} batch(es), {stats['signal_records']} waveform record(s)"
     )
     table = Table(title="events by domain")
     table.add_column("domain")

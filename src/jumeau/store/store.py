@@ -355,6 +355,7 @@ class Store:
             "rejects": sum(rejects.values()),
             "rejects_by_source": rejects,
             "batches": len(self.manifest.batches),
+            "signal_records": len(self.signal_records()),
         }
 
     # ---- the twin ------------------------------------------------------------------------
