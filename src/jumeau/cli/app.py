@@ -9,6 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -514,7 +515,7 @@ def rejects(store: StoreOpt, limit: int = 20, format: FormatOpt = Format.text) -
         render.print_json(frame.head(limit).to_dicts() if limit else frame.to_dicts())
         return
     render.console.print(f"{frame.height:,} rejects")
-    with __import__("polars").Config(tbl_rows=limit, fmt_str_lengths=120, tbl_width_chars=200):
+    with pl.Config(tbl_rows=limit, fmt_str_lengths=120, tbl_width_chars=200):
         render.console.print(frame.drop("record_key").head(limit))
 
 

@@ -43,16 +43,21 @@ def event(
     }
 
 
-def event_table(rows: list[dict]) -> pa.Table:
-    """Rows made by :func:`event` as an Arrow table of ``CONNECTOR_SCHEMA``."""
+def columns_table(columns: dict[str, list]) -> pa.Table:
+    """Column lists (``CONNECTOR_SCHEMA`` names, times in epoch microseconds) as an Arrow table."""
     arrays = []
     for field in CONNECTOR_SCHEMA:
-        values = [r[field.name] for r in rows]
+        values = columns[field.name]
         if pa.types.is_timestamp(field.type):
             arrays.append(pa.array(values, pa.int64()).cast(field.type))
         else:
             arrays.append(pa.array(values, field.type))
     return pa.Table.from_arrays(arrays, schema=CONNECTOR_SCHEMA)
+
+
+def event_table(rows: list[dict]) -> pa.Table:
+    """Rows made by :func:`event` as an Arrow table of ``CONNECTOR_SCHEMA``."""
+    return columns_table({name: [r[name] for r in rows] for name in CONNECTOR_SCHEMA.names})
 
 
 def reject_table(source: str, file: str, rejects: list[tuple[str, str]]) -> pa.Table:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from jumeau.ingest.events import columns_table
 from jumeau.model import BIRTH_CODE, CONNECTOR_SCHEMA, DEATH_CODE, REJECT_SCHEMA, fhir_vocabulary
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -91,14 +92,7 @@ class _Events:
             column.append(values.get(name))
 
     def table(self) -> pa.Table:
-        arrays = {}
-        for field in CONNECTOR_SCHEMA:
-            values = self.cols[field.name]
-            if pa.types.is_timestamp(field.type):
-                arrays[field.name] = pa.array(values, pa.int64()).cast(field.type)
-            else:
-                arrays[field.name] = pa.array(values, field.type)
-        return pa.table(arrays, schema=CONNECTOR_SCHEMA)
+        return columns_table(self.cols)
 
 
 def iter_files(source: Path) -> list[Path]:

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jumeau._duck import run
+from jumeau._duck import connect, run
 from jumeau.model import EVENT_SCHEMA, REJECT_SCHEMA
 from jumeau.store import keys, layout
 from jumeau.store.vault import read_vault
@@ -261,8 +261,7 @@ class Store:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with views ``events`` and ``rejects`` over the committed batches
         (each row with the ``batch`` that wrote it)."""
-        con = duckdb.connect()
-        run(con, "SET enable_progress_bar = false")
+        con = connect()
         for view, filename, schema in (
             ("events", layout.EVENTS_PARQUET, EVENT_SCHEMA),
             ("rejects", layout.REJECTS_PARQUET, REJECT_SCHEMA),
