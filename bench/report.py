@@ -2,8 +2,9 @@
 
     python bench/report.py > /tmp/section.md     # then paste it into README.md
 
-Reads ``bench/results_x372.json``, ``bench/twin_results.json`` and ``bench/signal_results.json``
-(copies of the latest ``bench/out`` results), so no figure in the README is typed by hand.
+Reads ``bench/results_x372.json``, ``bench/twin_results.json``, ``bench/signal_results.json`` (copies
+of the latest ``bench/out`` results) and ``bench/backtest_results.json`` (``jumeau evaluate forecasts
+--format json``), so no figure in the README is typed by hand.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     r = json.loads((HERE / "results_x372.json").read_text())
     t = json.loads((HERE / "twin_results.json").read_text())
+    sig = json.loads((HERE / "signal_results.json").read_text())
+    backtest = json.loads((HERE / "backtest_results.json").read_text())
     ra = r["ratios"]
     jr, mr = r["jumeau_reads"], r["meds_reader_reads"]
     peer_total = r["meds_etl_ingest"]["seconds"] + r["meds_reader_convert_seconds"]
@@ -64,6 +67,36 @@ def main() -> None:
             f"{ra['scan_speed_vs_meds_etl_output']:.2f}×",
         ),
     ]
+    for name, rec in sig["records"].items():
+        zoom = rec["window_ms_median_by_zoom"]
+        rows += [
+            (
+                f"R-peak F1, MIT-BIH {name} (150 ms)",
+                f"{rec['f1']:.4f}",
+                f"NeuroKit2 default {rec['neurokit2_f1']:.4f}",
+                f"{rec['detector_speedup_vs_neurokit2']:.2f}× faster ({rec['detector_times_real_time']:,.0f}× real time)",
+            ),
+            (
+                f"WFDB ingest of {name} (store, pyramid, events)",
+                f"{rec['ingest_seconds']:.2f} s",
+                f"wfdb.rdrecord {rec['wfdb_rdrecord_seconds']:.3f} s",
+                f"{rec['ingest_vs_rdrecord']:.0f}× a plain read",
+            ),
+            (
+                f"window read, 2,000 points, {name}",
+                f"{min(zoom.values()):.2f}–{max(zoom.values()):.2f} ms over " + ", ".join(zoom),
+                "",
+                "",
+            ),
+        ]
+    rows.append(
+        (
+            "EDF ingest, 139 channels",
+            f"{sig['edf']['ingest_seconds']:.2f} s",
+            f"pyedflib read {sig['edf']['pyedflib_read_seconds']:.3f} s",
+            f"{sig['edf']['ingest_vs_read']:.0f}× a plain read",
+        )
+    )
     print("| measure | jumeau | peer | ratio |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
@@ -78,6 +111,25 @@ def main() -> None:
         f"{t['incremental_update_twins']} twin in {t['incremental_update_seconds'] * 1000:.0f} ms against "
         f"{t['registry_full_build_seconds']:.1f} s for all ({t['rebuild_vs_incremental_ratio']:.0f}× cheaper)."
     )
+    backtest_table(backtest)
+
+
+def backtest_table(result: dict) -> None:
+    print()
+    print(
+        f"Forecast back-test (`jumeau evaluate forecasts`, 20 shared Synthea patients, horizon {result['horizon']}, "
+        f"cutoffs {result['cutoff'][:4]}…{result['cutoff'][-19:-15]} pooled; `bench/backtest_results.json`):"
+    )
+    print()
+    print(
+        "| variable | forecasts | MAE twin | MAE carry-forward | MAE change | 80% covered | 95% covered |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, v in sorted(result["variables"].items(), key=lambda kv: -kv[1]["n"]):
+        print(
+            f"| {name} | {v['n']} | {v['mae']:.3g} | {v['mae_carry_forward']:.3g} | "
+            f"{-v['improvement_vs_carry_forward']:+.0%} | {v['coverage_80']:.0%} | {v['coverage_95']:.0%} |"
+        )
 
 
 if __name__ == "__main__":
