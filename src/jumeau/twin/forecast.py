@@ -12,20 +12,18 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timedelta
-from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jumeau.twin.series import measurement_frame
-from jumeau.twin.state import DAYS_PER_YEAR
+from jumeau.twin.series import birth_days, measurement_frame
+from jumeau.twin.state import DAYS_PER_YEAR, LEVELS, LocalTrendFilter, Predictive
 from jumeau.twin.twin import day_number
 
 if TYPE_CHECKING:
     from jumeau.store import Store
     from jumeau.twin.twin import PopulationModel, Twin
 
-LEVELS = (0.5, 0.8, 0.95)
 _HORIZON = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|day|days|w|wk|weeks?|mo|months?|y|yr|years?)\s*$")
 
 
@@ -46,12 +44,12 @@ def horizon_days(text: str | float | int) -> float:
     return value * DAYS_PER_YEAR
 
 
-def _quantiles(mean: float, sd: float, low: float = -math.inf, high: float = math.inf) -> dict:
+def _quantiles(predictive: Predictive, low: float = -math.inf, high: float = math.inf) -> dict:
     """Median and central intervals, kept inside the variable's physiological range."""
-    out = {"median": mean}
+    out = {"median": predictive.mean}
     for level in LEVELS:
-        z = NormalDist().inv_cdf(0.5 + level / 2)
-        out[f"interval_{round(level * 100)}"] = [max(mean - z * sd, low), min(mean + z * sd, high)]
+        lo, hi = predictive.interval(level)
+        out[f"interval_{round(level * 100)}"] = [max(lo, low), min(hi, high)]
     return out
 
 
@@ -62,20 +60,20 @@ def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list
         raise KeyError(
             f"subject {twin.subject_id} has no {variable} observation before {twin.as_of.date()}"
         )
-    flt = twin.population.filter(variable)
+    flt = twin.population.filter(variable, twin.birth)
     variable_spec = twin.population.catalogue[variable]
     out = []
     for horizon in horizons:
         days = horizon_days(horizon)
         when = twin.as_of + timedelta(days=days)
-        mean, sd = flt.predictive(state.days, state.values, day_number(twin.as_of) + days)
+        predictive = flt.predictive(state.days, state.values, day_number(twin.as_of) + days)
         out.append(
             {
                 "horizon": horizon,
                 "date": when.date().isoformat(),
                 "unit": state.unit,
-                "sd": sd,
-                **_quantiles(mean, sd, variable_spec.low, variable_spec.high),
+                "sd": predictive.sd,
+                **_quantiles(predictive, variable_spec.low, variable_spec.high),
             }
         )
     return out
@@ -98,28 +96,29 @@ def backtest(
 
     population = population or PopulationModel.fit(store, cutoff)
     frame = measurement_frame(store, population.catalogue)
+    births = birth_days(store)
     cut = day_number(cutoff)
     end = cut + horizon_days(horizon)
-    z80, z95 = NormalDist().inv_cdf(0.9), NormalDist().inv_cdf(0.975)
     results: dict[str, dict] = {}
     for (variable,), by_var in frame.group_by(["variable"], maintain_order=True):
-        flt = population.filter(variable)
         prior = population.noise[variable].prior_mean
         rows = []
-        for (_subject,), series in by_var.group_by(["subject_id"], maintain_order=True):
+        for (subject,), series in by_var.group_by(["subject_id"], maintain_order=True):
             days, values = series["day"].to_numpy(), series["value"].to_numpy()
             past = days <= cut
             future = (days > cut) & (days <= end)
             if not past.any() or not future.any():
                 continue
+            flt = LocalTrendFilter(population.noise[variable], births.get(subject))
             hist_d, hist_v = days[past], values[past]
             for day, actual in zip(days[future], values[future], strict=True):
-                mean, sd = flt.predictive(hist_d, hist_v, float(day))
-                rows.append((actual, mean, sd, hist_v[-1], prior, len(hist_v)))
+                p = flt.predictive(hist_d, hist_v, float(day))
+                inside = [lo <= actual <= hi for lo, hi in (p.interval(0.8), p.interval(0.95))]
+                rows.append((actual, p.mean, *inside, hist_v[-1], prior, len(hist_v)))
         if not rows:
             continue
-        a = np.array(rows)
-        actual, mean, sd, locf, pop, n_hist = a.T
+        a = np.array(rows, dtype=float)
+        actual, mean, in80, in95, locf, pop, n_hist = a.T
         err = np.abs(actual - mean)
         mae, mae_locf, mae_pop = (
             float(err.mean()),
@@ -143,8 +142,8 @@ def backtest(
             "mae_carry_forward": mae_locf,
             "mae_population_mean": mae_pop,
             "improvement_vs_carry_forward": 1 - mae / mae_locf if mae_locf else None,
-            "coverage_80": float((err <= z80 * sd).mean()),
-            "coverage_95": float((err <= z95 * sd).mean()),
+            "coverage_80": float(in80.mean()),
+            "coverage_95": float(in95.mean()),
             "mae_by_history": by_history,
         }
     return {

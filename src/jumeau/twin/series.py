@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from jumeau.model import BIRTH_CODE
 from jumeau.twin.variables import Variable, code_index
 
 if TYPE_CHECKING:
@@ -61,14 +62,30 @@ def measurement_frame(
     )
 
 
+def birth_days(store: Store) -> dict[int, float]:
+    """subject_id -> day of birth (days since the epoch), for subjects whose birth is known."""
+    births = (
+        store.scan()
+        .filter(pl.col("code") == BIRTH_CODE)
+        .group_by("subject_id")
+        .agg(pl.col("time").min())
+        .with_columns(day=pl.col("time").dt.epoch("us") / 86_400_000_000)
+        .collect()
+    )
+    return dict(zip(births["subject_id"].to_list(), births["day"].to_list(), strict=True))
+
+
 def variable_series(
     store: Store, catalogue: dict[str, Variable], cutoff: datetime | None = None
-) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """variable -> [(days, values) per subject]."""
+) -> dict[str, list[tuple[np.ndarray, np.ndarray, float | None]]]:
+    """variable -> [(days, values, birth day or None) per subject]."""
     frame = measurement_frame(store, catalogue, cutoff)
+    births = birth_days(store)
     out: dict[str, list] = {}
-    for (variable, _subject), group in frame.group_by(
+    for (variable, subject), group in frame.group_by(
         ["variable", "subject_id"], maintain_order=True
     ):
-        out.setdefault(variable, []).append((group["day"].to_numpy(), group["value"].to_numpy()))
+        out.setdefault(variable, []).append(
+            (group["day"].to_numpy(), group["value"].to_numpy(), births.get(subject))
+        )
     return out

@@ -1,28 +1,69 @@
 """A variable's true current value from its noisy, irregular observations.
 
 Each series is filtered by a local-linear-trend Kalman filter: the level drifts as a random walk
-(variance growing with the time between measurements), the trend is a slowly varying slope, and
-each observation adds measurement noise. Priors and noise come from the population (learnt from
-the store by :func:`fit_population`), so a patient with one measurement is pulled towards the
-population and a patient with many is described by their own series.
+(variance growing with the time between measurements) and moves with the population's velocity
+at the patient's age (children grow, adults slowly gain weight), the trend is the patient's own
+slowly varying departure from that velocity, and each observation adds measurement noise.
+Priors, velocities and noise come from the population (learnt from the store by
+:func:`fit_noise`), so a patient with one measurement is pulled towards people of the same age
+and a patient with many is described by their own series.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from statistics import NormalDist
 
 import numpy as np
 
 from jumeau.twin.variables import Variable
 
 DAYS_PER_YEAR = 365.25
+LEVELS = (0.5, 0.8, 0.95)
 Z80, Z95 = 1.2815515655446004, 1.959963984540054
+AGE_KNOTS = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 30.0, 45.0, 60.0, 75.0, 90.0, 110.0)
+_PSEUDO_YEARS = 3.0
+_PSEUDO_SUBJECTS = 3.0
+_CALIBRATION_HORIZON_DAYS = 366.0
+
+
+def z_score(level: float) -> float:
+    """The standard normal quantile bounding a central interval of ``level``."""
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+@dataclass(frozen=True)
+class AgeCurve:
+    """A population curve over age in years, linear between :data:`AGE_KNOTS`."""
+
+    values: tuple[float, ...]
+
+    def at(self, age: np.ndarray | float) -> np.ndarray:
+        return np.interp(age, AGE_KNOTS, self.values)
+
+    def change(self, age_from: np.ndarray, age_to: np.ndarray) -> np.ndarray:
+        """The integral of the curve (a velocity per year) between two ages."""
+        return self._cumulative(age_to) - self._cumulative(age_from)
+
+    def _cumulative(self, age: np.ndarray) -> np.ndarray:
+        knots, values = np.asarray(AGE_KNOTS), np.asarray(self.values)
+        at_knots = np.concatenate(
+            [[0.0], np.cumsum(np.diff(knots) * (values[:-1] + values[1:]) / 2)]
+        )
+        age = np.clip(age, knots[0], knots[-1])
+        i = np.clip(np.searchsorted(knots, age, side="right") - 1, 0, len(knots) - 2)
+        return at_knots[i] + (age - knots[i]) * (values[i] + np.interp(age, knots, values)) / 2
 
 
 @dataclass(frozen=True)
 class NoiseModel:
-    """Population parameters of one variable: prior, measurement noise, drift."""
+    """Population parameters of one variable: priors by age, velocity by age, noise, drift.
+
+    ``blend`` is the weight of the filter's forecast against the last observed value, and
+    ``interval_scales`` widen or narrow the Gaussian intervals at each of :data:`LEVELS`, both
+    chosen on the population's own forecasts (stacking and split-conformal calibration).
+    """
 
     prior_mean: float
     prior_sd: float
@@ -31,7 +72,10 @@ class NoiseModel:
     slope_sd_per_year: float
     n_subjects: int = 0
     learnt: bool = False
-    interval_scale: float = 1.0
+    interval_scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    blend: float = 1.0
+    level_by_age: AgeCurve | None = None
+    velocity_by_age: AgeCurve | None = None
 
     @classmethod
     def default(cls, variable: Variable) -> NoiseModel:
@@ -42,6 +86,13 @@ class NoiseModel:
             variable.drift_sd_per_year,
             variable.drift_sd_per_year / 2,
         )
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for name in ("level_by_age", "velocity_by_age"):
+            curve = getattr(self, name)
+            out[name] = {"ages": list(AGE_KNOTS), "values": list(curve.values)} if curve else None
+        return out
 
 
 @dataclass
@@ -55,7 +106,7 @@ class Estimate:
     n_observations: int
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
-        z = {0.8: Z80, 0.95: Z95}.get(level) or _z(level)
+        z = z_score(level)
         return self.mean - z * self.sd, self.mean + z * self.sd
 
     def to_dict(self) -> dict:
@@ -63,146 +114,365 @@ class Estimate:
         return {**asdict(self), "interval_95": [low, high]}
 
 
-def _z(level: float) -> float:
-    from statistics import NormalDist
+@dataclass(frozen=True)
+class Predictive:
+    """The distribution of a new measurement: a calibrated Gaussian."""
 
-    return NormalDist().inv_cdf(0.5 + level / 2)
+    mean: float
+    sd: float
+    scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def interval(self, level: float) -> tuple[float, float]:
+        half = z_score(level) * self.sd * self._scale(level)
+        return self.mean - half, self.mean + half
+
+    def _scale(self, level: float) -> float:
+        return float(np.interp(level, LEVELS, self.scales))
+
+
+class _Batch:
+    """Many subjects' series padded into arrays, filtered together one step at a time."""
+
+    def __init__(self, series: list[tuple[np.ndarray, np.ndarray, float | None]]):
+        self.n = np.array([len(s[1]) for s in series], dtype=int)
+        width = int(self.n.max()) if len(series) else 0
+        self.days = np.full((len(series), width), np.nan)
+        self.values = np.full((len(series), width), np.nan)
+        for i, (days, values, _) in enumerate(series):
+            self.days[i, : len(days)] = days
+            self.values[i, : len(values)] = values
+        self.birth = np.array([np.nan if s[2] is None else s[2] for s in series], dtype=float)
 
 
 class LocalTrendFilter:
-    """Kalman filter of ``[level, slope per day]`` for one variable's irregular series."""
+    """Kalman filter of ``[level, slope per day]`` for one variable's irregular series.
 
-    def __init__(self, noise: NoiseModel) -> None:
+    ``birth_day`` (days since the epoch) lets the filter use the population's age curves.
+    """
+
+    def __init__(self, noise: NoiseModel, birth_day: float | None = None) -> None:
         self.noise = noise
+        self.birth_day = birth_day
         self.q_level = noise.drift_sd_per_year**2 / DAYS_PER_YEAR
         self.q_slope = (noise.slope_sd_per_year / DAYS_PER_YEAR) ** 2 / DAYS_PER_YEAR
         self.r = noise.obs_sd**2
 
-    def run(self, days: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """Filter the series; return the state, its covariance and the day of the last update."""
-        x = np.array([self.noise.prior_mean, 0.0])
-        p = np.diag([self.noise.prior_sd**2, (self.noise.slope_sd_per_year / DAYS_PER_YEAR) ** 2])
-        last = float(days[0]) if len(days) else 0.0
-        for day, y in zip(days, values, strict=True):
-            x, p = self._predict(x, p, float(day) - last)
-            last = float(day)
-            s = p[0, 0] + self.r
-            k = p[:, 0] / s
-            x = x + k * (y - x[0])
-            p = p - np.outer(k, p[0, :])
-        return x, p, last
+    def initial(self, first_day: np.ndarray, birth: np.ndarray) -> list[np.ndarray]:
+        """The prior state ``[x0, x1, p00, p01, p11]`` of each subject at its first day."""
+        mean = np.full(len(first_day), self.noise.prior_mean)
+        if self.noise.level_by_age is not None:
+            known = ~np.isnan(birth)
+            mean[known] = self.noise.level_by_age.at(
+                (first_day[known] - birth[known]) / DAYS_PER_YEAR
+            )
+        zero = np.zeros(len(first_day))
+        slope_var = (self.noise.slope_sd_per_year / DAYS_PER_YEAR) ** 2
+        return [mean, zero.copy(), zero + self.noise.prior_sd**2, zero.copy(), zero + slope_var]
 
-    def _predict(self, x: np.ndarray, p: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-        if dt <= 0:
-            return x, p
-        f = np.array([[1.0, dt], [0.0, 1.0]])
-        q = np.diag([self.q_level * dt, self.q_slope * dt])
-        return f @ x, f @ p @ f.T + q
+    def advance(
+        self, state: list[np.ndarray], day_from: np.ndarray, day_to: np.ndarray, birth: np.ndarray
+    ) -> list[np.ndarray]:
+        """The state moved forward in time (no observation)."""
+        x0, x1, p00, p01, p11 = state
+        dt = np.maximum(np.nan_to_num(day_to - day_from), 0.0)
+        drift = np.zeros_like(dt)
+        if self.noise.velocity_by_age is not None:
+            known = ~np.isnan(birth) & (dt > 0)
+            drift[known] = self.noise.velocity_by_age.change(
+                (day_from[known] - birth[known]) / DAYS_PER_YEAR,
+                (day_from[known] + dt[known] - birth[known]) / DAYS_PER_YEAR,
+            )
+        return [
+            x0 + x1 * dt + drift,
+            x1,
+            p00 + 2 * dt * p01 + dt * dt * p11 + self.q_level * dt,
+            p01 + dt * p11,
+            p11 + self.q_slope * dt,
+        ]
+
+    def observe(
+        self, state: list[np.ndarray], y: np.ndarray, active: np.ndarray
+    ) -> list[np.ndarray]:
+        """The state updated with one observation per active subject."""
+        x0, x1, p00, p01, p11 = state
+        s = p00 + self.r
+        k0, k1 = p00 / s, p01 / s
+        resid = np.where(active, y - x0, 0.0)
+        keep = np.where(active, 1.0, 0.0)
+        return [
+            x0 + keep * k0 * resid,
+            x1 + keep * k1 * resid,
+            p00 - keep * k0 * p00,
+            p01 - keep * k0 * p01,
+            p11 - keep * k1 * p01,
+        ]
+
+    def run(self, days: np.ndarray, values: np.ndarray) -> tuple[list[np.ndarray], float]:
+        """Filter one series; return the state after its last observation and that day."""
+        birth = np.array([np.nan if self.birth_day is None else self.birth_day])
+        first = float(days[0]) if len(days) else 0.0
+        state = self.initial(np.array([first]), birth)
+        last = first
+        for day, y in zip(days, values, strict=True):
+            state = self.advance(state, np.array([last]), np.array([float(day)]), birth)
+            state = self.observe(state, np.array([y]), np.array([True]))
+            last = float(day)
+        return state, last
 
     def estimate(self, days: np.ndarray, values: np.ndarray, at_day: float) -> Estimate:
-        """The state at ``at_day`` (no later than... any day after the last observation)."""
-        x, p, last = self.run(days, values)
-        x, p = self._predict(x, p, at_day - last)
+        """The state at ``at_day`` (on or after the last observation)."""
+        birth = np.array([np.nan if self.birth_day is None else self.birth_day])
+        state, last = self.run(days, values)
+        x0, x1, p00, _, p11 = self.advance(state, np.array([last]), np.array([at_day]), birth)
         return Estimate(
-            mean=float(x[0]),
-            sd=math.sqrt(max(p[0, 0], 0.0)),
-            slope_per_year=float(x[1] * DAYS_PER_YEAR),
-            slope_sd_per_year=math.sqrt(max(p[1, 1], 0.0)) * DAYS_PER_YEAR,
+            mean=float(x0[0]),
+            sd=math.sqrt(max(float(p00[0]), 0.0)),
+            slope_per_year=float(x1[0] * DAYS_PER_YEAR),
+            slope_sd_per_year=math.sqrt(max(float(p11[0]), 0.0)) * DAYS_PER_YEAR,
             n_observations=len(values),
         )
 
-    def predictive(
-        self, days: np.ndarray, values: np.ndarray, at_day: float
-    ) -> tuple[float, float]:
-        """Mean and sd of a new measurement taken at ``at_day``."""
+    def predictive(self, days: np.ndarray, values: np.ndarray, at_day: float) -> Predictive:
+        """The distribution of a new measurement taken at ``at_day``."""
         est = self.estimate(days, values, at_day)
-        return est.mean, math.sqrt(est.sd**2 + self.r) * self.noise.interval_scale
+        mean = est.mean
+        if len(values):
+            mean = float(values[-1]) + self.noise.blend * (est.mean - float(values[-1]))
+        return Predictive(mean, math.sqrt(est.sd**2 + self.r), self.noise.interval_scales)
 
 
-def one_step_log_likelihood(
-    noise: NoiseModel, series: list[tuple[np.ndarray, np.ndarray]]
-) -> float:
-    """Sum over subjects of the log density of each observation given the ones before it."""
+def _walk(noise: NoiseModel, batch: _Batch, visit) -> None:
+    """Filter every series of ``batch`` together, calling ``visit(step, prior, posterior)``."""
     flt = LocalTrendFilter(noise)
-    total = 0.0
-    for days, values in series:
-        x = np.array([noise.prior_mean, 0.0])
-        p = np.diag([noise.prior_sd**2, (noise.slope_sd_per_year / DAYS_PER_YEAR) ** 2])
-        last = float(days[0])
-        for day, y in zip(days, values, strict=True):
-            x, p = flt._predict(x, p, float(day) - last)
-            last = float(day)
-            s = p[0, 0] + flt.r
-            resid = y - x[0]
-            total += -0.5 * (math.log(2 * math.pi * s) + resid * resid / s)
-            k = p[:, 0] / s
-            x = x + k * resid
-            p = p - np.outer(k, p[0, :])
-    return total
+    if batch.days.size == 0:
+        return
+    state = flt.initial(batch.days[:, 0], batch.birth)
+    last = batch.days[:, 0]
+    for step in range(batch.days.shape[1]):
+        active = step < batch.n
+        day = np.where(active, batch.days[:, step], last)
+        prior = flt.advance(state, last, day, batch.birth)
+        state = flt.observe(prior, np.nan_to_num(batch.values[:, step]), active)
+        last = day
+        visit(step, prior, state, active)
 
 
-def fit_noise(variable: Variable, series: list[tuple[np.ndarray, np.ndarray]]) -> NoiseModel:
-    """Learn a variable's prior, measurement noise and drift from many subjects' series.
+def one_step_log_likelihood(noise: NoiseModel, batch: _Batch) -> float:
+    """Sum over subjects of the log density of each observation given the ones before it."""
+    r = noise.obs_sd**2
+    total = [0.0]
 
-    The prior is the distribution of subjects' mean values; measurement noise, level drift and
-    slope variability are chosen on a grid around the catalogue's defaults to maximise the
-    one-step-ahead predictive likelihood of every subject's series (empirical Bayes), which
-    also calibrates the predictive intervals.
+    def visit(step, prior, _posterior, active):
+        s = prior[2] + r
+        resid = np.nan_to_num(batch.values[:, step]) - prior[0]
+        total[0] += float(
+            np.sum(np.where(active, -0.5 * (np.log(2 * np.pi * s) + resid**2 / s), 0.0))
+        )
+
+    _walk(noise, batch, visit)
+    return total[0]
+
+
+def population_backtest(
+    noise: NoiseModel,
+    batch: _Batch,
+    horizon_days: float = _CALIBRATION_HORIZON_DAYS,
+    ahead: int = 6,
+) -> dict[str, np.ndarray]:
+    """The forecasts a back-test would make on the population's own series.
+
+    A forecast at a date between two observations sees the history up to the first and targets
+    every later observation within ``horizon_days`` of that date. Returns the targets, the
+    filter's means and predictive sds, and the last observed values.
+    """
+    flt = LocalTrendFilter(noise)
+    parts: dict[str, list[np.ndarray]] = {"target": [], "mean": [], "sd": [], "last": []}
+
+    def visit(step, _prior, posterior, active):
+        for k in range(1, ahead + 1):
+            target = step + k
+            if target >= batch.days.shape[1]:
+                break
+            ok = active & (target < batch.n)
+            ok &= batch.days[:, target] - batch.days[:, step + 1] < horizon_days
+            if not ok.any():
+                continue
+            rows = np.flatnonzero(ok)
+            sub = [s[rows] for s in posterior]
+            x0, _, p00, _, _ = flt.advance(
+                sub, batch.days[rows, step], batch.days[rows, target], batch.birth[rows]
+            )
+            parts["target"].append(batch.values[rows, target])
+            parts["mean"].append(x0)
+            parts["sd"].append(np.sqrt(p00 + flt.r))
+            parts["last"].append(batch.values[rows, step])
+
+    _walk(noise, batch, visit)
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+
+def fit_noise(
+    variable: Variable, series: list[tuple[np.ndarray, np.ndarray, float | None]]
+) -> NoiseModel:
+    """Learn a variable's population model from many subjects' series (empirical Bayes).
+
+    ``series`` holds ``(days, values, birth_day)`` per subject. The level and the velocity by
+    age are learnt from every subject's values and consecutive changes (shrunk towards the
+    overall mean and towards no change where data are thin); measurement noise, level drift,
+    prior spread and slope variability maximise the one-step-ahead predictive likelihood of
+    every series; interval scales make the population's own forecasts cover as claimed.
     """
     default = NoiseModel.default(variable)
-    series = [(d, v) for d, v in series if len(v)]
-    means = [float(np.mean(v)) for _, v in series]
-    if len(means) < 5:
+    series = [s for s in series if len(s[1])]
+    if len(series) < 5:
         return default
-    prior_mean = float(np.mean(means))
-    prior_sd = float(np.std(means)) or default.prior_sd
+    prior_mean = float(np.mean([np.mean(v) for _, v, _ in series]))
+    level = _level_by_age(series, prior_mean)
+    velocity = _velocity_by_age(series)
+    firsts = [
+        v[0] - (level.at((d[0] - b) / DAYS_PER_YEAR) if b is not None else prior_mean)
+        for d, v, b in series
+    ]
+    prior_sd = float(np.std(firsts)) or default.prior_sd
     base = NoiseModel(
         prior_mean,
         prior_sd,
         default.obs_sd,
         default.drift_sd_per_year,
         default.slope_sd_per_year,
-        len(means),
+        len(series),
         True,
+        level_by_age=level,
+        velocity_by_age=velocity,
     )
-    if sum(len(v) - 1 for _, v in series) < 10:
+    if sum(len(v) - 1 for _, v, _ in series) < 10:
         return base
-    best, best_ll = base, -math.inf
-    for obs in (0.1, 0.25, 0.5, 1.0, 2.0):
-        for drift in (0.03, 0.1, 0.3, 1.0, 3.0):
-            for slope in (0.0, 0.1, 0.5, 1.0):
-                candidate = NoiseModel(
-                    prior_mean,
-                    prior_sd,
-                    default.obs_sd * obs,
-                    default.drift_sd_per_year * drift,
-                    max(default.drift_sd_per_year * slope, 1e-6),
-                    len(means),
-                    True,
-                )
-                ll = one_step_log_likelihood(candidate, series)
-                if ll > best_ll:
-                    best, best_ll = candidate, ll
-    return _calibrated(best, series)
+    batch = _Batch(series)
+    candidates = [_maximise_likelihood(base, default, batch)]
+    if velocity is not None:
+        candidates.append(_maximise_likelihood(replace(base, velocity_by_age=None), default, batch))
+    best = max(candidates, key=lambda m: _information(m, batch))
+    return _calibrated(best, batch)
 
 
-def _calibrated(
-    noise: NoiseModel, series: list[tuple[np.ndarray, np.ndarray]], horizon_days: float = 366
-) -> NoiseModel:
-    """Scale predictive intervals so that 80% of the training data's own forecasts (from each
-    history to the next observations within the horizon) fall inside the 80% interval."""
-    from dataclasses import replace
+def _information(noise: NoiseModel, batch: _Batch) -> float:
+    """Akaike's criterion (as a log-likelihood): a velocity curve must earn its parameters."""
+    curve = noise.velocity_by_age
+    parameters = 4 + (sum(v != 0 for v in curve.values) if curve else 0)
+    return one_step_log_likelihood(noise, batch) - parameters
 
-    flt = LocalTrendFilter(noise)
-    z = []
-    for days, values in series:
-        for i in range(1, len(values)):
-            for j in range(i, min(i + 3, len(values))):
-                if days[j] - days[i - 1] > horizon_days:
-                    break
-                mean, sd = flt.predictive(days[:i], values[:i], float(days[j]))
-                z.append(abs(values[j] - mean) / sd)
-    if len(z) < 30:
+
+def _maximise_likelihood(base: NoiseModel, default: NoiseModel, batch: _Batch) -> NoiseModel:
+    from scipy.optimize import minimize
+
+    def model(theta: np.ndarray) -> NoiseModel:
+        obs, drift, slope, prior = np.exp(np.clip(theta, -12, 6))
+        return replace(
+            base,
+            obs_sd=default.obs_sd * obs,
+            drift_sd_per_year=default.drift_sd_per_year * drift,
+            slope_sd_per_year=default.drift_sd_per_year * slope,
+            prior_sd=base.prior_sd * prior,
+        )
+
+    def loss(theta: np.ndarray) -> float:
+        value = -one_step_log_likelihood(model(theta), batch)
+        return value if math.isfinite(value) else 1e300
+
+    grid = [
+        np.log([obs, drift, slope, 1.0])
+        for obs in (0.1, 0.5, 2.0)
+        for drift in (0.01, 0.1, 1.0)
+        for slope in (0.01, 0.3)
+    ]
+    start = min(grid, key=loss)
+    result = minimize(
+        loss, start, method="Nelder-Mead", options={"xatol": 0.05, "fatol": 0.05, "maxfev": 250}
+    )
+    return model(result.x if result.fun <= loss(start) else start)
+
+
+def _calibrated(noise: NoiseModel, batch: _Batch) -> NoiseModel:
+    """Blend and scale the forecasts on the population's own back-test.
+
+    The blend is the weight given to the filter against the last observed value that minimises
+    the absolute error (a one-parameter stacked model: where a variable is a step function,
+    as many adults' weights are, the last value wins); the interval scales make the blended
+    forecasts cover as claimed.
+    """
+    bt = population_backtest(noise, batch)
+    n = len(bt["target"])
+    if n < 30:
         return noise
-    scale = float(np.quantile(z, 0.8)) / Z80
-    return replace(noise, interval_scale=min(max(scale, 0.5), 3.0))
+    weights = np.linspace(0.0, 1.0, 21)
+    errors = [
+        np.abs(bt["target"] - (bt["last"] + w * (bt["mean"] - bt["last"]))).mean() for w in weights
+    ]
+    blend = float(weights[int(np.argmin(errors))])
+    mean = bt["last"] + blend * (bt["mean"] - bt["last"])
+    z = np.abs(bt["target"] - mean) / bt["sd"]
+    scales = tuple(
+        min(
+            max(float(np.quantile(z, min(math.ceil((n + 1) * lv) / n, 1.0))) / z_score(lv), 0.3),
+            5.0,
+        )
+        for lv in LEVELS
+    )
+    return replace(noise, interval_scales=scales, blend=blend)
+
+
+def _triangle_weights(age: np.ndarray) -> np.ndarray:
+    """(n, knots) weights that spread each age over its two neighbouring knots."""
+    knots = np.asarray(AGE_KNOTS)
+    age = np.clip(age, knots[0], knots[-1])
+    i = np.clip(np.searchsorted(knots, age, side="right") - 1, 0, len(knots) - 2)
+    frac = (age - knots[i]) / (knots[i + 1] - knots[i])
+    weights = np.zeros((len(age), len(knots)))
+    weights[np.arange(len(age)), i] = 1 - frac
+    weights[np.arange(len(age)), i + 1] += frac
+    return weights
+
+
+def _level_by_age(series, overall: float) -> AgeCurve:
+    """Mean value by age, each subject weighing one, shrunk towards ``overall``."""
+    ages, values, weights = [], [], []
+    for days, vals, birth in series:
+        if birth is None:
+            continue
+        ages.append((days - birth) / DAYS_PER_YEAR)
+        values.append(vals)
+        weights.append(np.full(len(vals), 1.0 / len(vals)))
+    if not ages:
+        return AgeCurve(tuple([overall] * len(AGE_KNOTS)))
+    w = _triangle_weights(np.concatenate(ages)) * np.concatenate(weights)[:, None]
+    total = w.sum(axis=0)
+    mean = (w * np.concatenate(values)[:, None]).sum(axis=0)
+    return AgeCurve(tuple((mean + _PSEUDO_SUBJECTS * overall) / (total + _PSEUDO_SUBJECTS)))
+
+
+def _velocity_by_age(series) -> AgeCurve | None:
+    """Change per year by age: the weighted median rate of consecutive observations (30 days
+    to 5 years apart) around each age, robust to outliers and shrunk towards no change."""
+    mids, rates, spans = [], [], []
+    for days, vals, birth in series:
+        if birth is None or len(vals) < 2:
+            continue
+        span = np.diff(days) / DAYS_PER_YEAR
+        ok = (span >= 30 / DAYS_PER_YEAR) & (span <= 5)
+        mids.append(((days[:-1] + days[1:]) / 2 - birth)[ok] / DAYS_PER_YEAR)
+        rates.append(np.diff(vals)[ok] / span[ok])
+        spans.append(span[ok])
+    if not mids or not sum(len(m) for m in mids):
+        return None
+    rate = np.concatenate(rates)
+    weights = _triangle_weights(np.concatenate(mids)) * np.concatenate(spans)[:, None]
+    order = np.argsort(rate)
+    velocity = []
+    for w in weights[order].T:
+        years = w.sum()
+        if years <= 0:
+            velocity.append(0.0)
+            continue
+        median = rate[order][np.searchsorted(np.cumsum(w), years / 2)]
+        velocity.append(float(median) * years / (years + _PSEUDO_YEARS))
+    return AgeCurve(tuple(velocity))

@@ -86,8 +86,9 @@ class PopulationModel:
         self.noise = {n: NoiseModel.default(v) for n, v in self.catalogue.items()}
         self.noise.update(noise or {})
 
-    def filter(self, variable: str) -> LocalTrendFilter:
-        return LocalTrendFilter(self.noise[variable])
+    def filter(self, variable: str, birth: datetime | None = None) -> LocalTrendFilter:
+        """The filter of ``variable`` for a patient born on ``birth`` (when known)."""
+        return LocalTrendFilter(self.noise[variable], day_number(birth) if birth else None)
 
     @classmethod
     def fit(
@@ -106,7 +107,7 @@ class PopulationModel:
         return model
 
     def to_dict(self) -> dict:
-        return {n: m.__dict__ for n, m in self.noise.items() if m.learnt}
+        return {n: m.to_dict() for n, m in self.noise.items() if m.learnt}
 
 
 @dataclass
@@ -198,16 +199,13 @@ class Twin:
             for name, state in self.variables.items():
                 old = previous.variables.get(name)
                 new_obs = state.days > day_number(previous.as_of)
-                if old is None or not new_obs.any():
+                if old is None or not len(old.values) or not new_obs.any():
                     continue
-                flt = (
-                    PopulationModel().filter(name)
-                    if not hasattr(self, "_population")
-                    else self._population.filter(name)
-                )
+                flt = self.population.filter(name, self.birth)
                 for day, value in zip(state.days[new_obs], state.values[new_obs], strict=True):
-                    mean, sd = flt.predictive(old.days, old.values, float(day))
-                    if abs(value - mean) > 1.96 * sd:
+                    expected = flt.predictive(old.days, old.values, float(day))
+                    low, high = expected.interval(0.95)
+                    if not low <= value <= high:
                         surprises.append(
                             {
                                 "variable": name,
@@ -215,11 +213,8 @@ class Twin:
                                     datetime(1970, 1, 1) + timedelta(days=float(day))
                                 ).isoformat(),
                                 "value": float(value),
-                                "expected": round(mean, 3),
-                                "interval_95": [
-                                    round(mean - 1.96 * sd, 3),
-                                    round(mean + 1.96 * sd, 3),
-                                ],
+                                "expected": round(expected.mean, 3),
+                                "interval_95": [round(low, 3), round(high, 3)],
                             }
                         )
         risk_changes = {}
@@ -265,14 +260,15 @@ def build_twin(
         by_domain.setdefault(r["domain"], []).append(r)
     demographic = by_domain.get("demographic", [])
     sexes = [r["code"] for r in demographic if r["code"].startswith("Gender/")]
+    birth = next((r["time"] for r in rows if r["code"] == BIRTH_CODE), None)
     twin = Twin(
         subject_id=subject_id,
         as_of=as_of,
         known_at=known_at,
-        birth=next((r["time"] for r in rows if r["code"] == BIRTH_CODE), None),
+        birth=birth,
         sex={"Gender/F": "female", "Gender/M": "male"}.get(sexes[-1]) if sexes else None,
         deceased=next((r["time"] for r in rows if r["code"] == DEATH_CODE), None),
-        variables=_variable_states(rows, population, as_of),
+        variables=_variable_states(rows, population, as_of, birth),
         smoking_status=_smoking(rows),
         problems=[],
         medications=[],
@@ -427,7 +423,7 @@ def observations(
 
 
 def _variable_states(
-    rows: list[dict], population: PopulationModel, as_of: datetime
+    rows: list[dict], population: PopulationModel, as_of: datetime, birth: datetime | None
 ) -> dict[str, VariableState]:
     states = {}
     at = day_number(as_of)
@@ -435,7 +431,7 @@ def _variable_states(
         days = np.array([day_number(t) for t in times], dtype=float)
         vals = np.array(values, dtype=float)
         estimate = (
-            population.filter(name).estimate(days, vals, at)
+            population.filter(name, birth).estimate(days, vals, at)
             if len(vals)
             else Estimate(
                 population.noise[name].prior_mean, population.noise[name].prior_sd, 0.0, 0.0, 0

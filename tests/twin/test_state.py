@@ -1,0 +1,93 @@
+"""The population state-space model, on series generated with known dynamics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jumeau.twin.state import (
+    DAYS_PER_YEAR,
+    AgeCurve,
+    LocalTrendFilter,
+    fit_noise,
+)
+from jumeau.twin.variables import CATALOGUE
+
+YEAR = DAYS_PER_YEAR
+
+
+def _children(rng: np.random.Generator, n: int = 60) -> list:
+    """Heights of children growing 6 cm a year from age 3 to 12, measured with 0.5 cm noise."""
+    series = []
+    for _ in range(n):
+        birth = rng.uniform(0, 3000)
+        ages = np.sort(rng.uniform(3, 12, 8))
+        heights = 95 + rng.normal(0, 4) + 6 * (ages - 3) + rng.normal(0, 0.5, len(ages))
+        series.append((birth + ages * YEAR, heights, birth))
+    return series
+
+
+def _adults_around_their_own_level(rng: np.random.Generator, n: int = 80) -> list:
+    """Systolic pressures scattered (sd 10) around a personal level (population sd 15)."""
+    series = []
+    for _ in range(n):
+        level = rng.normal(130, 15)
+        days = np.cumsum(rng.uniform(200, 500, 10))
+        series.append((days, level + rng.normal(0, 10, len(days)), None))
+    return series
+
+
+def test_age_curve_integrates_a_velocity_exactly():
+    curve = AgeCurve(tuple([2.0] * 14))
+    assert curve.change(np.array([10.0]), np.array([13.0]))[0] == pytest.approx(6.0)
+    ramp = AgeCurve((0.0, 1.0) + tuple([1.0] * 12))
+    assert ramp.change(np.array([0.0]), np.array([1.0]))[0] == pytest.approx(0.5)
+
+
+def test_the_population_velocity_by_age_is_learnt():
+    model = fit_noise(CATALOGUE["height"], _children(np.random.default_rng(1)))
+    assert model.velocity_by_age is not None
+    assert model.velocity_by_age.at(6.0) == pytest.approx(6.0, rel=0.15)
+
+
+def test_growth_is_forecast_from_a_single_measurement():
+    rng = np.random.default_rng(2)
+    model = fit_noise(CATALOGUE["height"], _children(rng))
+    birth = 0.0
+    flt = LocalTrendFilter(model, birth_day=birth)
+    one = flt.predictive(np.array([5 * YEAR]), np.array([110.0]), 7 * YEAR)
+    assert one.mean == pytest.approx(122.0, abs=1.5)
+    assert one.interval(0.8)[0] < one.mean < one.interval(0.8)[1]
+
+
+def test_forecasts_beat_carry_forward_with_calibrated_intervals_on_noisy_levels():
+    rng = np.random.default_rng(3)
+    model = fit_noise(CATALOGUE["sbp"], _adults_around_their_own_level(rng))
+    assert model.obs_sd == pytest.approx(10, rel=0.25)
+    errors, errors_locf, inside80, inside95 = [], [], [], []
+    for days, values, birth in _adults_around_their_own_level(rng, 200):
+        flt = LocalTrendFilter(model, birth)
+        prediction = flt.predictive(days[:6], values[:6], float(days[6]))
+        errors.append(abs(values[6] - prediction.mean))
+        errors_locf.append(abs(values[6] - values[5]))
+        low, high = prediction.interval(0.8)
+        inside80.append(low <= values[6] <= high)
+        low, high = prediction.interval(0.95)
+        inside95.append(low <= values[6] <= high)
+    assert np.mean(errors) < 0.85 * np.mean(errors_locf)
+    assert 0.72 <= np.mean(inside80) <= 0.88
+    assert 0.90 <= np.mean(inside95) <= 0.99
+
+
+def test_step_functions_are_carried_forward():
+    """Where values hold still for years then jump, the last value is the best forecast."""
+    rng = np.random.default_rng(4)
+    series = []
+    for _ in range(60):
+        days = np.cumsum(rng.uniform(300, 400, 10))
+        levels = 70 + rng.normal(0, 10) + np.cumsum(rng.normal(0, 4, 10) * (rng.random(10) < 0.2))
+        series.append((days, levels, None))
+    model = fit_noise(CATALOGUE["weight"], series)
+    days, values, _ = series[0]
+    prediction = LocalTrendFilter(model).predictive(days, values, float(days[-1] + 365))
+    assert prediction.mean == pytest.approx(values[-1], abs=0.5)
