@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from jumeau.twin.risks import (
@@ -50,6 +52,31 @@ def test_score2_op_is_plausible_for_older_people():
     assert float(score2_op(75, "male", False, True, 150, 6.0, 1.4)) > base
     assert float(score2_op(75, "male", False, False, 150, 6.0, 1.4, region="very_high")) > base
     assert float(score2_op(80, "male", False, False, 150, 6.0, 1.4)) > base
+
+
+# The SCORE2-OP working group's reference program (score2oprisk.ado, Kaptoge, Pennells, Hageman;
+# Cardiovascular Epidemiology Unit, Cambridge) publishes, per region and sex, the equation giving
+# the "risk age" of a SCORE2-OP risk: the age at which a person with ideal risk factors (non-smoker,
+# no diabetes, SBP 135 mmHg, total cholesterol 4.7 mmol/L [men] / 4.9 [women], HDL 1.3 / 1.5) has
+# that risk. Fed our risk for the ideal person at each age, it must give that age back.
+RISK_AGE = {
+    ("low", "male"): lambda p: 39.9846 + 13.8987 * math.log(p) + 0.0910 * p,
+    ("moderate", "male"): lambda p: 37.9434 + 13.2507 * math.log(p) + 0.0952 * p,
+    ("high", "male"): lambda p: 31.6487 + 14.3310 * math.log(p) + 0.1070 * p,
+    ("very_high", "male"): lambda p: -10.9389 + 24.3541 * math.log(p) + 0.0021 * p**2,
+    ("low", "female"): lambda p: 49.8338 + 11.2458 * math.log(p) + 0.0747 * p,
+    ("moderate", "female"): lambda p: 49.3691 + 10.2798 * math.log(p) + 0.0772 * p,
+    ("high", "female"): lambda p: 44.2790 + 10.5245 * math.log(p) + 0.0011 * p**2,
+    ("very_high", "female"): lambda p: 14.1880 + 16.7619 * math.log(p) + 0.0016 * p**2,
+}
+
+
+@pytest.mark.parametrize(("region", "sex"), sorted(RISK_AGE))
+@pytest.mark.parametrize("age", [70, 75, 80, 85, 89])
+def test_score2_op_agrees_with_the_working_groups_risk_age_equations(region, sex, age):
+    cholesterol, hdl = (4.7, 1.3) if sex == "male" else (4.9, 1.5)
+    percent = 100 * float(score2_op(age, sex, False, False, 135, cholesterol, hdl, region=region))
+    assert RISK_AGE[(region, sex)](percent) == pytest.approx(age, abs=0.5)
 
 
 @pytest.mark.parametrize(
