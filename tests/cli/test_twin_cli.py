@@ -68,7 +68,8 @@ def test_a_subject_unknown_at_the_date_is_a_clear_error(cli_store):  # noqa: F81
     assert result.returncode == 2 and "no events known" in result.stdout
 
 
-def test_twins_update_rebuilds_only_what_changed(tmp_path, synthea_dir):
+def test_ingest_brings_existing_twins_up_to_date(tmp_path, synthea_dir):
+    """Twins are rebuilt by the ingest that touches them, and only those."""
     store = tmp_path / "store"
     bundles = sorted(synthea_dir.glob("*.json"))
     first, second = tmp_path / "a", tmp_path / "b"
@@ -83,10 +84,14 @@ def test_twins_update_rebuilds_only_what_changed(tmp_path, synthea_dir):
         jumeau("twins", "--store", str(store), "--as-of", "2020-01-01", "--format", "json").stdout
     )
     assert built["rebuilt"] == len(bundles) - 1 and built["to_version"] == 1
-    jumeau("ingest", "fhir", str(second), "--store", str(store))
-    update = json.loads(
-        jumeau("twins", "--store", str(store), "--as-of", "2020-01-01", "--format", "json").stdout
+
+    report = json.loads(
+        jumeau("ingest", "fhir", str(second), "--store", str(store), "--format", "json").stdout
     )
+    (update,) = report["twins"]
+    assert update["as_of"].startswith("2020-01-01")
     assert (update["from_version"], update["to_version"], update["rebuilt"]) == (1, 2, 1)
     text = jumeau("twins", "--store", str(store), "--as-of", "2020-01-01").stdout
     assert "0 twin(s) rebuilt" in text
+    again = jumeau("ingest", "fhir", str(second), "--store", str(store)).stdout
+    assert "twins as of" not in again  # nothing new was committed, nothing rebuilt

@@ -49,6 +49,8 @@ def test_incremental_update_equals_a_full_rebuild(tmp_path, synthea_store):
     assert registry.snapshot(late_subject) != before
 
     assert registry.snapshot(late_subject)["version"] == 2
+    assert registry.versions(late_subject) == [1, 2]
+    assert registry.snapshot(late_subject, version=1) == before
     fresh = jumeau.open(store.root)
     for subject in subjects:
         rebuilt = json.loads(json.dumps(build_twin(fresh, subject, AS_OF).to_dict(), default=str))

@@ -120,6 +120,7 @@ def _ingest(
     from jumeau.ingest.omop import ingest_omop
     from jumeau.ingest.vcf import ingest_vcf
     from jumeau.ingest.wfdb import ingest_wfdb
+    from jumeau.twin.registry import update_registries
 
     func = {
         "omop": ingest_omop,
@@ -134,10 +135,14 @@ def _ingest(
     target = _open(store, key_file)
     with _errors(), _progress(f"ingesting {kind}") as progress:
         report = func(target, source, progress=progress, **kwargs)
+    with _errors():
+        twins = update_registries(target) if report.committed else []
     if fmt is Format.json:
-        render.print_json(report.to_dict())
+        render.print_json({**report.to_dict(), "twins": twins} if twins else report.to_dict())
     else:
         render.report_table(report)
+        for update in twins:
+            render.twins_update(update)
     return report
 
 
@@ -597,19 +602,7 @@ def twins(
     if format is Format.json:
         render.print_json(result)
         return
-    render.console.print(
-        f"twins as of {as_of.date()}: store version {result['from_version']} -> {result['to_version']}, "
-        f"{result['rebuilt']} twin(s) rebuilt"
-    )
-    for change in result["diffs"]:
-        parts = [
-            f"{k.replace('_', ' ')}: {len(v) if isinstance(v, list | dict) else v}"
-            for k, v in change.items()
-            if k not in ("subject_id", "from", "to") and v
-        ]
-        render.console.print(
-            f"  subject {change['subject_id']}: " + ("; ".join(parts) or "no change")
-        )
+    render.twins_update({"as_of": as_of.isoformat(), **result})
 
 
 @evaluate_app.command("forecasts")

@@ -100,6 +100,21 @@ def timeline_table(frame: pl.DataFrame, descriptions: dict[str, str], title: str
     console.print(table)
 
 
+def twins_update(result: dict) -> None:
+    """One line per registry update, then what changed for each rebuilt twin."""
+    console.print(
+        f"twins as of {result['as_of'][:10]}: store version {result['from_version']} -> "
+        f"{result['to_version']}, {result['rebuilt']} twin(s) rebuilt"
+    )
+    for change in result["diffs"]:
+        parts = [
+            f"{k.replace('_', ' ')}: {len(v) if isinstance(v, list | dict) else v}"
+            for k, v in change.items()
+            if k not in ("subject_id", "from", "to") and v
+        ]
+        console.print(f"  subject {change['subject_id']}: " + ("; ".join(parts) or "no change"))
+
+
 def twin_summary(twin: dict) -> None:
     demo = twin["demographics"]
     console.print(

@@ -1,9 +1,11 @@
 """Twins kept up to date as data arrives: versioned snapshots, incremental updates, diffs.
 
-The registry keeps one JSON snapshot per subject under ``STORE/twins/``, stamped with the store
-version (number of committed batches) it was built from. ``update`` rebuilds only the subjects
-that the batches committed since then touched, so new data for a few patients costs a few
-twins, not the store; every updated twin is diffed against its previous snapshot.
+The registry keeps one JSON snapshot per subject under ``STORE/twins/<as_of>/``, stamped with
+the store version (number of committed batches) it was built from, and every earlier snapshot
+under ``history/``. ``update`` rebuilds only the subjects that the batches committed since then
+touched, so new data for a few patients costs a few twins, not the store; every updated twin is
+diffed against its previous snapshot. Ingesting through the CLI updates every registry of the
+store (:func:`update_registries`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from jumeau.store import Store
 
 TWINS_DIR = "twins"
+HISTORY_DIR = "history"
 
 
 class TwinRegistry:
@@ -45,9 +48,23 @@ class TwinRegistry:
             return 0
         return json.loads(self.state_file.read_text())["version"]
 
-    def snapshot(self, subject_id: int) -> dict | None:
+    def snapshot(self, subject_id: int, version: int | None = None) -> dict | None:
+        """The subject's latest twin, or the one built at store ``version``."""
         path = self.dir / f"{subject_id}.json"
+        if version is not None:
+            latest = self.snapshot(subject_id)
+            if latest is None or latest["version"] != version:
+                path = self.dir / HISTORY_DIR / f"{subject_id}-v{version}.json"
         return json.loads(path.read_text()) if path.exists() else None
+
+    def versions(self, subject_id: int) -> list[int]:
+        """Store versions at which this subject's twin was built, oldest first."""
+        history = sorted(
+            int(p.stem.rsplit("-v", 1)[1])
+            for p in (self.dir / HISTORY_DIR).glob(f"{subject_id}-v*.json")
+        )
+        latest = self.snapshot(subject_id)
+        return history + ([latest["version"]] if latest else [])
 
     def _touched_since(self, version: int) -> np.ndarray:
         batches = self.store.manifest.batch_ids[version:]
@@ -82,6 +99,10 @@ class TwinRegistry:
             previous = self.snapshot(subject)
             if previous is not None:
                 diffs.append(twin.diff(previous))
+                (self.dir / HISTORY_DIR).mkdir(exist_ok=True)
+                _write_json(
+                    self.dir / HISTORY_DIR / f"{subject}-v{previous['version']}.json", previous
+                )
             _write_json(self.dir / f"{subject}.json", twin.to_dict())
         _write_json(self.state_file, {"version": current, "as_of": self.as_of.isoformat()})
         return {
@@ -90,6 +111,16 @@ class TwinRegistry:
             "rebuilt": int(len(touched)),
             "diffs": diffs,
         }
+
+
+def update_registries(store: Store) -> list[dict]:
+    """Bring every twin registry of the store up to date (after an ingest)."""
+    results = []
+    for state in sorted((store.root / TWINS_DIR).glob("*/state.json")):
+        as_of = datetime.fromisoformat(json.loads(state.read_text())["as_of"])
+        result = TwinRegistry(store, as_of).update()
+        results.append({"as_of": as_of.isoformat(), **result})
+    return results
 
 
 def _write_json(path: Path, payload: dict) -> None:
