@@ -364,20 +364,26 @@ def signal(
 
 @app.command()
 def features(
-    kind: Annotated[str, typer.Argument(help="ecg or eeg")],
+    kind: Annotated[str, typer.Argument(help="ecg, eeg or sleep")],
     store: StoreOpt,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Sleep stager: spectral or yasa (default: yasa when installed)."),
+    ] = None,
     format: FormatOpt = Format.text,
 ) -> None:
     """Derive signal features as timeline events (ECG: HR/HRV per 5-min window and record;
-    EEG: relative band powers per 30-s epoch and channel)."""
-    from jumeau.signals.features import ecg_features, eeg_features
+    EEG: relative band powers per 30-s epoch and channel; sleep: a stage per 30-s epoch and the
+    night's summary for every EEG record of 30 minutes or more)."""
+    from jumeau.signals.features import ecg_features, eeg_features, sleep_features
 
-    derive = {"ecg": ecg_features, "eeg": eeg_features}.get(kind)
+    derive = {"ecg": ecg_features, "eeg": eeg_features, "sleep": sleep_features}.get(kind)
     if derive is None:
-        _fail(f"unknown feature kind {kind!r}: use ecg or eeg")
+        _fail(f"unknown feature kind {kind!r}: use ecg, eeg or sleep")
+    options = {"method": method} if kind == "sleep" else {}
     s = _open(store)
     with _errors(), _progress(f"{kind.upper()} features") as progress:
-        report = derive(s, progress=progress)
+        report = derive(s, progress=progress, **options)
     render.print_json(report.to_dict()) if format is Format.json else render.report_table(report)
 
 
@@ -443,6 +449,54 @@ def evaluate_ecg(
     if summary["mean_f1"] is not None:
         render.console.print(f"mean F1 {summary['mean_f1']:.4%} over {len(scored)} record(s)")
     if len(scored) < len(results):
+        raise typer.Exit(2)
+
+
+@evaluate_app.command("sleep")
+def evaluate_sleep(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Pairs of files: a polysomnography EDF then its hypnogram EDF+."),
+    ],
+    method: Annotated[
+        list[str] | None, typer.Option(help="Stagers to score (default: spectral and yasa).")
+    ] = None,
+    trim_wake: Annotated[
+        float,
+        typer.Option(help="Score from this many minutes before sleep to after it (-1: all)."),
+    ] = 30.0,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Stage each night and score it against its hypnogram: accuracy, Cohen's kappa, per-stage
+    F1, with YASA's pretrained stager as the peer when installed."""
+    from jumeau.signals.sleep import METHODS, evaluate_night
+
+    if len(files) % 2:
+        _fail("give pairs of files: PSG.edf HYPNOGRAM.edf [PSG.edf HYPNOGRAM.edf ...]")
+    methods = tuple(method or METHODS)
+    nights = []
+    for psg, hypnogram in zip(files[::2], files[1::2], strict=True):
+        try:
+            nights.append(
+                evaluate_night(psg, hypnogram, methods, None if trim_wake < 0 else trim_wake)
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            nights.append({"record": str(psg), "error": str(exc)})
+    means = {}
+    for m in methods:
+        scored = [n["methods"][m] for n in nights if "accuracy" in n.get("methods", {}).get(m, {})]
+        if scored:
+            means[m] = {
+                "nights": len(scored),
+                "accuracy": sum(x["accuracy"] for x in scored) / len(scored),
+                "kappa": sum(x["kappa"] for x in scored) / len(scored),
+            }
+    summary = {"nights": nights, "mean": means}
+    if format is Format.json:
+        render.print_json(summary)
+    else:
+        render.sleep_agreement(summary)
+    if any("error" in n for n in nights):
         raise typer.Exit(2)
 
 

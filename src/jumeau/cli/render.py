@@ -115,6 +115,33 @@ def twins_update(result: dict) -> None:
         console.print(f"  subject {change['subject_id']}: " + ("; ".join(parts) or "no change"))
 
 
+def sleep_agreement(summary: dict) -> None:
+    """Per night and stager: agreement with the hypnogram; then the means."""
+    for night in summary["nights"]:
+        if "error" in night:
+            console.print(f"{night['record']}: {night['error']}")
+            continue
+        window = night["window"]
+        console.print(
+            f"{night['record']} (EEG {night['channels']['eeg']}; epochs {window[0]}-{window[1]} "
+            f"of {night['epochs_in_record']})"
+        )
+        for method, r in night["methods"].items():
+            if "error" in r:
+                console.print(f"  {method}: {r['error']}")
+                continue
+            f1 = "  ".join(f"{s} {v:.2f}" for s, v in r["f1"].items())
+            console.print(
+                f"  {method}: accuracy {r['accuracy']:.1%}  kappa {r['kappa']:.3f}  "
+                f"({r['epochs']} epochs, {r['seconds']:.1f} s)  F1 {f1}"
+            )
+    for method, m in summary["mean"].items():
+        console.print(
+            f"mean {method}: accuracy {m['accuracy']:.1%}  kappa {m['kappa']:.3f} "
+            f"over {m['nights']} night(s)"
+        )
+
+
 def twin_summary(twin: dict) -> None:
     demo = twin["demographics"]
     console.print(

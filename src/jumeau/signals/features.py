@@ -292,3 +292,81 @@ def eeg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             counts.accepted += 1
             counts.events += len(rows)
         return writer.commit()
+
+
+SLEEP_MIN_S = 30 * 60
+
+
+def sleep_features(
+    store: Store, method: str | None = None, progress: Callable[[str], None] | None = None
+) -> IngestReport:
+    """Stage every EEG record of at least 30 minutes: one ``JUMEAU/SLEEP/stage`` event per 30-s
+    epoch and the night's summary (total sleep time, efficiency, onset latency, WASO, stage
+    shares) as ``measurement`` events over the record; ``method`` defaults to YASA when
+    installed, else jumeau's spectral stager (the method is kept as the summary's text)."""
+    from jumeau.signals import sleep
+
+    method = method or ("yasa" if sleep.yasa_available() else "spectral")
+    with BatchWriter(store, "features", f"sleep/{method}") as writer:
+        p = store.pseudonymiser
+        counts = writer.report.table("derived/sleep")
+        for record in store.signal_records():
+            units = [c["unit"].strip().lower() for c in record.meta["channels"]]
+            picked = sleep.pick_channels(record.channels)
+            eeg = picked["eeg"]
+            if (
+                eeg is None
+                or units[eeg] not in EEG_UNITS
+                or record.samples < SLEEP_MIN_S * record.fs
+            ):
+                continue
+            if progress:
+                progress(record.id)
+            counts.read += 1
+            signals = {
+                role: sleep.to_microvolts(record.physical(i)[1], units[i])
+                for role, i in picked.items()
+                if i is not None
+            }
+            stages = sleep.stage(
+                method, signals["eeg"], record.fs, signals.get("eog"), signals.get("emg")
+            )
+            source = f"derived/sleep/{method}"
+            rows = []
+            for k, stage in enumerate(stages):
+                start = record.start + timedelta(seconds=k * sleep.EPOCH_S)
+                rows.append(
+                    event(
+                        record.subject_id,
+                        epoch_us(start),
+                        "JUMEAU/SLEEP/stage",
+                        None,
+                        stage,
+                        epoch_us(start + timedelta(seconds=sleep.EPOCH_S)),
+                        "observation",
+                        source,
+                        p.record_key(source, f"{record.id}#{k}"),
+                    )
+                )
+            for name, value in sleep.night_summary(stages).items():
+                if not np.isfinite(value):
+                    continue
+                measure, _, unit = name.rpartition("_")
+                rows.append(
+                    event(
+                        record.subject_id,
+                        epoch_us(record.start),
+                        f"JUMEAU/SLEEP/{measure}",
+                        float(value),
+                        method,
+                        epoch_us(record.end),
+                        "measurement",
+                        source,
+                        p.record_key(source, f"{record.id}#{name}"),
+                        {"min": "min", "pct": "%"}[unit],
+                    )
+                )
+            writer.add_events(event_table(rows))
+            counts.accepted += 1
+            counts.events += len(rows)
+        return writer.commit()
