@@ -116,8 +116,9 @@ def test_evaluate_sleep_cli(night):
     summary = json.loads(out.stdout)
     assert summary["mean"]["spectral"]["nights"] == 1
     assert summary["nights"][0]["methods"]["spectral"]["kappa"] > 0.8
-    bad = run_cli("evaluate", "sleep", str(night), str(night), check=False)
-    assert bad.returncode == 2 and "no sleep-stage annotations" in bad.stdout
+    bad = run_cli("evaluate", "sleep", str(night), str(night), "--format", "json", check=False)
+    assert bad.returncode == 2
+    assert "no sleep-stage annotations" in json.loads(bad.stdout)["nights"][0]["error"]
 
 
 def test_staged_nights_join_the_timeline(new_store, night):

@@ -1,11 +1,12 @@
-"""ECG R-peak detection and its evaluation against reference beat annotations.
+"""ECG R-peak detection, its evaluation against reference beat annotations, and delineation.
 
 The detector follows Pan & Tompkins (IEEE TBME 1985): band-pass 5-15 Hz, derivative, squaring,
 150 ms moving-window integration, then adaptive signal/noise thresholds with a 200 ms refractory
 period and search-back for missed beats; each detection is placed on the largest deflection of
 the band-passed ECG just before the integrator's peak. Evaluation matches detections to the
 reference beats one-to-one within 150 ms (the ANSI/AAMI EC57 window) and reports sensitivity,
-positive predictivity and F1.
+positive predictivity and F1. :func:`delineate` finds the P, QRS and T fiducial points of the
+median beat of all leads and gives PR, QRS, QT and QTc as an electrocardiograph reports them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from scipy.signal import butter, find_peaks, sosfiltfilt
 #: WFDB annotation symbols that mark a beat (MIT-BIH conventions).
 BEAT_SYMBOLS = frozenset("NLRBAaJSVrFejnE/fQ?")
 TOLERANCE_S = 0.150
+#: Beats needed for a median beat (a standard 10-s 12-lead ECG at 50/min has 8 whole beats).
+MIN_BEATS = 8
 
 
 def detect_r_peaks(ecg: np.ndarray, fs: float) -> np.ndarray:
@@ -169,57 +172,116 @@ def evaluate_record(path: str, channel: int = 0, detector=detect_r_peaks) -> dic
     }
 
 
-def qt_interval(ecg: np.ndarray, fs: float, peaks: np.ndarray) -> dict[str, float] | None:
-    """QT from the median beat: QRS onset by the derivative falling silent before R, T end by the
-    tangent method (the steepest T-wave downslope extended to the isoelectric level).
+def delineate(leads: np.ndarray, fs: float, peaks: np.ndarray) -> dict[str, float] | None:
+    """Global P, QRS and T fiducial points of the median beat of one or more leads, and the
+    intervals a 12-lead report gives (PR, QRS, QT, QTc), in ms.
 
-    Returns QT and RR in ms and QTc by Bazett and Fridericia, or None when the median beat has no
-    clear T wave (QT outside 250-650 ms).
+    The median beat of each lead (0.5-40 Hz, aligned on the R peaks) is read as a whole, as an
+    interpreting electrocardiograph does: QRS onset and offset are where the spatial velocity
+    (the norm of all leads' slopes) falls below 5% of its QRS maximum; the P wave is the largest
+    spatial deflection 30-300 ms before the QRS, its onset where the 15-Hz spatial velocity
+    falls below 20% of its upstroke maximum and its offset where the deflection falls below 20%
+    of its peak; T end is the median, over the leads with a clear T wave (5x the noise of the
+    median beat) peaking with the clearest one, of the tangent method (the steepest T downslope
+    extended to the isoelectric level of the QRS onset). Times are relative to the R peak. Returns None when
+    there are too few beats or no clear QRS; PR is left out when no P wave stands out.
     """
-    if len(peaks) < 8:
+    leads = np.atleast_2d(np.asarray(leads, dtype=float))
+    if len(peaks) < MIN_BEATS:
         return None
-    sos = butter(2, [0.5, 40.0], btype="bandpass", fs=fs, output="sos")
-    clean = sosfiltfilt(sos, np.asarray(ecg, dtype=float))
-    before, after = int(0.25 * fs), int(0.65 * fs)
-    beats = [
-        clean[p - before : p + after] for p in peaks if p - before >= 0 and p + after <= len(clean)
-    ]
-    if len(beats) < 8:
+    rr = float(np.median(np.diff(peaks))) / fs
+    before, after = int(min(0.4, 0.5 * rr) * fs), int(min(0.7, max(0.5, 0.9 * rr)) * fs)
+    usable = [p for p in peaks if p - before >= 0 and p + after <= leads.shape[1]]
+    if len(usable) < MIN_BEATS:
         return None
-    template = np.median(np.vstack(beats), axis=0)
+    clean = sosfiltfilt(butter(2, [0.5, 40.0], btype="bandpass", fs=fs, output="sos"), leads)
+    beats = np.stack([clean[:, p - before : p + after] for p in usable])
+    template = np.median(beats, axis=0)
+    # noise of a median of n beats: 1.253 sigma / sqrt(n), sigma the beat-to-beat spread
+    noise = 1.253 * np.median(beats.std(axis=0), axis=1) / np.sqrt(len(usable))
     r = before
-    polarity = 1.0 if template[r] >= 0 else -1.0
-    template = polarity * template
-    slope = np.gradient(template) * fs
-    window = slope[r - int(0.12 * fs) : r + 1]
-    quiet = 0.12 * np.abs(window).max()
-    onset = r
-    for k in range(r, r - int(0.12 * fs), -1):
-        if abs(slope[k]) < quiet:
-            onset = k
-            break
-    baseline = float(np.median(template[max(0, onset - int(0.06 * fs)) : onset - int(0.02 * fs)]))
-    lo, hi = r + int(0.15 * fs), r + int(0.50 * fs)
-    deviation = template[lo:hi] - baseline
-    t_peak = lo + int(np.argmax(np.abs(deviation)))
-    sign = np.sign(template[t_peak] - baseline) or 1.0
-    tail = slope[t_peak : min(len(slope), t_peak + int(0.15 * fs))]
-    if len(tail) < 3:
+    velocity = np.sqrt((np.gradient(template, axis=1) ** 2).sum(axis=0)) * fs
+    reach, near = int(0.15 * fs), int(0.1 * fs)
+    upstroke = max(r - near, 0) + int(np.argmax(velocity[max(r - near, 0) : r + 1]))
+    downstroke = r + int(np.argmax(velocity[r : r + near]))
+    quiet = 0.05 * max(velocity[upstroke], velocity[downstroke])
+    onset = _walk_while(velocity, upstroke, -1, max(r - reach, 0), lambda v: v > quiet)
+    offset = _walk_while(
+        velocity, downstroke, 1, min(r + reach, len(velocity) - 1), lambda v: v > quiet
+    )
+    if onset <= 0 or offset - onset < 0.03 * fs:
         return None
-    steep = t_peak + int(np.argmax(-sign * tail))
-    if slope[steep] == 0:
+    t_end = _t_end(template, noise, fs, onset, r)
+    out = {"qrs_onset": onset, "qrs_offset": offset}
+    p_wave = _p_wave(template, fs, onset)
+    if p_wave is not None:
+        out["p_onset"], out["p_offset"] = p_wave
+    if t_end is not None:
+        out["t_end"] = t_end
+    result = {name: (value - r) / fs * 1000 for name, value in out.items()}
+    result["qrs"] = (offset - onset) / fs * 1000
+    result["rr"] = rr * 1000
+    if p_wave is not None:
+        result["pr"] = (onset - p_wave[0]) / fs * 1000
+    if t_end is not None:
+        qt = (t_end - onset) / fs * 1000
+        if 250 <= qt <= 650:
+            result.update(qt=qt, qtc_bazett=qt / np.sqrt(rr), qtc_fridericia=qt / np.cbrt(rr))
+    return result
+
+
+def _walk_while(values: np.ndarray, start: int, step: int, stop: int, keep) -> int:
+    """The first index from ``start`` towards ``stop`` where ``keep`` fails."""
+    k = start
+    while k != stop and keep(values[k]):
+        k += step
+    return k
+
+
+def _t_end(template: np.ndarray, noise: np.ndarray, fs: float, onset: int, r: int) -> float | None:
+    """T end (sample index): the median tangent-method end over the leads with a clear T wave
+    (5x the template's noise) whose T peaks within 40 ms of the clearest lead's."""
+    lo, hi = r + int(0.15 * fs), min(r + int(0.5 * fs), template.shape[1] - 2)
+    if hi - lo < 3:
         return None
-    t_end = steep + (baseline - template[steep]) / slope[steep] * fs
-    qt_ms = (t_end - onset) / fs * 1000
-    rr_ms = float(np.median(np.diff(peaks))) / fs * 1000
-    if not 250 <= qt_ms <= 650:
+    found = []
+    for lead, lead_noise in zip(template, noise, strict=True):
+        baseline = lead[onset]
+        deviation = lead[lo:hi] - baseline
+        peak = lo + int(np.argmax(np.abs(deviation)))
+        clarity = abs(lead[peak] - baseline) / (lead_noise or 1e-9)
+        if clarity < 5:
+            continue
+        sign = np.sign(lead[peak] - baseline) or 1.0
+        slope = np.gradient(lead) * fs
+        tail = slope[peak : min(len(slope), peak + int(0.15 * fs))]
+        steep = peak + int(np.argmax(-sign * tail))
+        if slope[steep] != 0:
+            found.append((clarity, peak, steep + (baseline - lead[steep]) / slope[steep] * fs))
+    if not found:
         return None
-    noise = float(np.std(template[: max(2, onset - int(0.06 * fs))]))
-    return {
-        "qt": qt_ms,
-        "rr": rr_ms,
-        "qtc_bazett": qt_ms / np.sqrt(rr_ms / 1000),
-        "qtc_fridericia": qt_ms / np.cbrt(rr_ms / 1000),
-        "t_amplitude": abs(float(template[t_peak]) - baseline),
-        "t_to_noise": abs(float(template[t_peak]) - baseline) / (noise or 1e-9),
-    }
+    _, reference_peak, _ = max(found)
+    ends = [end for _, peak, end in found if abs(peak - reference_peak) <= 0.04 * fs]
+    return float(np.median(ends))
+
+
+def _p_wave(template: np.ndarray, fs: float, onset: int) -> tuple[int, int] | None:
+    """P onset and offset (sample indices) before the QRS, or None without a clear P wave."""
+    lo, hi = onset - int(0.30 * fs), onset - int(0.03 * fs)
+    if lo < 2:
+        return None
+    smooth = sosfiltfilt(butter(2, 15.0, btype="low", fs=fs, output="sos"), template, axis=1)
+    magnitude = np.sqrt(((smooth - smooth[:, [onset]]) ** 2).sum(axis=0))
+    qrs_size = np.sqrt(((template - template[:, [onset]]) ** 2).sum(axis=0)).max()
+    peak = lo + int(np.argmax(magnitude[lo:hi]))
+    if magnitude[peak] < 0.03 * qrs_size:
+        return None
+    velocity = np.sqrt((np.gradient(smooth, axis=1) ** 2).sum(axis=0)) * fs
+    span = int(0.08 * fs)
+    rise = max(peak - span, 1) + int(np.argmax(velocity[max(peak - span, 1) : peak + 1]))
+    top = velocity[rise]
+    start = _walk_while(velocity, rise, -1, 0, lambda v: v > 0.2 * top)
+    end = _walk_while(magnitude, peak, 1, onset, lambda m: m > 0.2 * magnitude[peak])
+    if not 0.08 * fs <= onset - start <= 0.4 * fs:
+        return None
+    return start, end

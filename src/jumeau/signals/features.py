@@ -3,8 +3,10 @@
 For every ECG record in the store, R peaks are detected on its first ECG lead and summarised per
 5-minute window, per record and per day: heart rate, HRV in the time domain (SDNN, RMSSD, pNN50)
 and the frequency domain (LF, HF power and LF/HF from the RR series resampled at 4 Hz), and rhythm
-flags (bradycardia, tachycardia, irregular rhythm). They are written as ``measurement`` events,
-heart rate under LOINC 8867-4 so that the twin tracks it like any measured heart rate.
+flags (bradycardia, tachycardia, irregular rhythm), and the intervals of the median beat of all
+ECG leads (PR, QRS, QT, QTc; :func:`jumeau.signals.ecg.delineate`). They are written as
+``measurement`` events under their LOINC codes where one exists (heart rate 8867-4, PR 8625-6,
+QRS 8633-2, QT 8634-8, QTc 8636-3), so that the twin tracks them like measured values.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from scipy.interpolate import interp1d
 from scipy.signal import welch
 
 from jumeau.ingest.events import epoch_us, event, event_table
-from jumeau.signals.ecg import detect_r_peaks, qt_interval
+from jumeau.signals.ecg import delineate, detect_r_peaks
 from jumeau.store import BatchWriter, IngestReport, Store
 
 WINDOW_S = 300
@@ -91,11 +93,12 @@ FEATURE_CODES = {
     "lf": ("JUMEAU/ECG/LF", "ms2"),
     "hf": ("JUMEAU/ECG/HF", "ms2"),
     "lf_hf": ("JUMEAU/ECG/LF_HF", "1"),
+    "pr": ("LOINC/8625-6", "ms"),
+    "qrs": ("LOINC/8633-2", "ms"),
     "qt": ("LOINC/8634-8", "ms"),
     "qtc_bazett": ("LOINC/8636-3", "ms"),
     "qtc_fridericia": ("JUMEAU/ECG/QTcF", "ms"),
 }
-MIN_T_TO_NOISE = 5.0
 
 
 def is_ecg_lead(name: str) -> bool:
@@ -104,20 +107,16 @@ def is_ecg_lead(name: str) -> bool:
     return up in ECG_NAMES or up.startswith("LEAD") or "ECG" in up
 
 
-def qt_features(record, leads: list[str], peaks: np.ndarray, lo: int, hi: int) -> dict[str, float]:
-    """Median QT/QTc over the leads whose median beat has a clear T wave, in samples [lo, hi)."""
+def interval_features(
+    record, leads: list[str], peaks: np.ndarray, lo: int, hi: int
+) -> dict[str, float]:
+    """PR, QRS, QT and QTc of the median beat of all ECG leads in samples [lo, hi)."""
     chosen = peaks[(peaks >= lo) & (peaks < hi)] - lo
-    found = []
-    for lead in leads:
-        segment = record.physical(lead)[1][lo:hi]
-        q = qt_interval(segment, record.fs, chosen)
-        if q is not None and q["t_to_noise"] >= MIN_T_TO_NOISE:
-            found.append(q)
+    signals = np.vstack([record.physical(lead)[1][lo:hi] for lead in leads])
+    found = delineate(signals, record.fs, chosen)
     if not found:
         return {}
-    return {
-        k: float(np.median([q[k] for q in found])) for k in ("qt", "qtc_bazett", "qtc_fridericia")
-    }
+    return {k: found[k] for k in ("pr", "qrs", "qt", "qtc_bazett", "qtc_fridericia") if k in found}
 
 
 def _feature_rows(
@@ -170,7 +169,7 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                 end = min(record.end, start + timedelta(seconds=WINDOW_S))
                 values = hrv(rr[sel])
                 values.update(
-                    qt_features(
+                    interval_features(
                         record, leads, peaks, int(lo * record.fs), int((lo + WINDOW_S) * record.fs)
                     )
                 )
@@ -178,7 +177,7 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             valid = (rr > 250) & (rr < 2500)
             clean = rr[valid]
             values = hrv(clean)
-            values.update(qt_features(record, leads, peaks, 0, record.samples))
+            values.update(interval_features(record, leads, peaks, 0, record.samples))
             rows += _feature_rows(
                 p, record, lead, values, record.start, record.end, "record", "record"
             )
