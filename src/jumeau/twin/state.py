@@ -38,6 +38,8 @@ class AgeCurve:
     """A population curve over age in years, linear between :data:`AGE_KNOTS`."""
 
     values: tuple[float, ...]
+    #: effective number of parameters (each knot counts by how little it was shrunk)
+    effective_parameters: float = 0.0
 
     def at(self, age: np.ndarray | float) -> np.ndarray:
         return np.interp(age, AGE_KNOTS, self.values)
@@ -356,9 +358,10 @@ def fit_noise(
 
 
 def _information(noise: NoiseModel, batch: _Batch) -> float:
-    """Akaike's criterion (as a log-likelihood): a velocity curve must earn its parameters."""
+    """Akaike's criterion (as a log-likelihood): a velocity curve must earn its (effective)
+    parameters."""
     curve = noise.velocity_by_age
-    parameters = 4 + (sum(v != 0 for v in curve.values) if curve else 0)
+    parameters = 4 + (curve.effective_parameters if curve else 0.0)
     return one_step_log_likelihood(noise, batch) - parameters
 
 
@@ -467,7 +470,7 @@ def _velocity_by_age(series) -> AgeCurve | None:
     rate = np.concatenate(rates)
     weights = _triangle_weights(np.concatenate(mids)) * np.concatenate(spans)[:, None]
     order = np.argsort(rate)
-    velocity = []
+    velocity, kept = [], 0.0
     for w in weights[order].T:
         years = w.sum()
         if years <= 0:
@@ -475,4 +478,5 @@ def _velocity_by_age(series) -> AgeCurve | None:
             continue
         median = rate[order][np.searchsorted(np.cumsum(w), years / 2)]
         velocity.append(float(median) * years / (years + _PSEUDO_YEARS))
-    return AgeCurve(tuple(velocity))
+        kept += years / (years + _PSEUDO_YEARS)
+    return AgeCurve(tuple(velocity), kept)
