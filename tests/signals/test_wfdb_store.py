@@ -133,6 +133,10 @@ def test_ecg_features_bridge_to_the_timeline_and_the_twin(ecg_store):
         350 < qtc["numeric_value"][0] < 430
     )  # a normal adult QTc (record 100: sinus rhythm, ~75/min)
     assert 350 < twin.variables["qtc"].last_value < 430
+    record_intervals = derived.filter(pl.col("text_value").str.starts_with("record"))
+    pr = record_intervals.filter(pl.col("code") == "LOINC/8625-6")["numeric_value"]
+    qrs = record_intervals.filter(pl.col("code") == "LOINC/8633-2")["numeric_value"]
+    assert 120 <= pr[0] <= 220 and 60 <= qrs[0] <= 110  # normal conduction in record 100
     features = twin.to_dict()["signal_features"]
     last_window = windows.sort("time")["numeric_value"][-1]
     assert features["ecg_hr"]["value"] == pytest.approx(last_window)  # the most recent value
