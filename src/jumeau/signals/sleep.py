@@ -18,23 +18,18 @@ scored ``?`` or ``Movement time`` are left out of the agreement.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import welch
 
+from jumeau.signals.features import BANDS, EPOCH_S
+
 STAGES = ("W", "N1", "N2", "N3", "R")
-EPOCH_S = 30.0
 METHODS = ("spectral", "yasa")
-_BANDS = {
-    "slow": (0.5, 2.0),
-    "delta": (0.5, 4.0),
-    "theta": (4.0, 8.0),
-    "alpha": (8.0, 12.0),
-    "sigma": (12.0, 15.0),
-    "beta": (15.0, 30.0),
-}
+_BANDS = {"slow": (0.5, 2.0), **BANDS}
 _LABEL = re.compile(r"^(?:sleep\s*stage\s*|stage\s*)?(w|wake|n?1|n?2|n?3|n?4|r|rem)$")
 #: EEG channels in order of preference for staging (central, then frontal, then parietal).
 _EEG_PREFERENCE = (
@@ -86,8 +81,9 @@ def hypnogram_epochs(
     return out
 
 
-def read_hypnogram(path: str | Path) -> tuple:
-    """Start time and scored intervals (onsets, durations, labels) of an EDF+ hypnogram."""
+@contextmanager
+def _edf(path: str | Path):
+    """An open pyedflib reader, closed after use; unreadable files name themselves."""
     import pyedflib
 
     try:
@@ -95,10 +91,16 @@ def read_hypnogram(path: str | Path) -> tuple:
     except OSError as exc:
         raise ValueError(f"{path}: not a readable EDF/EDF+ file ({exc})") from exc
     try:
-        onsets, durations, labels = reader.readAnnotations()
-        start = reader.getStartdatetime()
+        yield reader
     finally:
         reader.close()
+
+
+def read_hypnogram(path: str | Path) -> tuple:
+    """Start time and scored intervals (onsets, durations, labels) of an EDF+ hypnogram."""
+    with _edf(path) as reader:
+        onsets, durations, labels = reader.readAnnotations()
+        start = reader.getStartdatetime()
     labels = [str(x) for x in labels]
     if not any(stage_label(x) for x in labels):
         raise ValueError(f"{path}: no sleep-stage annotations (e.g. 'Sleep stage W') found")
@@ -350,13 +352,7 @@ def to_microvolts(signal: np.ndarray, unit: str) -> np.ndarray:
 
 def read_psg(path: str | Path) -> dict:
     """The staging channels of a polysomnography EDF: EEG, EOG and EMG in µV, with their rates."""
-    import pyedflib
-
-    try:
-        reader = pyedflib.EdfReader(str(path))
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable EDF/EDF+ file ({exc})") from exc
-    try:
+    with _edf(path) as reader:
         names = reader.getSignalLabels()
         picked = pick_channels(names)
         if picked["eeg"] is None:
@@ -369,8 +365,6 @@ def read_psg(path: str | Path) -> dict:
             signal = to_microvolts(reader.readSignal(index), reader.getPhysicalDimension(index))
             out["channels"][role] = {"name": names[index], "fs": fs, "signal": signal}
         return out
-    finally:
-        reader.close()
 
 
 def evaluate_night(
