@@ -126,6 +126,8 @@ def test_staged_nights_join_the_timeline(new_store, night):
     ingest_edf(new_store, HYPNOGRAM, subject="p1")
     report = sleep_features(new_store, method="spectral")
     assert report.tables["derived/sleep"].accepted == 1
+    (line,) = [w for w in report.warnings if "vs the scored hypnogram" in w]
+    assert "over 854 epochs" in line
     subject = new_store.lookup("edf", "p1")
     events = jumeau.open(new_store.root).timeline(subject)
     staged = events.filter(pl.col("code") == "JUMEAU/SLEEP/stage")
@@ -133,5 +135,8 @@ def test_staged_nights_join_the_timeline(new_store, night):
     assert set(staged["text_value"]) <= {"W", "N1", "N2", "N3", "R"}
     scored = events.filter(pl.col("code").str.starts_with("EDF/Sleep stage"))
     assert len(scored) > 0  # the hypnogram sits beside the staging on the same timeline
+    kappa = events.filter(pl.col("code") == "JUMEAU/SLEEP/agreement_kappa")["numeric_value"]
+    direct = evaluate_night(night, HYPNOGRAM, ("spectral",), trim_wake_min=None)
+    assert kappa[0] == pytest.approx(direct["methods"]["spectral"]["kappa"])
     tst = events.filter(pl.col("code") == "JUMEAU/SLEEP/total_sleep_time")
     assert tst["unit"].to_list() == ["min"] and 300 < tst["numeric_value"][0] < 400

@@ -301,8 +301,10 @@ def sleep_features(
 ) -> IngestReport:
     """Stage every EEG record of at least 30 minutes: one ``JUMEAU/SLEEP/stage`` event per 30-s
     epoch and the night's summary (total sleep time, efficiency, onset latency, WASO, stage
-    shares) as ``measurement`` events over the record; ``method`` defaults to YASA when
-    installed, else jumeau's spectral stager (the method is kept as the summary's text)."""
+    shares) as ``measurement`` events over the record; where the subject's timeline holds a
+    scored hypnogram over the record (EDF+ ``Sleep stage`` annotations), the staging's accuracy
+    and Cohen's kappa against it too (events, and a line of the report). ``method`` defaults to
+    YASA when installed, else jumeau's spectral stager (the method is kept as the text)."""
     from jumeau.signals import sleep
 
     method = method or ("yasa" if sleep.yasa_available() else "spectral")
@@ -347,6 +349,29 @@ def sleep_features(
                         p.record_key(source, f"{record.id}#{k}"),
                     )
                 )
+            reference = _scored_hypnogram(store, record, len(stages))
+            if reference is not None:
+                scored = sleep.agreement(reference, stages)
+                writer.report.warnings.append(
+                    f"{record.id}: {method} staging vs the scored hypnogram over "
+                    f"{scored['epochs']} epochs: accuracy {scored['accuracy']:.1%}, "
+                    f"kappa {scored['kappa']:.3f}"
+                )
+                for measure in ("accuracy", "kappa"):
+                    rows.append(
+                        event(
+                            record.subject_id,
+                            epoch_us(record.start),
+                            f"JUMEAU/SLEEP/agreement_{measure}",
+                            scored[measure],
+                            method,
+                            epoch_us(record.end),
+                            "observation",
+                            source,
+                            p.record_key(source, f"{record.id}#agreement_{measure}"),
+                            "1",
+                        )
+                    )
             for name, value in sleep.night_summary(stages).items():
                 if not np.isfinite(value):
                     continue
@@ -369,3 +394,26 @@ def sleep_features(
             counts.accepted += 1
             counts.events += len(rows)
         return writer.commit()
+
+
+def _scored_hypnogram(store: Store, record, n_epochs: int) -> np.ndarray | None:
+    """The subject's scored stages over ``record``, one per epoch, or None if there are none."""
+    import polars as pl
+
+    from jumeau.signals import sleep
+
+    scored = (
+        store.timeline(record.subject_id, start=record.start, end=record.end)
+        .filter(pl.col("code").str.starts_with("EDF/") & pl.col("end_time").is_not_null())
+        .with_columns(label=pl.col("code").str.strip_prefix("EDF/"))
+    )
+    scored = scored.filter(
+        pl.col("label").map_elements(lambda x: sleep.stage_label(x) is not None, pl.Boolean)
+    )
+    if scored.is_empty():
+        return None
+    onsets = [(t - record.start).total_seconds() for t in scored["time"]]
+    durations = [
+        (e - t).total_seconds() for t, e in zip(scored["time"], scored["end_time"], strict=True)
+    ]
+    return sleep.hypnogram_epochs(onsets, durations, scored["label"].to_list(), n_epochs)
