@@ -111,9 +111,56 @@ def main() -> None:
     results["edf"]["ingest_vs_read"] = (
         results["edf"]["ingest_seconds"] / results["edf"]["pyedflib_read_seconds"]
     )
+    results["delineation"] = _delineation()
+    results["sleep"] = _sleep(work)
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "signal_results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+def _delineation() -> dict:
+    """Intervals of the 12-lead DICOM ECG against the electrocardiograph's own measurements."""
+    import pydicom
+
+    from jumeau.signals.ecg import delineate, detect_r_peaks
+
+    ds = pydicom.dcmread(DATA / "dicom" / "waveform_ecg.dcm")
+    device = {
+        a.ConceptNameCodeSequence[0].CodeMeaning: float(a.NumericValue)
+        for a in ds.WaveformAnnotationSequence
+        if "NumericValue" in a and "ConceptNameCodeSequence" in a
+    }
+    leads = ds.waveform_array(0).T / 1000
+    ours = delineate(leads, 1000, detect_r_peaks(leads[1], 1000))
+    names = {
+        "pr": "PR Interval",
+        "qrs": "QRS Duration",
+        "qt": "QT Interval",
+        "qtc_bazett": "QTc Interval",
+    }
+    return {k: {"jumeau_ms": ours[k], "device_ms": device[v]} for k, v in names.items()}
+
+
+def _sleep(work: Path) -> dict:
+    """Both stagers on a simulated night that follows the real test hypnogram."""
+    import sys
+
+    sys.path.insert(0, str(HERE.parent))
+    from tests.signals.night import simulate, write_psg
+
+    from jumeau.signals.sleep import evaluate_night, hypnogram_epochs, read_hypnogram
+
+    hypnogram = DATA / "edf" / "test_edfann.edf"
+    start, onsets, durations, labels = read_hypnogram(hypnogram)
+    psg = write_psg(
+        work / "night.edf", simulate(list(hypnogram_epochs(onsets, durations, labels))), start
+    )
+    result = evaluate_night(psg, hypnogram, ("spectral", "yasa"))
+    return {
+        m: {k: r[k] for k in ("epochs", "accuracy", "kappa", "seconds")}
+        for m, r in result["methods"].items()
+        if "accuracy" in r
+    }
 
 
 if __name__ == "__main__":
