@@ -513,11 +513,10 @@ class _OmopMapper:
                 f"{self.tables.files['person']}: the person table lacks person_id or year_of_birth"
             )
         c = lambda name: self._col(cols, name)  # noqa: E731
-        rel = self.tables.relations["person"]
         run(
             self.con,
             f"""CREATE OR REPLACE TEMP VIEW staged AS
-            WITH src AS (SELECT row_number() OVER () AS _row, * FROM {rel}),
+            WITH src AS (SELECT * FROM {self.tables.numbered("person")}),
             t AS (SELECT _row, CAST(person_id AS VARCHAR) AS rid,
                     TRY_CAST(person_id AS BIGINT) AS person_id,
                     TRY_CAST(year_of_birth AS INTEGER) AS y,
@@ -635,7 +634,7 @@ class _OmopMapper:
         run(
             self.con,
             f"""CREATE OR REPLACE TEMP VIEW staged AS
-            WITH src AS (SELECT row_number() OVER () AS _row, * FROM {rel}),
+            WITH src AS (SELECT * FROM {self.tables.numbered(table)}),
             t AS (SELECT src._row,
                     CAST(src."{id_col}" AS VARCHAR) AS id_raw,
                     shared_ids.id_raw IS NOT NULL AS _shared,

@@ -44,6 +44,15 @@ class OmopTables:
     label: str
     relations: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    #: Per table, a relation adding ``_row`` (1-based position in the source) without a window
+    #: over the whole table: Parquet row numbers and DuckDB row ids are free.
+    numbered_relations: dict[str, str] = field(default_factory=dict)
+
+    def numbered(self, table: str) -> str:
+        """The table with its source row number as ``_row``."""
+        return self.numbered_relations.get(
+            table, f"(SELECT row_number() OVER () AS _row, * FROM {self.relations[table]})"
+        )
 
     def column_types(self, table: str) -> dict[str, str]:
         """The table's column names, lower-cased (CDM names are case-insensitive), and types."""
@@ -57,6 +66,19 @@ class OmopTables:
 
 def _sql_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _numbered_parquet(files: list[Path]) -> str:
+    """Parquet files read in order with their global row number, from each file's own row
+    numbers and the row counts in the footers."""
+    parts, offset = [], 0
+    for f in files:
+        parts.append(
+            f"SELECT file_row_number + {offset + 1} AS _row, * EXCLUDE (file_row_number) "
+            f"FROM read_parquet({_sql_str(str(f))}, file_row_number=true)"
+        )
+        offset += pq.read_metadata(f).num_rows
+    return "(" + " UNION ALL BY NAME ".join(parts) + ")"
 
 
 def _folder_relation(path: Path) -> str | None:
@@ -107,6 +129,9 @@ def from_folder(folder: Path, con: duckdb.DuckDBPyConnection) -> OmopTables:
         if relation:
             tables.relations[table] = relation
             tables.files[table] = str(child)
+            parquet = sorted(child.glob("*.parquet")) if child.is_dir() else [child]
+            if relation.startswith("read_parquet(") and parquet:
+                tables.numbered_relations[table] = _numbered_parquet(parquet)
     return tables
 
 
@@ -131,6 +156,9 @@ def from_duckdb(
         if s == schema and t.lower() in CDM_TABLES:
             tables.relations[t.lower()] = f'omop_src."{s}"."{t}"'
             tables.files[t.lower()] = f"{path}:{s}.{t}"
+            tables.numbered_relations[t.lower()] = (
+                f'(SELECT rowid + 1 AS _row, * FROM omop_src."{s}"."{t}")'
+            )
     return tables
 
 
@@ -169,6 +197,7 @@ def from_postgres(
                         writer.write_batch(batch)
                 tables.relations[name.lower()] = f"read_parquet({_sql_str(str(out))})"
                 tables.files[name.lower()] = f"{_redact(url)} {schema}.{name}"
+                tables.numbered_relations[name.lower()] = _numbered_parquet([out])
             cur.execute("COMMIT")
     finally:
         conn.close()
