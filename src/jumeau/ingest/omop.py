@@ -607,7 +607,7 @@ class _OmopMapper:
         id_col = spec.id or "person_id"
         run(
             self.con,
-            f"""CREATE OR REPLACE TEMP TABLE shared_ids AS SELECT CAST("{id_col}" AS VARCHAR) AS id_raw
+            f"""CREATE OR REPLACE TEMP TABLE shared_ids AS SELECT "{id_col}" AS id_raw
             FROM {rel} GROUP BY 1 HAVING count(*) > 1""",
         )
         time_checks = " ".join(
@@ -660,7 +660,7 @@ class _OmopMapper:
                          {x.bad_integer(spec.concept)}
                          {x.bad_number(spec.number)}
                     END AS input_problem
-                  FROM src LEFT JOIN shared_ids ON shared_ids.id_raw = CAST(src."{id_col}" AS VARCHAR))
+                  FROM src LEFT JOIN shared_ids ON shared_ids.id_raw = src."{id_col}")
             SELECT t.*, m.subject_id, m.shift_us,
               COALESCE(t.input_problem,
                        CASE WHEN m.subject_id IS NULL THEN 'person_id not found in the person table' END
