@@ -266,14 +266,16 @@ class Store:
             ("events", layout.EVENTS_PARQUET, EVENT_SCHEMA),
             ("rejects", layout.REJECTS_PARQUET, REJECT_SCHEMA),
         ):
-            files = [str(p) for p in self.batch_files(filename)]
+            files = self.batch_files(filename)
             if files:
-                run(
-                    con,
-                    f"CREATE VIEW {view} AS SELECT * EXCLUDE (filename), "
-                    "regexp_extract(filename, '([^/]+)/[^/]+$', 1) AS batch "
-                    f"FROM read_parquet({files!r}, union_by_name=true, filename=true)",
+                # one read per batch with its id as a constant: free, where a per-row file name
+                # would slow every scan
+                quoted = [str(f).replace("'", "''") for f in files]
+                parts = " UNION ALL BY NAME ".join(
+                    f"SELECT *, '{f.parent.name}' AS batch FROM read_parquet('{q}')"
+                    for f, q in zip(files, quoted, strict=True)
                 )
+                run(con, f"CREATE VIEW {view} AS {parts}")
             else:
                 con.register(f"_{view}_empty", schema.empty_table())
                 run(
