@@ -91,3 +91,10 @@ def test_step_functions_are_carried_forward():
     days, values, _ = series[0]
     prediction = LocalTrendFilter(model).predictive(days, values, float(days[-1] + 365))
     assert prediction.mean == pytest.approx(values[-1], abs=0.5)
+
+
+def test_a_large_population_is_fitted_on_a_bounded_sample():
+    rng = np.random.default_rng(5)
+    model = fit_noise(CATALOGUE["sbp"], _adults_around_their_own_level(rng, 6000))
+    assert model.n_subjects == 6000  # the priors see everyone
+    assert model.obs_sd == pytest.approx(10, rel=0.25)  # the noise, fitted on a sample, holds

@@ -26,6 +26,8 @@ AGE_KNOTS = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 30.0, 45.0, 60.0, 75.0, 
 _PSEUDO_YEARS = 3.0
 _PSEUDO_SUBJECTS = 3.0
 _CALIBRATION_HORIZON_DAYS = 366.0
+FIT_SERIES = 2000
+FIT_LENGTH = 100
 
 
 def z_score(level: float) -> float:
@@ -349,12 +351,22 @@ def fit_noise(
     )
     if sum(len(v) - 1 for _, v, _ in series) < 10:
         return base
-    batch = _Batch(series)
+    batch = _Batch(_fitting_sample(series))
     candidates = [_maximise_likelihood(base, default, batch)]
     if velocity is not None:
         candidates.append(_maximise_likelihood(replace(base, velocity_by_age=None), default, batch))
     best = max(candidates, key=lambda m: _information(m, batch))
     return _calibrated(best, batch)
+
+
+def _fitting_sample(series: list) -> list:
+    """At most :data:`FIT_SERIES` series (a fixed random draw) of at most :data:`FIT_LENGTH`
+    latest observations each: enough to fit four noise parameters, and a large warehouse's
+    population is fitted in seconds rather than hours."""
+    if len(series) > FIT_SERIES:
+        chosen = np.random.default_rng(0).choice(len(series), FIT_SERIES, replace=False)
+        series = [series[i] for i in np.sort(chosen)]
+    return [(d[-FIT_LENGTH:], v[-FIT_LENGTH:], b) for d, v, b in series]
 
 
 def _information(noise: NoiseModel, batch: _Batch) -> float:
