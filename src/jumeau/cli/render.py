@@ -119,7 +119,7 @@ def sleep_agreement(summary: dict) -> None:
     """Per night and stager: agreement with the hypnogram; then the means."""
     for night in summary["nights"]:
         if "error" in night:
-            console.print(f"{night['record']}: {night['error']}")
+            console.print(night["error"])  # the message names the file
             continue
         window = night["window"]
         console.print(

@@ -86,10 +86,13 @@ def _edf(path: str | Path):
     """An open pyedflib reader, closed after use; unreadable files name themselves."""
     import pyedflib
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     try:
         reader = pyedflib.EdfReader(str(path))
     except OSError as exc:
-        raise ValueError(f"{path}: not a readable EDF/EDF+ file ({exc})") from exc
+        detail = str(exc).replace(f"{path}: ", "")
+        raise ValueError(f"{path}: not a readable EDF/EDF+ file ({detail})") from exc
     try:
         yield reader
     finally:
