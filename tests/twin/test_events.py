@@ -26,3 +26,26 @@ def test_gi_bleeding_risk_discriminates_better_than_chance(eunomia_store):
     assert result["test"]["events"] >= 5
     assert result["c_index"] > 0.7
     assert result["brier"] <= result["brier_prevalence_baseline"] * 1.05
+
+
+def test_harrell_c_counts_only_comparable_pairs():
+    from jumeau.twin.events import harrell_c
+
+    time, event = [1, 2, 3, 4], [1, 1, 0, 0]
+    assert harrell_c(time, event, [0.9, 0.5, 0.1, 0.2]) == 1.0
+    assert harrell_c(time, event, [0.1, 0.2, 0.9, 0.8]) == 0.0
+    # subject 3 is censored at 3 before subject 4's end: the pair (3, 4) is never compared
+    assert harrell_c(time, event, [0.9, 0.5, 0.1, 0.05]) == 1.0
+
+
+def test_censored_follow_up_is_used_not_dropped(eunomia_store):
+    from jumeau.twin.events import EventModel
+
+    store, _ = eunomia_store
+    model = EventModel.fit(store, GI_BLEED, datetime(2018, 1, 1))
+    frame, _ = cohort(store, GI_BLEED, datetime(2018, 1, 1))
+    censored = frame.filter(~frame["label"] & (frame["followup_days"] < 365))
+    assert model.n_censored == censored.height > 0
+    assert model.n_train == frame.height  # censored subjects are in the training rows
+    risk = model.risk(frame)
+    assert ((risk > 0) & (risk < 1)).all()

@@ -1,11 +1,13 @@
 """One-year risk of a clinical event (e.g. GI bleeding in the Eunomia cohort) from the history.
 
-A discrete-time survival model: at an index date, every subject under observation (an
-observation period covering the index date and the year after, or the event within it) gives one
-row of features computed from events up to the index date only, and a label saying whether the
-outcome happened in the following window. A regularised logistic regression on those rows
-estimates the window's event probability; the back-test trains at an earlier index date and
-scores the later one with the C-index (AUC for a fixed horizon) and the Brier score.
+A discrete-time survival model (Singer & Willett): at an index date, every subject under
+observation gives features computed from events up to the index date only, and a follow-up that
+ends at the outcome, at the end of their observation (censored) or at the end of the window.
+The follow-up is cut into monthly intervals; a regularised logistic regression of the monthly
+hazard on the features and the month uses every subject for as long as they were followed,
+censored ones included, and the window's risk is ``1 - prod(1 - hazard)``. The back-test trains
+at an earlier index date and scores the later one with Harrell's C-index (censoring-aware) and the
+Brier score among subjects whose one-year status is known.
 """
 
 from __future__ import annotations
@@ -66,14 +68,15 @@ def cohort(
                    COALESCE(h.n_drugs_last_year, 0) AS n_drugs_last_year,
                    COALESCE(h.n_visits, 0) AS n_visits,
                    o.next_event IS NOT NULL AS label,
-                   o.next_event IS NOT NULL OR f.observed_until >= $end AS complete
+                   date_diff('day', $index, COALESCE(o.next_event, LEAST(f.observed_until, $end)))
+                       AS followup_days
             FROM periods p JOIN births b USING (subject_id)
             LEFT JOIN sexes s USING (subject_id) LEFT JOIN outcomes o USING (subject_id)
             LEFT JOIN follow f USING (subject_id) LEFT JOIN history h USING (subject_id)
             WHERE b.birth <= $index""",
             {**params, "o_p": OBSERVATION_PERIOD},
         )
-        base = base.filter(pl.col("complete")).drop("complete")
+        base = base.filter(pl.col("label") | (pl.col("followup_days") > 0))
         if vocabulary is None:
             vocabulary = [
                 r[0]
@@ -102,9 +105,12 @@ def cohort(
     return base, vocabulary
 
 
+MONTH_DAYS = 365.25 / 12
+
+
 @dataclass
 class EventModel:
-    """A fitted one-year event-risk model."""
+    """A fitted discrete-time (monthly) hazard model of an outcome."""
 
     outcome: list[str]
     window_days: int
@@ -112,11 +118,35 @@ class EventModel:
     model: object = field(repr=False)
     n_train: int = 0
     n_events: int = 0
+    n_censored: int = 0
 
     NUMERIC = ("age", "female", "prior_events", "n_conditions", "n_drugs_last_year", "n_visits")
 
+    @property
+    def months(self) -> int:
+        return max(1, round(self.window_days / MONTH_DAYS))
+
     def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
         return frame.select([*self.NUMERIC, *self.vocabulary]).to_numpy().astype(float)
+
+    def _person_months(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """One row per subject and month at risk (features + month one-hot), with the event
+        flag in the month it happened."""
+        x = self._matrix(frame)
+        followup = frame["followup_days"].to_numpy().astype(float)
+        event = frame["label"].to_numpy().astype(bool)
+        rows, labels = [], []
+        for month in range(self.months):
+            start = month * MONTH_DAYS
+            at_risk = (followup > start) | (event & (followup >= start) & (month == 0))
+            if not at_risk.any():
+                continue
+            happened = event & (followup <= start + MONTH_DAYS) & at_risk
+            onehot = np.zeros((int(at_risk.sum()), self.months))
+            onehot[:, month] = 1.0
+            rows.append(np.hstack([x[at_risk], onehot]))
+            labels.append(happened[at_risk].astype(int))
+        return np.vstack(rows), np.concatenate(labels)
 
     @classmethod
     def fit(
@@ -127,45 +157,79 @@ class EventModel:
         from sklearn.preprocessing import StandardScaler
 
         frame, vocabulary = cohort(store, outcome, index, window_days)
-        labels = frame["label"].to_numpy().astype(int)
-        if labels.sum() < 5 or labels.sum() == len(labels):
+        events = int(frame["label"].sum())
+        if events < 5 or events == frame.height:
             raise ValueError(
-                f"too few outcome events ({labels.sum()}) after {index.date()} to fit a model"
+                f"too few outcome events ({events}) after {index.date()} to fit a model"
             )
-        model = cls(outcome, window_days, vocabulary, None, len(labels), int(labels.sum()))
+        censored = int(((~frame["label"]) & (frame["followup_days"] < window_days)).sum())
+        model = cls(outcome, window_days, vocabulary, None, frame.height, events, censored)
+        x, y = model._person_months(frame)
         model.model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-        model.model.fit(model._matrix(frame), labels)
+        model.model.fit(x, y)
         return model
+
+    def risk(self, frame: pl.DataFrame) -> np.ndarray:
+        """Each row's probability of the outcome within the window."""
+        x = self._matrix(frame)
+        survival = np.ones(len(x))
+        for month in range(self.months):
+            onehot = np.zeros((len(x), self.months))
+            onehot[:, month] = 1.0
+            hazard = self.model.predict_proba(np.hstack([x, onehot]))[:, 1]
+            survival *= 1 - hazard
+        return 1 - survival
 
     def predict(self, store: Store, index: datetime) -> pl.DataFrame:
         """Each subject's probability of the outcome within the window after ``index``."""
         frame, _ = cohort(store, self.outcome, index, self.window_days, self.vocabulary)
-        risk = self.model.predict_proba(self._matrix(frame))[:, 1]
-        return frame.select("subject_id", "label").with_columns(pl.Series("risk", risk))
+        return frame.select("subject_id", "label", "followup_days").with_columns(
+            pl.Series("risk", self.risk(frame))
+        )
+
+
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | None:
+    """Harrell's concordance: among pairs where one subject's event comes before the other's
+    follow-up ends, the share where that subject has the higher risk (ties count half)."""
+    time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
+    concordant = comparable = 0.0
+    for i in np.flatnonzero(event > 0):
+        later = time > time[i]
+        comparable += later.sum()
+        concordant += (risk[i] > risk[later]).sum() + 0.5 * (risk[i] == risk[later]).sum()
+    return float(concordant / comparable) if comparable else None
 
 
 def evaluate_events(
     store: Store, outcome: list[str], cutoff: datetime, window_days: int = 365
 ) -> dict:
-    """Train on the window before ``cutoff``, score the window after it: C-index and Brier."""
-    from sklearn.metrics import brier_score_loss, roc_auc_score
+    """Train on the window before ``cutoff``, score the window after it: Harrell's C-index and the
+    Brier score (among subjects whose status at the window's end is known)."""
+    from sklearn.metrics import brier_score_loss
 
     model = EventModel.fit(store, outcome, cutoff - timedelta(days=window_days), window_days)
     scored = model.predict(store, cutoff)
-    labels = scored["label"].to_numpy().astype(int)
+    events = scored["label"].to_numpy().astype(int)
+    followup = scored["followup_days"].to_numpy().astype(float)
     risk = scored["risk"].to_numpy()
+    known = (events == 1) | (followup >= window_days)
     prevalence = float(model.n_events / model.n_train)
     return {
         "outcome": outcome,
         "cutoff": cutoff.isoformat(),
         "window_days": window_days,
-        "train": {"subjects": model.n_train, "events": model.n_events},
-        "test": {"subjects": len(labels), "events": int(labels.sum())},
-        "c_index": float(roc_auc_score(labels, risk)) if 0 < labels.sum() < len(labels) else None,
-        "brier": float(brier_score_loss(labels, risk)),
+        "model": "discrete-time (monthly) hazard, logistic, censored follow-up included",
+        "train": {
+            "subjects": model.n_train,
+            "events": model.n_events,
+            "censored": model.n_censored,
+        },
+        "test": {"subjects": len(events), "events": int(events.sum())},
+        "c_index": harrell_c(followup, events, risk),
+        "brier": float(brier_score_loss(events[known], risk[known])),
         "brier_prevalence_baseline": float(
-            brier_score_loss(labels, np.full(len(labels), prevalence))
+            brier_score_loss(events[known], np.full(int(known.sum()), prevalence))
         ),
         "mean_predicted": float(risk.mean()),
-        "observed_rate": float(labels.mean()) if len(labels) else None,
+        "observed_rate": float(events[known].mean()) if known.any() else None,
     }
