@@ -705,7 +705,8 @@ def demo(
         "demo-store"
     ),
 ) -> None:
-    """Build a store from the Eunomia OMOP database and bundled Synthea FHIR bundles, then show it."""
+    """Build a store from the Eunomia OMOP database, bundled Synthea FHIR bundles and an MIT-BIH
+    ECG, then show it: the store, one patient's timeline and twin."""
     from jumeau.demo import run_demo
 
     run_demo(store)

@@ -3,6 +3,8 @@
 from pathlib import Path
 
 SYNTHEA_DIR = Path(__file__).parent / "synthea"
+#: MIT-BIH Arrhythmia Database record 100 (path without extension).
+ECG_RECORD = Path(__file__).parent / "wfdb" / "100"
 
 
 def eunomia_path() -> Path:
