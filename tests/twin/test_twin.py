@@ -13,6 +13,8 @@ import pytest
 import jumeau
 from jumeau.model import EVENT_SCHEMA
 from jumeau.store import BatchWriter
+from jumeau.twin import PopulationModel
+from jumeau.twin.series import measurement_frame
 from jumeau.twin.variables import MG_DL_TO_MMOL_CHOLESTEROL, load_catalogue
 
 AS_OF = datetime(2015, 1, 1)
@@ -76,6 +78,11 @@ def test_known_at_reads_the_store_as_it_was(tmp_path, synthea_store):
     assert then.variables == {}
     assert now.variables
     assert then.events_used < now.events_used
+    known = first_commit.replace(tzinfo=None)
+    assert target.scan(known_at=known).collect().height == early.height
+    catalogue = PopulationModel().catalogue
+    assert measurement_frame(target, catalogue, AS_OF).height > 0
+    assert measurement_frame(target, catalogue, AS_OF, known_at=known).is_empty()  # came later
 
 
 def test_units_are_converted_and_implausible_values_flagged(tmp_path, synthea_store):

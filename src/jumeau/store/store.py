@@ -284,9 +284,13 @@ class Store:
                 )
         return con
 
-    def scan(self) -> pl.LazyFrame:
-        """Every event as a lazy Polars frame, for columnar queries."""
+    def scan(self, *, known_at: datetime | None = None) -> pl.LazyFrame:
+        """Every event as a lazy Polars frame, for columnar queries (with ``known_at``, only the
+        batches committed by then: the store as it was)."""
         files = [str(p) for p in self.batch_files(layout.EVENTS_PARQUET)]
+        if known_at is not None:
+            allowed = self.batches_known_at(known_at)
+            files = [f for f in files if Path(f).parent.name in allowed]
         if not files:
             return pl.LazyFrame(schema=pl.from_arrow(EVENT_SCHEMA.empty_table()).schema)
         return pl.scan_parquet(files)

@@ -16,12 +16,15 @@ if TYPE_CHECKING:
 
 
 def measurement_frame(
-    store: Store, catalogue: dict[str, Variable], cutoff: datetime | None = None
+    store: Store,
+    catalogue: dict[str, Variable],
+    cutoff: datetime | None = None,
+    known_at: datetime | None = None,
 ) -> pl.DataFrame:
     """All plausible, unit-converted observations: subject_id, variable, day, value (sorted)."""
     index = code_index(catalogue)
     frame = (
-        store.scan()
+        store.scan(known_at=known_at)
         .filter(
             pl.col("code").is_in(list(index))
             & pl.col("numeric_value").is_not_null()
@@ -62,10 +65,10 @@ def measurement_frame(
     )
 
 
-def birth_days(store: Store) -> dict[int, float]:
+def birth_days(store: Store, known_at: datetime | None = None) -> dict[int, float]:
     """subject_id -> day of birth (days since the epoch), for subjects whose birth is known."""
     births = (
-        store.scan()
+        store.scan(known_at=known_at)
         .filter(pl.col("code") == BIRTH_CODE)
         .group_by("subject_id")
         .agg(pl.col("time").min())
@@ -76,11 +79,14 @@ def birth_days(store: Store) -> dict[int, float]:
 
 
 def variable_series(
-    store: Store, catalogue: dict[str, Variable], cutoff: datetime | None = None
+    store: Store,
+    catalogue: dict[str, Variable],
+    cutoff: datetime | None = None,
+    known_at: datetime | None = None,
 ) -> dict[str, list[tuple[np.ndarray, np.ndarray, float | None]]]:
     """variable -> [(days, values, birth day or None) per subject]."""
-    frame = measurement_frame(store, catalogue, cutoff)
-    births = birth_days(store)
+    frame = measurement_frame(store, catalogue, cutoff, known_at)
+    births = birth_days(store, known_at)
     out: dict[str, list] = {}
     for (variable, subject), group in frame.group_by(
         ["variable", "subject_id"], maintain_order=True

@@ -96,13 +96,16 @@ class PopulationModel:
         store: Store,
         cutoff: datetime | None = None,
         catalogue: dict[str, Variable] | None = None,
+        *,
+        known_at: datetime | None = None,
     ) -> PopulationModel:
-        """Learn each variable's prior and noise from every subject's series before ``cutoff``."""
+        """Learn each variable's population model from every subject's series before ``cutoff``
+        (and, with ``known_at``, from the store as it was then)."""
         from jumeau.twin.series import variable_series
         from jumeau.twin.state import fit_noise
 
         model = cls(catalogue)
-        for name, series in variable_series(store, model.catalogue, cutoff).items():
+        for name, series in variable_series(store, model.catalogue, cutoff, known_at).items():
             model.noise[name] = fit_noise(model.catalogue[name], series)
         return model
 
