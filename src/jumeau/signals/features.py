@@ -19,6 +19,7 @@ from scipy.interpolate import interp1d
 from scipy.signal import welch
 
 from jumeau.ingest.events import epoch_us, event, event_table
+from jumeau.signals.codes import FEATURE_CODES
 from jumeau.signals.ecg import delineate, detect_r_peaks
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -83,22 +84,6 @@ def rhythm_flags(rr_ms: np.ndarray) -> list[str]:
     if np.median(np.abs(np.diff(rr_ms))) / np.mean(rr_ms) > 0.08:
         flags.append("irregular rhythm")
     return flags
-
-
-FEATURE_CODES = {
-    "hr": ("LOINC/8867-4", "/min"),
-    "sdnn": ("JUMEAU/ECG/SDNN", "ms"),
-    "rmssd": ("JUMEAU/ECG/RMSSD", "ms"),
-    "pnn50": ("JUMEAU/ECG/pNN50", "%"),
-    "lf": ("JUMEAU/ECG/LF", "ms2"),
-    "hf": ("JUMEAU/ECG/HF", "ms2"),
-    "lf_hf": ("JUMEAU/ECG/LF_HF", "1"),
-    "pr": ("LOINC/8625-6", "ms"),
-    "qrs": ("LOINC/8633-2", "ms"),
-    "qt": ("LOINC/8634-8", "ms"),
-    "qtc_bazett": ("LOINC/8636-3", "ms"),
-    "qtc_fridericia": ("JUMEAU/ECG/QTcF", "ms"),
-}
 
 
 def is_ecg_lead(name: str) -> bool:

@@ -333,7 +333,7 @@ def build_twin(
 def _signal_features(rows: list[dict]) -> dict[str, dict]:
     """The latest value of each ECG feature (record summaries preferred over windows at the same
     time) and of each EEG band power per channel."""
-    from jumeau.signals.features import FEATURE_CODES
+    from jumeau.signals.codes import FEATURE_CODES
 
     names = {code: name for name, (code, _) in FEATURE_CODES.items()}
     latest: dict[str, dict] = {}
