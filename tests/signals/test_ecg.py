@@ -96,3 +96,44 @@ def test_single_record_intervals_are_physiological():
     found = delineate(signals, 360, detect_r_peaks(signals[0], 360))
     assert 120 <= found["pr"] <= 220 and 60 <= found["qrs"] <= 110
     assert 340 <= found["qtc_bazett"] <= 450
+
+
+def _synthetic_ecg(rr_s: np.ndarray, fs: float, p_wave: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian QRS and T waves on irregular beats, in mV, with a little noise, and either a P
+    wave before each QRS or, as in atrial fibrillation, fibrillatory waves (~6 Hz, 0.08 mV)."""
+    peaks = (np.cumsum(rr_s) * fs).astype(int)
+    t = np.arange(peaks[-1] + int(fs)) / fs
+    rng = np.random.default_rng(0)
+    ecg = rng.normal(0, 0.01, len(t))
+    if not p_wave:
+        phase = np.cumsum(2 * np.pi * rng.uniform(5, 7, len(t)) / fs)
+        ecg += 0.08 * np.sin(phase)
+    for r in peaks / fs:
+        ecg += 1.2 * np.exp(-(((t - r) / 0.012) ** 2)) - 0.2 * np.exp(
+            -(((t - r - 0.03) / 0.01) ** 2)
+        )
+        ecg += 0.3 * np.exp(-(((t - r - 0.28) / 0.05) ** 2))
+        if p_wave:
+            ecg += 0.15 * np.exp(-(((t - r + 0.16) / 0.025) ** 2))
+    return ecg, peaks
+
+
+def test_p_waves_are_found_when_present_and_absent_otherwise():
+    rr = np.random.default_rng(1).uniform(0.8, 1.1, 40)
+    with_p, peaks = _synthetic_ecg(rr, 500, p_wave=True)
+    without_p, _ = _synthetic_ecg(rr, 500, p_wave=False)
+    found = delineate(with_p, 500, peaks)
+    assert 120 <= found["pr"] <= 220
+    assert "pr" not in delineate(without_p, 500, peaks)
+
+
+def test_an_irregular_rhythm_without_p_waves_is_flagged_for_review():
+    from jumeau.signals.features import rhythm_flags
+
+    rng = np.random.default_rng(2)
+    irregular = rng.uniform(450, 1100, 120)
+    regular = np.full(120, 800.0) + rng.normal(0, 10, 120)
+    assert "possible atrial fibrillation" in rhythm_flags(irregular, p_wave=False)
+    assert "possible atrial fibrillation" not in rhythm_flags(irregular, p_wave=True)
+    assert "irregular rhythm" in rhythm_flags(irregular)
+    assert rhythm_flags(regular, p_wave=False) == []

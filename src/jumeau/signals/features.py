@@ -3,7 +3,7 @@
 For every ECG record in the store, R peaks are detected on its first ECG lead and summarised per
 5-minute window, per record and per day: heart rate, HRV in the time domain (SDNN, RMSSD, pNN50)
 and the frequency domain (LF, HF power and LF/HF from the RR series resampled at 4 Hz), and rhythm
-flags (bradycardia, tachycardia, irregular rhythm), and the intervals of the median beat of all
+flags (bradycardia, tachycardia, irregular rhythm, possible atrial fibrillation), and the intervals of the median beat of all
 ECG leads (PR, QRS, QT, QTc; :func:`jumeau.signals.ecg.delineate`). They are written as
 ``measurement`` events under their LOINC codes where one exists (heart rate 8867-4, PR 8625-6,
 QRS 8633-2, QT 8634-8, QTc 8636-3), so that the twin tracks them like measured values.
@@ -72,7 +72,10 @@ def hrv(rr_ms: np.ndarray) -> dict[str, float]:
     return out
 
 
-def rhythm_flags(rr_ms: np.ndarray) -> list[str]:
+def rhythm_flags(rr_ms: np.ndarray, p_wave: bool | None = None) -> list[str]:
+    """Rate and rhythm flags of an RR series; with ``p_wave`` (whether the median beat has a
+    P wave), an irregular rhythm without P waves is flagged as possible atrial fibrillation (a
+    screening flag for review, not a diagnosis)."""
     if len(rr_ms) < 3:
         return []
     flags = []
@@ -83,6 +86,8 @@ def rhythm_flags(rr_ms: np.ndarray) -> list[str]:
         flags.append("tachycardia")
     if np.median(np.abs(np.diff(rr_ms))) / np.mean(rr_ms) > 0.08:
         flags.append("irregular rhythm")
+        if p_wave is False:
+            flags.append("possible atrial fibrillation")
     return flags
 
 
@@ -162,7 +167,8 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             valid = (rr > 250) & (rr < 2500)
             clean = rr[valid]
             values = hrv(clean)
-            values.update(interval_features(record, leads, peaks, 0, record.samples))
+            intervals = interval_features(record, leads, peaks, 0, record.samples)
+            values.update(intervals)
             rows += _feature_rows(
                 p, record, lead, values, record.start, record.end, "record", "record"
             )
@@ -181,7 +187,8 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                     f"day{day.date()}",
                 )
                 day += timedelta(days=1)
-            for flag in rhythm_flags(clean):
+            p_wave = ("pr" in intervals) if "qrs" in intervals else None
+            for flag in rhythm_flags(clean, p_wave):
                 us = epoch_us(record.start)
                 rows.append(
                     event(
