@@ -2,9 +2,10 @@
 
 For every ECG record in the store, R peaks are detected on its first ECG lead and summarised per
 5-minute window, per record and per day: heart rate, HRV in the time domain (SDNN, RMSSD, pNN50)
-and the frequency domain (LF, HF power and LF/HF from the RR series resampled at 4 Hz), and rhythm
-flags (bradycardia, tachycardia, irregular rhythm, possible atrial fibrillation), and the intervals of the median beat of all
-ECG leads (PR, QRS, QT, QTc; :func:`jumeau.signals.ecg.delineate`). They are written as
+and the frequency domain (LF, HF power and LF/HF from the RR series resampled at 4 Hz), rhythm
+flags (bradycardia, tachycardia, irregular rhythm, possible atrial fibrillation), and the
+intervals of the median beat of all ECG leads (PR, QRS, QT, QTc;
+:func:`jumeau.signals.ecg.delineate`). They are written as
 ``measurement`` events under their LOINC codes where one exists (heart rate 8867-4, PR 8625-6,
 QRS 8633-2, QT 8634-8, QTc 8636-3), so that the twin tracks them like measured values.
 """
