@@ -106,7 +106,8 @@ def test_the_spectral_stager_agrees_with_the_hypnogram_of_a_simulated_night(nigh
 def test_yasa_is_scored_as_the_peer_in_the_same_run(night):
     result = evaluate_night(night, HYPNOGRAM, ("spectral", "yasa"))
     peer = result["methods"]["yasa"]
-    assert peer["epochs"] == 854 and 0 <= peer["accuracy"] <= 1
+    assert peer["epochs"] == 854
+    assert peer["accuracy"] > 0.5 and peer["kappa"] > 0.3  # a real stager, far above chance
 
 
 def test_evaluate_sleep_cli(night):
