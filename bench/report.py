@@ -156,6 +156,19 @@ def backtest_table(result: dict) -> None:
             f"| {name} | {v['n']} | {v['mae']:.3g} | {v['mae_carry_forward']:.3g} | "
             f"{-v['improvement_vs_carry_forward']:+.0%} | {v['coverage_80']:.0%} | {v['coverage_95']:.0%} |"
         )
+    print()
+    order = ("1", "2-3", "4-7", "8+")
+    for name in ("sbp", "dbp"):
+        history = result["variables"].get(name, {}).get("mae_by_history", {})
+        if history:
+            steps = ", ".join(
+                f"{k} prior: {history[k]['mae']:.1f} ({history[k]['n']})"
+                for k in order
+                if k in history
+            )
+            print(
+                f"{name} MAE by how many observations the patient already had (forecasts): {steps}."
+            )
 
 
 if __name__ == "__main__":
