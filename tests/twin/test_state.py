@@ -98,3 +98,14 @@ def test_a_large_population_is_fitted_on_a_bounded_sample():
     model = fit_noise(CATALOGUE["sbp"], _adults_around_their_own_level(rng, 6000))
     assert model.n_subjects == 6000  # the priors see everyone
     assert model.obs_sd == pytest.approx(10, rel=0.25)  # the noise, fitted on a sample, holds
+
+
+def test_unit_conversion_over_arrays_matches_one_value_at_a_time():
+    glucose = CATALOGUE["glucose"]
+    values = np.array([90.0, 5.0, 7.0, 100.0])
+    units = ["mg/dL", "mmol/L", None, "furlongs"]
+    converted = glucose.to_canonical_array(values, units)
+    for value, unit, got in zip(values, units, converted, strict=True):
+        one = glucose.to_canonical(value, unit)
+        assert (np.isnan(got) and one is None) or got == pytest.approx(one)
+    assert converted[0] == pytest.approx(90 / 18.016)

@@ -40,14 +40,14 @@ def measurement_frame(
         sub = frame.filter(pl.col("code").is_in(list(var.codes)))
         if sub.is_empty():
             continue
-        values = [
-            var.to_canonical(v, u) for v, u in zip(sub["numeric_value"], sub["unit"], strict=True)
-        ]
+        values = var.to_canonical_array(
+            sub["numeric_value"].to_numpy().astype(float), sub["unit"].to_list()
+        )
         sub = sub.with_columns(
             pl.Series("value", values, dtype=pl.Float64), pl.lit(name).alias("variable")
         )
         sub = sub.filter(
-            pl.col("value").is_not_null() & pl.col("value").is_between(var.low, var.high)
+            pl.col("value").is_not_nan() & pl.col("value").is_between(var.low, var.high)
         )
         parts.append(sub)
     if not parts:

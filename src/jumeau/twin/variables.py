@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 Convert = Callable[[float], float]
 
 
@@ -42,16 +44,35 @@ class Variable:
     prior_mean: float = 0.0
     prior_sd: float = 1.0
 
-    def to_canonical(self, value: float, unit: str | None) -> float | None:
-        """The value in the canonical unit, or None when the unit is unknown for this variable."""
+    def converter(self, unit: str | None) -> Convert | None:
+        """The function giving the canonical unit from ``unit`` (None when it is unknown)."""
         key = _unit_key(unit)
         if key in ("", _unit_key(self.unit)):
-            return value
-        convert = self.conversions.get(key)
+            return _same
+        return self.conversions.get(key)
+
+    def to_canonical(self, value: float, unit: str | None) -> float | None:
+        """The value in the canonical unit, or None when the unit is unknown for this variable."""
+        convert = self.converter(unit)
         return None if convert is None else convert(value)
+
+    def to_canonical_array(self, values: np.ndarray, units: list[str | None]) -> np.ndarray:
+        """:meth:`to_canonical` over many values at once (NaN where the unit is unknown)."""
+        out = np.full(len(values), np.nan)
+        units_array = np.array(units, dtype=object)
+        for unit in set(units):
+            convert = self.converter(unit)
+            if convert is not None:
+                chosen = units_array == unit
+                out[chosen] = convert(values[chosen])
+        return out
 
     def plausible(self, value: float) -> bool:
         return self.low <= value <= self.high
+
+
+def _same(value):
+    return value
 
 
 def _unit_key(unit: str | None) -> str:
