@@ -11,8 +11,9 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 _SUBJECT_MASK = (1 << 63) - 1
 _US_PER_DAY = 86_400_000_000
@@ -68,12 +69,18 @@ class Pseudonymiser:
         ``[-max_date_shift_days, +max_date_shift_days]`` by the key; 0 keeps true dates.
     """
 
-    key: bytes
+    key: bytes = field(repr=False)  # a secret: never in logs or tracebacks
     max_date_shift_days: int = 0
+    _keyed: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # copying the keyed state skips re-deriving the padded keys for every id
+        object.__setattr__(self, "_keyed", hmac.new(self.key, digestmod=hashlib.sha256))
 
     def _mac(self, label: str, source: str, source_id: str) -> bytes:
-        msg = f"{label}\x1f{source}\x1f{source_id}".encode()
-        return hmac.new(self.key, msg, hashlib.sha256).digest()
+        mac = self._keyed.copy()
+        mac.update(f"{label}\x1f{source}\x1f{source_id}".encode())
+        return mac.digest()
 
     def subject_id(self, source: str, source_id: object) -> int:
         """The pseudonym (a positive int64) of a patient id from a source (``omop``, ``fhir``...)."""
