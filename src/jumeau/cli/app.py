@@ -1,4 +1,5 @@
-"""``jumeau``: create a store, ingest OMOP/FHIR/MEDS, read timelines, export MEDS, run the demo."""
+"""``jumeau``: ingest health data of every scale into a pseudonymised store, read timelines and
+signals, derive features, build and evaluate patient twins, export MEDS, run the demo."""
 
 from __future__ import annotations
 
