@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wfdb
+from scipy.signal import butter, sosfiltfilt
 
 from jumeau.signals.ecg import (
     BEAT_SYMBOLS,
@@ -137,3 +138,37 @@ def test_an_irregular_rhythm_without_p_waves_is_flagged_for_review():
     assert "possible atrial fibrillation" not in rhythm_flags(irregular, p_wave=True)
     assert "irregular rhythm" in rhythm_flags(irregular)
     assert rhythm_flags(regular, p_wave=False) == []
+
+
+def _noise(kind: str, n: int, fs: float) -> np.ndarray:
+    t = np.arange(n) / fs
+    rng = np.random.default_rng(0)
+    if kind == "baseline wander":
+        return np.sin(2 * np.pi * 0.3 * t) + 0.5 * np.sin(2 * np.pi * 0.05 * t)
+    if kind == "powerline":
+        return 0.2 * np.sin(2 * np.pi * 60 * t)
+    band = sosfiltfilt(
+        butter(2, [20, 100], btype="band", fs=fs, output="sos"), rng.standard_normal(n)
+    )
+    return 0.3 * band / band.std()  # muscle noise, 0.3 mV rms
+
+
+@pytest.mark.parametrize("kind", ["baseline wander", "powerline", "muscle noise"])
+def test_the_detector_holds_under_the_usual_noises(kind):
+    record = wfdb.rdrecord(RECORD, channels=[0])
+    ann = wfdb.rdann(RECORD, "atr")
+    reference = np.array(
+        [s for s, y in zip(ann.sample, ann.symbol, strict=True) if y in BEAT_SYMBOLS]
+    )
+    signal = record.p_signal[:, 0] + _noise(kind, record.sig_len, record.fs)
+    assert score_beats(reference, detect_r_peaks(signal, record.fs), record.fs).f1 >= 0.995
+
+
+def test_the_detector_ignores_polarity_and_gain():
+    record = wfdb.rdrecord(RECORD, channels=[0])
+    ann = wfdb.rdann(RECORD, "atr")
+    reference = np.array(
+        [s for s, y in zip(ann.sample, ann.symbol, strict=True) if y in BEAT_SYMBOLS]
+    )
+    for signal in (-record.p_signal[:, 0], 0.2 * record.p_signal[:, 0]):
+        assert score_beats(reference, detect_r_peaks(signal, record.fs), record.fs).f1 >= 0.995
