@@ -157,6 +157,16 @@ def backtest_table(result: dict) -> None:
             f"{-v['improvement_vs_carry_forward']:+.0%} | {v['coverage_80']:.0%} | {v['coverage_95']:.0%} |"
         )
     print()
+    main = [n for n, v in result["variables"].items() if v["n"] >= 30]
+    met = [n for n in main if (result["variables"][n]["improvement_vs_carry_forward"] or 0) >= 0.10]
+    print(
+        "Target ≥ 10% better than carry-forward (variables with 30+ forecasts): met for "
+        + ", ".join(met)
+        + "; not met for "
+        + ", ".join(n for n in main if n not in met)
+        + "."
+    )
+    print()
     order = ("1", "2-3", "4-7", "8+")
     for name in ("sbp", "dbp"):
         history = result["variables"].get(name, {}).get("mae_by_history", {})
