@@ -197,6 +197,14 @@ def twin_summary(twin: dict) -> None:
             + "; ".join(f"{i.get('description') or i['code']}" for i in items[:12])
             + (" ..." if len(items) > 12 else "")
         )
+    signals = twin.get("signal_features") or {}
+    if signals:
+        shown = [
+            f"{name.split('@')[0]} {f['value']:.4g}{' ' + f['unit'] if f.get('unit') not in (None, '1') else ''}"
+            for name, f in list(signals.items())[:14]
+        ]
+        latest = max(f["time"] for f in signals.values())
+        console.print(f"[bold]signal features[/bold] (latest {latest[:16]}): " + "; ".join(shown))
     for variable, forecasts in twin.get("forecasts", {}).items():
         if isinstance(forecasts, dict):
             console.print(f"forecast {variable}: {forecasts['error']}")
