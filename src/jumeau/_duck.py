@@ -13,6 +13,11 @@ import duckdb
 import pyarrow as pa
 
 
+def sql_string(text: object) -> str:
+    """``text`` as a SQL string literal (paths may hold quotes)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
 def _relation(con: duckdb.DuckDBPyConnection, query: str, params: Any = None):
     return con.sql(query, params=params) if params else con.sql(query)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from jumeau._duck import run
+from jumeau._duck import run, sql_string
 
 CDM_TABLES = (
     "person",
@@ -64,10 +64,6 @@ class OmopTables:
         return list(self.column_types(table))
 
 
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _numbered_parquet(files: list[Path]) -> str:
     """Parquet files read in order with their global row number, from each file's own row
     numbers and the row counts in the footers."""
@@ -75,33 +71,34 @@ def _numbered_parquet(files: list[Path]) -> str:
     for f in files:
         parts.append(
             f"SELECT file_row_number + {offset + 1} AS _row, * EXCLUDE (file_row_number) "
-            f"FROM read_parquet({_sql_str(str(f))}, file_row_number=true)"
+            f"FROM read_parquet({sql_string(f)}, file_row_number=true)"
         )
         offset += pq.read_metadata(f).num_rows
     return "(" + " UNION ALL BY NAME ".join(parts) + ")"
 
 
-def _folder_relation(path: Path) -> str | None:
-    """A DuckDB reader for one table stored as a file or a folder of part files."""
+def _folder_relation(path: Path) -> tuple[str, str | None] | None:
+    """A DuckDB reader for one table stored as a file or a folder of part files, and, for
+    Parquet, the same read with each row's number (see :meth:`OmopTables.numbered`)."""
     name = path.name.lower()
     if path.is_dir():
         parquet = sorted(path.glob("*.parquet"))
         csv = sorted([*path.glob("*.csv"), *path.glob("*.csv.gz")])
         if parquet:
-            return f"read_parquet({[str(p) for p in parquet]!r}, union_by_name=true)"
+            relation = f"read_parquet({[str(p) for p in parquet]!r}, union_by_name=true)"
+            return relation, _numbered_parquet(parquet)
         if csv:
             files = [str(p) for p in csv]
-            return f"read_csv({files!r}, header=true, all_varchar=true, union_by_name=true)"
+            return f"read_csv({files!r}, header=true, all_varchar=true, union_by_name=true)", None
         return None
-    if name.endswith(".parquet"):
-        pq.read_metadata(path)
-        return f"read_parquet({_sql_str(str(path))})"
+    if name.endswith(".parquet"):  # the footer read doubles as the check that it is Parquet
+        return f"read_parquet({sql_string(path)})", _numbered_parquet([path])
     if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
         delim = "\\t" if name.endswith(".tsv") else None
         opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true"
         if delim:
             opts += f", delim='{delim}'"
-        return f"read_csv({_sql_str(str(path))}, {opts})"
+        return f"read_csv({sql_string(path)}, {opts})", None
     return None
 
 
@@ -123,15 +120,14 @@ def from_folder(folder: Path, con: duckdb.DuckDBPyConnection) -> OmopTables:
         if table not in CDM_TABLES or table in tables.relations:
             continue
         try:
-            relation = _folder_relation(child)
+            found = _folder_relation(child)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
             raise OmopSourceError(f"{child}: unreadable ({exc})") from exc
-        if relation:
-            tables.relations[table] = relation
+        if found:
+            tables.relations[table], numbered = found
             tables.files[table] = str(child)
-            parquet = sorted(child.glob("*.parquet")) if child.is_dir() else [child]
-            if relation.startswith("read_parquet(") and parquet:
-                tables.numbered_relations[table] = _numbered_parquet(parquet)
+            if numbered:
+                tables.numbered_relations[table] = numbered
     return tables
 
 
@@ -142,7 +138,7 @@ def from_duckdb(
     if not path.is_file():
         raise OmopSourceError(f"{path}: DuckDB file not found")
     try:
-        run(con, f"ATTACH {_sql_str(str(path))} AS omop_src (READ_ONLY)")
+        run(con, f"ATTACH {sql_string(path)} AS omop_src (READ_ONLY)")
     except duckdb.Error as exc:
         raise OmopSourceError(f"{path}: cannot open as a DuckDB database ({exc})") from exc
     rows = run(
@@ -195,7 +191,7 @@ def from_postgres(
                 with pq.ParquetWriter(out, reader.schema) as writer:
                     for batch in reader:
                         writer.write_batch(batch)
-                tables.relations[name.lower()] = f"read_parquet({_sql_str(str(out))})"
+                tables.relations[name.lower()] = f"read_parquet({sql_string(out)})"
                 tables.files[name.lower()] = f"{_redact(url)} {schema}.{name}"
                 tables.numbered_relations[name.lower()] = _numbered_parquet([out])
             cur.execute("COMMIT")

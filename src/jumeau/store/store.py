@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jumeau._duck import connect, run
+from jumeau._duck import connect, run, sql_string
 from jumeau.model import EVENT_SCHEMA, REJECT_SCHEMA
 from jumeau.store import keys, layout
 from jumeau.store.vault import read_vault
@@ -168,10 +168,15 @@ class Store:
             )
         return self._pseudonymiser
 
-    def batch_files(self, filename: str) -> list[Path]:
-        """One file of every committed batch (e.g. ``events.parquet``), oldest batch first."""
+    def batch_files(self, filename: str, *, known_at: datetime | None = None) -> list[Path]:
+        """One file of every committed batch (e.g. ``events.parquet``), oldest batch first; with
+        ``known_at``, of the batches committed by then."""
         base = self.root / layout.BATCHES_DIR
-        return [base / b / filename for b in self.manifest.batch_ids]
+        ids = self.manifest.batch_ids
+        if known_at is not None:
+            allowed = self.batches_known_at(known_at)
+            ids = [b for b in ids if b in allowed]
+        return [base / b / filename for b in ids]
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -270,10 +275,9 @@ class Store:
             if files:
                 # one read per batch with its id as a constant: free, where a per-row file name
                 # would slow every scan
-                quoted = [str(f).replace("'", "''") for f in files]
                 parts = " UNION ALL BY NAME ".join(
-                    f"SELECT *, '{f.parent.name}' AS batch FROM read_parquet('{q}')"
-                    for f, q in zip(files, quoted, strict=True)
+                    f"SELECT *, '{f.parent.name}' AS batch FROM read_parquet({sql_string(f)})"
+                    for f in files
                 )
                 run(con, f"CREATE VIEW {view} AS {parts}")
             else:
@@ -287,10 +291,7 @@ class Store:
     def scan(self, *, known_at: datetime | None = None) -> pl.LazyFrame:
         """Every event as a lazy Polars frame, for columnar queries (with ``known_at``, only the
         batches committed by then: the store as it was)."""
-        files = [str(p) for p in self.batch_files(layout.EVENTS_PARQUET)]
-        if known_at is not None:
-            allowed = self.batches_known_at(known_at)
-            files = [f for f in files if Path(f).parent.name in allowed]
+        files = [str(p) for p in self.batch_files(layout.EVENTS_PARQUET, known_at=known_at)]
         if not files:
             return pl.LazyFrame(schema=pl.from_arrow(EVENT_SCHEMA.empty_table()).schema)
         return pl.scan_parquet(files)

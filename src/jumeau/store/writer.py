@@ -238,7 +238,6 @@ class BatchWriter:
         runs = _SubjectRuns()
         written = 0
         arrow_path = self.dir / layout.EVENTS_ARROW
-        pending: list[pa.Table] = []
         with (
             pa.OSFile(str(arrow_path), "wb") as sink,
             pa.ipc.new_file(sink, EVENT_SCHEMA) as ipc,
@@ -249,12 +248,7 @@ class BatchWriter:
                 ipc.write_table(table)
                 runs.add(table.column("subject_id").to_numpy(), written)
                 written += table.num_rows
-                pending.append(table)
-                if sum(t.num_rows for t in pending) >= PARQUET_ROW_GROUP_SIZE:
-                    parquet.write(pa.concat_tables(pending))
-                    pending = []
-            if pending:
-                parquet.write(pa.concat_tables(pending))
+                parquet.add(table)
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
         return written, total - written, runs.count
 
@@ -340,8 +334,9 @@ def _pause_for_tests(point: str) -> None:
 
 
 class _ParquetInBackground:
-    """The batch's Parquet file, its row groups encoded on a second thread (pyarrow releases the
-    GIL) while the sorted stream goes on; row groups keep their order."""
+    """The batch's Parquet file: tables are gathered into row groups of
+    ``PARQUET_ROW_GROUP_SIZE`` rows, each encoded on a second thread (pyarrow releases the GIL)
+    while the sorted stream goes on; row groups keep their order."""
 
     def __init__(self, path: Path) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -349,17 +344,30 @@ class _ParquetInBackground:
         self._writer = pq.ParquetWriter(path, EVENT_SCHEMA, compression="zstd", compression_level=1)
         self._pool = ThreadPoolExecutor(1)
         self._last = None
+        self._pending: list[pa.Table] = []
+        self._rows = 0
 
-    def write(self, table: pa.Table) -> None:
+    def add(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._rows += table.num_rows
+        if self._rows >= PARQUET_ROW_GROUP_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
         if self._last is not None:
             self._last.result()
-        self._last = self._pool.submit(self._writer.write_table, table, PARQUET_ROW_GROUP_SIZE)
+        if self._pending:
+            group = pa.concat_tables(self._pending)
+            self._last = self._pool.submit(self._writer.write_table, group, PARQUET_ROW_GROUP_SIZE)
+        self._pending, self._rows = [], 0
 
     def __enter__(self) -> _ParquetInBackground:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         try:
+            if exc_type is None:
+                self._flush()
             if self._last is not None:
                 self._last.result()
         finally:
@@ -379,12 +387,11 @@ class _SubjectRuns:
     def add(self, subject_ids: np.ndarray, offset: int) -> None:
         if len(subject_ids) == 0:
             return
-        if (np.diff(subject_ids) < 0).any() or (
-            self._last is not None and subject_ids[0] < self._last
-        ):
+        steps = np.diff(subject_ids)
+        if (steps < 0).any() or (self._last is not None and subject_ids[0] < self._last):
             raise layout.StoreError("internal error: events reached the batch out of subject order")
         self._last = subject_ids[-1]
-        change = np.flatnonzero(np.diff(subject_ids)) + 1
+        change = np.flatnonzero(steps) + 1
         starts = np.concatenate(([0], change))
         ids = subject_ids[starts]
         if self._ids and len(self._ids[-1]) and self._ids[-1][-1] == ids[0]:
