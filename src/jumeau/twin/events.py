@@ -129,6 +129,12 @@ class EventModel:
     def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
         return frame.select([*self.NUMERIC, *self.vocabulary]).to_numpy().astype(float)
 
+    def _in_month(self, x: np.ndarray, month: int) -> np.ndarray:
+        """Feature rows with the month of follow-up appended as a one-hot block."""
+        onehot = np.zeros((len(x), self.months))
+        onehot[:, month] = 1.0
+        return np.hstack([x, onehot])
+
     def _person_months(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """One row per subject and month at risk (features + month one-hot), with the event
         flag in the month it happened."""
@@ -142,9 +148,7 @@ class EventModel:
             if not at_risk.any():
                 continue
             happened = event & (followup <= start + MONTH_DAYS) & at_risk
-            onehot = np.zeros((int(at_risk.sum()), self.months))
-            onehot[:, month] = 1.0
-            rows.append(np.hstack([x[at_risk], onehot]))
+            rows.append(self._in_month(x[at_risk], month))
             labels.append(happened[at_risk].astype(int))
         return np.vstack(rows), np.concatenate(labels)
 
@@ -174,9 +178,7 @@ class EventModel:
         x = self._matrix(frame)
         survival = np.ones(len(x))
         for month in range(self.months):
-            onehot = np.zeros((len(x), self.months))
-            onehot[:, month] = 1.0
-            hazard = self.model.predict_proba(np.hstack([x, onehot]))[:, 1]
+            hazard = self.model.predict_proba(self._in_month(x, month))[:, 1]
             survival *= 1 - hazard
         return 1 - survival
 
