@@ -85,13 +85,9 @@ def _richest_fhir_subject(store: jumeau.Store) -> int:
 
 
 def _fhir_source_id(store: jumeau.Store, subject: int) -> str:
-    """The bundled Patient id behind a pseudonym (the demo holds the key, as an ingest does)."""
-    import orjson
-
-    for bundle in sorted(SYNTHEA_DIR.glob("*.json")):
-        for entry in orjson.loads(bundle.read_bytes()).get("entry", []):
-            resource = entry.get("resource", {})
-            is_patient = resource.get("resourceType") == "Patient"
-            if is_patient and store.lookup("fhir", resource["id"]) == subject:
-                return resource["id"]
-    raise LookupError(f"subject {subject} is not one of the bundled patients")
+    """The FHIR Patient id behind a pseudonym, from the identity vault (the demo holds the key)."""
+    vault = store.identities()
+    found = vault.filter((vault["subject_id"] == subject) & (vault["source"] == "fhir"))
+    if found.is_empty():
+        raise LookupError(f"subject {subject} has no FHIR identity in the vault")
+    return found["source_id"][0]

@@ -99,12 +99,12 @@ def is_ecg_lead(name: str) -> bool:
 
 
 def interval_features(
-    record, leads: list[str], peaks: np.ndarray, lo: int, hi: int
+    signals: np.ndarray, fs: float, peaks: np.ndarray, lo: int, hi: int
 ) -> dict[str, float]:
-    """PR, QRS, QT and QTc of the median beat of all ECG leads in samples [lo, hi)."""
+    """PR, QRS, QT and QTc of the median beat of all ECG leads (rows of ``signals``) in
+    samples [lo, hi)."""
     chosen = peaks[(peaks >= lo) & (peaks < hi)] - lo
-    signals = np.vstack([record.physical(lead)[1][lo:hi] for lead in leads])
-    found = delineate(signals, record.fs, chosen)
+    found = delineate(signals[:, lo:hi], fs, chosen)
     if not found:
         return {}
     return {k: found[k] for k in ("pr", "qrs", "qt", "qtc_bazett", "qtc_fridericia") if k in found}
@@ -147,7 +147,8 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             if progress:
                 progress(record.id)
             counts.read += 1
-            _, signal = record.physical(lead)
+            signals = np.vstack([record.physical(name)[1] for name in leads])  # read once
+            signal = signals[0]
             peaks = detect_r_peaks(signal, record.fs)
             rows = []
 
@@ -161,14 +162,18 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                 values = hrv(rr[sel])
                 values.update(
                     interval_features(
-                        record, leads, peaks, int(lo * record.fs), int((lo + WINDOW_S) * record.fs)
+                        signals,
+                        record.fs,
+                        peaks,
+                        int(lo * record.fs),
+                        int((lo + WINDOW_S) * record.fs),
                     )
                 )
                 rows += _feature_rows(p, record, lead, values, start, end, "5-min window", f"w{w}")
             valid = (rr > 250) & (rr < 2500)
             clean = rr[valid]
             values = hrv(clean)
-            intervals = interval_features(record, leads, peaks, 0, record.samples)
+            intervals = interval_features(signals, record.fs, peaks, 0, record.samples)
             values.update(intervals)
             rows += _feature_rows(
                 p, record, lead, values, record.start, record.end, "record", "record"
@@ -243,7 +248,7 @@ def eeg_features(store: Store, progress: Callable[[str], None] | None = None) ->
         p = store.pseudonymiser
         counts = writer.report.table("derived/eeg")
         for record in store.signal_records():
-            units = [c["unit"].strip().lower() for c in record.meta["channels"]]
+            units = record.units
             chosen = [i for i, u in enumerate(units) if u in EEG_UNITS]
             if not chosen or record.fs < 60:
                 continue
@@ -305,7 +310,7 @@ def sleep_features(
         p = store.pseudonymiser
         counts = writer.report.table("derived/sleep")
         for record in store.signal_records():
-            units = [c["unit"].strip().lower() for c in record.meta["channels"]]
+            units = record.units
             picked = sleep.pick_channels(record.channels)
             eeg = picked["eeg"]
             if (

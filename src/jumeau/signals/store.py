@@ -123,6 +123,11 @@ class SignalRecord:
     def channels(self) -> list[str]:
         return [c["name"] for c in self.meta["channels"]]
 
+    @property
+    def units(self) -> list[str]:
+        """Each channel's physical unit, lower-cased and trimmed (``uv``, ``mv``...)."""
+        return [c["unit"].strip().lower() for c in self.meta["channels"]]
+
     def _channel(self, channel: str | int) -> dict:
         chans = self.meta["channels"]
         if isinstance(channel, int):
