@@ -227,18 +227,35 @@ EPOCH_S = 30.0
 EEG_UNITS = ("uv", "µv", "μv", "mv", "v")
 
 
-def band_powers(signal: np.ndarray, fs: float) -> dict[str, float]:
-    """Relative power (0-1) of each EEG band in 0.5-30 Hz (Welch, 4-s segments)."""
-    freqs, power = welch(signal - np.mean(signal), fs=fs, nperseg=min(len(signal), int(4 * fs)))
-    total_mask = (freqs >= 0.5) & (freqs < 30.0)
-    total = np.trapezoid(power[total_mask], freqs[total_mask])
+def epoch_band_powers(
+    signal: np.ndarray,
+    fs: float,
+    epoch_s: float = EPOCH_S,
+    bands: dict[str, tuple[float, float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Absolute power (signal unit²) in each band and in 0.5-30 Hz (``total``), one value per
+    whole epoch of ``epoch_s`` seconds (Welch, 4-s segments)."""
+    bands = BANDS if bands is None else bands
+    per = int(round(epoch_s * fs))
+    n = len(signal) // per if per else 0
+    if n == 0:
+        return {name: np.zeros(0) for name in (*bands, "total")}
+    epochs = signal[: n * per].reshape(n, per)
+    freqs, power = welch(
+        epochs - epochs.mean(axis=1, keepdims=True), fs=fs, nperseg=min(per, int(4 * fs)), axis=1
+    )
     out = {}
-    for band, (lo, hi) in BANDS.items():
+    for name, (lo, hi) in {**bands, "total": (0.5, 30.0)}.items():
         mask = (freqs >= lo) & (freqs < hi)
-        out[band] = (
-            float(np.trapezoid(power[mask], freqs[mask]) / total) if total > 0 else float("nan")
-        )
+        out[name] = np.trapezoid(power[:, mask], freqs[mask], axis=1) if mask.any() else np.zeros(n)
     return out
+
+
+def band_powers(signal: np.ndarray, fs: float) -> dict[str, float]:
+    """Relative power (0-1) of each EEG band in 0.5-30 Hz over the whole ``signal``."""
+    powers = epoch_band_powers(signal, fs, len(signal) / fs)
+    total = powers["total"][0]
+    return {b: float(powers[b][0] / total) if total > 0 else float("nan") for b in BANDS}
 
 
 def eeg_features(store: Store, progress: Callable[[str], None] | None = None) -> IngestReport:
@@ -263,27 +280,26 @@ def eeg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             for i in chosen:
                 _, signal = record.physical(i)
                 name = record.channels[i]
-                per = int(epoch * record.fs)
-                for k in range(int(len(signal) // per)):
+                powers = epoch_band_powers(signal, record.fs, epoch)
+                for k, total in enumerate(powers["total"]):
+                    if not total > 0:
+                        continue
                     start = record.start + timedelta(seconds=k * epoch)
-                    for band, value in band_powers(
-                        signal[k * per : (k + 1) * per], record.fs
-                    ).items():
-                        if not np.isfinite(value):
-                            continue
-                        row = event(
-                            record.subject_id,
-                            epoch_us(start),
-                            f"JUMEAU/EEG/{band}_relative_power",
-                            value,
-                            name,
-                            epoch_us(start + timedelta(seconds=epoch)),
-                            "measurement",
-                            "derived/eeg",
-                            p.record_key("derived/eeg", f"{record.id}#{name}#{k}#{band}"),
+                    for band in BANDS:
+                        rows.append(
+                            event(
+                                record.subject_id,
+                                epoch_us(start),
+                                f"JUMEAU/EEG/{band}_relative_power",
+                                float(powers[band][k] / total),
+                                name,
+                                epoch_us(start + timedelta(seconds=epoch)),
+                                "measurement",
+                                "derived/eeg",
+                                p.record_key("derived/eeg", f"{record.id}#{name}#{k}#{band}"),
+                                "1",
+                            )
                         )
-                        row["unit"] = "1"
-                        rows.append(row)
             if rows:
                 writer.add_events(event_table(rows))
             counts.accepted += 1

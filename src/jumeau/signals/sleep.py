@@ -23,9 +23,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import welch
 
-from jumeau.signals.features import BANDS, EPOCH_S
+from jumeau.signals.features import BANDS, EPOCH_S, epoch_band_powers
 
 STAGES = ("W", "N1", "N2", "N3", "R")
 METHODS = ("spectral", "yasa")
@@ -135,23 +134,6 @@ def agreement(reference, predicted) -> dict:
     }
 
 
-def epoch_band_powers(signal: np.ndarray, fs: float) -> dict[str, np.ndarray]:
-    """Absolute power (signal unit²) per band and in 0.5-30 Hz, one value per whole 30-s epoch."""
-    per = int(round(EPOCH_S * fs))
-    n = len(signal) // per
-    if n == 0:
-        return {name: np.zeros(0) for name in (*_BANDS, "total")}
-    epochs = signal[: n * per].reshape(n, per)
-    freqs, power = welch(
-        epochs - epochs.mean(axis=1, keepdims=True), fs=fs, nperseg=min(per, int(4 * fs)), axis=1
-    )
-    out = {}
-    for name, (lo, hi) in {**_BANDS, "total": (0.5, 30.0)}.items():
-        mask = (freqs >= lo) & (freqs < min(hi, fs / 2))
-        out[name] = np.trapezoid(power[:, mask], freqs[mask], axis=1) if mask.any() else np.zeros(n)
-    return out
-
-
 def slow_wave_fraction(signal: np.ndarray, fs: float) -> np.ndarray:
     """Per 30-s epoch, the fraction of time covered by 0.5-2 Hz waves of at least 75 µV peak to
     peak: the AASM definition of N3 is a fraction of 20% or more."""
@@ -197,7 +179,7 @@ def stage_spectral(
     emg_fs: float | None = None,
 ) -> list[str]:
     """jumeau's spectral stager: one stage per whole 30-s epoch of ``eeg`` (see the module)."""
-    bands = epoch_band_powers(eeg, fs)
+    bands = epoch_band_powers(eeg, fs, bands=_BANDS)
     n = len(bands["total"])
     if n == 0:
         return []
