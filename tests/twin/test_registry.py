@@ -29,7 +29,12 @@ def test_incremental_update_equals_a_full_rebuild(tmp_path, synthea_store):
     codes = source.code_descriptions()
     events = source.scan().collect()
     subjects = sorted(events["subject_id"].unique().to_list())
-    counts = events.filter(pl.col("domain") == "condition").group_by("subject_id").len()
+    active_at_as_of = (
+        (pl.col("domain") == "condition")
+        & (pl.col("time") <= AS_OF)
+        & (pl.col("end_time").is_null() | (pl.col("end_time") > AS_OF))
+    )  # the late subject must have problems still active then, for the diff to name them
+    counts = events.filter(active_at_as_of).group_by("subject_id").len()
     late_subject = int(counts.sort(["len", "subject_id"], descending=True)["subject_id"][0])
     late = (pl.col("subject_id") == late_subject) & (
         pl.col("domain").is_in(["measurement", "condition"])
