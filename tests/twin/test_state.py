@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from jumeau.twin.state import (
     AgeCurve,
     LocalTrendFilter,
     fit_noise,
+    recent_trend,
 )
 from jumeau.twin.variables import CATALOGUE
 
@@ -91,6 +94,44 @@ def test_step_functions_are_carried_forward():
     days, values, _ = series[0]
     prediction = LocalTrendFilter(model).predictive(days, values, float(days[-1] + 365))
     assert prediction.mean == pytest.approx(values[-1], abs=0.5)
+
+
+def test_the_recent_trend_is_the_least_squares_line_through_the_last_points():
+    days = np.array([[0.0, 10.0, 20.0], [np.nan, np.nan, 5.0], [0.0, 10.0, np.nan]])
+    values = np.array([[1.0, 2.0, 3.0], [np.nan, np.nan, 7.0], [4.0, 2.0, np.nan]])
+    trend = recent_trend(days, values, np.array([30.0, 100.0, 20.0]))
+    assert trend == pytest.approx([4.0, 7.0, 0.0])  # one point is carried forward
+
+
+def test_each_child_grows_at_its_own_rate_and_the_stack_follows_it():
+    """Children growing 3 to 9 cm a year: the population's mean velocity misses most of them,
+    the line through a child's own last measurements does not."""
+    rng = np.random.default_rng(6)
+
+    def children(n):
+        series = []
+        for _ in range(n):
+            birth, rate = rng.uniform(0, 3000), rng.uniform(3, 9)
+            ages = 3 + np.cumsum(rng.uniform(0.8, 1.2, 8))
+            heights = 95 + rate * (ages - 3) + rng.normal(0, 0.3, len(ages))
+            series.append((birth + ages * YEAR, heights, birth))
+        return series
+
+    model = fit_noise(CATALOGUE["height"], children(80))
+    errors, errors_locf = [], []
+    for days, values, birth in children(100):
+        prediction = LocalTrendFilter(model, birth).predictive(days[:6], values[:6], days[6])
+        errors.append(abs(values[6] - prediction.mean))
+        errors_locf.append(abs(values[6] - values[5]))
+    assert np.mean(errors) < 0.25 * np.mean(errors_locf)
+
+
+def test_a_forecast_stacks_the_last_value_the_filter_and_the_recent_trend():
+    model = replace(fit_noise(CATALOGUE["sbp"], []), blend=0.0, trend_weight=1.0)
+    days, values = np.array([0.0, 100.0, 200.0, 300.0]), np.array([150.0, 120.0, 130.0, 140.0])
+    assert LocalTrendFilter(model).predictive(days, values, 400.0).mean == pytest.approx(150.0)
+    carried = replace(model, trend_weight=0.0)
+    assert LocalTrendFilter(carried).predictive(days, values, 400.0).mean == pytest.approx(140.0)
 
 
 def test_a_large_population_is_fitted_on_a_bounded_sample():

@@ -28,6 +28,7 @@ _PSEUDO_SUBJECTS = 3.0
 _CALIBRATION_HORIZON_DAYS = 366.0
 FIT_SERIES = 2000
 FIT_LENGTH = 100
+TREND_POINTS = 3
 
 
 def z_score(level: float) -> float:
@@ -64,9 +65,11 @@ class AgeCurve:
 class NoiseModel:
     """Population parameters of one variable: priors by age, velocity by age, noise, drift.
 
-    ``blend`` is the weight of the filter's forecast against the last observed value, and
-    ``interval_scales`` widen or narrow the Gaussian intervals at each of :data:`LEVELS`, both
-    chosen on the population's own forecasts (stacking and split-conformal calibration).
+    A forecast starts from the last observed value and moves ``blend`` of the way towards the
+    filter's forecast and ``trend_weight`` of the way towards the line through the patient's
+    last :data:`TREND_POINTS` observations; ``interval_scales`` widen or narrow the Gaussian
+    intervals at each of :data:`LEVELS`. All three are chosen on the population's own forecasts
+    (stacking and split-conformal calibration).
     """
 
     prior_mean: float
@@ -78,6 +81,7 @@ class NoiseModel:
     learnt: bool = False
     interval_scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
     blend: float = 1.0
+    trend_weight: float = 0.0
     level_by_age: AgeCurve | None = None
     velocity_by_age: AgeCurve | None = None
 
@@ -241,8 +245,34 @@ class LocalTrendFilter:
         est = self.estimate(days, values, at_day)
         mean = est.mean
         if len(values):
-            mean = float(values[-1]) + self.noise.blend * (est.mean - float(values[-1]))
+            days, values = np.asarray(days, float), np.asarray(values, float)
+            trend = recent_trend(
+                days[None, -TREND_POINTS:], values[None, -TREND_POINTS:], np.array([at_day])
+            )
+            mean = float(
+                _stacked(self.noise, np.array([values[-1]]), np.array([est.mean]), trend)[0]
+            )
         return Predictive(mean, math.sqrt(est.sd**2 + self.r), self.noise.interval_scales)
+
+
+def recent_trend(days: np.ndarray, values: np.ndarray, at_day: np.ndarray) -> np.ndarray:
+    """Per row, the least-squares line through the observed points (NaN marks none) read at
+    ``at_day``: the patient's own recent course, which a growing child's height follows better
+    than any population curve. One point (or one day) gives its mean."""
+    seen = ~np.isnan(values)
+    count = np.maximum(seen.sum(axis=1), 1)
+    day_mean = np.where(seen, days, 0.0).sum(axis=1) / count
+    value_mean = np.where(seen, values, 0.0).sum(axis=1) / count
+    dx = np.where(seen, days - day_mean[:, None], 0.0)
+    dy = np.where(seen, values - value_mean[:, None], 0.0)
+    sxx = (dx * dx).sum(axis=1)
+    slope = np.divide((dx * dy).sum(axis=1), sxx, out=np.zeros_like(sxx), where=sxx > 0)
+    return value_mean + slope * (at_day - day_mean)
+
+
+def _stacked(noise: NoiseModel, last: np.ndarray, filtered: np.ndarray, trend: np.ndarray):
+    """The forecast mean: the last value moved towards the filter's and the recent trend's."""
+    return last + noise.blend * (filtered - last) + noise.trend_weight * (trend - last)
 
 
 def _walk(noise: NoiseModel, batch: _Batch, visit) -> None:
@@ -287,12 +317,19 @@ def population_backtest(
 
     A forecast at a date between two observations sees the history up to the first and targets
     every later observation within ``horizon_days`` of that date. Returns the targets, the
-    filter's means and predictive sds, and the last observed values.
+    filter's means and predictive sds, the last observed values and the recent trends.
     """
     flt = LocalTrendFilter(noise)
-    parts: dict[str, list[np.ndarray]] = {"target": [], "mean": [], "sd": [], "last": []}
+    parts: dict[str, list[np.ndarray]] = {
+        "target": [],
+        "mean": [],
+        "sd": [],
+        "last": [],
+        "trend": [],
+    }
 
     def visit(step, _prior, posterior, active):
+        recent = slice(max(0, step - TREND_POINTS + 1), step + 1)
         for k in range(1, ahead + 1):
             target = step + k
             if target >= batch.days.shape[1]:
@@ -310,6 +347,11 @@ def population_backtest(
             parts["mean"].append(x0)
             parts["sd"].append(np.sqrt(p00 + flt.r))
             parts["last"].append(batch.values[rows, step])
+            parts["trend"].append(
+                recent_trend(
+                    batch.days[rows, recent], batch.values[rows, recent], batch.days[rows, target]
+                )
+            )
 
     _walk(noise, batch, visit)
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
@@ -408,23 +450,31 @@ def _maximise_likelihood(base: NoiseModel, default: NoiseModel, batch: _Batch) -
 
 
 def _calibrated(noise: NoiseModel, batch: _Batch) -> NoiseModel:
-    """Blend and scale the forecasts on the population's own back-test.
+    """Stack and scale the forecasts on the population's own back-test.
 
-    The blend is the weight given to the filter against the last observed value that minimises
-    the absolute error (a one-parameter stacked model: where a variable is a step function,
-    as many adults' weights are, the last value wins); the interval scales make the blended
-    forecasts cover as claimed.
+    The weights of the filter and of the recent trend against the last observed value are those
+    that minimise the absolute error (a two-parameter stacked model: where a variable is a step
+    function, as many adults' weights are, the last value wins; where it grows, as a child's
+    height does, the trend does); the interval scales make the stacked forecasts cover as
+    claimed.
     """
     bt = population_backtest(noise, batch)
     n = len(bt["target"])
     if n < 30:
         return noise
-    weights = np.linspace(0.0, 1.0, 21)
-    errors = [
-        np.abs(bt["target"] - (bt["last"] + w * (bt["mean"] - bt["last"]))).mean() for w in weights
+    grid = np.linspace(0.0, 1.0, 11)
+    candidates = [
+        replace(noise, blend=float(b), trend_weight=float(t))
+        for b in grid
+        for t in grid
+        if b + t <= 1.0 + 1e-9
     ]
-    blend = float(weights[int(np.argmin(errors))])
-    mean = bt["last"] + blend * (bt["mean"] - bt["last"])
+    errors = [
+        np.abs(bt["target"] - _stacked(c, bt["last"], bt["mean"], bt["trend"])).mean()
+        for c in candidates
+    ]
+    noise = candidates[int(np.argmin(errors))]
+    mean = _stacked(noise, bt["last"], bt["mean"], bt["trend"])
     z = np.abs(bt["target"] - mean) / bt["sd"]
     scales = tuple(
         min(
@@ -433,7 +483,7 @@ def _calibrated(noise: NoiseModel, batch: _Batch) -> NoiseModel:
         )
         for lv in LEVELS
     )
-    return replace(noise, interval_scales=scales, blend=blend)
+    return replace(noise, interval_scales=scales)
 
 
 def _triangle_weights(age: np.ndarray) -> np.ndarray:
