@@ -93,3 +93,32 @@ def test_errors_are_one_clear_line(tmp_path):
     assert bad.returncode == 2 and "expected a folder of CDM tables" in bad.stdout
     missing = jumeau("timeline", "42", "--store", str(tmp_path / "s"), check=False)
     assert missing.returncode == 2 and "not in" in missing.stdout
+
+
+def test_signal_reads_the_channel_asked_for_in_whichever_record_holds_it(tmp_path):
+    store = tmp_path / "store"
+    record = Path(__file__).resolve().parents[1] / "data" / "wfdb" / "03700181"
+    jumeau("init", str(store))
+    jumeau("ingest", "wfdb", str(record), "--store", str(store), "--subject", "icu-1")
+    subject = jumeau("lookup", "--store", str(store), "--source", "wfdb", "--id", "icu-1")
+    subject = subject.stdout.strip().split()[-1]
+    for channel, fs, unit in (("MCL1", 500.0, "mV"), ("ABP", 125.0, "mmHg")):
+        out = jumeau(
+            "signal",
+            subject,
+            "--store",
+            str(store),
+            "--channel",
+            channel,
+            "--format",
+            "json",
+            "--points",
+            "500",
+        )
+        window = json.loads(out.stdout)
+        assert (window["channel"], window["fs"], window["unit"]) == (channel, fs, unit)
+        assert 0 < len(window["t"]) <= 500
+    missing = jumeau("signal", subject, "--store", str(store), "--channel", "V5", check=False)
+    assert (
+        missing.returncode != 0 and "channels: ABP, MCL1, RESP" in missing.stdout + missing.stderr
+    )

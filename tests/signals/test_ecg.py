@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wfdb
+import wfdb.processing
 from scipy.signal import butter, sosfiltfilt
 
 from jumeau.signals.ecg import (
@@ -68,6 +69,48 @@ def test_evaluate_ecg_command_prints_per_record_scores():
         check=True,
     )
     assert '"f1": 1.0' in result.stdout or '"f1": 0.99' in result.stdout
+
+
+def test_detector_agrees_beat_for_beat_with_independent_detectors_on_unannotated_records():
+    """Without reference annotations, two independent detectors agreeing is the check: PTB
+    lead ii at 1000 Hz (its notched QRS once gave a double detection) against NeuroKit2, a
+    500 Hz monitoring lead (MCL1) against wfdb's XQRS."""
+    nk = pytest.importorskip("neurokit2")
+    ptb = wfdb.rdrecord(str(Path(RECORD).with_name("s0010_re_ii")))
+    signal = ptb.p_signal[:, 0]
+    _, info = nk.ecg_peaks(signal, sampling_rate=ptb.fs)
+    ours = detect_r_peaks(signal, ptb.fs)
+    assert score_beats(info["ECG_R_Peaks"], ours, ptb.fs).f1 == 1.0
+    assert np.diff(ours).min() >= 0.2 * ptb.fs  # never two beats within the refractory period
+
+    path = str(Path(RECORD).with_name("03700181"))
+    mcl1 = wfdb.rdrecord(path, smooth_frames=False).e_p_signal[0]  # 500 Hz, as stored
+    frames = wfdb.rdrecord(path, channels=[0])  # averaged to the 125 Hz frame rate
+    xqrs = wfdb.processing.XQRS(sig=frames.p_signal[:, 0], fs=frames.fs)
+    xqrs.detect(verbose=False)  # (XQRS misses the first minutes of the 500 Hz lead)
+    assert score_beats(xqrs.qrs_inds * 4, detect_r_peaks(mcl1, 500.0), 500.0).f1 >= 0.995
+
+
+def test_a_gap_in_the_signal_hides_its_beats_and_no_other():
+    record = wfdb.rdrecord(RECORD, channels=[0])
+    signal = record.p_signal[:, 0]
+    full = detect_r_peaks(signal, record.fs)
+    gap = signal.copy()
+    gap[100_000:110_000] = np.nan  # electrode off for 28 s
+    found = detect_r_peaks(gap, record.fs)
+    outside = full[(full < 100_000) | (full >= 110_000)]
+    assert score_beats(outside, found, record.fs).f1 == 1.0
+
+
+def test_at_a_fast_rate_the_t_wave_ends_before_the_next_beat():
+    """A 122/min monitoring lead with a wide QRS: the T wave is not confused with the next
+    beat's QRS (QT shorter than RR, as physiology requires)."""
+    monitor = wfdb.rdrecord(str(Path(RECORD).with_name("03700181")), smooth_frames=False)
+    mcl1, fs = monitor.e_p_signal[0][: 500 * 300], 500.0
+    found = delineate(mcl1, fs, detect_r_peaks(mcl1, fs))
+    assert 450 <= found["rr"] <= 520
+    assert 300 <= found["qt"] < found["rr"]
+    assert found["qrs"] >= 120  # wide: a bundle-branch-block shape in this lead
 
 
 def test_12_lead_intervals_match_the_electrocardiographs_own_measurements():

@@ -185,6 +185,29 @@ def test_wfdb_storage_formats_keep_their_values(tmp_path, new_store, fmt):
         assert np.array_equal(record.physical(i)[1], reference.p_signal[:, i])
 
 
+def test_a_multi_frequency_record_keeps_every_channel_at_its_own_rate(new_store):
+    """A monitoring record whose ECG has 4 samples a frame (500 Hz) beside a 125 Hz pressure:
+    nothing is averaged down, and each channel reads back sample for sample."""
+    path = RECORD.with_name("03700181")
+    ingest_wfdb(new_store, path, subject="icu-1")
+    reference = wfdb.rdrecord(str(path), smooth_frames=False)
+    records = {c: r for r in new_store.signal_records() for c in r.channels}
+    assert {c: records[c].fs for c in records} == {"MCL1": 500.0, "ABP": 125.0, "RESP": 125.0}
+    for i, name in enumerate(reference.sig_name):
+        assert np.array_equal(
+            records[name].physical(name)[1], reference.e_p_signal[i], equal_nan=True
+        )
+    assert np.isnan(records["RESP"].physical("RESP")[1]).sum() > 0  # WFDB's missing samples
+    drawn = records["RESP"].window("RESP", points=300)
+    assert np.nanmin(drawn["min"]) == pytest.approx(np.nanmin(reference.e_p_signal[2]), rel=1e-6)
+    assert records["ABP"].units[records["ABP"].channels.index("ABP")] == "mmhg"
+    assert records["MCL1"].start == records["ABP"].start == datetime(1994, 8, 15, 17, 27, 45)
+    assert records["MCL1"].end == records["ABP"].end
+    subject = new_store.pseudonymiser.subject_id("wfdb", "icu-1")
+    timeline = new_store.timeline(subject)
+    assert timeline.filter(pl.col("code") == "WFDB/record").height == 2
+
+
 def test_stats_count_waveform_records(ecg_store):
     store, _ = ecg_store
     assert store.stats()["signal_records"] == 1

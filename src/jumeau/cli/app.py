@@ -338,6 +338,12 @@ def signal(
         records = [r for r in records if r.end > start] or records
     if not records:
         _fail(f"subject {subject} has no waveform record in {store}")
+    if channel is not None:
+        having = [r for r in records if channel in r.channels]
+        if not having:
+            names = sorted({c for r in records for c in r.channels})
+            _fail(f"subject {subject} has no channel {channel!r} (channels: {', '.join(names)})")
+        records = having
     record = records[0]
     window = record.window(channel if channel is not None else 0, start, end, points)
     chan = channel or record.channels[0]

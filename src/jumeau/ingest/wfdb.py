@@ -1,9 +1,11 @@
 """WFDB records (``.hea`` + ``.dat``, formats 16, 212, 80 and the rest ``wfdb`` reads) and their
 annotation files, into the signal store and onto the subject's timeline.
 
-The record becomes one ``signal`` event spanning its duration; every annotation (beat labels,
-rhythm changes, notes) becomes an ``annotation`` event at its sample's exact time; the samples go
-to the signal store, digital values with their gains and baselines.
+The record becomes one ``signal`` event spanning its duration (one per sampling rate when its
+channels have several samples a frame, so that none is averaged down); every annotation (beat
+labels, rhythm changes, notes) becomes an ``annotation`` event at its sample's exact time; the
+samples go to the signal store, digital values with their gains, baselines and the format's
+missing-sample value (read back as NaN).
 """
 
 from __future__ import annotations
@@ -19,6 +21,22 @@ from jumeau.signals.store import Channel, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
 ANNOTATION_EXTENSIONS = ("atr", "ann", "qrs", "ecg", "pu", "pu0", "pu1", "apn", "st", "arousal")
+#: The digital value each WFDB storage format reserves for a missing sample: the format's
+#: minimum (WFDB signal(5)); format 8, which stores differences, has none.
+MISSING_SAMPLE = {
+    "80": -(2**7),
+    "508": -(2**7),
+    "310": -(2**9),
+    "311": -(2**9),
+    "212": -(2**11),
+    "16": -(2**15),
+    "61": -(2**15),
+    "160": -(2**15),
+    "516": -(2**15),
+    "24": -(2**23),
+    "524": -(2**23),
+    "32": -(2**31),
+}
 
 
 class WfdbError(ValueError):
@@ -64,7 +82,7 @@ def ingest_wfdb(
                 progress(path.name)
             counts.read += 1
             try:
-                record = wfdb.rdrecord(str(path), physical=False)
+                record = wfdb.rdrecord(str(path), physical=False, smooth_frames=False)
             except Exception as exc:  # noqa: BLE001 - wfdb raises many kinds for broken files
                 raise WfdbError(
                     f"{path}.hea/.dat: cannot read the record ({type(exc).__name__}: {exc})"
@@ -85,37 +103,45 @@ def ingest_wfdb(
             subject_id = p.subject_id(subject_source, patient)
             shift = timedelta(microseconds=p.shift_us(subject_source, patient))
             record_start = record_start + shift
-            digital = np.asarray(record.d_signal)
-            channels = [
-                Channel(name, unit or "", float(gain), float(base))
-                for name, unit, gain, base in zip(
-                    record.sig_name, record.units, record.adc_gain, record.baseline, strict=True
+            rows = []
+            for rate, members in _channels_by_rate(record):
+                # one signal record per sampling rate: a multi-frequency record (an ECG at
+                # 4 samples a frame beside a pressure at 1) keeps every channel's own samples
+                name = path.name if rate == record.fs else f"{path.name}@{rate:g}Hz"
+                record_id = f"{p.record_key('wfdb/record', name)}"
+                write_record(
+                    writer.staging_dir / "signals" / record_id,
+                    subject_id=subject_id,
+                    start=record_start,
+                    fs=rate,
+                    channels=[
+                        Channel(
+                            record.sig_name[i],
+                            record.units[i] or "",
+                            float(record.adc_gain[i]),
+                            float(record.baseline[i]),
+                            MISSING_SAMPLE.get(str(record.fmt[i])),
+                        )
+                        for i in members
+                    ],
+                    digital=np.column_stack([record.e_d_signal[i] for i in members]),
+                    source=f"wfdb/{path.name}",
                 )
-            ]
-            record_id = f"{p.record_key('wfdb/record', path.name)}"
-            write_record(
-                writer.staging_dir / "signals" / record_id,
-                subject_id=subject_id,
-                start=record_start,
-                fs=float(record.fs),
-                channels=channels,
-                digital=digital,
-                source=f"wfdb/{path.name}",
-            )
-            duration = timedelta(seconds=record.sig_len / record.fs)
-            rows = [
-                event(
-                    subject_id,
-                    epoch_us(record_start),
-                    "WFDB/record",
-                    None,
-                    record_id,
-                    epoch_us(record_start + duration),
-                    "signal",
-                    "wfdb/record",
-                    p.record_key("wfdb/record", path.name),
+                duration = timedelta(seconds=record.sig_len / record.fs)
+                rows.append(
+                    event(
+                        subject_id,
+                        epoch_us(record_start),
+                        "WFDB/record",
+                        None,
+                        record_id,
+                        epoch_us(record_start + duration),
+                        "signal",
+                        "wfdb/record",
+                        p.record_key("wfdb/record", name),
+                    )
                 )
-            ]
+            record_events = len(rows)
             for ext in ANNOTATION_EXTENSIONS:
                 if not Path(f"{path}.{ext}").exists():
                     continue
@@ -124,11 +150,13 @@ def ingest_wfdb(
                 except Exception as exc:  # noqa: BLE001
                     raise WfdbError(f"{path}.{ext}: cannot read the annotations ({exc})") from exc
                 acounts = writer.report.table(f"wfdb/annotation.{ext}")
+                annotation_fs = float(ann.fs or record.fs)
+                last_sample = round(record.sig_len * annotation_fs / record.fs)
                 for k, (sample, symbol) in enumerate(zip(ann.sample, ann.symbol, strict=True)):
                     acounts.read += 1
-                    if sample < 0 or sample > record.sig_len:
+                    if sample < 0 or sample > last_sample:
                         acounts.rejected += 1
-                        reason = f"sample {sample} outside the record (0-{record.sig_len})"
+                        reason = f"sample {sample} outside the record (0-{last_sample})"
                         writer.add_rejects(
                             reject_table(
                                 f"wfdb/annotation.{ext}",
@@ -138,7 +166,7 @@ def ingest_wfdb(
                         )
                         continue
                     note = (ann.aux_note[k] or "").strip("\x00").strip() if ann.aux_note else ""
-                    t = epoch_us(record_start) + int(round(sample / record.fs * 1_000_000))
+                    t = epoch_us(record_start) + int(round(sample / annotation_fs * 1_000_000))
                     rhythm = symbol == "+" and note
                     code = f"WFDB/rhythm/{note.lstrip('(')}" if rhythm else f"WFDB/{symbol}"
                     rows.append(
@@ -158,5 +186,14 @@ def ingest_wfdb(
                     acounts.events += 1
             writer.add_events(event_table(rows))
             counts.accepted += 1
-            counts.events += 1
+            counts.events += record_events
         return writer.commit()
+
+
+def _channels_by_rate(record) -> list[tuple[float, list[int]]]:
+    """The record's channel indices grouped by sampling rate (frame rate x samples per frame),
+    the frame rate's group first."""
+    groups: dict[float, list[int]] = {}
+    for i, per_frame in enumerate(record.samps_per_frame):
+        groups.setdefault(float(record.fs) * int(per_frame), []).append(i)
+    return sorted(groups.items(), key=lambda item: (item[0] != record.fs, item[0]))

@@ -24,8 +24,9 @@ MIN_BEATS = 8
 
 
 def detect_r_peaks(ecg: np.ndarray, fs: float) -> np.ndarray:
-    """Sample indices of the R peaks of one ECG lead (physical units, any polarity)."""
-    ecg = np.asarray(ecg, dtype=float)
+    """Sample indices of the R peaks of one ECG lead (physical units, any polarity; missing
+    samples, NaN, are read as a flat line: no beat is found in a gap)."""
+    ecg = flat_gaps(ecg)
     if len(ecg) < int(fs):
         return np.zeros(0, dtype=np.int64)
     sos = butter(2, [5.0, 15.0], btype="bandpass", fs=fs, output="sos")
@@ -64,6 +65,17 @@ def detect_r_peaks(ecg: np.ndarray, fs: float) -> np.ndarray:
     return _place(np.array(beats, dtype=np.int64), band, fs)
 
 
+def flat_gaps(leads: np.ndarray) -> np.ndarray:
+    """The leads (one or rows of several) with missing samples (NaN) set to each lead's median,
+    so that filters run through a gap instead of spreading NaN over the whole lead."""
+    leads = np.array(leads, dtype=float)
+    for row in np.atleast_2d(leads):  # views: filled in place
+        gaps = np.isnan(row)
+        if gaps.any():
+            row[gaps] = np.median(row[~gaps]) if not gaps.all() else 0.0
+    return leads
+
+
 def _place(peaks: np.ndarray, band: np.ndarray, fs: float) -> np.ndarray:
     """Move each detection to the largest band-passed deflection in the QRS window before it."""
     if len(peaks) == 0:
@@ -75,7 +87,20 @@ def _place(peaks: np.ndarray, band: np.ndarray, fs: float) -> np.ndarray:
     for i, p in enumerate(peaks):
         lo, hi = max(0, p - before), min(len(signal), p + after)
         placed[i] = lo + int(np.argmax(signal[lo:hi]))
-    return np.unique(placed)
+    return _refractory(np.unique(placed), signal, int(0.200 * fs))
+
+
+def _refractory(peaks: np.ndarray, signal: np.ndarray, refractory: int) -> np.ndarray:
+    """No two beats within the ventricles' refractory period: of two placed detections closer
+    than that (a wide or notched QRS can give two integrator peaks), keep the larger one."""
+    kept: list[int] = []
+    for p in peaks:
+        if kept and p - kept[-1] < refractory:
+            if signal[p] > signal[kept[-1]]:
+                kept[-1] = int(p)
+            continue
+        kept.append(int(p))
+    return np.array(kept, dtype=np.int64)
 
 
 @dataclass
@@ -186,7 +211,7 @@ def delineate(leads: np.ndarray, fs: float, peaks: np.ndarray) -> dict[str, floa
     extended to the isoelectric level of the QRS onset). Times are relative to the R peak. Returns None when
     there are too few beats or no clear QRS; PR is left out when no P wave stands out.
     """
-    leads = np.atleast_2d(np.asarray(leads, dtype=float))
+    leads = np.atleast_2d(flat_gaps(leads))
     if len(peaks) < MIN_BEATS:
         return None
     rr = float(np.median(np.diff(peaks))) / fs
@@ -211,7 +236,7 @@ def delineate(leads: np.ndarray, fs: float, peaks: np.ndarray) -> dict[str, floa
     )
     if onset <= 0 or offset - onset < 0.03 * fs:
         return None
-    t_end = _t_end(template, noise, fs, onset, r)
+    t_end = _t_end(template, noise, fs, onset, r, rr)
     out = {"qrs_onset": onset, "qrs_offset": offset}
     p_wave = _p_wave(template, fs, onset)
     if p_wave is not None:
@@ -225,7 +250,7 @@ def delineate(leads: np.ndarray, fs: float, peaks: np.ndarray) -> dict[str, floa
         result["pr"] = (onset - p_wave[0]) / fs * 1000
     if t_end is not None:
         qt = (t_end - onset) / fs * 1000
-        if 250 <= qt <= 650:
+        if 250 <= qt <= 650 and t_end - r < 0.9 * rr * fs:  # T ends before the next beat
             result.update(qt=qt, qtc_bazett=qt / np.sqrt(rr), qtc_fridericia=qt / np.cbrt(rr))
     return result
 
@@ -238,10 +263,15 @@ def _walk_while(values: np.ndarray, start: int, step: int, stop: int, keep) -> i
     return k
 
 
-def _t_end(template: np.ndarray, noise: np.ndarray, fs: float, onset: int, r: int) -> float | None:
+def _t_end(
+    template: np.ndarray, noise: np.ndarray, fs: float, onset: int, r: int, rr: float
+) -> float | None:
     """T end (sample index): the median tangent-method end over the leads with a clear T wave
-    (5x the template's noise) whose T peaks within 40 ms of the clearest lead's."""
-    lo, hi = r + int(0.15 * fs), min(r + int(0.5 * fs), template.shape[1] - 2)
+    (5x the template's noise) whose T peaks within 40 ms of the clearest lead's. The T peak is
+    sought from 150 ms after R to 500 ms or 70% of the RR interval (``rr``, s), whichever comes
+    first, so that at a fast rate the next beat's QRS is not taken for a T wave."""
+    lo = r + int(0.15 * fs)
+    hi = min(r + int(min(0.5, 0.7 * rr) * fs), template.shape[1] - 2)
     if hi - lo < 3:
         return None
     found = []

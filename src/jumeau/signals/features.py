@@ -12,6 +12,7 @@ QRS 8633-2, QT 8634-8, QTc 8636-3), so that the twin tracks them like measured v
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -25,24 +26,11 @@ from jumeau.signals.ecg import delineate, detect_r_peaks
 from jumeau.store import BatchWriter, IngestReport, Store
 
 WINDOW_S = 300
-ECG_NAMES = (
-    "ECG",
-    "MLII",
-    "MLI",
-    "MLIII",
-    "I",
-    "II",
-    "III",
-    "V1",
-    "V2",
-    "V3",
-    "V4",
-    "V5",
-    "V6",
-    "AVR",
-    "AVL",
-    "AVF",
-    "LEAD",
+#: ECG lead names: limb and chest leads (also the European DI-DIII), modified leads of Holter
+#: and monitoring records (MLII, MCL1, CM5), and anything named ECG/EKG/Lead.
+ECG_LEAD = re.compile(
+    r"^(?:I{1,3}|D(?:I{1,3}|[1-3])|A?V[RLF]|V[1-9]R?|V|ML(?:I{1,3}|[1-3])|MCL[1-6]?|CM[1-6]?"
+    r"|LEAD.*|.*ECG.*|.*EKG.*)$"
 )
 
 
@@ -93,9 +81,8 @@ def rhythm_flags(rr_ms: np.ndarray, p_wave: bool | None = None) -> list[str]:
 
 
 def is_ecg_lead(name: str) -> bool:
-    """Whether a channel name looks like an ECG lead (MLII, V5, Lead II, ECG1...)."""
-    up = name.upper().replace(" ", "")
-    return up in ECG_NAMES or up.startswith("LEAD") or "ECG" in up
+    """Whether a channel name looks like an ECG lead (MLII, V5, Lead II, MCL1, DII, ECG1...)."""
+    return ECG_LEAD.match(name.upper().replace(" ", "")) is not None
 
 
 def interval_features(

@@ -36,6 +36,8 @@ class Channel:
     unit: str
     gain: float
     baseline: float
+    #: the digital value that marks a missing sample (WFDB reserves its format's minimum)
+    missing: int | None = None
 
 
 def _safe(name: str) -> str:
@@ -43,10 +45,32 @@ def _safe(name: str) -> str:
 
 
 def _fold(values: np.ndarray, how: str) -> np.ndarray:
-    """One pyramid step: ``how`` (min, max, mean) over consecutive groups of FACTOR values."""
-    whole = len(values) // FACTOR * FACTOR
-    head = getattr(values[:whole].reshape(-1, FACTOR), how)(axis=1)
-    return np.append(head, getattr(values[whole:], how)()) if whole < len(values) else head
+    """One pyramid step: ``how`` (min, max, mean) over consecutive groups of FACTOR values,
+    skipping missing (NaN) samples; a group with none left is NaN, a gap in the drawing."""
+    pad = (-len(values)) % FACTOR
+    groups = np.append(values, np.full(pad, np.nan)).reshape(-1, FACTOR)
+    if how == "min":
+        return np.fmin.reduce(groups, axis=1)
+    if how == "max":
+        return np.fmax.reduce(groups, axis=1)
+    return _row_means(groups)
+
+
+def _row_means(rows: np.ndarray) -> np.ndarray:
+    """The mean of each row's present (non-NaN) values; NaN for a row with none."""
+    present = ~np.isnan(rows)
+    count = present.sum(axis=1)
+    total = np.where(present, rows, 0.0).sum(axis=1)
+    return np.divide(total, count, out=np.full(len(rows), np.nan), where=count > 0)
+
+
+def to_physical(digital: np.ndarray, channel: dict) -> np.ndarray:
+    """Physical values of a channel's digital samples; missing samples are NaN."""
+    values = (digital - channel["baseline"]) / channel["gain"]
+    missing = channel.get("missing")
+    if missing is not None:
+        values[digital == missing] = np.nan
+    return values
 
 
 def write_record(
@@ -73,7 +97,9 @@ def write_record(
                 out.write(block)
                 offsets.append(offsets[-1] + len(block))
         np.save(folder / f"{stem}.index.npy", np.array(offsets, dtype=np.int64))
-        physical = (column - ch.baseline) / ch.gain
+        physical = to_physical(
+            column, {"baseline": ch.baseline, "gain": ch.gain, "missing": ch.missing}
+        )
         levels = {}
         values_min = values_max = values_mean = physical
         level = 0
@@ -93,7 +119,14 @@ def write_record(
         "samples": int(n),
         "source": source,
         "channels": [
-            {"name": c.name, "unit": c.unit, "gain": c.gain, "baseline": c.baseline, "file": f}
+            {
+                "name": c.name,
+                "unit": c.unit,
+                "gain": c.gain,
+                "baseline": c.baseline,
+                "missing": c.missing,
+                "file": f,
+            }
             for c, f in zip(channels, files, strict=True)
         ],
         "chunk": CHUNK,
@@ -181,11 +214,11 @@ class SignalRecord:
     def physical(
         self, channel: str | int, start: datetime | None = None, end: datetime | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(times in seconds from record start, physical values) of a window, at full resolution."""
+        """(times in seconds from record start, physical values) of a window, at full resolution;
+        missing samples are NaN."""
         c = self._channel(channel)
         lo, hi = self._sample_range(start, end)
-        values = (self.digital(channel, lo, hi) - c["baseline"]) / c["gain"]
-        return np.arange(lo, hi) / self.fs, values
+        return np.arange(lo, hi) / self.fs, to_physical(self.digital(channel, lo, hi), c)
 
     def window(
         self,
@@ -221,10 +254,9 @@ class SignalRecord:
         group = -(-len(mins) // points)
         if group > 1:
             pad = (-len(mins)) % group
-            mins = np.append(mins, np.full(pad, np.inf)).reshape(-1, group).min(axis=1)
-            maxs = np.append(maxs, np.full(pad, -np.inf)).reshape(-1, group).max(axis=1)
-            means = np.append(means, np.full(pad, np.nan)).reshape(-1, group)
-            means = np.nanmean(means, axis=1)
+            mins = np.fmin.reduce(np.append(mins, np.full(pad, np.nan)).reshape(-1, group), axis=1)
+            maxs = np.fmax.reduce(np.append(maxs, np.full(pad, np.nan)).reshape(-1, group), axis=1)
+            means = _row_means(np.append(means, np.full(pad, np.nan)).reshape(-1, group))
         step = scale * group
         t = (base_lo + np.arange(len(mins)) * step) / self.fs
         return {
