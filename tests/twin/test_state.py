@@ -132,6 +132,28 @@ def test_a_forecast_stacks_the_last_value_the_filter_and_the_recent_trend():
     assert LocalTrendFilter(model).predictive(days, values, 400.0).mean == pytest.approx(150.0)
     carried = replace(model, trend_weight=0.0)
     assert LocalTrendFilter(carried).predictive(days, values, 400.0).mean == pytest.approx(140.0)
+    everyone = replace(model, trend_weight=0.0, population_weight=1.0)
+    forecast = LocalTrendFilter(everyone).predictive(days, values, 400.0).mean
+    assert forecast == pytest.approx(model.prior_mean)
+
+
+def test_values_that_scatter_around_everyones_mean_are_forecast_from_the_population():
+    """A lab value drawn afresh around the same mean each time (as Synthea's potassium is):
+    the last value is noise, the population's mean is the forecast."""
+    rng = np.random.default_rng(7)
+
+    def people(n):
+        return [
+            (np.cumsum(rng.uniform(200, 400, 8)), rng.normal(4.2, 0.4, 8), None) for _ in range(n)
+        ]
+
+    model = fit_noise(CATALOGUE["potassium"], people(80))
+    errors, errors_locf = [], []
+    for days, values, birth in people(200):
+        prediction = LocalTrendFilter(model, birth).predictive(days[:5], values[:5], days[5])
+        errors.append(abs(values[5] - prediction.mean))
+        errors_locf.append(abs(values[5] - values[4]))
+    assert np.mean(errors) < 0.8 * np.mean(errors_locf)  # E|x-mu| / E|x-x'| = 1/sqrt(2)
 
 
 def test_a_large_population_is_fitted_on_a_bounded_sample():

@@ -66,10 +66,12 @@ class NoiseModel:
     """Population parameters of one variable: priors by age, velocity by age, noise, drift.
 
     A forecast starts from the last observed value and moves ``blend`` of the way towards the
-    filter's forecast and ``trend_weight`` of the way towards the line through the patient's
-    last :data:`TREND_POINTS` observations; ``interval_scales`` widen or narrow the Gaussian
-    intervals at each of :data:`LEVELS`. All three are chosen on the population's own forecasts
-    (stacking and split-conformal calibration).
+    filter's forecast, ``trend_weight`` of the way towards the line through the patient's last
+    :data:`TREND_POINTS` observations and ``population_weight`` of the way towards the
+    population's level at the patient's age (where a lab value scatters around the same mean for
+    everyone, the population knows more than the last value); ``interval_scales`` widen or
+    narrow the Gaussian intervals at each of :data:`LEVELS`. All are chosen on the
+    population's own forecasts (stacking and split-conformal calibration).
     """
 
     prior_mean: float
@@ -82,6 +84,7 @@ class NoiseModel:
     interval_scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
     blend: float = 1.0
     trend_weight: float = 0.0
+    population_weight: float = 0.0
     level_by_age: AgeCurve | None = None
     velocity_by_age: AgeCurve | None = None
 
@@ -240,6 +243,18 @@ class LocalTrendFilter:
             n_observations=len(values),
         )
 
+    def _birth(self) -> float:
+        return np.nan if self.birth_day is None else float(self.birth_day)
+
+    def population_level(self, day: np.ndarray, birth: np.ndarray) -> np.ndarray:
+        """The population's mean value at each subject's age on ``day`` (its overall mean where
+        the birth date is unknown)."""
+        level = np.full(len(day), self.noise.prior_mean)
+        if self.noise.level_by_age is not None:
+            known = ~np.isnan(birth)
+            level[known] = self.noise.level_by_age.at((day[known] - birth[known]) / DAYS_PER_YEAR)
+        return level
+
     def predictive(self, days: np.ndarray, values: np.ndarray, at_day: float) -> Predictive:
         """The distribution of a new measurement taken at ``at_day``."""
         est = self.estimate(days, values, at_day)
@@ -249,8 +264,9 @@ class LocalTrendFilter:
             trend = recent_trend(
                 days[None, -TREND_POINTS:], values[None, -TREND_POINTS:], np.array([at_day])
             )
+            level = self.population_level(np.array([at_day]), np.array([self._birth()]))
             mean = float(
-                _stacked(self.noise, np.array([values[-1]]), np.array([est.mean]), trend)[0]
+                _stacked(self.noise, np.array([values[-1]]), np.array([est.mean]), trend, level)[0]
             )
         return Predictive(mean, math.sqrt(est.sd**2 + self.r), self.noise.interval_scales)
 
@@ -270,9 +286,21 @@ def recent_trend(days: np.ndarray, values: np.ndarray, at_day: np.ndarray) -> np
     return value_mean + slope * (at_day - day_mean)
 
 
-def _stacked(noise: NoiseModel, last: np.ndarray, filtered: np.ndarray, trend: np.ndarray):
-    """The forecast mean: the last value moved towards the filter's and the recent trend's."""
-    return last + noise.blend * (filtered - last) + noise.trend_weight * (trend - last)
+def _stacked(
+    noise: NoiseModel,
+    last: np.ndarray,
+    filtered: np.ndarray,
+    trend: np.ndarray,
+    level: np.ndarray,
+) -> np.ndarray:
+    """The forecast mean: the last value moved towards the filter's, the recent trend's and the
+    population's level at the patient's age."""
+    return (
+        last
+        + noise.blend * (filtered - last)
+        + noise.trend_weight * (trend - last)
+        + noise.population_weight * (level - last)
+    )
 
 
 def _walk(noise: NoiseModel, batch: _Batch, visit) -> None:
@@ -326,6 +354,7 @@ def population_backtest(
         "sd": [],
         "last": [],
         "trend": [],
+        "level": [],
     }
 
     def visit(step, _prior, posterior, active):
@@ -347,6 +376,7 @@ def population_backtest(
             parts["mean"].append(x0)
             parts["sd"].append(np.sqrt(p00 + flt.r))
             parts["last"].append(batch.values[rows, step])
+            parts["level"].append(flt.population_level(batch.days[rows, target], batch.birth[rows]))
             parts["trend"].append(
                 recent_trend(
                     batch.days[rows, recent], batch.values[rows, recent], batch.days[rows, target]
@@ -452,11 +482,12 @@ def _maximise_likelihood(base: NoiseModel, default: NoiseModel, batch: _Batch) -
 def _calibrated(noise: NoiseModel, batch: _Batch) -> NoiseModel:
     """Stack and scale the forecasts on the population's own back-test.
 
-    The weights of the filter and of the recent trend against the last observed value are those
-    that minimise the absolute error (a two-parameter stacked model: where a variable is a step
-    function, as many adults' weights are, the last value wins; where it grows, as a child's
-    height does, the trend does); the interval scales make the stacked forecasts cover as
-    claimed.
+    The weights of the filter, of the recent trend and of the population's level against the
+    last observed value are those that minimise the absolute error (a stacked model: where a
+    variable is a step function, as many adults' weights are, the last value wins; where it
+    grows, as a child's height does, the trend does; where it scatters around everyone's mean,
+    as a potassium does, the population does); the interval scales make the stacked forecasts
+    cover as claimed.
     """
     bt = population_backtest(noise, batch)
     n = len(bt["target"])
@@ -464,17 +495,16 @@ def _calibrated(noise: NoiseModel, batch: _Batch) -> NoiseModel:
         return noise
     grid = np.linspace(0.0, 1.0, 11)
     candidates = [
-        replace(noise, blend=float(b), trend_weight=float(t))
+        replace(noise, blend=float(b), trend_weight=float(t), population_weight=float(w))
         for b in grid
         for t in grid
-        if b + t <= 1.0 + 1e-9
+        for w in grid
+        if b + t + w <= 1.0 + 1e-9
     ]
-    errors = [
-        np.abs(bt["target"] - _stacked(c, bt["last"], bt["mean"], bt["trend"])).mean()
-        for c in candidates
-    ]
+    parts = (bt["last"], bt["mean"], bt["trend"], bt["level"])
+    errors = [np.abs(bt["target"] - _stacked(c, *parts)).mean() for c in candidates]
     noise = candidates[int(np.argmin(errors))]
-    mean = _stacked(noise, bt["last"], bt["mean"], bt["trend"])
+    mean = _stacked(noise, *parts)
     z = np.abs(bt["target"] - mean) / bt["sd"]
     scales = tuple(
         min(
