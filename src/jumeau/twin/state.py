@@ -29,6 +29,7 @@ _CALIBRATION_HORIZON_DAYS = 366.0
 FIT_SERIES = 2000
 FIT_LENGTH = 100
 TREND_POINTS = 3
+STACK_SAMPLE = 100_000
 
 
 def z_score(level: float) -> float:
@@ -502,7 +503,12 @@ def _calibrated(noise: NoiseModel, batch: _Batch) -> NoiseModel:
         if b + t + w <= 1.0 + 1e-9
     ]
     parts = (bt["last"], bt["mean"], bt["trend"], bt["level"])
-    errors = [np.abs(bt["target"] - _stacked(c, *parts)).mean() for c in candidates]
+    # the weights are chosen on at most STACK_SAMPLE forecasts: plenty for three weights
+    pick = slice(None)
+    if n > STACK_SAMPLE:
+        pick = np.random.default_rng(0).choice(n, STACK_SAMPLE, replace=False)
+    sample = tuple(part[pick] for part in parts)
+    errors = [np.abs(bt["target"][pick] - _stacked(c, *sample)).mean() for c in candidates]
     noise = candidates[int(np.argmin(errors))]
     mean = _stacked(noise, *parts)
     z = np.abs(bt["target"] - mean) / bt["sd"]
