@@ -118,9 +118,10 @@ def test_ecg_features_bridge_to_the_timeline_and_the_twin(ecg_store):
     sdnn = derived.filter(pl.col("code") == "JUMEAU/ECG/SDNN")["numeric_value"]
     assert (sdnn > 5).all() and (sdnn < 300).all()
     twin = store.twin(subject, START + timedelta(hours=1))
-    assert (
-        twin.variables["heart_rate"].estimate.n_observations == 9
-    )  # 7 windows, the record, the day
+    # the record adds one observation to the heart rate series, its summary (its windows and
+    # its day describe the same beats again)
+    assert twin.variables["heart_rate"].estimate.n_observations == 1
+    assert twin.variables["heart_rate"].last_value == pytest.approx(record_hr["numeric_value"][0])
     day = derived.filter(
         pl.col("text_value").str.starts_with("day") & (pl.col("code") == "LOINC/8867-4")
     )

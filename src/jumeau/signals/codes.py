@@ -15,3 +15,15 @@ FEATURE_CODES = {
     "qtc_bazett": ("LOINC/8636-3", "ms"),
     "qtc_fridericia": ("JUMEAU/ECG/QTcF", "ms"),
 }
+
+#: Where derived ECG features come from, and the scopes they summarise (``"<scope>; <lead>"`` in
+#: their text): the per-record summary is the one observation a record adds to a clinical
+#: variable's series (its 5-min windows and daily summary describe the same beats again).
+ECG_SOURCE = "derived/ecg"
+WINDOW_SCOPE, RECORD_SCOPE, DAY_SCOPE = "5-min window", "record", "day"
+
+
+def is_series_observation(source: str | None, text_value: str | None) -> bool:
+    """Whether an event counts once in a variable's series: any measurement, but of derived ECG
+    features only the per-record summaries."""
+    return source != ECG_SOURCE or (text_value or "").startswith(f"{RECORD_SCOPE};")

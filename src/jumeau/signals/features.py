@@ -21,7 +21,7 @@ from scipy.interpolate import interp1d
 from scipy.signal import welch
 
 from jumeau.ingest.events import epoch_us, event, event_table
-from jumeau.signals.codes import FEATURE_CODES
+from jumeau.signals.codes import DAY_SCOPE, ECG_SOURCE, FEATURE_CODES, RECORD_SCOPE, WINDOW_SCOPE
 from jumeau.signals.ecg import delineate, detect_r_peaks
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -113,8 +113,8 @@ def _feature_rows(
             f"{scope}; {lead}",
             epoch_us(end),
             "measurement",
-            "derived/ecg",
-            p.record_key("derived/ecg", f"{record.id}#{key}#{name}"),
+            ECG_SOURCE,
+            p.record_key(ECG_SOURCE, f"{record.id}#{key}#{name}"),
         )
         row["unit"] = unit
         rows.append(row)
@@ -125,7 +125,7 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
     """Derive ECG feature events for every ECG record of the store (a no-op for records done)."""
     with BatchWriter(store, "features", "ecg") as writer:
         p = store.pseudonymiser
-        counts = writer.report.table("derived/ecg")
+        counts = writer.report.table(ECG_SOURCE)
         for record in store.signal_records():
             leads = [c for c in record.channels if is_ecg_lead(c)]
             lead = leads[0] if leads else None
@@ -156,14 +156,14 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                         int((lo + WINDOW_S) * record.fs),
                     )
                 )
-                rows += _feature_rows(p, record, lead, values, start, end, "5-min window", f"w{w}")
+                rows += _feature_rows(p, record, lead, values, start, end, WINDOW_SCOPE, f"w{w}")
             valid = (rr > 250) & (rr < 2500)
             clean = rr[valid]
             values = hrv(clean)
             intervals = interval_features(signals, record.fs, peaks, 0, record.samples)
             values.update(intervals)
             rows += _feature_rows(
-                p, record, lead, values, record.start, record.end, "record", "record"
+                p, record, lead, values, record.start, record.end, RECORD_SCOPE, "record"
             )
             day = datetime.combine(record.start.date(), datetime.min.time())
             while day < record.end:
@@ -176,7 +176,7 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                     hrv(rr[sel]),
                     day,
                     day + timedelta(days=1),
-                    "day",
+                    DAY_SCOPE,
                     f"day{day.date()}",
                 )
                 day += timedelta(days=1)
@@ -192,8 +192,8 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
                         lead,
                         epoch_us(record.end),
                         "observation",
-                        "derived/ecg",
-                        p.record_key("derived/ecg", f"{record.id}#flag#{flag}"),
+                        ECG_SOURCE,
+                        p.record_key(ECG_SOURCE, f"{record.id}#flag#{flag}"),
                     )
                 )
             if rows:

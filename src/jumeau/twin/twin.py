@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jumeau.model import BIRTH_CODE, DEATH_CODE
+from jumeau.signals.codes import is_series_observation
 from jumeau.twin import conditions as cond
 from jumeau.twin.risks import RiskResult, compute_risks
 from jumeau.twin.state import DAYS_PER_YEAR, Estimate, LocalTrendFilter, NoiseModel
@@ -396,6 +397,8 @@ def observations(
     for r in rows:
         name = index.get(r["code"])
         if name is None or r["numeric_value"] is None or r["time"] is None:
+            continue
+        if not is_series_observation(r["source"], r["text_value"]):
             continue
         var = catalogue[name]
         times, values, flagged = out.setdefault(name, ([], [], []))
