@@ -11,12 +11,13 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 
 import jumeau
 from jumeau.ingest.omop import ingest_omop
-from jumeau.model import CONNECTOR_SCHEMA
+from jumeau.model import CONNECTOR_SCHEMA, EVENT_SCHEMA, STORED_EVENT_SCHEMA
 from jumeau.store import BatchWriter, StoreError, layout
 
 
@@ -120,6 +121,41 @@ def test_timelines_across_batches_and_row_groups_are_exact(new_store):
             timeline.column("time").to_numpy().tolist()
         )
     assert store.timeline_arrow(10**12).num_rows == 0
+
+
+def test_the_arrow_copy_stores_codes_as_dictionaries_and_reads_back_every_value(eunomia_store):
+    store, _ = eunomia_store
+    (arrow_file,) = store.batch_files(layout.EVENTS_ARROW)
+    stored = pa.ipc.open_file(pa.memory_map(str(arrow_file))).schema
+    assert stored.equals(STORED_EVENT_SCHEMA)
+    assert pa.types.is_dictionary(stored.field("code").type)
+    subject = int(store.subjects()[17])
+    from_arrow = store.timeline_arrow(subject).cast(EVENT_SCHEMA)
+    from_parquet = (
+        store.scan().filter(pl.col("subject_id") == subject).collect().to_arrow().cast(EVENT_SCHEMA)
+    )
+    assert from_arrow.sort_by("record_key").equals(from_parquet.sort_by("record_key"))
+    assert store.scan().collect_schema()["code"] == pl.String  # Parquet readers see text
+
+
+def test_a_batch_written_with_plain_strings_still_reads(tmp_path, synthea_dir, key_dir):
+    """Stores written before the dictionaries: their Arrow files hold plain strings."""
+    from jumeau.ingest.fhir import ingest_fhir
+
+    store = jumeau.init(tmp_path / "s")
+    ingest_fhir(store, synthea_dir)
+    subject = int(store.subjects()[0])
+    expected = store.timeline_arrow(subject).cast(EVENT_SCHEMA)
+    (arrow_file,) = store.batch_files(layout.EVENTS_ARROW)
+    plain = pa.ipc.open_file(pa.memory_map(str(arrow_file))).read_all().cast(EVENT_SCHEMA)
+    rewritten = arrow_file.with_suffix(".plain")
+    with pa.OSFile(str(rewritten), "wb") as sink, pa.ipc.new_file(sink, EVENT_SCHEMA) as out:
+        out.write_table(plain)
+    rewritten.replace(arrow_file)  # the open store's memory map keeps the old file
+    reopened = jumeau.open(store.root)
+    timeline = reopened.timeline_arrow(subject)
+    assert timeline.schema.equals(STORED_EVENT_SCHEMA)
+    assert timeline.cast(EVENT_SCHEMA).equals(expected)
 
 
 def test_timeline_filters(eunomia_store):

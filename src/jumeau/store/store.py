@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jumeau._duck import connect, run, sql_string
-from jumeau.model import EVENT_SCHEMA, REJECT_SCHEMA
+from jumeau.model import EVENT_SCHEMA, REJECT_SCHEMA, STORED_EVENT_SCHEMA
 from jumeau.store import keys, layout
 from jumeau.store.vault import read_vault
 
@@ -39,6 +39,9 @@ class _MappedBatch:
     subject_ids: np.ndarray
     starts: np.ndarray
     counts: np.ndarray
+    #: whether the file has the current layout (a batch written before the dictionaries were
+    #: stored is read as plain strings and encoded on the way out)
+    current: bool = True
 
     @classmethod
     def open(cls, folder: Path) -> _MappedBatch:
@@ -53,6 +56,7 @@ class _MappedBatch:
             subject_ids=index.column("subject_id").to_numpy(),
             starts=index.column("start").to_numpy(),
             counts=index.column("count").to_numpy(),
+            current=reader.schema.equals(STORED_EVENT_SCHEMA),
         )
 
     def slice(self, subject_id: int) -> pa.Table | None:
@@ -69,7 +73,9 @@ class _MappedBatch:
             remaining -= take
             start += take
             b += 1
-        return pa.Table.from_batches(parts, schema=EVENT_SCHEMA)
+        if self.current:
+            return pa.Table.from_batches(parts, schema=STORED_EVENT_SCHEMA)
+        return pa.Table.from_batches(parts).cast(STORED_EVENT_SCHEMA)
 
 
 _PA_MAJOR = int(pa.__version__.split(".")[0])
@@ -197,7 +203,9 @@ class Store:
         }
 
     def timeline_arrow(self, subject_id: int, *, known_at: datetime | None = None) -> pa.Table:
-        """All events of one subject as Arrow, in time order (static facts first).
+        """All events of one subject as Arrow, in time order (static facts first): a zero-copy
+        slice of the memory-mapped batch, with code, unit, domain and source dictionary-encoded
+        (:data:`~jumeau.model.STORED_EVENT_SCHEMA`; ``.cast(EVENT_SCHEMA)`` gives plain strings).
 
         With ``known_at``, only events from batches committed by then: the store as it was.
         """
@@ -207,11 +215,12 @@ class Store:
             batches = [b for b in batches if b.id in allowed]
         parts = [t for b in batches if (t := b.slice(subject_id)) is not None]
         if not parts:
-            return EVENT_SCHEMA.empty_table()
+            return STORED_EVENT_SCHEMA.empty_table()
         if len(parts) == 1:
             return parts[0]
-        table = pa.concat_tables(parts)
-        return _sort_by_time(table)
+        # batches have their own dictionaries, and Arrow sorts strings, not dictionaries
+        table = pa.concat_tables([part.cast(EVENT_SCHEMA) for part in parts])
+        return _sort_by_time(table).cast(STORED_EVENT_SCHEMA)
 
     def timeline(
         self,
@@ -239,7 +248,7 @@ class Store:
         known_at:
             Read the store as it was then: only batches committed by ``known_at``.
         """
-        frame = pl.from_arrow(self.timeline_arrow(subject_id, known_at=known_at))
+        frame = pl.from_arrow(self.timeline_arrow(subject_id, known_at=known_at).cast(EVENT_SCHEMA))
         assert isinstance(frame, pl.DataFrame)
         if start is not None:
             frame = frame.filter(pl.col("time").is_null() | (pl.col("time") >= start))

@@ -25,7 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jumeau._duck import arrow_reader, connect, run, scalar
-from jumeau.model import CONNECTOR_SCHEMA, EVENT_SCHEMA, REJECT_SCHEMA
+from jumeau.model import (
+    CONNECTOR_SCHEMA,
+    DICTIONARY_COLUMNS,
+    EVENT_SCHEMA,
+    REJECT_SCHEMA,
+    STORED_EVENT_SCHEMA,
+)
 from jumeau.store import layout
 from jumeau.store.report import IngestReport
 from jumeau.store.vault import VAULT_SCHEMA, write_vault
@@ -42,7 +48,6 @@ REJECT_REASON = "reject_reason"
 #: Folder of a batch holding its waveform records (see :mod:`jumeau.signals.store`).
 SIGNALS_DIR = "signals"
 #: Text columns with few distinct values, sorted as ENUMs (see ``_write_events``).
-_ENUM_COLUMNS = ("code", "unit", "domain", "source")
 CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string())])
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
 
@@ -187,7 +192,7 @@ class BatchWriter:
             pq.write_table(EVENT_SCHEMA.empty_table(), self.dir / layout.EVENTS_PARQUET)
             with (
                 pa.OSFile(str(self.dir / layout.EVENTS_ARROW), "wb") as sink,
-                pa.ipc.new_file(sink, EVENT_SCHEMA),
+                pa.ipc.new_file(sink, STORED_EVENT_SCHEMA),
             ):
                 pass
             pq.write_table(INDEX_SCHEMA.empty_table(), self.dir / layout.SUBJECTS_INDEX)
@@ -219,32 +224,30 @@ class BatchWriter:
             )
         # The sort carries its rows' payload: the low-cardinality text columns travel as ENUMs
         # (a few bytes instead of a string each), which keeps a large batch's sort in memory far
-        # longer; they are text again on the way out. The tiebreak is the record key's top 31
-        # bits: a 24-byte sort key sorts much faster than the 27 bytes the whole key needs, and
-        # ties beyond it are vanishingly rare.
-        for column in _ENUM_COLUMNS:
+        # longer, and come out as the Arrow dictionaries the batch's files store. The tiebreak is
+        # the record key's top 31 bits: a 24-byte sort key sorts much faster than the 27 bytes
+        # the whole key needs, and ties beyond it are vanishingly rare.
+        for column in DICTIONARY_COLUMNS:
             run(
                 con,
                 f"CREATE TYPE jumeau_{column} AS ENUM "
                 f"(SELECT DISTINCT {column} FROM incoming WHERE {column} IS NOT NULL)",
             )
-        encoded = ", ".join(f"{c}::jumeau_{c} AS {c}" for c in _ENUM_COLUMNS)
-        decoded = ", ".join(f"{c}::VARCHAR AS {c}" for c in _ENUM_COLUMNS)
+        encoded = ", ".join(f"{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
         query = (
-            f"SELECT * REPLACE ({decoded}) FROM ("
             f"SELECT * REPLACE ({encoded}) FROM incoming r {new_filter} "
-            "ORDER BY subject_id, time NULLS FIRST, (record_key >> 29)::INTEGER)"
+            "ORDER BY subject_id, time NULLS FIRST, (record_key >> 29)::INTEGER"
         )
         runs = _SubjectRuns()
         written = 0
         arrow_path = self.dir / layout.EVENTS_ARROW
         with (
             pa.OSFile(str(arrow_path), "wb") as sink,
-            pa.ipc.new_file(sink, EVENT_SCHEMA) as ipc,
+            pa.ipc.new_file(sink, STORED_EVENT_SCHEMA) as ipc,
             _ParquetInBackground(self.dir / layout.EVENTS_PARQUET) as parquet,
         ):
             for batch in arrow_reader(con, query, batch_size=ROW_GROUP_SIZE):
-                table = pa.Table.from_batches([batch]).cast(EVENT_SCHEMA)
+                table = pa.Table.from_batches([batch]).cast(STORED_EVENT_SCHEMA)
                 ipc.write_table(table)
                 runs.add(table.column("subject_id").to_numpy(), written)
                 written += table.num_rows
@@ -341,7 +344,11 @@ class _ParquetInBackground:
     def __init__(self, path: Path) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self._writer = pq.ParquetWriter(path, EVENT_SCHEMA, compression="zstd", compression_level=1)
+        # plain strings for every Parquet reader (no Arrow dictionary type in the file's schema);
+        # the dictionaries still spare the writer hashing every value
+        self._writer = pq.ParquetWriter(
+            path, STORED_EVENT_SCHEMA, compression="zstd", compression_level=1, store_schema=False
+        )
         self._pool = ThreadPoolExecutor(1)
         self._last = None
         self._pending: list[pa.Table] = []
