@@ -221,7 +221,7 @@ def _waveforms(
         fs = float(group.SamplingFrequency)
         key = p.record_key("dicom/waveform", f"{ds.SOPInstanceUID}#{g}")
         write_record(
-            writer.staging_dir / "signals" / str(key),
+            writer.signal_folder(str(key)),
             subject_id=subject_id,
             start=when,
             fs=fs,

@@ -88,7 +88,7 @@ def ingest_edf(
                     digital = np.column_stack([c[:length] for c in columns])
                     record_id = str(p.record_key("edf/record", f"{path.name}@{fs:g}"))
                     write_record(
-                        writer.staging_dir / "signals" / record_id,
+                        writer.signal_folder(record_id),
                         subject_id=subject_id,
                         start=start,
                         fs=fs,

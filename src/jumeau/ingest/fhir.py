@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from jumeau.ingest.events import columns_table
+from jumeau.ingest.fhir_sampled import SampledDataError, SampledSignal, read_sampled_data
 from jumeau.model import BIRTH_CODE, CONNECTOR_SCHEMA, DEATH_CODE, REJECT_SCHEMA, fhir_vocabulary
+from jumeau.signals.store import write_record
 from jumeau.store import BatchWriter, IngestReport, Store
+
+_EPOCH = datetime(1970, 1, 1)
 
 Progress = Callable[[str], None]
 _FLUSH_EVERY = 200_000
@@ -532,8 +537,11 @@ class _FhirMapper:
         domain = "measurement" if categories & {"vital-signs", "laboratory"} else "observation"
         code = self._code(res.get("code"), ("LOINC", "SNOMED"))
         components = res.get("component") or []
-        has_value = any(k.startswith("value") for k in res)
-        if has_value or not components:
+        waveforms = self._waveforms(res, components)
+        if waveforms:
+            components = [c for c in components if "valueSampledData" not in c]
+        has_value = any(k.startswith("value") and k != "valueSampledData" for k in res)
+        if (has_value or not components) and not (waveforms and not has_value):
             numeric, text, unit = _value(res)
             self._emit(
                 res,
@@ -560,6 +568,86 @@ class _FhirMapper:
                 text=text,
                 unit=unit,
             )
+        for k, signal in enumerate(waveforms):
+            self._signal(res, subject, code, start, signal, k)
+
+    def _waveforms(self, res: dict, components: list[dict]) -> list[SampledSignal]:
+        """The Observation's SampledData (its value and its components'), one signal per
+        sampling rate and length."""
+        found: list[SampledSignal] = []
+        named = [(res, self._label(res.get("code")) or "signal")] + [
+            (c, self._label(c.get("code")) or f"component {i}") for i, c in enumerate(components)
+        ]
+        for element, name in named:
+            if "valueSampledData" not in element:
+                continue
+            try:
+                signal = read_sampled_data(element["valueSampledData"], name)
+            except SampledDataError as exc:
+                raise FhirError(str(exc)) from exc
+            same = next(
+                (
+                    f
+                    for f in found
+                    if f.fs == signal.fs and f.digital.shape[0] == signal.digital.shape[0]
+                ),
+                None,
+            )
+            if same is None:
+                found.append(signal)
+            else:
+                same.channels += signal.channels
+                same.digital = np.column_stack([same.digital, signal.digital])
+        return found
+
+    @staticmethod
+    def _label(concept: dict | None) -> str | None:
+        """A channel's name: the concept's text, or its first coding's display or code."""
+        if not concept:
+            return None
+        if concept.get("text"):
+            return concept["text"]
+        for coding in concept.get("coding") or []:
+            if coding.get("display") or coding.get("code"):
+                return coding.get("display") or coding.get("code")
+        return None
+
+    def _signal(
+        self,
+        res: dict,
+        subject: tuple[int, int],
+        code: str | None,
+        start: int,
+        signal: SampledSignal,
+        k: int,
+    ) -> None:
+        """A waveform into the signal store, and its ``signal`` event on the timeline."""
+        subject_id, shift = subject
+        part = f"#signal{k}"
+        record_id = str(
+            self.p.record_key("fhir/Observation", f"Observation/{res.get('id', '')}{part}")
+        )
+        duration = int(round(signal.seconds * 1_000_000))
+        self._emit(
+            res,
+            subject,
+            code=code,
+            domain="signal",
+            time=start,
+            end=start + duration,
+            part=part,
+            text=record_id,
+        )
+        # written last: nothing after this can reject the resource and leave the files behind
+        write_record(
+            self.writer.signal_folder(record_id),
+            subject_id=subject_id,
+            start=_EPOCH + timedelta(microseconds=start + shift),
+            fs=signal.fs,
+            channels=signal.channels,
+            digital=signal.digital,
+            source=f"fhir/Observation/{res.get('id', '')}",
+        )
 
     def _medication(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)

@@ -110,7 +110,7 @@ def ingest_wfdb(
                 name = path.name if rate == record.fs else f"{path.name}@{rate:g}Hz"
                 record_id = f"{p.record_key('wfdb/record', name)}"
                 write_record(
-                    writer.staging_dir / "signals" / record_id,
+                    writer.signal_folder(record_id),
                     subject_id=subject_id,
                     start=record_start,
                     fs=rate,

@@ -38,6 +38,8 @@ SUBJECTS_INDEX = "subjects.parquet"
 REJECTS_PARQUET = "rejects.parquet"
 CODES_PARQUET = "codes.parquet"
 VAULT_FILE = "vault.bin"
+#: Folder of a batch holding its waveform records (see :mod:`jumeau.signals.store`).
+SIGNALS_DIR = "signals"
 REPORT_FILE = "report.json"
 
 

@@ -330,7 +330,9 @@ class Store:
         records = [
             SignalRecord(meta.parent)
             for batch in self.manifest.batch_ids
-            for meta in (self.root / layout.BATCHES_DIR / batch / "signals").glob("*/meta.json")
+            for meta in (self.root / layout.BATCHES_DIR / batch / layout.SIGNALS_DIR).glob(
+                "*/meta.json"
+            )
         ]
         if subject_id is not None:
             records = [r for r in records if r.subject_id == subject_id]

@@ -45,8 +45,6 @@ PARQUET_ROW_GROUP_SIZE = 1024 * 1024
 #: A raw event file may carry this column; rows where it is set are not events (the connector
 #: reports them as rejects) and are skipped at commit.
 REJECT_REASON = "reject_reason"
-#: Folder of a batch holding its waveform records (see :mod:`jumeau.signals.store`).
-SIGNALS_DIR = "signals"
 #: Text columns with few distinct values, sorted as ENUMs (see ``_write_events``).
 CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string())])
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
@@ -109,6 +107,11 @@ class BatchWriter:
         """A scratch folder a connector may use; removed with the batch."""
         return self.dir
 
+    def signal_folder(self, record_id: str) -> Path:
+        """Where a connector writes one waveform record of the batch (see
+        :func:`jumeau.signals.store.write_record`)."""
+        return self.dir / layout.SIGNALS_DIR / record_id
+
     def raw_path(self, name: str) -> Path:
         """Where a connector may write a Parquet file of events itself (e.g. a DuckDB ``COPY``).
 
@@ -152,6 +155,7 @@ class BatchWriter:
     def commit(self) -> IngestReport:
         """Deduplicate, sort and publish the batch; a batch that adds nothing is dropped."""
         self._close_writers()
+        self._drop_known_signals()
         con = connect(self.dir / "tmp")
         try:
             written, present, subjects = self._write_events(con)
@@ -171,7 +175,7 @@ class BatchWriter:
         for name in ("raw-rejects.parquet", "raw-codes.parquet"):
             (self.dir / name).unlink()
         for child in list(self.dir.iterdir()):
-            if child.is_dir() and child.name != SIGNALS_DIR:
+            if child.is_dir() and child.name != layout.SIGNALS_DIR:
                 shutil.rmtree(child)
         if self._identities:
             write_vault(
@@ -182,6 +186,20 @@ class BatchWriter:
         (self.dir / layout.REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
         self._publish()
         return report
+
+    def _drop_known_signals(self) -> None:
+        """Waveform records already in the store (a record's folder is named by the keyed hash
+        of its source) are not stored twice when a source is ingested again with new data."""
+        staged = self.dir / layout.SIGNALS_DIR
+        if not staged.is_dir():
+            return
+        for batch in self.store.manifest.batch_ids:
+            known = self.store.root / layout.BATCHES_DIR / batch / layout.SIGNALS_DIR
+            if not known.is_dir():
+                continue
+            for record in list(staged.iterdir()):
+                if (known / record.name).is_dir():
+                    shutil.rmtree(record)
 
     def _existing(self, filename: str) -> list[str]:
         return [str(p) for p in self.store.batch_files(filename)]
