@@ -99,3 +99,59 @@ def test_a_corrupt_edf_header_is_a_clear_error(tmp_path):
     with pytest.raises(EdfError, match="broken.edf"):
         ingest_edf(store, broken)
     assert store.stats()["events"] == 0
+
+
+def _discontinuous_edf(path: Path, gap_after: int, gap_s: float) -> np.ndarray:
+    """An EDF+ file of 10 one-second records (one 100 Hz EEG channel), turned into EDF+D with
+    the records after ``gap_after`` shifted ``gap_s`` later, as an acquisition pause leaves
+    them. Returns the samples."""
+    samples = np.sin(np.arange(1000) / 100 * 2 * np.pi * 10) * 50
+    writer = pyedflib.EdfWriter(str(path), 1, file_type=pyedflib.FILETYPE_EDFPLUS)
+    writer.setSignalHeaders(
+        [
+            {
+                "label": "EEG Fpz-Cz",
+                "dimension": "uV",
+                "sample_frequency": 100,
+                "physical_max": 100,
+                "physical_min": -100,
+                "digital_max": 32767,
+                "digital_min": -32768,
+            }
+        ]
+    )
+    writer.setStartdatetime(datetime(2021, 5, 1, 22, 0, 0))
+    writer.writeSamples([samples])
+    writer.close()
+    data = bytearray(path.read_bytes())
+    data[192:197] = b"EDF+D"
+    signals = int(data[252:256])
+    at = 256 + signals * (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80)
+    per_record = [int(data[at + i * 8 : at + (i + 1) * 8]) for i in range(signals)]
+    record_bytes, before = 2 * sum(per_record), 2 * per_record[0]
+    for k in range(gap_after, 10):
+        offset = 256 + signals * 256 + k * record_bytes + before
+        size = 2 * per_record[1]
+        tal = f"+{k + gap_s:g}\x14\x14\x00".encode().ljust(size, b"\x00")
+        data[offset : offset + size] = tal
+    path.write_bytes(bytes(data))
+    return samples
+
+
+def test_an_edf_d_file_keeps_each_segment_at_its_true_time(tmp_path, new_store):
+    """EDF+D: the records after a 30-s pause start 30 s later; read as one run, every sample
+    after the gap would sit 30 s early."""
+    samples = _discontinuous_edf(tmp_path / "pause.edf", gap_after=6, gap_s=30)
+    ingest_edf(new_store, tmp_path / "pause.edf")
+    first, second = new_store.signal_records()
+    assert first.start == datetime(2021, 5, 1, 22, 0, 0) and first.samples == 600
+    assert second.start == datetime(2021, 5, 1, 22, 0, 36) and second.samples == 400
+    joined = np.concatenate([first.physical(0)[1], second.physical(0)[1]])
+    assert np.allclose(joined, samples, atol=0.01)
+
+
+def test_an_edf_d_file_without_gaps_is_one_record(tmp_path, new_store):
+    _discontinuous_edf(tmp_path / "whole.edf", gap_after=10, gap_s=0)
+    ingest_edf(new_store, tmp_path / "whole.edf")
+    (record,) = new_store.signal_records()
+    assert record.samples == 1000

@@ -4,7 +4,9 @@ Signals are grouped by sampling rate, each group one record of the signal store,
 digital samples and the gain and baseline that turn them into its physical values
 (``physical = pmin + (digital - dmin) * (pmax - pmin) / (dmax - dmin)``). EDF+ annotations
 (events, hypnogram stages such as ``Sleep stage W``) become ``annotation`` events at their onset,
-with their duration as the end time. Annotation-only files (hypnograms) are accepted.
+with their duration as the end time. Annotation-only files (hypnograms) are accepted. An EDF+D
+(discontinuous) file's samples are split at its gaps, each continuous segment a record at its
+true start (see :mod:`jumeau.ingest.edf_records`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jumeau.ingest.edf_records import (
+    DiscontinuousReader,
+    EdfRecordError,
+    contiguous_segments,
+    record_onsets,
+)
 from jumeau.ingest.events import epoch_us, event, event_table
 from jumeau.signals.store import Channel, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
@@ -36,8 +44,6 @@ def ingest_edf(
 
     ``subject`` is the patient's id in ``subject_source`` (default: the file name under ``edf``).
     """
-    import pyedflib
-
     source = Path(source)
     files = (
         sorted(source.glob("*.edf")) + sorted(source.glob("*.EDF")) if source.is_dir() else [source]
@@ -52,8 +58,8 @@ def ingest_edf(
             counts = writer.report.table("edf/file")
             counts.read += 1
             try:
-                reader = pyedflib.EdfReader(str(path))
-            except OSError as exc:
+                reader = _open(path)
+            except (OSError, ValueError) as exc:
                 raise EdfError(f"{path}: not a readable EDF/EDF+ file ({exc})") from exc
             try:
                 patient = subject or path.stem
@@ -62,6 +68,14 @@ def ingest_edf(
                     microseconds=p.shift_us(subject_source, patient)
                 )
                 rows = []
+                try:
+                    onsets = record_onsets(path)
+                except EdfRecordError as exc:
+                    raise EdfError(str(exc)) from exc
+                # an EDF+D file's gaps split its samples into segments, each its own record
+                segments: list[tuple[int, int | None]] = [(0, None)]
+                if onsets is not None:
+                    segments = contiguous_segments(onsets, reader.datarecord_duration)
                 groups: dict[float, list[int]] = {}
                 for i in range(reader.signals_in_file):
                     groups.setdefault(float(reader.getSampleFrequency(i)), []).append(i)
@@ -85,31 +99,39 @@ def ingest_edf(
                         )
                         columns.append(reader.readSignal(i, digital=True))
                     length = min(len(c) for c in columns)
-                    digital = np.column_stack([c[:length] for c in columns])
-                    record_id = str(p.record_key("edf/record", f"{path.name}@{fs:g}"))
-                    write_record(
-                        writer.signal_folder(record_id),
-                        subject_id=subject_id,
-                        start=start,
-                        fs=fs,
-                        channels=channels,
-                        digital=digital,
-                        source=f"edf/{path.name}",
-                    )
-                    end = start + timedelta(seconds=length / fs)
-                    rows.append(
-                        event(
-                            subject_id,
-                            epoch_us(start),
-                            "EDF/record",
-                            fs,
-                            record_id,
-                            epoch_us(end),
-                            "signal",
-                            "edf/record",
-                            p.record_key("edf/record", f"{path.name}@{fs:g}"),
+                    per_record = int(reader.samples_in_datarecord(indices[0]))
+                    for k, (first, last) in enumerate(segments):
+                        lo = first * per_record
+                        hi = length if last is None else min(last * per_record, length)
+                        if hi <= lo:
+                            continue
+                        key = f"{path.name}@{fs:g}" + (f"#{k}" if len(segments) > 1 else "")
+                        at = start
+                        if onsets is not None and len(onsets):
+                            at = start + timedelta(seconds=float(onsets[first]))
+                        record_id = str(p.record_key("edf/record", key))
+                        write_record(
+                            writer.signal_folder(record_id),
+                            subject_id=subject_id,
+                            start=at,
+                            fs=fs,
+                            channels=channels,
+                            digital=np.column_stack([c[lo:hi] for c in columns]),
+                            source=f"edf/{path.name}",
                         )
-                    )
+                        rows.append(
+                            event(
+                                subject_id,
+                                epoch_us(at),
+                                "EDF/record",
+                                fs,
+                                record_id,
+                                epoch_us(at + timedelta(seconds=(hi - lo) / fs)),
+                                "signal",
+                                "edf/record",
+                                p.record_key("edf/record", key),
+                            )
+                        )
                 onsets, durations, texts = reader.readAnnotations()
                 ann_counts = writer.report.table("edf/annotation")
                 for k, (onset, duration, text) in enumerate(
@@ -144,3 +166,12 @@ def ingest_edf(
             finally:
                 reader.close()
         return writer.commit()
+
+
+def _open(path: Path):
+    """pyedflib's reader, or for EDF+D (which pyedflib refuses) the edfio-backed one."""
+    import pyedflib
+
+    with open(path, "rb") as f:
+        discontinuous = f.read(197)[192:197] == b"EDF+D"
+    return DiscontinuousReader(path) if discontinuous else pyedflib.EdfReader(str(path))
