@@ -88,6 +88,25 @@ def test_dicom_study_metadata_and_waveforms(tmp_path, new_store):
     assert np.allclose(lead2, ecg.waveform_array(0)[:, 1])
 
 
+def test_waveform_padding_is_missing_and_a_group_offset_delays_its_start(tmp_path, new_store):
+    """Waveform Padding Value marks samples the device did not have; Multiplex Group Time
+    Offset (ms) starts a group after the acquisition time."""
+    ds = pydicom.dcmread(DATA / "dicom" / "waveform_ecg.dcm")
+    rhythm, median = ds.WaveformSequence
+    samples = np.frombuffer(rhythm.WaveformData, dtype="<i2").copy()
+    samples[:120] = -32768  # the first 10 samples of all 12 leads
+    rhythm.WaveformData = samples.tobytes()
+    rhythm.add_new(0x5400100A, "OW", np.int16(-32768).tobytes())  # Waveform Padding Value
+    median.MultiplexGroupTimeOffset = 2500.0
+    ds.save_as(tmp_path / "padded.dcm")
+    ingest_dicom(new_store, tmp_path / "padded.dcm")
+    by_samples = {r.samples: r for r in new_store.signal_records()}
+    _, lead1 = by_samples[10_000].physical(0)
+    assert np.isnan(lead1[:10]).all() and not np.isnan(lead1[10:]).any()
+    other = next(r for n, r in by_samples.items() if n != 10_000)
+    assert (other.start - by_samples[10_000].start).total_seconds() == pytest.approx(2.5)
+
+
 def test_dicom_without_required_tags_is_rejected(tmp_path, new_store):
     ds = pydicom.dcmread(DATA / "dicom" / "MR_small.dcm")
     del ds.StudyInstanceUID

@@ -197,9 +197,13 @@ def _waveforms(
         if dtype is None:
             continue
         n_ch, n = int(group.NumberOfWaveformChannels), int(group.NumberOfWaveformSamples)
-        raw = np.frombuffer(group.WaveformData, dtype=np.dtype(dtype).newbyteorder("<"))[
-            : n * n_ch
-        ].reshape(n, n_ch)
+        sample_type = np.dtype(dtype).newbyteorder("<")
+        raw = np.frombuffer(group.WaveformData, dtype=sample_type)[: n * n_ch].reshape(n, n_ch)
+        padding = None  # the value the device wrote where it had no sample
+        if group.get("WaveformPaddingValue") is not None:
+            padding = int(np.frombuffer(group.WaveformPaddingValue, dtype=sample_type)[0])
+        # a multiplex group may start later than the acquisition (ms offset)
+        start = when + timedelta(milliseconds=float(group.get("MultiplexGroupTimeOffset", 0) or 0))
         channels = []
         for c, definition in enumerate(group.ChannelDefinitionSequence):
             label = (
@@ -216,14 +220,14 @@ def _waveforms(
             correction = float(definition.get("ChannelSensitivityCorrectionFactor", 1) or 1)
             offset = float(definition.get("ChannelBaseline", 0) or 0)
             channels.append(
-                Channel(str(label), str(unit), 1.0 / (sensitivity * correction), -offset)
+                Channel(str(label), str(unit), 1.0 / (sensitivity * correction), -offset, padding)
             )
         fs = float(group.SamplingFrequency)
         key = p.record_key("dicom/waveform", f"{ds.SOPInstanceUID}#{g}")
         write_record(
             writer.signal_folder(str(key)),
             subject_id=subject_id,
-            start=when,
+            start=start,
             fs=fs,
             channels=channels,
             digital=raw.astype(np.int32),
@@ -232,11 +236,11 @@ def _waveforms(
         rows.append(
             event(
                 subject_id,
-                epoch_us(when),
+                epoch_us(start),
                 "DICOM/waveform",
                 fs,
                 str(key),
-                epoch_us(when + timedelta(seconds=n / fs)),
+                epoch_us(start + timedelta(seconds=n / fs)),
                 "signal",
                 "dicom/waveform",
                 key,
