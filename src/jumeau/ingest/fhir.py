@@ -23,8 +23,6 @@ from jumeau.model import BIRTH_CODE, CONNECTOR_SCHEMA, DEATH_CODE, REJECT_SCHEMA
 from jumeau.signals.store import write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
-_EPOCH = datetime(1970, 1, 1)
-
 Progress = Callable[[str], None]
 _FLUSH_EVERY = 200_000
 _EPOCH = datetime(1970, 1, 1)
@@ -541,7 +539,7 @@ class _FhirMapper:
         if waveforms:
             components = [c for c in components if "valueSampledData" not in c]
         has_value = any(k.startswith("value") and k != "valueSampledData" for k in res)
-        if (has_value or not components) and not (waveforms and not has_value):
+        if has_value or not (components or waveforms):  # a bare Observation still counts
             numeric, text, unit = _value(res)
             self._emit(
                 res,
