@@ -166,6 +166,15 @@ def backtest_table(result: dict) -> None:
         + ", ".join(n for n in main if n not in met)
         + "."
     )
+    variables = result["variables"].values()
+    total = sum(v["n"] for v in variables)
+    pooled = {
+        level: sum(v[f"coverage_{level}"] * v["n"] for v in variables) / total for level in (80, 95)
+    }
+    print(
+        f"Interval calibration, all {total} forecasts pooled: 80% intervals cover "
+        f"{pooled[80]:.1%}, 95% intervals cover {pooled[95]:.1%} (targets 77–83% and 93–97%)."
+    )
     print()
     order = ("1", "2-3", "4-7", "8+")
     for name in ("sbp", "dbp"):
