@@ -90,3 +90,40 @@ def test_meds_without_a_code_column_is_refused(tmp_path, new_store):
     with pytest.raises(MedsError, match="lacks required column"):
         ingest_meds(new_store, tmp_path / "bad")
     assert new_store.stats()["events"] == 0
+
+
+def test_meds_etl_omop_output_keeps_end_times_and_gets_domains_from_its_tables(tmp_path, new_store):
+    """meds_etl's OMOP conversion names the end time ``end`` and the source table ``table``
+    (``condition``, ``drug_exposure``, ``person``...): the end times are kept and the tables
+    give the events their domains."""
+    from datetime import datetime
+
+    import pyarrow as pa
+
+    (tmp_path / "data").mkdir()
+    when, until = datetime(2019, 3, 1), datetime(2019, 3, 15)
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array([7, 7, 7, 7, 7], pa.int64()),
+                "time": pa.array([datetime(1970, 5, 1), when, when, when, when]),
+                "code": ["MEDS_BIRTH", "SNOMED/40055000", "RxNorm/1049221", "LOINC/8480-6", "X/1"],
+                "numeric_value": pa.array([None, None, 1.0, 128.0, None], pa.float32()),
+                "end": pa.array([None, until, until, None, None], pa.timestamp("us")),
+                "table": ["person", "condition", "drug_exposure", "measurement", "custom"],
+                "visit_id": pa.array([None, 3, 3, 3, None], pa.int64()),
+            }
+        ),
+        tmp_path / "data" / "data_0.parquet",
+    )
+    ingest_meds(new_store, tmp_path)
+    events = new_store.timeline(new_store.lookup("meds", "7"))
+    by_code = {r["code"]: r for r in events.to_dicts()}
+    assert [by_code[c]["domain"] for c in ("MEDS_BIRTH", "SNOMED/40055000", "RxNorm/1049221")] == [
+        "demographic",
+        "condition",
+        "drug",
+    ]
+    assert by_code["LOINC/8480-6"]["domain"] == "measurement"
+    assert by_code["X/1"]["domain"] == "other"  # not an OMOP table
+    assert by_code["SNOMED/40055000"]["end_time"] == until

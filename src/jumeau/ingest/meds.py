@@ -29,7 +29,8 @@ def ingest_meds(
     """Import a MEDS dataset into ``store`` as one atomic batch.
 
     Columns beyond MEDS's own (``text_value``, ``unit``, ``end_time``, ``domain``) are kept when
-    present, so a jumeau MEDS export comes back unchanged.
+    present, so a jumeau MEDS export comes back unchanged. ``meds_etl``'s OMOP output names its
+    end time ``end`` and its source table ``table``; the table gives the domain.
     """
     root = Path(source)
     data_dir = root / "data" if (root / "data").is_dir() else root
@@ -66,7 +67,7 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
         raise MedsError(f"{files[0]}: MEDS data lacks required column(s) {', '.join(missing)}")
     if progress:
         progress("data")
-    opt = lambda c, t: f"CAST({c} AS {t})" if c in cols else f"NULL::{t}"  # noqa: E731
+    opt = lambda c, t: f'CAST("{c}" AS {t})' if c in cols else f"NULL::{t}"  # noqa: E731
     run(
         con,
         f"""CREATE TEMP TABLE src AS SELECT filename, row_number() OVER () AS _row,
@@ -74,9 +75,20 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
             CAST(time AS TIMESTAMP) AS time, CAST(code AS VARCHAR) AS code,
             {opt("numeric_value", "DOUBLE")} AS numeric_value,
             {opt("text_value", "VARCHAR")} AS text_value, {opt("unit", "VARCHAR")} AS unit,
-            {opt("end_time", "TIMESTAMP")} AS end_time, {opt("domain", "VARCHAR")} AS domain
+            {opt("end_time" if "end_time" in cols else "end", "TIMESTAMP")} AS end_time,
+            {opt("domain", "VARCHAR")} AS domain, {opt("table", "VARCHAR")} AS source_table
         FROM read_parquet($f, union_by_name=true, filename=true)""",
         {"f": files},
+    )
+    tables = [r[0] for r in run(con, "SELECT DISTINCT source_table FROM src") if r[0]]
+    con.register(
+        "table_domains",
+        pa.table(
+            {
+                "source_table": pa.array(tables, pa.string()),
+                "table_domain": pa.array([omop_table_domain(t) for t in tables], pa.string()),
+            }
+        ),
     )
     subjects = [r[0] for r in run(con, "SELECT DISTINCT sid FROM src WHERE sid IS NOT NULL")]
     p = store.pseudonymiser
@@ -116,9 +128,25 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
         f"""COPY (SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value, s.text_value, s.unit,
             s.end_time{shift} AS end_time,
             COALESCE(s.domain, CASE WHEN s.code IN ('MEDS_BIRTH') THEN 'demographic'
-                                    WHEN s.code = 'MEDS_DEATH' THEN 'death' ELSE 'other' END) AS domain,
+                                    WHEN s.code = 'MEDS_DEATH' THEN 'death' END,
+                     d.table_domain, 'other') AS domain,
             'meds/data' AS source, {key} AS record_key
-        FROM src s JOIN meds_map m USING (sid) WHERE s.code IS NOT NULL AND s.code <> '')
+        FROM src s JOIN meds_map m USING (sid) LEFT JOIN table_domains d USING (source_table)
+        WHERE s.code IS NOT NULL AND s.code <> '')
         TO '{out}' (FORMAT parquet)""",
     )
     counts.events = scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")
+
+
+def omop_table_domain(table: str) -> str | None:
+    """The domain of an OMOP table named in full (``condition_occurrence``) or short
+    (``condition``, as ``meds_etl`` writes it); None for a name that is not an OMOP table."""
+    from jumeau.ingest.omop import SPECS
+
+    name = table.strip().lower()
+    if name == "person":
+        return "demographic"
+    for candidate in (name, f"{name}_occurrence", f"{name}_exposure"):
+        if candidate in SPECS:
+            return SPECS[candidate].domain
+    return None
