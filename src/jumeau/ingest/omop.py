@@ -680,7 +680,11 @@ class _OmopMapper:
                 s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
                 {self._shifted("s.t1")} AS end_time, '{spec.domain}' AS domain,
                 'omop/{table}' AS source, {self._record_key(table)} AS record_key,
-                s.reason AS reject_reason, s._row, CASE WHEN s.reason IS NOT NULL OR s._shared THEN s.rid END AS _rid, true AS _primary, s._shared
+                s.reason AS reject_reason,
+                -- row and id travel only where a reject or a shared id needs them (not 8 bytes
+                -- a row through the batch's raw file)
+                CASE WHEN s.reason IS NOT NULL OR s._shared THEN s._row END AS _row,
+                CASE WHEN s.reason IS NOT NULL OR s._shared THEN s.rid END AS _rid, true AS _primary, s._shared
             FROM staged s
             LEFT JOIN concepts c ON c.concept_id = s.concept_id
             LEFT JOIN concepts sc ON sc.concept_id = s.source_concept_id AND s.source_concept_id <> 0
