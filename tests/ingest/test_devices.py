@@ -79,3 +79,67 @@ def test_clock_jumps_are_reported_and_naive_times_need_a_zone(tmp_path, new_stor
     assert "timezone" in new_store.rejects().filter(pl.col("file") == str(naive))["reason"][0]
     twin = new_store.twin(new_store.lookup("device", "p2"), datetime(2024, 6, 1))
     assert twin.variables["glucose"].last_value == pytest.approx(115 / 18.016)
+
+
+def test_a_blood_pressure_cuff_export_with_one_column_per_metric(tmp_path, new_store):
+    """A cuff's wide export: date and time of day in two columns, local time, units in headers."""
+    cuff = tmp_path / "cuff.csv"
+    cuff.write_text(
+        "Date,Time,Systolic (mmHg),Diastolic (mmHg),Pulse (bpm),Note\n"
+        "2024-05-02,07:30,138,88,72,after coffee\n"
+        "2024-05-03,07:31,131,84,,\n"
+    )
+    report = ingest_devices(new_store, cuff, subject="p2", timezone="Europe/Paris")
+    counts = report.tables["device/sample"]
+    assert (counts.read, counts.accepted, counts.rejected) == (5, 5, 0)
+    assert any("Note" in w for w in report.warnings)  # a column it could not read, said
+    events = new_store.timeline(new_store.lookup("device", "p2")).sort("time", "code")
+    first = events.filter(pl.col("time") == datetime(2024, 5, 2, 5, 30))  # UTC
+    assert sorted(zip(first["code"], first["numeric_value"], first["unit"], strict=True)) == [
+        ("LOINC/8462-4", 88.0, "mmHg"),
+        ("LOINC/8480-6", 138.0, "mmHg"),
+        ("LOINC/8867-4", 72.0, "bpm"),
+    ]
+    twin = new_store.twin(new_store.lookup("device", "p2"))
+    assert twin.variables["sbp"].last_value == 131
+    assert twin.variables["heart_rate"].last_value == 72
+
+
+def test_healthkit_style_samples_and_epoch_times(tmp_path, new_store):
+    """HealthKit identifiers name the metrics, SpO2 comes as a fraction, times as epoch ms."""
+    stream = tmp_path / "health.json"
+    samples = [
+        {"type": "HKQuantityTypeIdentifierHeartRate", "startDate": "1714633200000", "value": 58},
+        {
+            "type": "HKQuantityTypeIdentifierOxygenSaturation",
+            "startDate": "1714633260000",
+            "value": 0.96,
+            "unit": "%",
+        },
+        {
+            "type": "HKQuantityTypeIdentifierBloodGlucose",
+            "startDate": "2024-05-02T07:02:00Z",
+            "value": 5.4,
+            "unit": "mmol/L",
+        },
+    ]
+    stream.write_text(json.dumps(samples))
+    report = ingest_devices(new_store, stream, subject="p3")
+    assert report.tables["device/sample"].accepted == 3
+    events = new_store.timeline(new_store.lookup("device", "p3")).sort("time")
+    assert events["code"].to_list() == ["LOINC/8867-4", "LOINC/59408-5", "LOINC/2339-0"]
+    assert events["time"][0] == datetime(2024, 5, 2, 7, 0)
+    assert events["numeric_value"][1] == pytest.approx(96.0)
+
+
+def test_a_cgm_export_names_its_unit_in_the_header(tmp_path, new_store):
+    cgm = tmp_path / "libre.csv"
+    cgm.write_text(
+        "Device,Device Timestamp,Record Type,Historic Glucose mg/dL\n"
+        "FreeStyle,2024-05-02 08:00,0,104\n"
+        "FreeStyle,2024-05-02 08:15,0,131\n"
+    )
+    report = ingest_devices(new_store, cgm, subject="p4", timezone="UTC")
+    assert report.tables["device/sample"].accepted == 2
+    events = new_store.timeline(new_store.lookup("device", "p4"))
+    assert set(events["unit"]) == {"mg/dL"} and events["numeric_value"].to_list() == [104, 131]

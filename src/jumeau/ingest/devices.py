@@ -1,9 +1,13 @@
 """Connected-device streams (heart rate, steps, SpO2, glucose, blood-pressure cuffs...) from CSV,
 JSON or NDJSON, at second-to-minute scale.
 
-A stream is long-format rows ``time, metric, value[, unit][, device]``. Times carry their offset
-(``2024-03-01T08:00:00+01:00``) or are read in the time zone the user names; all are stored in
-UTC. Known metrics map to LOINC codes so the twin reads them like clinical measurements. Exact
+A stream is long-format rows ``time, metric, value[, unit][, device]``, or a wide export with
+one column per metric (a blood-pressure cuff's ``Date, Systolic, Diastolic, Pulse``, a CGM's
+``Timestamp, Glucose Value (mg/dL)``; a unit in the header's parentheses is the column's unit).
+Metric names may be HealthKit identifiers (``HKQuantityTypeIdentifierHeartRate``), and the time
+column ``time``, ``timestamp``, ``date``, ``startDate``... Times carry their offset
+(``2024-03-01T08:00:00+01:00``), are epoch seconds or milliseconds, or are read in the time
+zone the user names; all are stored in UTC. Known metrics map to LOINC codes so the twin reads them like clinical measurements. Exact
 duplicates (same device, metric and time) are dropped and counted; a device clock that jumps
 backwards is reported (DST changes and resets show up here); rows with unreadable times or values
 are rejected with their row number.
@@ -11,6 +15,7 @@ are rejected with their row number.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +42,46 @@ METRICS: dict[str, tuple[str, str]] = {
     "temperature": ("LOINC/8310-5", "Cel"),
     "respiratory_rate": ("LOINC/9279-1", "/min"),
 }
+#: Other names of the metrics above (after :func:`metric_name`).
+ALIASES = {
+    "pulse": "heart_rate",
+    "heart_rate_bpm": "heart_rate",
+    "step_count": "steps",
+    "blood_glucose": "glucose",
+    "glucose_value": "glucose",
+    "historic_glucose": "glucose",
+    "blood_pressure_systolic": "systolic",
+    "blood_pressure_diastolic": "diastolic",
+    "sys": "systolic",
+    "dia": "diastolic",
+    "body_mass": "weight",
+    "body_temperature": "temperature",
+    "oxygen_saturation": "spo2",
+}
+TIME_COLUMNS = (
+    "time",
+    "timestamp",
+    "datetime",
+    "date_time",
+    "date",
+    "start_date",
+    "start",
+    "start_time",
+    "device_timestamp",
+)
+_NOT_METRICS = {
+    "device",
+    "unit",
+    "source",
+    "id",
+    "subject",
+    "patient",
+    "end_date",
+    "end",
+    "end_time",
+    "event_type",
+    "index",
+}
 CLOCK_JUMP_S = 60
 
 
@@ -61,8 +106,81 @@ def _read(path: Path) -> list[dict]:
     return data if isinstance(data, list) else data.get("data", [])
 
 
+def metric_name(name: str) -> tuple[str, str | None]:
+    """A column or metric name as a metric key, and the unit its parentheses give:
+    ``"Glucose Value (mg/dL)"`` -> ``("glucose", "mg/dL")``,
+    ``"HKQuantityTypeIdentifierHeartRate"`` -> ``("heart_rate", None)``."""
+    text = str(name).strip()
+    unit = None
+    match = re.search(r"\(([^)]*)\)\s*$", text)
+    if match:
+        text, unit = text[: match.start()].strip(), match.group(1).strip() or None
+    trailing = re.search(r"\s+(mg/dl|mmol/l|bpm|mmhg|kg|lbs?)$", text, re.IGNORECASE)
+    if unit is None and trailing:  # "Historic Glucose mg/dL"
+        text, unit = text[: trailing.start()].strip(), trailing.group(1)
+    text = re.sub(r"^HK(Quantity|Category)TypeIdentifier", "", text)
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", text)
+    key = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return ALIASES.get(key, key), unit
+
+
+def _long_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Rows as ``time, metric, value, unit, device`` records, whatever the export's shape;
+    and the columns of a wide export left out (not a known metric)."""
+    if not rows:
+        return [], []
+    names = {metric_name(c)[0]: c for c in rows[0]}
+    time_col = next((names[t] for t in TIME_COLUMNS if t in names), None)
+    date_col = names.get("date") if time_col == names.get("time") else None
+
+    def when(row: dict):  # a date and a time of day in two columns (cuff exports) are one time
+        if date_col is not None and row.get(date_col):
+            return f"{row[date_col]} {row.get(time_col) or ''}".strip()
+        return row.get(time_col) if time_col else None
+
+    metric_col = names.get("metric") or names.get("type")
+    out: list[dict] = []
+    if metric_col is not None or "value" in names:
+        for row in rows:
+            out.append(
+                {
+                    "time": when(row),
+                    "metric": row.get(metric_col) if metric_col else None,
+                    "value": row.get(names.get("value", "value")),
+                    "unit": row.get(names.get("unit", "unit")),
+                    "device": row.get(names.get("device", "device"))
+                    or row.get(names.get("source", "source")),
+                }
+            )
+        return out, []
+    metrics, ignored = [], []
+    for key, column in names.items():
+        if column in (time_col, date_col) or key in _NOT_METRICS:
+            continue
+        (metrics if key in METRICS else ignored).append(column)
+    for row in rows:
+        for column in metrics:
+            if row.get(column) in (None, ""):
+                continue
+            key, unit = metric_name(column)
+            out.append(
+                {
+                    "time": when(row),
+                    "metric": key,
+                    "value": row[column],
+                    "unit": unit,
+                    "device": row.get(names.get("device", "device")),
+                }
+            )
+    return out, ignored
+
+
 def _parse_time(text: str, zone: ZoneInfo | None) -> datetime:
-    moment = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    raw = str(text).strip()
+    if re.fullmatch(r"\d{9,13}(\.\d+)?", raw):  # epoch seconds, or milliseconds past 1e11
+        seconds = float(raw) / (1000 if float(raw) > 1e11 else 1)
+        return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+    moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         if zone is None:
             raise ValueError("time has no UTC offset and no --timezone was given")
@@ -98,20 +216,28 @@ def ingest_devices(
         for path in files:
             if progress:
                 progress(path.name)
-            rows = _read(path)
+            rows, ignored = _long_rows(_read(path))
+            if ignored:
+                writer.report.warnings.append(
+                    f"{path.name}: column(s) not read (not a known metric): {', '.join(ignored)}"
+                )
             counts = writer.report.table("device/sample")
             seen: set[tuple] = set()
             last: dict[tuple, datetime] = {}
             events, rejects, duplicates, jumps = [], [], 0, []
             for i, row in enumerate(rows, start=1):
                 counts.read += 1
-                metric = str(row.get("metric") or row.get("type") or "").strip().lower()
+                metric = metric_name(row.get("metric") or "")[0]
                 device = str(row.get("device") or "")
                 try:
                     if not metric:
                         raise ValueError("no metric")
+                    if row["time"] in (None, ""):
+                        raise ValueError("no time")
                     when = _parse_time(row["time"], zone)
                     value = float(row["value"])
+                    if metric == "spo2" and value <= 1.0:  # HealthKit gives a fraction
+                        value *= 100
                 except (KeyError, ValueError, TypeError) as exc:
                     counts.rejected += 1
                     rejects.append((f"row {i}", f"{type(exc).__name__}: {exc}"))

@@ -142,7 +142,12 @@ CATALOGUE: dict[str, Variable] = {
             ["LOINC/29463-7", "LOINC/3141-9", "OMOP/3025315"],
             0.5,
             400,
-            {"[lb_av]": _scale(0.45359237), "lb": _scale(0.45359237), "g": _scale(0.001)},
+            {
+                "[lb_av]": _scale(0.45359237),
+                "lb": _scale(0.45359237),
+                "lbs": _scale(0.45359237),
+                "g": _scale(0.001),
+            },
             1.5,
             4,
             75,
