@@ -4,7 +4,7 @@ the signal store's digital samples.
 R4 gives the time between samples in ms (``period``); R5 as ``interval`` in ``intervalUnit``.
 Each value is ``origin + factor * data``; ``E`` (error) is a missing sample, ``L`` and ``U`` (below
 and above the detection limits) the limit itself where one is given. ``dimensions`` > 1
-interleaves several channels. The data's decimals are kept exactly: they are stored as
+interleaves several channels. The data's decimals (up to six) are kept exactly: they are stored as
 integers scaled by a power of ten, with the gain and baseline that give the physical values
 back (a limit standing for ``L`` or ``U`` to the data's resolution).
 """
