@@ -121,8 +121,27 @@ def _feature_rows(
     return rows
 
 
+def _summarised_ecg_records(store: Store) -> set[tuple]:
+    """(subject, start, end, "record; lead") of every ECG record with its summary in the store."""
+    import polars as pl
+
+    summaries = (
+        store.scan()
+        .filter(
+            (pl.col("source") == ECG_SOURCE)
+            & pl.col("text_value").str.starts_with(f"{RECORD_SCOPE};")
+        )
+        .select("subject_id", "time", "end_time", "text_value")
+        .unique()
+        .collect()
+    )
+    return set(summaries.iter_rows())
+
+
 def ecg_features(store: Store, progress: Callable[[str], None] | None = None) -> IngestReport:
-    """Derive ECG feature events for every ECG record of the store (a no-op for records done)."""
+    """Derive ECG feature events for every ECG record of the store; records whose summary is
+    already on the timeline are skipped, so a store that grows pays only for its new records."""
+    done = _summarised_ecg_records(store)
     with BatchWriter(store, "features", "ecg") as writer:
         p = store.pseudonymiser
         counts = writer.report.table(ECG_SOURCE)
@@ -130,6 +149,8 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             leads = [c for c in record.channels if is_ecg_lead(c)]
             lead = leads[0] if leads else None
             if lead is None:
+                continue
+            if (record.subject_id, record.start, record.end, f"{RECORD_SCOPE}; {lead}") in done:
                 continue
             if progress:
                 progress(record.id)
