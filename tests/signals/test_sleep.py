@@ -141,3 +141,5 @@ def test_staged_nights_join_the_timeline(new_store, night):
     assert kappa[0] == pytest.approx(direct["methods"]["spectral"]["kappa"])
     tst = events.filter(pl.col("code") == "JUMEAU/SLEEP/total_sleep_time")
     assert tst["unit"].to_list() == ["min"] and 300 < tst["numeric_value"][0] < 400
+    again = sleep_features(new_store, method="spectral")  # the night is staged already
+    assert again.events_written == 0 and again.tables["derived/sleep"].read == 0

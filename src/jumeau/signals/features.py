@@ -121,27 +121,25 @@ def _feature_rows(
     return rows
 
 
-def _summarised_ecg_records(store: Store) -> set[tuple]:
-    """(subject, start, end, "record; lead") of every ECG record with its summary in the store."""
+def _written(store: Store, source: str, code: str | None = None) -> dict[tuple, set]:
+    """(subject, time) -> texts of the events a feature source already put on the timeline: how
+    a feature run knows the records it has done, so a growing store pays only for new ones."""
     import polars as pl
 
-    summaries = (
-        store.scan()
-        .filter(
-            (pl.col("source") == ECG_SOURCE)
-            & pl.col("text_value").str.starts_with(f"{RECORD_SCOPE};")
-        )
-        .select("subject_id", "time", "end_time", "text_value")
-        .unique()
-        .collect()
-    )
-    return set(summaries.iter_rows())
+    wanted = pl.col("source") == source
+    if code is not None:
+        wanted &= pl.col("code") == code
+    done: dict[tuple, set] = {}
+    frame = store.scan().filter(wanted).select("subject_id", "time", "text_value").unique()
+    for subject, time, text in frame.collect().iter_rows():
+        done.setdefault((subject, time), set()).add(text)
+    return done
 
 
 def ecg_features(store: Store, progress: Callable[[str], None] | None = None) -> IngestReport:
     """Derive ECG feature events for every ECG record of the store; records whose summary is
     already on the timeline are skipped, so a store that grows pays only for its new records."""
-    done = _summarised_ecg_records(store)
+    done = _written(store, ECG_SOURCE)
     with BatchWriter(store, "features", "ecg") as writer:
         p = store.pseudonymiser
         counts = writer.report.table(ECG_SOURCE)
@@ -150,7 +148,7 @@ def ecg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             lead = leads[0] if leads else None
             if lead is None:
                 continue
-            if (record.subject_id, record.start, record.end, f"{RECORD_SCOPE}; {lead}") in done:
+            if f"{RECORD_SCOPE}; {lead}" in done.get((record.subject_id, record.start), ()):
                 continue
             if progress:
                 progress(record.id)
@@ -269,6 +267,7 @@ def band_powers(signal: np.ndarray, fs: float) -> dict[str, float]:
 def eeg_features(store: Store, progress: Callable[[str], None] | None = None) -> IngestReport:
     """Per 30-s epoch and channel, relative delta/theta/alpha/sigma/beta power as timeline events
     (records shorter than an epoch give one epoch of their length, if at least 4 s)."""
+    done = _written(store, "derived/eeg")
     with BatchWriter(store, "features", "eeg") as writer:
         p = store.pseudonymiser
         counts = writer.report.table("derived/eeg")
@@ -276,6 +275,8 @@ def eeg_features(store: Store, progress: Callable[[str], None] | None = None) ->
             units = record.units
             chosen = [i for i, u in enumerate(units) if u in EEG_UNITS]
             if not chosen or record.fs < 60:
+                continue
+            if record.channels[chosen[0]] in done.get((record.subject_id, record.start), ()):
                 continue
             if progress:
                 progress(record.id)
@@ -330,10 +331,13 @@ def sleep_features(
     from jumeau.signals import sleep
 
     method = method or ("yasa" if sleep.yasa_available() else "spectral")
+    done = _written(store, f"derived/sleep/{method}", "JUMEAU/SLEEP/stage")
     with BatchWriter(store, "features", f"sleep/{method}") as writer:
         p = store.pseudonymiser
         counts = writer.report.table("derived/sleep")
         for record in store.signal_records():
+            if (record.subject_id, record.start) in done:
+                continue
             units = record.units
             picked = sleep.pick_channels(record.channels)
             eeg = picked["eeg"]
