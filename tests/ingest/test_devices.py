@@ -143,3 +143,12 @@ def test_a_cgm_export_names_its_unit_in_the_header(tmp_path, new_store):
     assert report.tables["device/sample"].accepted == 2
     events = new_store.timeline(new_store.lookup("device", "p4"))
     assert set(events["unit"]) == {"mg/dL"} and events["numeric_value"].to_list() == [104, 131]
+
+
+def test_a_single_metric_file_names_its_metric_in_its_file_name(tmp_path, new_store):
+    stream = tmp_path / "HeartRate.csv"
+    stream.write_text("timestamp,value\n1714633200,61\n1714633260,63\n")
+    report = ingest_devices(new_store, stream, subject="p5")
+    assert report.tables["device/sample"].accepted == 2
+    events = new_store.timeline(new_store.lookup("device", "p5"))
+    assert set(events["code"]) == {"LOINC/8867-4"}

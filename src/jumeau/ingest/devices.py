@@ -124,8 +124,9 @@ def metric_name(name: str) -> tuple[str, str | None]:
     return ALIASES.get(key, key), unit
 
 
-def _long_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """Rows as ``time, metric, value, unit, device`` records, whatever the export's shape;
+def _long_rows(rows: list[dict], default_metric: str | None = None) -> tuple[list[dict], list[str]]:
+    """Rows as ``time, metric, value, unit, device`` records, whatever the export's shape
+    (``default_metric`` for a ``time, value`` file that names its metric in its file name);
     and the columns of a wide export left out (not a known metric)."""
     if not rows:
         return [], []
@@ -145,7 +146,7 @@ def _long_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
             out.append(
                 {
                     "time": when(row),
-                    "metric": row.get(metric_col) if metric_col else None,
+                    "metric": row.get(metric_col) if metric_col else default_metric,
                     "value": row.get(names.get("value", "value")),
                     "unit": row.get(names.get("unit", "unit")),
                     "device": row.get(names.get("device", "device"))
@@ -216,7 +217,8 @@ def ingest_devices(
         for path in files:
             if progress:
                 progress(path.name)
-            rows, ignored = _long_rows(_read(path))
+            named = metric_name(path.stem)[0]  # heart_rate.csv holding time,value rows
+            rows, ignored = _long_rows(_read(path), named if named in METRICS else None)
             if ignored:
                 writer.report.warnings.append(
                     f"{path.name}: column(s) not read (not a known metric): {', '.join(ignored)}"

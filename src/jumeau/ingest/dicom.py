@@ -200,8 +200,9 @@ def _waveforms(
         sample_type = np.dtype(dtype).newbyteorder("<")
         raw = np.frombuffer(group.WaveformData, dtype=sample_type)[: n * n_ch].reshape(n, n_ch)
         padding = None  # the value the device wrote where it had no sample
-        if group.get("WaveformPaddingValue") is not None:
-            padding = int(np.frombuffer(group.WaveformPaddingValue, dtype=sample_type)[0])
+        pad_bytes = group.get("WaveformPaddingValue")
+        if pad_bytes is not None and len(pad_bytes) >= sample_type.itemsize:
+            padding = int(np.frombuffer(pad_bytes[: sample_type.itemsize], dtype=sample_type)[0])
         # a multiplex group may start later than the acquisition (ms offset)
         start = when + timedelta(milliseconds=float(group.get("MultiplexGroupTimeOffset", 0) or 0))
         channels = []
