@@ -213,3 +213,38 @@ def test_a_multi_frequency_record_keeps_every_channel_at_its_own_rate(new_store)
 def test_stats_count_waveform_records(ecg_store):
     store, _ = ecg_store
     assert store.stats()["signal_records"] == 1
+
+
+def test_a_multi_segment_record_keeps_each_segments_values_and_its_gaps(tmp_path, new_store):
+    """MIMIC-style multi-segment records: each segment has its own gain and baseline, and a
+    gap (``~``) between segments; the folder's segment headers are read through the master."""
+    fs = 125
+    t = np.arange(1000) / fs
+    for k, scale in ((1, 1.0), (2, 3.0)):  # the second segment spans a wider range: other gains
+        wfdb.wrsamp(
+            f"seg{k}",
+            fs=fs,
+            units=["mV", "mmHg"],
+            sig_name=["II", "ABP"],
+            p_signal=np.column_stack([scale * np.sin(2 * np.pi * 1.2 * t), 80 + 10 * scale * t]),
+            fmt=["16", "16"],
+            write_dir=str(tmp_path),
+        )
+    # a variable-layout record, as MIMIC writes them: a layout header, then the segments
+    (tmp_path / "multi_layout.hea").write_text(
+        "multi_layout 2 125 0\n~ 0 1/mV 16 0 0 0 0 II\n~ 0 1/mmHg 16 0 0 0 0 ABP\n"
+    )
+    (tmp_path / "multi.hea").write_text(
+        "multi/4 2 125 2250 12:00:00 01/02/2020\nmulti_layout 0\nseg1 1000\n~ 250\nseg2 1000\n"
+    )
+    report = ingest_wfdb(new_store, tmp_path)
+    assert report.tables["wfdb/record"].read == 1  # the layout and segments are parts of multi
+    (record,) = new_store.signal_records()
+    reference = wfdb.rdrecord(str(tmp_path / "multi"))
+    assert record.samples == 2250 and record.start == datetime(2020, 2, 1, 12, 0)
+    for i, name in enumerate(reference.sig_name):
+        _, values = record.physical(name)
+        expected = reference.p_signal[:, i]
+        assert np.array_equal(np.isnan(values), np.isnan(expected))  # the gap, and only it
+        step = 1 / min(wfdb.rdheader(str(tmp_path / f"seg{k}")).adc_gain[i] for k in (1, 2))
+        assert np.nanmax(np.abs(values - expected)) <= step / 2

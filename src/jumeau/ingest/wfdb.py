@@ -5,14 +5,18 @@ The record becomes one ``signal`` event spanning its duration (one per sampling 
 channels have several samples a frame, so that none is averaged down); every annotation (beat
 labels, rhythm changes, notes) becomes an ``annotation`` event at its sample's exact time; the
 samples go to the signal store, digital values with their gains, baselines and the format's
-missing-sample value (read back as NaN).
+missing-sample value (read back as NaN). A multi-segment record (MIMIC's waveform records) is
+read through its master header, its segments one record on one scale per channel, its gaps
+missing samples.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +48,19 @@ class WfdbError(ValueError):
 
 
 def _record_paths(source: Path) -> list[Path]:
+    """The records to read: a folder's headers, less the segments and layouts of its
+    multi-segment records (they are read through their master header)."""
     if source.is_dir():
-        return sorted(p.with_suffix("") for p in source.glob("*.hea"))
+        import wfdb
+
+        headers = sorted(p.with_suffix("") for p in source.glob("*.hea"))
+        parts: set[str] = set()
+        for path in headers:
+            with contextlib.suppress(Exception):  # a broken header is reported when read
+                header = wfdb.rdheader(str(path))
+                if isinstance(header, wfdb.MultiRecord):
+                    parts.update(header.seg_name)
+        return [p for p in headers if p.name not in parts]
     if source.suffix == ".hea" or source.with_suffix(".hea").exists():
         return [source.with_suffix("")]
     raise FileNotFoundError(f"{source}: no WFDB header (.hea) found")
@@ -82,7 +97,7 @@ def ingest_wfdb(
                 progress(path.name)
             counts.read += 1
             try:
-                record = wfdb.rdrecord(str(path), physical=False, smooth_frames=False)
+                record, channels, samples = _read_record(path)
             except Exception as exc:  # noqa: BLE001 - wfdb raises many kinds for broken files
                 raise WfdbError(
                     f"{path}.hea/.dat: cannot read the record ({type(exc).__name__}: {exc})"
@@ -114,17 +129,8 @@ def ingest_wfdb(
                     subject_id=subject_id,
                     start=record_start,
                     fs=rate,
-                    channels=[
-                        Channel(
-                            record.sig_name[i],
-                            record.units[i] or "",
-                            float(record.adc_gain[i]),
-                            float(record.baseline[i]),
-                            MISSING_SAMPLE.get(str(record.fmt[i])),
-                        )
-                        for i in members
-                    ],
-                    digital=np.column_stack([record.e_d_signal[i] for i in members]),
+                    channels=[channels[i] for i in members],
+                    digital=np.column_stack([samples[i] for i in members]),
                     source=f"wfdb/{path.name}",
                 )
                 duration = timedelta(seconds=record.sig_len / record.fs)
@@ -197,3 +203,54 @@ def _channels_by_rate(record) -> list[tuple[float, list[int]]]:
     for i, per_frame in enumerate(record.samps_per_frame):
         groups.setdefault(float(record.fs) * int(per_frame), []).append(i)
     return sorted(groups.items(), key=lambda item: (item[0] != record.fs, item[0]))
+
+
+def _read_record(path: Path) -> tuple[Any, list[Channel], list[np.ndarray]]:
+    """The record, its channels and each channel's digital samples at its own rate.
+
+    A multi-segment record (MIMIC's waveforms) may change gain and baseline from one segment to
+    the next: its physical values are stored on one scale per channel, the finest of its
+    segments' (exact for that segment's samples, within half its step for the others); gaps
+    between segments are missing samples. wfdb reads such records at their frame rate."""
+    import wfdb
+
+    header = wfdb.rdheader(str(path))
+    if not isinstance(header, wfdb.MultiRecord):
+        record = wfdb.rdrecord(str(path), physical=False, smooth_frames=False)
+        channels = [
+            Channel(
+                record.sig_name[i],
+                record.units[i] or "",
+                float(record.adc_gain[i]),
+                float(record.baseline[i]),
+                MISSING_SAMPLE.get(str(record.fmt[i])),
+            )
+            for i in range(record.n_sig)
+        ]
+        return record, channels, list(record.e_d_signal)
+    # (wfdb reads the segments of a multi-segment record at the frame rate only)
+    record = wfdb.rdrecord(str(path))
+    record.samps_per_frame = [1] * record.n_sig
+    gains: dict[str, float] = {}
+    for name, length in zip(header.seg_name, header.seg_len, strict=True):
+        if name == "~" or not length or not (path.parent / f"{name}.hea").exists():
+            continue  # a gap, or the layout header
+        segment = wfdb.rdheader(str(path.parent / name))
+        for signal, gain in zip(segment.sig_name or [], segment.adc_gain or [], strict=True):
+            gains[signal] = max(gains.get(signal, 0.0), float(gain or 0.0))
+    channels, samples = [], []
+    for i, name in enumerate(record.sig_name):
+        gain = gains.get(name) or 1.0
+        physical = np.asarray(record.p_signal[:, i], dtype=float)
+        digital = np.where(
+            np.isnan(physical), _MULTI_MISSING, np.round(np.nan_to_num(physical) * gain)
+        )
+        if np.abs(digital[digital != _MULTI_MISSING]).max(initial=0) >= 2**31:
+            raise ValueError(f"channel {name}: values too large for one scale across segments")
+        channels.append(Channel(name, record.units[i] or "", gain, 0.0, _MULTI_MISSING))
+        samples.append(digital.astype(np.int64))
+    return record, channels, samples
+
+
+#: Missing samples of a multi-segment record (its gaps) on the one scale it is stored on.
+_MULTI_MISSING = -(2**31)
