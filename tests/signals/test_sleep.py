@@ -18,6 +18,7 @@ from jumeau.signals.sleep import (
     evaluate_night,
     hypnogram_epochs,
     night_summary,
+    pick_channels,
     read_hypnogram,
     slow_wave_fraction,
     stage_label,
@@ -143,3 +144,24 @@ def test_staged_nights_join_the_timeline(new_store, night):
     assert tst["unit"].to_list() == ["min"] and 300 < tst["numeric_value"][0] < 400
     again = sleep_features(new_store, method="spectral")  # the night is staged already
     assert again.events_written == 0 and again.tables["derived/sleep"].read == 0
+
+
+@pytest.mark.parametrize(
+    ("montage", "expected"),
+    [
+        (
+            ["EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal", "EMG submental"],
+            ("EEG Fpz-Cz", "EOG horizontal", "EMG submental"),
+        ),  # Sleep-EDF
+        (
+            ["F4-M1", "C4-M1", "O2-M1", "E1-M2", "E2-M1", "Chin1-Chin2"],
+            ("C4-M1", "E1-M2", "Chin1-Chin2"),
+        ),  # AASM
+        (["Fp2-F4", "C4-A1", "ROC-LOC", "EMG1-EMG2"], ("C4-A1", "ROC-LOC", "EMG1-EMG2")),  # CAP
+        (["FP1-A2", "CZ-A1", "EMG1", "EOG1", "O1-A2"], ("CZ-A1", "EOG1", "EMG1")),  # DREAMS
+        (["EKG", "EOG-L", "EOG-R", "EMG", "EEG1", "EEG2"], ("EEG1", "EOG-L", "EMG")),  # MESA
+    ],
+)
+def test_the_staging_channels_are_found_in_the_usual_montages(montage, expected):
+    picked = pick_channels(montage)
+    assert tuple(montage[picked[role]] for role in ("eeg", "eog", "emg")) == expected

@@ -292,6 +292,9 @@ def pick_channels(names: list[str]) -> dict[str, int | None]:
     eeg = next(
         (normalised.index(p.upper()) for p in _EEG_PREFERENCE if p.upper() in normalised), None
     )
+    for pattern in (r"^C[34Z]-[AM][12]$", r"^(FP?|P|O)[0-9Z]+-[AM][12]$"):  # CZ-A1, FP1-A2...
+        if eeg is None:
+            eeg = next((i for i, n in enumerate(normalised) if re.match(pattern, n)), None)
     if eeg is None:
         eeg = next((i for i, n in enumerate(names) if n.strip().upper().startswith("EEG")), None)
     eog = next((i for i, n in enumerate(names) if re.search(r"EOG|LOC|E1-|ROC", n, re.I)), None)
