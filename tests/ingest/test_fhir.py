@@ -270,3 +270,11 @@ def test_medication_requests_resolve_referenced_and_contained_medications(tmp_pa
     codes = set(new_store.timeline(new_store.lookup("fhir", "p9"))["code"])
     assert codes == {"RxNorm/197361", "RxNorm/310965"}
     assert report.unhandled["Medication"] == 1
+
+
+def test_a_ratio_value_keeps_its_ratio_and_its_quotient():
+    from jumeau.ingest.fhir import _value
+
+    titre = {"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 64}}}
+    assert _value(titre) == (1 / 64, "1:64", None)
+    assert _value({"valueRatio": {"numerator": {"value": 3}}})[0] is None  # no denominator

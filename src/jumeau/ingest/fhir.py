@@ -798,6 +798,12 @@ def _value(element: dict) -> tuple[float | None, str | None, str | None]:
     if "valueRange" in element:
         low = (element["valueRange"].get("low") or {}).get("value")
         return (float(low) if low is not None else None), "range", None
+    if "valueRatio" in element:  # a titre 1:64, a ratio of two quantities
+        top = element["valueRatio"].get("numerator") or {}
+        bottom = element["valueRatio"].get("denominator") or {}
+        n, d = top.get("value"), bottom.get("value")
+        numeric = float(n) / float(d) if n is not None and d not in (None, 0) else None
+        return numeric, f"{n}:{d}", top.get("code") or top.get("unit")
     for key in ("valueDateTime", "valueTime", "valuePeriod"):
         if key in element:
             return None, str(element[key]), None
