@@ -17,6 +17,29 @@ from jumeau.signals.features import band_powers, eeg_features
 DATA = Path(__file__).resolve().parents[1] / "data" / "edf"
 
 
+def _write_eeg(
+    path: Path, label: str, fs: int, limit_uv: float, start: datetime, samples: np.ndarray
+) -> None:
+    """A one-channel EDF+ file (µV, +/- ``limit_uv``, 16-bit)."""
+    writer = pyedflib.EdfWriter(str(path), 1, file_type=pyedflib.FILETYPE_EDFPLUS)
+    writer.setSignalHeaders(
+        [
+            {
+                "label": label,
+                "dimension": "uV",
+                "sample_frequency": fs,
+                "physical_max": limit_uv,
+                "physical_min": -limit_uv,
+                "digital_max": 32767,
+                "digital_min": -32768,
+            }
+        ]
+    )
+    writer.setStartdatetime(start)
+    writer.writeSamples([samples])
+    writer.close()
+
+
 def test_edf_samples_equal_pyedflib_physical_values(new_store):
     report = ingest_edf(new_store, DATA / "mne_test.edf", subject="6", subject_source="omop")
     (record,) = new_store.signal_records()
@@ -61,23 +84,7 @@ def test_eeg_band_powers_find_a_10_hz_rhythm(tmp_path, new_store):
     t = np.arange(fs * seconds) / fs
     alpha = 40 * np.sin(2 * np.pi * 10 * t) + np.random.default_rng(0).normal(0, 5, len(t))
     path = tmp_path / "alpha.edf"
-    writer = pyedflib.EdfWriter(str(path), 1, file_type=pyedflib.FILETYPE_EDFPLUS)
-    writer.setSignalHeaders(
-        [
-            {
-                "label": "EEG O1-A2",
-                "dimension": "uV",
-                "sample_frequency": fs,
-                "physical_max": 200,
-                "physical_min": -200,
-                "digital_max": 32767,
-                "digital_min": -32768,
-            }
-        ]
-    )
-    writer.setStartdatetime(datetime(2022, 5, 1, 22, 0, 0))
-    writer.writeSamples([alpha])
-    writer.close()
+    _write_eeg(path, "EEG O1-A2", fs, 200, datetime(2022, 5, 1, 22, 0, 0), alpha)
     ingest_edf(new_store, path)
     report = eeg_features(new_store)
     assert report.committed
@@ -107,23 +114,7 @@ def _discontinuous_edf(path: Path, gap_after: int, gap_s: float) -> np.ndarray:
     the records after ``gap_after`` shifted ``gap_s`` later, as an acquisition pause leaves
     them. Returns the samples."""
     samples = np.sin(np.arange(1000) / 100 * 2 * np.pi * 10) * 50
-    writer = pyedflib.EdfWriter(str(path), 1, file_type=pyedflib.FILETYPE_EDFPLUS)
-    writer.setSignalHeaders(
-        [
-            {
-                "label": "EEG Fpz-Cz",
-                "dimension": "uV",
-                "sample_frequency": 100,
-                "physical_max": 100,
-                "physical_min": -100,
-                "digital_max": 32767,
-                "digital_min": -32768,
-            }
-        ]
-    )
-    writer.setStartdatetime(datetime(2021, 5, 1, 22, 0, 0))
-    writer.writeSamples([samples])
-    writer.close()
+    _write_eeg(path, "EEG Fpz-Cz", 100, 100, datetime(2021, 5, 1, 22, 0, 0), samples)
     data = bytearray(path.read_bytes())
     data[192:197] = b"EDF+D"
     signals = int(data[252:256])
