@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jumeau.signals.store import Channel
+from jumeau.signals.store import MISSING, Channel, digitize
 
-#: The digital value of a missing sample (``E``, or a limit that was not given).
-MISSING = -(2**31)
 _INTERVAL_MS = {"ms": 1.0, "s": 1000.0, "us": 0.001, "min": 60_000.0}
 
 
@@ -56,22 +54,21 @@ def read_sampled_data(data: dict, name: str) -> SampledSignal:
     decimals = max((len(t) - t.index(".") - 1 for t in tokens if "." in t), default=0)
     scale = 10 ** min(decimals, 6)
     text = np.array(tokens)
-    numbers = np.zeros(len(text))
+    numbers = np.full(len(text), np.nan)  # E stays missing
     plain = ~np.isin(text, ["E", "L", "U"])
     try:
         numbers[plain] = text[plain].astype(float)
     except ValueError:
         bad = next(i for i, t in enumerate(tokens) if plain[i] and not _is_number(t))
         raise SampledDataError(f"{name}: value {bad} ({tokens[bad]!r}) is not a number") from None
-    digital = np.round(numbers * scale).astype(np.int64)
-    digital[text == "E"] = MISSING
     for token, key in (("L", "lowerLimit"), ("U", "upperLimit")):
-        # a limit is a physical value: back to the data's scale
-        limit = data.get(key)
-        at = text == token
-        digital[at] = MISSING if limit is None else round((limit - offset) / factor * scale)
-    if np.abs(digital[digital != MISSING]).max(initial=0) >= 2**31:
-        raise SampledDataError(f"{name}: values too large for the signal store")
+        limit = data.get(key)  # a physical value: back to the data's units
+        if limit is not None:
+            numbers[text == token] = (limit - offset) / factor
+    try:
+        digital = digitize(numbers, scale)
+    except ValueError as exc:
+        raise SampledDataError(f"{name}: {exc}") from None
     gain = scale / factor
     channels = [
         Channel(name if dims == 1 else f"{name}/{d + 1}", unit, gain, -offset * gain, MISSING)

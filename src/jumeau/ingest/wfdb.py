@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from jumeau.ingest.events import epoch_us, event, event_table, reject_table
-from jumeau.signals.store import Channel, write_record
+from jumeau.signals.store import MISSING, Channel, digitize, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
 ANNOTATION_EXTENSIONS = ("atr", "ann", "qrs", "ecg", "pu", "pu0", "pu1", "apn", "st", "arousal")
@@ -241,16 +241,6 @@ def _read_record(path: Path) -> tuple[Any, list[Channel], list[np.ndarray]]:
     channels, samples = [], []
     for i, name in enumerate(record.sig_name):
         gain = gains.get(name) or 1.0
-        physical = np.asarray(record.p_signal[:, i], dtype=float)
-        digital = np.where(
-            np.isnan(physical), _MULTI_MISSING, np.round(np.nan_to_num(physical) * gain)
-        )
-        if np.abs(digital[digital != _MULTI_MISSING]).max(initial=0) >= 2**31:
-            raise ValueError(f"channel {name}: values too large for one scale across segments")
-        channels.append(Channel(name, record.units[i] or "", gain, 0.0, _MULTI_MISSING))
-        samples.append(digital.astype(np.int64))
+        channels.append(Channel(name, record.units[i] or "", gain, 0.0, MISSING))
+        samples.append(digitize(record.p_signal[:, i], gain))
     return record, channels, samples
-
-
-#: Missing samples of a multi-segment record (its gaps) on the one scale it is stored on.
-_MULTI_MISSING = -(2**31)

@@ -64,6 +64,24 @@ def _row_means(rows: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.full(len(rows), np.nan), where=count > 0)
 
 
+#: The digital value of a missing sample in a channel a connector puts on its own scale.
+MISSING = -(2**31)
+
+
+def digitize(values: np.ndarray, gain: float) -> np.ndarray:
+    """``values`` (NaN where missing) as the store's integers at ``gain`` digital units per unit
+    (baseline 0), missing samples :data:`MISSING`: for sources that give physical values or
+    decimals rather than a device's integers."""
+    values = np.asarray(values, dtype=float)
+    missing = np.isnan(values)
+    digital = np.round(np.where(missing, 0.0, values) * gain)
+    if np.abs(digital).max(initial=0) >= 2**31:
+        raise ValueError("values too large for the signal store's 32-bit samples")
+    digital = digital.astype(np.int64)
+    digital[missing] = MISSING
+    return digital
+
+
 def to_physical(digital: np.ndarray, channel: dict) -> np.ndarray:
     """Physical values of a channel's digital samples; missing samples are NaN."""
     values = (digital - channel["baseline"]) / channel["gain"]
