@@ -17,12 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jumeau.ingest.edf_records import (
-    DiscontinuousReader,
-    EdfRecordError,
-    contiguous_segments,
-    record_onsets,
-)
+from jumeau.ingest.edf_records import DiscontinuousReader, EdfRecordError, segments
 from jumeau.ingest.events import epoch_us, event, event_table
 from jumeau.signals.store import Channel, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
@@ -68,14 +63,10 @@ def ingest_edf(
                     microseconds=p.shift_us(subject_source, patient)
                 )
                 rows = []
-                try:
-                    onsets = record_onsets(path)
+                try:  # an EDF+D file's gaps split its samples into runs, each its own record
+                    runs = segments(path, reader.datarecord_duration)
                 except EdfRecordError as exc:
                     raise EdfError(str(exc)) from exc
-                # an EDF+D file's gaps split its samples into segments, each its own record
-                segments: list[tuple[int, int | None]] = [(0, None)]
-                if onsets is not None:
-                    segments = contiguous_segments(onsets, reader.datarecord_duration)
                 groups: dict[float, list[int]] = {}
                 for i in range(reader.signals_in_file):
                     groups.setdefault(float(reader.getSampleFrequency(i)), []).append(i)
@@ -100,15 +91,13 @@ def ingest_edf(
                         columns.append(reader.readSignal(i, digital=True))
                     length = min(len(c) for c in columns)
                     per_record = int(reader.samples_in_datarecord(indices[0]))
-                    for k, (first, last) in enumerate(segments):
+                    for k, (first, last, offset) in enumerate(runs):
                         lo = first * per_record
                         hi = length if last is None else min(last * per_record, length)
                         if hi <= lo:
                             continue
-                        key = f"{path.name}@{fs:g}" + (f"#{k}" if len(segments) > 1 else "")
-                        at = start
-                        if onsets is not None and len(onsets):
-                            at = start + timedelta(seconds=float(onsets[first]))
+                        key = f"{path.name}@{fs:g}" + (f"#{k}" if len(runs) > 1 else "")
+                        at = start + timedelta(seconds=offset)
                         record_id = str(p.record_key("edf/record", key))
                         write_record(
                             writer.signal_folder(record_id),

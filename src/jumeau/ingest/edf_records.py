@@ -68,13 +68,18 @@ def _time_keeping_onset(tal: bytes, path: Path, k: int) -> float:
         ) from None
 
 
-def contiguous_segments(onsets: np.ndarray, duration: float) -> list[tuple[int, int]]:
-    """``[first, last)`` record ranges that follow each other without a gap (1 µs tolerance)."""
+def segments(path: Path, duration: float) -> list[tuple[int, int | None, float]]:
+    """The file's continuous runs of data records: ``(first, last)`` record range (``last`` None
+    for the end) and the run's onset in seconds from the file's start; one run from 0 for EDF
+    and EDF+C, a run per gap-free stretch for EDF+D (1 µs tolerance)."""
+    onsets = record_onsets(path)
+    if onsets is None:
+        return [(0, None, 0.0)]
     if len(onsets) == 0:
         return []
     breaks = np.flatnonzero(np.abs(np.diff(onsets) - duration) > 1e-6) + 1
     edges = [0, *breaks.tolist(), len(onsets)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return [(a, b, float(onsets[a])) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 class DiscontinuousReader:
