@@ -2,7 +2,7 @@
 
 from jumeau.store.layout import StoreError
 from jumeau.store.report import IngestReport
-from jumeau.store.store import Store, init, open, plain_strings
+from jumeau.store.store import Store, init, open
 from jumeau.store.writer import BatchWriter
 
-__all__ = ["BatchWriter", "IngestReport", "Store", "StoreError", "init", "open", "plain_strings"]
+__all__ = ["BatchWriter", "IngestReport", "Store", "StoreError", "init", "open"]

@@ -220,10 +220,13 @@ class Store:
             if datetime.strptime(b["committed_at"], "%Y-%m-%dT%H:%M:%S%z") <= known_at
         }
 
-    def timeline_arrow(self, subject_id: int, *, known_at: datetime | None = None) -> pa.Table:
+    def timeline_arrow(
+        self, subject_id: int, *, known_at: datetime | None = None, plain: bool = False
+    ) -> pa.Table:
         """All events of one subject as Arrow, in time order (static facts first): a zero-copy
         slice of the memory-mapped batch, with code, unit, domain and source dictionary-encoded
-        (:data:`~jumeau.model.STORED_EVENT_SCHEMA`; :func:`plain_strings` decodes them).
+        (:data:`~jumeau.model.STORED_EVENT_SCHEMA`), or with ``plain`` as strings
+        (:data:`~jumeau.model.EVENT_SCHEMA`, what Polars and Python rows want).
 
         With ``known_at``, only events from batches committed by then: the store as it was.
         """
@@ -233,12 +236,12 @@ class Store:
             batches = [b for b in batches if b.id in allowed]
         parts = [t for b in batches if (t := b.slice(subject_id)) is not None]
         if not parts:
-            return STORED_EVENT_SCHEMA.empty_table()
+            return (EVENT_SCHEMA if plain else STORED_EVENT_SCHEMA).empty_table()
         if len(parts) == 1:
-            return parts[0]
+            return plain_strings(parts[0]) if plain else parts[0]
         # batches have their own dictionaries, and Arrow sorts strings, not dictionaries
-        table = pa.concat_tables([plain_strings(part) for part in parts])
-        return _sort_by_time(table).cast(STORED_EVENT_SCHEMA)
+        table = _sort_by_time(pa.concat_tables([plain_strings(part) for part in parts]))
+        return table if plain else table.cast(STORED_EVENT_SCHEMA)
 
     def timeline(
         self,
@@ -266,7 +269,7 @@ class Store:
         known_at:
             Read the store as it was then: only batches committed by ``known_at``.
         """
-        frame = pl.from_arrow(plain_strings(self.timeline_arrow(subject_id, known_at=known_at)))
+        frame = pl.from_arrow(self.timeline_arrow(subject_id, known_at=known_at, plain=True))
         assert isinstance(frame, pl.DataFrame)
         if start is not None:
             frame = frame.filter(pl.col("time").is_null() | (pl.col("time") >= start))

@@ -45,7 +45,6 @@ PARQUET_ROW_GROUP_SIZE = 1024 * 1024
 #: A raw event file may carry this column; rows where it is set are not events (the connector
 #: reports them as rejects) and are skipped at commit.
 REJECT_REASON = "reject_reason"
-#: Text columns with few distinct values, sorted as ENUMs (see ``_write_events``).
 CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string())])
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
 

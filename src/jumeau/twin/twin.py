@@ -18,7 +18,6 @@ import numpy as np
 
 from jumeau.model import BIRTH_CODE, DEATH_CODE
 from jumeau.signals.codes import is_series_observation
-from jumeau.store.store import plain_strings
 from jumeau.twin import conditions as cond
 from jumeau.twin.risks import RiskResult, compute_risks
 from jumeau.twin.state import DAYS_PER_YEAR, Estimate, LocalTrendFilter, NoiseModel
@@ -254,7 +253,7 @@ def build_twin(
     as_of = as_of or datetime.now()
     rows = [
         r
-        for r in plain_strings(store.timeline_arrow(subject_id, known_at=known_at)).to_pylist()
+        for r in store.timeline_arrow(subject_id, known_at=known_at, plain=True).to_pylist()
         if r["time"] is None or r["time"] <= as_of
     ]
     if not any(r["time"] is not None for r in rows):
