@@ -27,3 +27,12 @@ def is_series_observation(source: str | None, text_value: str | None) -> bool:
     """Whether an event counts once in a variable's series: any measurement, but of derived ECG
     features only the per-record summaries."""
     return source != ECG_SOURCE or (text_value or "").startswith(f"{RECORD_SCOPE};")
+
+
+def series_observations():
+    """:func:`is_series_observation` as a Polars filter, for columnar reads of the store."""
+    import polars as pl
+
+    return (pl.col("source") != ECG_SOURCE) | pl.col("text_value").str.starts_with(
+        f"{RECORD_SCOPE};"
+    )

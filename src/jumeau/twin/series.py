@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from jumeau.model import BIRTH_CODE
-from jumeau.signals.codes import ECG_SOURCE, RECORD_SCOPE
+from jumeau.signals.codes import series_observations
 from jumeau.twin.variables import Variable, code_index
 
 if TYPE_CHECKING:
@@ -30,10 +30,7 @@ def measurement_frame(
             pl.col("code").is_in(list(index))
             & pl.col("numeric_value").is_not_null()
             & pl.col("time").is_not_null()
-            & (
-                (pl.col("source") != ECG_SOURCE)
-                | pl.col("text_value").str.starts_with(f"{RECORD_SCOPE};")
-            )
+            & series_observations()
         )
         .select("subject_id", "time", "code", "numeric_value", "unit")
     )
