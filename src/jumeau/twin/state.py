@@ -171,12 +171,7 @@ class LocalTrendFilter:
 
     def initial(self, first_day: np.ndarray, birth: np.ndarray) -> list[np.ndarray]:
         """The prior state ``[x0, x1, p00, p01, p11]`` of each subject at its first day."""
-        mean = np.full(len(first_day), self.noise.prior_mean)
-        if self.noise.level_by_age is not None:
-            known = ~np.isnan(birth)
-            mean[known] = self.noise.level_by_age.at(
-                (first_day[known] - birth[known]) / DAYS_PER_YEAR
-            )
+        mean = self.population_level(first_day, birth)
         zero = np.zeros(len(first_day))
         slope_var = (self.noise.slope_sd_per_year / DAYS_PER_YEAR) ** 2
         return [mean, zero.copy(), zero + self.noise.prior_sd**2, zero.copy(), zero + slope_var]
@@ -221,7 +216,7 @@ class LocalTrendFilter:
 
     def run(self, days: np.ndarray, values: np.ndarray) -> tuple[list[np.ndarray], float]:
         """Filter one series; return the state after its last observation and that day."""
-        birth = np.array([np.nan if self.birth_day is None else self.birth_day])
+        birth = self._birth()
         first = float(days[0]) if len(days) else 0.0
         state = self.initial(np.array([first]), birth)
         last = first
@@ -233,7 +228,7 @@ class LocalTrendFilter:
 
     def estimate(self, days: np.ndarray, values: np.ndarray, at_day: float) -> Estimate:
         """The state at ``at_day`` (on or after the last observation)."""
-        birth = np.array([np.nan if self.birth_day is None else self.birth_day])
+        birth = self._birth()
         state, last = self.run(days, values)
         x0, x1, p00, _, p11 = self.advance(state, np.array([last]), np.array([at_day]), birth)
         return Estimate(
@@ -244,8 +239,9 @@ class LocalTrendFilter:
             n_observations=len(values),
         )
 
-    def _birth(self) -> float:
-        return np.nan if self.birth_day is None else float(self.birth_day)
+    def _birth(self) -> np.ndarray:
+        """The birth day as the one-subject array the batch methods take (NaN if unknown)."""
+        return np.array([np.nan if self.birth_day is None else float(self.birth_day)])
 
     def population_level(self, day: np.ndarray, birth: np.ndarray) -> np.ndarray:
         """The population's mean value at each subject's age on ``day`` (its overall mean where
@@ -265,7 +261,7 @@ class LocalTrendFilter:
             trend = recent_trend(
                 days[None, -TREND_POINTS:], values[None, -TREND_POINTS:], np.array([at_day])
             )
-            level = self.population_level(np.array([at_day]), np.array([self._birth()]))
+            level = self.population_level(np.array([at_day]), self._birth())
             mean = float(
                 _stacked(self.noise, np.array([values[-1]]), np.array([est.mean]), trend, level)[0]
             )
@@ -346,7 +342,8 @@ def population_backtest(
 
     A forecast at a date between two observations sees the history up to the first and targets
     every later observation within ``horizon_days`` of that date. Returns the targets, the
-    filter's means and predictive sds, the last observed values and the recent trends.
+    filter's means and predictive sds, the last observed values, the recent trends and the
+    population's levels at the targets' ages.
     """
     flt = LocalTrendFilter(noise)
     parts: dict[str, list[np.ndarray]] = {
