@@ -7,10 +7,10 @@ one column per metric (a blood-pressure cuff's ``Date, Systolic, Diastolic, Puls
 Metric names may be HealthKit identifiers (``HKQuantityTypeIdentifierHeartRate``), and the time
 column ``time``, ``timestamp``, ``date``, ``startDate``... Times carry their offset
 (``2024-03-01T08:00:00+01:00``), are epoch seconds or milliseconds, or are read in the time
-zone the user names; all are stored in UTC. Known metrics map to LOINC codes so the twin reads them like clinical measurements. Exact
-duplicates (same device, metric and time) are dropped and counted; a device clock that jumps
-backwards is reported (DST changes and resets show up here); rows with unreadable times or values
-are rejected with their row number.
+zone the user names; all are stored in UTC. Known metrics map to LOINC codes so the twin reads
+them like clinical measurements. Exact duplicates (same device, metric and time) are dropped and
+counted; a device clock that jumps backwards is reported (DST changes and resets show up here);
+rows with unreadable times or values are rejected with their row number.
 """
 
 from __future__ import annotations
@@ -159,11 +159,11 @@ def _long_rows(rows: list[dict], default_metric: str | None = None) -> tuple[lis
         if column in (time_col, date_col) or key in _NOT_METRICS:
             continue
         (metrics if key in METRICS else ignored).append(column)
+    parsed = {column: metric_name(column) for column in metrics}
     for row in rows:
-        for column in metrics:
+        for column, (key, unit) in parsed.items():
             if row.get(column) in (None, ""):
                 continue
-            key, unit = metric_name(column)
             out.append(
                 {
                     "time": when(row),
