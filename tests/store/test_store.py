@@ -123,6 +123,26 @@ def test_timelines_across_batches_and_row_groups_are_exact(new_store):
     assert store.timeline_arrow(10**12).num_rows == 0
 
 
+def test_a_batch_sorted_one_subject_range_at_a_time_is_one_sorted_batch(new_store, monkeypatch):
+    from jumeau.store import writer
+
+    monkeypatch.setattr(writer, "SORT_RANGE_EVENTS", 7_000)  # 40,000 events: six ranges
+    rng = np.random.default_rng(11)
+    subjects = rng.integers(0, 2**63 - 1, 2_000, dtype=np.int64)
+    chosen = rng.choice(subjects, 40_000)
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(_events(chosen, rng.integers(0, 10**15, len(chosen))))
+        report = w.commit()
+    assert report.events_written == len(chosen)
+    store = jumeau.open(new_store.root)
+    stored = store.scan().select("subject_id", "time").collect()
+    assert stored.height == len(chosen)
+    assert stored.equals(stored.sort("subject_id", "time"))
+    assert store.subjects().tolist() == np.unique(chosen).tolist()
+    for sid in rng.choice(np.unique(chosen), 20):
+        assert store.timeline_arrow(int(sid)).num_rows == int((chosen == sid).sum())
+
+
 def test_the_arrow_copy_stores_codes_as_dictionaries_and_reads_back_every_value(eunomia_store):
     store, _ = eunomia_store
     (arrow_file,) = store.batch_files(layout.EVENTS_ARROW)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 ROW_GROUP_SIZE = 128 * 1024
 #: Row groups of the batch's Parquet file: large for scans (subject ranges still prune by stats).
 PARQUET_ROW_GROUP_SIZE = 1024 * 1024
+#: Events sorted at once at commit: a larger batch is sorted one subject range after another.
+SORT_RANGE_EVENTS = 24_000_000
 #: A raw event file may carry this column; rows where it is set are not events (the connector
 #: reports them as rejects) and are skipped at commit.
 REJECT_REASON = "reject_reason"
@@ -251,10 +255,6 @@ class BatchWriter:
                 f"(SELECT DISTINCT {column} FROM incoming WHERE {column} IS NOT NULL)",
             )
         encoded = ", ".join(f"{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
-        query = (
-            f"SELECT * REPLACE ({encoded}) FROM incoming r {new_filter} "
-            "ORDER BY subject_id, time NULLS FIRST, (record_key >> 29)::INTEGER"
-        )
         runs = _SubjectRuns()
         written = 0
         arrow_path = self.dir / layout.EVENTS_ARROW
@@ -263,12 +263,18 @@ class BatchWriter:
             pa.ipc.new_file(sink, STORED_EVENT_SCHEMA) as ipc,
             _ParquetInBackground(self.dir / layout.EVENTS_PARQUET) as parquet,
         ):
-            for batch in arrow_reader(con, query, batch_size=ROW_GROUP_SIZE):
-                table = pa.Table.from_batches([batch]).cast(STORED_EVENT_SCHEMA)
-                ipc.write_table(table)
-                runs.add(table.column("subject_id").to_numpy(), written)
-                written += table.num_rows
-                parquet.add(table)
+            for subjects in _subject_ranges(total):
+                where = f"WHERE {subjects}" if not new_filter else f"{new_filter} AND {subjects}"
+                query = (
+                    f"SELECT * REPLACE ({encoded}) FROM incoming r {where} "
+                    "ORDER BY subject_id, time NULLS FIRST, (record_key >> 29)::INTEGER"
+                )
+                for batch in arrow_reader(con, query, batch_size=ROW_GROUP_SIZE):
+                    table = pa.Table.from_batches([batch]).cast(STORED_EVENT_SCHEMA)
+                    ipc.write_table(table)
+                    runs.add(table.column("subject_id").to_numpy(), written)
+                    written += table.num_rows
+                    parquet.add(table)
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
         return written, total - written, runs.count
 
@@ -344,6 +350,22 @@ class BatchWriter:
         if not self._closed:
             self._close_writers()
             self._discard()
+
+
+def _subject_ranges(events: int) -> list[str]:
+    """SQL conditions splitting a batch into consecutive subject ranges of about
+    :data:`SORT_RANGE_EVENTS` events (pseudonyms are uniform over the positive int64s).
+
+    Several sorts that each fit in memory, one after the other, beat one sort that spills to
+    disk, even though each reads the batch's raw files again.
+    """
+    parts = max(1, math.ceil(events / SORT_RANGE_EVENTS))
+    if parts == 1:
+        return ["true"]
+    edges = [k * (1 << 63) // parts for k in range(1, parts)]
+    lower = [f"(subject_id < {edges[0]} OR subject_id IS NULL)"]
+    middle = [f"subject_id >= {a} AND subject_id < {b}" for a, b in itertools.pairwise(edges)]
+    return lower + middle + [f"subject_id >= {edges[-1]}"]
 
 
 def _pause_for_tests(point: str) -> None:
