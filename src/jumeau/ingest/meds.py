@@ -90,17 +90,12 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
             }
         ),
     )
-    subjects = [r[0] for r in run(con, "SELECT DISTINCT sid FROM src WHERE sid IS NOT NULL")]
     p = store.pseudonymiser
-    con.register(
-        "meds_map",
-        pa.table(
-            {
-                "sid": pa.array(subjects, pa.int64()),
-                "subject_id": pa.array([p.subject_id("meds", s) for s in subjects], pa.int64()),
-                "shift_us": pa.array([p.shift_us("meds", s) for s in subjects], pa.int64()),
-            }
-        ),
+    p.register_pseudonyms(con, "meds_pseudonyms", "meds", "SELECT sid AS source_id FROM src")
+    run(
+        con,
+        """CREATE OR REPLACE TEMP TABLE meds_map AS
+        SELECT CAST(source_id AS BIGINT) AS sid, subject_id, shift_us FROM meds_pseudonyms""",
     )
     counts = writer.report.table("meds/data")
     counts.read = run(con, "SELECT count(*) FROM src")[0][0]

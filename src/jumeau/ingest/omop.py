@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import orjson
 import pyarrow as pa
 
 from jumeau._duck import arrow_table, connect, run, scalar
@@ -539,33 +538,25 @@ class _OmopMapper:
               END AS reason
             FROM t""",
         )
-        people = run(
-            self.con, "SELECT person_id, rid, person_source_value FROM staged WHERE reason IS NULL"
+        self.store.pseudonymiser.register_pseudonyms(
+            self.con,
+            "person_pseudonyms",
+            "omop",
+            "SELECT rid AS source_id FROM staged WHERE reason IS NULL",
         )
-        p = self.store.pseudonymiser
-        ids = [p.subject_id("omop", rid) for _, rid, _ in people]
-        shifts = [p.shift_us("omop", rid) for _, rid, _ in people]
-        self.con.register(
-            "subject_map_arrow",
-            pa.table(
-                {
-                    "person_id": pa.array([r[0] for r in people], pa.int64()),
-                    "subject_id": pa.array(ids, pa.int64()),
-                    "shift_us": pa.array(shifts, pa.int64()),
-                }
-            ),
+        run(
+            self.con,
+            """CREATE OR REPLACE TEMP TABLE subject_map AS
+            SELECT s.person_id, p.subject_id, p.shift_us, s.rid, s.person_source_value
+            FROM staged s JOIN person_pseudonyms p ON p.source_id = s.rid
+            WHERE s.reason IS NULL""",
         )
-        run(self.con, "CREATE OR REPLACE TEMP TABLE subject_map AS SELECT * FROM subject_map_arrow")
         self.writer.add_identities(
-            pa.table(
-                {
-                    "subject_id": pa.array(ids, pa.int64()),
-                    "source": ["omop"] * len(ids),
-                    "source_id": [r[1] for r in people],
-                    "identifiers": [
-                        orjson.dumps({"person_source_value": r[2]}).decode() for r in people
-                    ],
-                }
+            arrow_table(
+                self.con,
+                """SELECT subject_id, 'omop' AS source, rid AS source_id,
+                    json_object('person_source_value', person_source_value)::VARCHAR AS identifiers
+                FROM subject_map""",
             )
         )
         static = []

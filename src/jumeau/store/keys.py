@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 _SUBJECT_MASK = (1 << 63) - 1
 _US_PER_DAY = 86_400_000_000
 
@@ -110,6 +112,54 @@ class Pseudonymiser:
         """
         text = f"{self.record_salt}|{source}|{record_id}"
         return int.from_bytes(hashlib.md5(text.encode()).digest(), "little") >> 68
+
+    def register_pseudonyms(
+        self, con: Any, name: str, source: str, ids_sql: str, params: Any = None
+    ) -> None:
+        """Create the temp table ``name`` (``source_id``, ``subject_id``, ``shift_us``) mapping
+        every distinct id of ``ids_sql`` (a query with a ``source_id`` column) in DuckDB.
+
+        The same HMAC-SHA256 as :meth:`subject_id` and :meth:`shift_us`, computed natively for
+        millions of ids at once. The key's pads travel as a registered relation, never in the
+        SQL text (which an error message could show).
+        """
+        padded = self.key if len(self.key) <= 64 else hashlib.sha256(self.key).digest()
+        padded = padded.ljust(64, b"\0")
+        con.register(
+            "jumeau_key_pads",
+            pa.table(
+                {
+                    "ipad": pa.array([bytes(b ^ 0x36 for b in padded)], pa.binary()),
+                    "opad": pa.array([bytes(b ^ 0x5C for b in padded)], pa.binary()),
+                }
+            ),
+        )
+
+        def mac(label: str) -> str:
+            quoted = source.replace("'", "''")
+            message = f"encode('{label}' || chr(31) || '{quoted}' || chr(31) || i.source_id)"
+            return f"sha256(k.opad || unhex(sha256(k.ipad || {message})))"
+
+        span = 2 * self.max_date_shift_days + 1
+        shift = (
+            f"((('0x' || left({mac('shift')}, 8))::UBIGINT % {span})::BIGINT"
+            f" - {self.max_date_shift_days}) * {_US_PER_DAY}"
+            if self.max_date_shift_days > 0
+            else "0"
+        )
+        try:
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE {name} AS
+                SELECT i.source_id,
+                    (('0x' || left({mac("subject")}, 16))::UBIGINT & {_SUBJECT_MASK})::BIGINT
+                        AS subject_id,
+                    ({shift})::BIGINT AS shift_us
+                FROM (SELECT DISTINCT CAST(source_id AS VARCHAR) AS source_id FROM ({ids_sql})
+                      WHERE source_id IS NOT NULL) i, jumeau_key_pads k""",
+                params,
+            )
+        finally:
+            con.unregister("jumeau_key_pads")
 
     def vault_key(self) -> bytes:
         """The Fernet key that encrypts the identity vault."""
