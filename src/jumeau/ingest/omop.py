@@ -198,6 +198,14 @@ CREATE OR REPLACE MACRO shown(x) AS '''' || left(CAST(x AS VARCHAR), 40) || ''''
 """
 
 
+#: Domain and source are one value a table: as ENUMs they cost the raw Parquet write nothing
+#: (as text, every row's value would be hashed into the column's dictionary) and read back as text.
+_CONSTANT_TYPES = f"""
+CREATE TYPE omop_domain AS ENUM ({", ".join(repr(d) for d in sorted({"demographic", *(s.domain for s in SPECS.values())}))});
+CREATE TYPE omop_source AS ENUM ({", ".join(repr(f"omop/{t}") for t in ["person", *SPECS])});
+"""
+
+
 _INTEGER_TYPES = (
     "TINYINT",
     "SMALLINT",
@@ -313,6 +321,7 @@ def ingest_omop(
         con = connect(writer.staging_dir / "omop-tmp")
         try:
             run(con, _MACROS)
+            run(con, _CONSTANT_TYPES)
             tables = _open_source(source_str, is_url, con, writer, schema)
             _OmopMapper(store, tables, writer, progress).run()
         finally:
@@ -565,7 +574,7 @@ class _OmopMapper:
                 f"""SELECT m.subject_id, NULL::TIMESTAMP AS time,
                     COALESCE(c.code, 'OMOP/' || s.{column}) AS code, NULL::DOUBLE AS numeric_value,
                     NULL AS text_value, NULL AS unit, NULL::TIMESTAMP AS end_time,
-                    'demographic' AS domain, 'omop/person' AS source,
+                    'demographic'::omop_domain AS domain, 'omop/person'::omop_source AS source,
                     {self._record_key("person", f"s.rid || '#{suffix}'")} AS record_key,
                     NULL AS reject_reason, s._row, NULL AS _rid, false AS _primary, false AS _shared
                 FROM staged s JOIN subject_map m USING (person_id)
@@ -574,7 +583,8 @@ class _OmopMapper:
             )
         birth = f"""SELECT m.subject_id, {self._shifted("s.birth", "m.shift_us")} AS time, '{BIRTH_CODE}' AS code,
                 NULL::DOUBLE AS numeric_value, NULL AS text_value, NULL AS unit,
-                NULL::TIMESTAMP AS end_time, 'demographic' AS domain, 'omop/person' AS source,
+                NULL::TIMESTAMP AS end_time, 'demographic'::omop_domain AS domain,
+                'omop/person'::omop_source AS source,
                 {self._record_key("person", "s.rid || '#birth'")} AS record_key,
                 s.reason AS reject_reason, s._row, CASE WHEN s.reason IS NOT NULL THEN s.rid END AS _rid, true AS _primary, false AS _shared
             FROM staged s LEFT JOIN subject_map m USING (person_id)"""
@@ -669,8 +679,8 @@ class _OmopMapper:
         unit = "COALESCE(CASE WHEN s.unit_concept_id <> 0 THEN uc.concept_code END, s.unit_source)"
         events_sql = f"""SELECT s.subject_id, {self._shifted("s.t0")} AS time, {code} AS code,
                 s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
-                {self._shifted("s.t1")} AS end_time, '{spec.domain}' AS domain,
-                'omop/{table}' AS source, {self._record_key(table)} AS record_key,
+                {self._shifted("s.t1")} AS end_time, '{spec.domain}'::omop_domain AS domain,
+                'omop/{table}'::omop_source AS source, {self._record_key(table)} AS record_key,
                 s.reason AS reject_reason,
                 -- row and id travel only where a reject or a shared id needs them (not 8 bytes
                 -- a row through the batch's raw file)
