@@ -76,9 +76,25 @@ def test_orphan_observation_periods_are_rejected_not_dropped(eunomia_store, euno
     assert set(reasons) == {"person_id not found in the person table"}
 
 
-def test_rows_sharing_an_id_are_kept_and_reported(eunomia_store):
+def test_rows_sharing_an_id_are_kept_and_reported(eunomia_store, eunomia):
     _, report = eunomia_store
-    assert any("drug_exposure_id" in w for w in report.warnings)
+    con = duckdb.connect(str(eunomia), read_only=True)
+    for table, id_col in (("drug_exposure", "drug_exposure_id"), ("measurement", "measurement_id")):
+        sharing = con.execute(
+            f"SELECT count(*) FROM {table} WHERE {id_col} IN "
+            f"(SELECT {id_col} FROM {table} GROUP BY 1 HAVING count(*) > 1)"
+        ).fetchall()[0][0]
+        exact_copies = con.execute(
+            f"SELECT count(*) - count(DISTINCT {table}) FROM {table} WHERE {id_col} IN "
+            f"(SELECT {id_col} FROM {table} GROUP BY 1 HAVING count(*) > 1)"
+        ).fetchall()[0][0]
+        assert sharing > 0
+        (warning,) = [w for w in report.warnings if f"omop/{table}:" in w]
+        assert warning.startswith(
+            f"omop/{table}: {sharing - exact_copies} rows share their {id_col}"
+        )
+        counts = report.tables[f"omop/{table}"]
+        assert counts.events == counts.read - counts.rejected
 
 
 @pytest.mark.parametrize("person_id", [6, 123, 2790])

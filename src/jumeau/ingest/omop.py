@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from jumeau._duck import arrow_table, connect, run, scalar
@@ -218,6 +219,8 @@ _INTEGER_TYPES = (
     "UBIGINT",
 )
 
+
+_INT64_TYPES = frozenset(_INTEGER_TYPES) - {"HUGEINT", "UBIGINT"}
 
 #: Columns whose values are source ids: a reject reason never quotes them.
 _IDENTIFYING = frozenset({"person_id"})
@@ -504,6 +507,30 @@ class _OmopMapper:
         )
         fixed.replace(out)
 
+    def _find_shared_ids(self, rel: str, id_col: str, id_type: str) -> None:
+        """The temp table ``shared_ids`` (``id_raw``): ids that more than one row carries.
+
+        Integer ids (the CDM's type) are sorted in NumPy, which is near linear for the mostly
+        ascending ids a warehouse exports, and several times faster than a hash aggregate over
+        tens of millions of distinct ids; other types are grouped in DuckDB.
+        """
+        if id_type.upper() not in _INT64_TYPES:
+            run(
+                self.con,
+                f"""CREATE OR REPLACE TEMP TABLE shared_ids AS SELECT "{id_col}" AS id_raw
+                FROM {rel} GROUP BY 1 HAVING count(*) > 1""",
+            )
+            return
+        ids = self.con.sql(f'SELECT "{id_col}" AS id FROM {rel} WHERE "{id_col}" IS NOT NULL')
+        ordered = np.sort(np.asarray(ids.fetchnumpy()["id"], dtype=np.int64), kind="stable")
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        self.con.register("shared_id_array", pa.table({"id_raw": repeated}))
+        run(
+            self.con,
+            "CREATE OR REPLACE TEMP TABLE shared_ids AS SELECT id_raw FROM shared_id_array",
+        )
+        self.con.unregister("shared_id_array")
+
     def _shifted(self, expr: str, shift: str = "s.shift_us") -> str:
         if self.store.config.max_date_shift_days <= 0:
             return expr
@@ -606,11 +633,7 @@ class _OmopMapper:
         x = _Typed(types)
         rel = self.tables.relations[table]
         id_col = spec.id or "person_id"
-        run(
-            self.con,
-            f"""CREATE OR REPLACE TEMP TABLE shared_ids AS SELECT "{id_col}" AS id_raw
-            FROM {rel} GROUP BY 1 HAVING count(*) > 1""",
-        )
+        self._find_shared_ids(rel, id_col, types[id_col])
         time_checks = " ".join(
             x.bad_time(col)
             for col in (spec.start_date, spec.start_datetime, spec.end_date, spec.end_datetime)
