@@ -385,8 +385,17 @@ class _ParquetInBackground:
 
         # plain strings for every Parquet reader (no Arrow dictionary type in the file's schema);
         # the dictionaries still spare the writer hashing every value
+        # dictionaries only where values repeat (hashing every subject id, time and key for a
+        # dictionary that is then abandoned costs more than the rest of the encoding), and
+        # statistics only on the sort columns (the only ones whose row-group ranges prune)
         self._writer = pq.ParquetWriter(
-            path, STORED_EVENT_SCHEMA, compression="zstd", compression_level=1, store_schema=False
+            path,
+            STORED_EVENT_SCHEMA,
+            compression="zstd",
+            compression_level=1,
+            store_schema=False,
+            use_dictionary=[*DICTIONARY_COLUMNS, "text_value"],
+            write_statistics=["subject_id", "time"],
         )
         self._pool = ThreadPoolExecutor(1)
         self._last = None
