@@ -97,6 +97,18 @@ def test_rows_sharing_an_id_are_kept_and_reported(eunomia_store, eunomia):
         assert counts.events == counts.read - counts.rejected
 
 
+def test_shared_ids_are_found_alike_in_memory_and_by_duckdb(
+    eunomia_store, eunomia, tmp_path, monkeypatch
+):
+    from jumeau.ingest import omop
+
+    _, in_memory = eunomia_store
+    monkeypatch.setattr(omop, "_SORTED_IDS_LIMIT", 0)  # every table grouped by DuckDB
+    grouped = ingest_omop(jumeau.init(tmp_path / "store"), eunomia)
+    assert sorted(grouped.warnings) == sorted(in_memory.warnings)
+    assert grouped.events_written == in_memory.events_written
+
+
 @pytest.mark.parametrize("person_id", [6, 123, 2790])
 def test_a_patient_timeline_matches_the_source_rows(eunomia_store, eunomia, person_id):
     store, _ = eunomia_store

@@ -221,6 +221,8 @@ _INTEGER_TYPES = (
 
 
 _INT64_TYPES = frozenset(_INTEGER_TYPES) - {"HUGEINT", "UBIGINT"}
+#: Rows whose ids are checked for repeats in memory (8 bytes an id, twice, while sorting).
+_SORTED_IDS_LIMIT = 100_000_000
 
 #: Columns whose values are source ids: a reject reason never quotes them.
 _IDENTIFYING = frozenset({"person_id"})
@@ -510,11 +512,17 @@ class _OmopMapper:
     def _find_shared_ids(self, rel: str, id_col: str, id_type: str) -> None:
         """The temp table ``shared_ids`` (``id_raw``): ids that more than one row carries.
 
-        Integer ids (the CDM's type) are sorted in NumPy, which is near linear for the mostly
-        ascending ids a warehouse exports, and several times faster than a hash aggregate over
-        tens of millions of distinct ids; other types are grouped in DuckDB.
+        Integer ids (the CDM's type) of a table of up to :data:`_SORTED_IDS_LIMIT` rows are sorted
+        in NumPy, which is near linear for the mostly ascending ids a warehouse exports, and
+        several times faster than a hash aggregate over tens of millions of distinct ids; other
+        types, and larger tables (whose ids would not fit in memory), are grouped in DuckDB,
+        which spills.
         """
-        if id_type.upper() not in _INT64_TYPES:
+        in_memory = (
+            id_type.upper() in _INT64_TYPES
+            and scalar(self.con, f"SELECT count(*) FROM {rel}") <= _SORTED_IDS_LIMIT
+        )
+        if not in_memory:
             run(
                 self.con,
                 f"""CREATE OR REPLACE TEMP TABLE shared_ids AS SELECT "{id_col}" AS id_raw
