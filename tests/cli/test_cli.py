@@ -122,3 +122,32 @@ def test_signal_reads_the_channel_asked_for_in_whichever_record_holds_it(tmp_pat
     assert (
         missing.returncode != 0 and "channels: ABP, MCL1, RESP" in missing.stdout + missing.stderr
     )
+
+
+def test_text_output_shows_bracketed_ucum_units_as_they_are(tmp_path):
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1970-05-01"}},
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+                    "subject": {"reference": "Patient/p1"},
+                    "effectiveDateTime": "2020-03-01T08:00:00Z",
+                    "valueQuantity": {"value": 98.6, "unit": "degF", "code": "[degF]"},
+                }
+            },
+        ],
+    }
+    (tmp_path / "b.json").write_text(json.dumps(bundle))
+    store = str(tmp_path / "store")
+    jumeau("init", store)
+    jumeau("ingest", "fhir", str(tmp_path / "b.json"), "--store", store)
+    subject = jumeau("lookup", "--store", store, "--source", "fhir", "--id", "p1").stdout.strip()
+    assert "98.6 [degF]" in jumeau("timeline", subject, "--store", store).stdout
+    twin = jumeau("twin", subject, "--store", store, "--as-of", "2020-06-01").stdout
+    assert "37 Cel" in twin  # converted from Fahrenheit, and the unit shown

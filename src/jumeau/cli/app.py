@@ -12,6 +12,7 @@ from typing import Annotated
 
 import polars as pl
 import typer
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 import jumeau
@@ -57,7 +58,7 @@ FormatOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    render.console.print(f"[red]error:[/red] {message}", highlight=False)
+    render.console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -159,7 +160,9 @@ def init(
     """Create an empty store and its secret key (kept outside the store)."""
     with _errors():
         s = jumeau.init(store, key_file=key_file, max_date_shift_days=date_shift_days)
-    render.console.print(f"created store {s.root}; secret key at {s.key_path} (keep it safe)")
+    render.console.print(
+        f"created store {s.root}; secret key at {s.key_path} (keep it safe)", markup=False
+    )
 
 
 @ingest_app.command("omop")
@@ -365,7 +368,8 @@ def signal(
         render.console.print(
             f"record {record.id} channel {chan} ({window['unit']}, {record.fs:g} Hz) from {record.start}: "
             f"{len(payload['t'])} points at pyramid level {window['level']}; "
-            f"range {min(payload['min']):.4g} .. {max(payload['max']):.4g} {window['unit']}"
+            f"range {min(payload['min']):.4g} .. {max(payload['max']):.4g} {window['unit']}",
+            markup=False,
         )
 
 
@@ -417,7 +421,7 @@ def plot(
     if not records:
         _fail(f"subject {subject} has no waveform record covering {start or 'any time'} in {store}")
     path = plot_window(s, records[0], out, channels=channel, start=start, end=end)
-    render.console.print(f"wrote {path}")
+    render.console.print(f"wrote {path}", markup=False)
 
 
 @evaluate_app.command("ecg")
@@ -447,11 +451,12 @@ def evaluate_ecg(
         return
     for r in results:
         if "error" in r:
-            render.console.print(f"{r['record']}: {r['error']}")
+            render.console.print(f"{r['record']}: {r['error']}", markup=False)
         else:
             render.console.print(
                 f"{r['record']} ({r['channel']}): Se {r['sensitivity']:.4%}  PPV {r['ppv']:.4%}  F1 {r['f1']:.4%}  "
-                f"({r['tp']} TP, {r['fn']} FN, {r['fp']} FP; {r['times_real_time']:,.0f}x real time)"
+                f"({r['tp']} TP, {r['fn']} FN, {r['fp']} FP; {r['times_real_time']:,.0f}x real time)",
+                markup=False,
             )
     if summary["mean_f1"] is not None:
         render.console.print(f"mean F1 {summary['mean_f1']:.4%} over {len(scored)} record(s)")
@@ -601,7 +606,8 @@ def export_meds_cmd(
     else:
         render.console.print(
             f"wrote MEDS dataset {out}: {result['subjects']:,} subjects, {result['events']:,} events, "
-            f"{result['shards']} shard(s), {result['codes']:,} codes"
+            f"{result['shards']} shard(s), {result['codes']:,} codes",
+            markup=False,
         )
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 import orjson
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jumeau.store import IngestReport
@@ -33,12 +34,12 @@ def events_as_records(frame: pl.DataFrame) -> list[dict]:
 
 def report_table(report: IngestReport) -> None:
     """Per-table reconciliation of an ingest, then the outcome."""
-    table = Table(title=f"{report.source_kind} ingest of {report.source}")
+    table = Table(title=escape(f"{report.source_kind} ingest of {report.source}"))
     for col in ("source table", "read", "accepted", "rejected", "events", "reconciles"):
         table.add_column(col, justify="left" if col == "source table" else "right")
     for name, c in report.tables.items():
         table.add_row(
-            name,
+            escape(name),
             f"{c.read:,}",
             f"{c.accepted:,}",
             f"{c.rejected:,}",
@@ -47,9 +48,9 @@ def report_table(report: IngestReport) -> None:
         )
     console.print(table)
     for rtype, n in sorted(report.unhandled.items()):
-        console.print(f"  not mapped: {n} {rtype} resource(s)")
+        console.print(escape(f"  not mapped: {n} {rtype} resource(s)"))
     for warning in report.warnings:
-        console.print(f"  [yellow]warning:[/yellow] {warning}")
+        console.print(f"  [yellow]warning:[/yellow] {escape(warning)}")
     if report.committed:
         console.print(
             f"[green]committed batch {report.batch}[/green]: {report.events_written:,} new events "
@@ -96,7 +97,8 @@ def timeline_table(frame: pl.DataFrame, descriptions: dict[str, str], title: str
         when = row["time"].isoformat(sep=" ") if row["time"] else "(static)"
         if row["end_time"] and row["end_time"] != row["time"]:
             when += f" → {row['end_time'].date()}"
-        table.add_row(when, row["domain"], row["code"], descriptions.get(row["code"], ""), value)
+        cells = (when, row["domain"], row["code"], descriptions.get(row["code"], ""), value)
+        table.add_row(*map(escape, cells))
     console.print(table)
 
 
@@ -119,16 +121,17 @@ def sleep_agreement(summary: dict) -> None:
     """Per night and stager: agreement with the hypnogram; then the means."""
     for night in summary["nights"]:
         if "error" in night:
-            console.print(night["error"])  # the message names the file
+            console.print(night["error"], markup=False)  # the message names the file
             continue
         window = night["window"]
         console.print(
             f"{night['record']} (EEG {night['channels']['eeg']}; epochs {window[0]}-{window[1]} "
-            f"of {night['epochs_in_record']})"
+            f"of {night['epochs_in_record']})",
+            markup=False,
         )
         for method, r in night["methods"].items():
             if "error" in r:
-                console.print(f"  {method}: {r['error']}")
+                console.print(f"  {method}: {r['error']}", markup=False)
                 continue
             f1 = "  ".join(f"{s} {v:.2f}" for s, v in r["f1"].items())
             console.print(
@@ -163,7 +166,7 @@ def twin_summary(twin: dict) -> None:
         low, high = v["interval_95"]
         table.add_row(
             name,
-            f"{v['last_value']:.4g} {v['unit']}" if v["last_value"] is not None else "",
+            escape(f"{v['last_value']:.4g} {v['unit']}") if v["last_value"] is not None else "",
             f"{v['age_days']:g}" if v["age_days"] is not None else "",
             f"{v['estimate']:.4g}",
             f"{low:.4g} - {high:.4g}",
@@ -180,10 +183,10 @@ def twin_summary(twin: dict) -> None:
         )
         value = "" if r["value"] is None else f"{r['value']} {r['unit']}".strip()
         risks.add_row(
-            r["name"],
-            value,
+            escape(r["name"]),
+            escape(value),
             interval,
-            ", ".join(r["missing"]) + (" " + r["note"] if r["note"] else ""),
+            escape(", ".join(r["missing"]) + (" " + r["note"] if r["note"] else "")),
         )
     console.print(risks)
     for title, key in (
@@ -194,7 +197,7 @@ def twin_summary(twin: dict) -> None:
         items = twin[key]
         console.print(
             f"[bold]{title}[/bold] ({len(items)}): "
-            + "; ".join(f"{i.get('description') or i['code']}" for i in items[:12])
+            + escape("; ".join(f"{i.get('description') or i['code']}" for i in items[:12]))
             + (" ..." if len(items) > 12 else "")
         )
     signals = twin.get("signal_features") or {}
@@ -204,16 +207,20 @@ def twin_summary(twin: dict) -> None:
             for name, f in list(signals.items())[:14]
         ]
         latest = max(f["time"] for f in signals.values())
-        console.print(f"[bold]signal features[/bold] (latest {latest[:16]}): " + "; ".join(shown))
+        console.print(
+            f"[bold]signal features[/bold] (latest {latest[:16]}): " + escape("; ".join(shown))
+        )
     for variable, forecasts in twin.get("forecasts", {}).items():
         if isinstance(forecasts, dict):
-            console.print(f"forecast {variable}: {forecasts['error']}")
+            console.print(escape(f"forecast {variable}: {forecasts['error']}"))
             continue
         for f in forecasts:
             lo80, hi80 = f["interval_80"]
             console.print(
-                f"forecast {variable} +{f['horizon']} ({f['date']}): {f['median']:.4g} {f['unit']} "
-                f"(80%: {lo80:.4g} - {hi80:.4g})"
+                escape(
+                    f"forecast {variable} +{f['horizon']} ({f['date']}): {f['median']:.4g} {f['unit']} "
+                    f"(80%: {lo80:.4g} - {hi80:.4g})"
+                )
             )
 
 
