@@ -278,3 +278,61 @@ def test_a_ratio_value_keeps_its_ratio_and_its_quotient():
     titre = {"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 64}}}
     assert _value(titre) == (1 / 64, "1:64", None)
     assert _value({"valueRatio": {"numerator": {"value": 3}}})[0] is None  # no denominator
+
+
+def test_imaging_studies_become_a_study_and_a_series_event_like_dicom(synthea_store, synthea_dir):
+    store, report = synthea_store
+    studies = [r for r in bundle_resources(synthea_dir) if r["resourceType"] == "ImagingStudy"]
+    assert studies
+    n_series = sum(len(s.get("series", [])) for s in studies)
+    assert report.tables["fhir/ImagingStudy"].events == len(studies) + n_series
+    stored = store.scan().filter(pl.col("source") == "fhir/ImagingStudy").collect()
+    assert (stored["domain"] == "imaging").all()
+    assert (stored["code"] == "DICOM/study").sum() == len(studies)
+    series = studies[0]["series"][0]
+    shown = stored.filter(pl.col("code") == f"DICOM/{series['modality']['code']}")
+    assert f"body_site=SNOMED/{series['bodySite']['code']}" in shown["text_value"][0]
+    assert shown["time"][0] == parse_fhir_time_as_datetime(series["started"])
+
+
+def parse_fhir_time_as_datetime(text: str):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(parse_fhir_time(text) / 1e6, UTC).replace(tzinfo=None)
+
+
+def test_an_r5_imaging_study_and_a_series_without_modality(tmp_path, new_store):
+    study = {
+        "resourceType": "ImagingStudy",
+        "id": "s1",
+        "subject": {"reference": "Patient/p1"},
+        "started": "2024-01-02T03:04:05Z",
+        "description": "CT chest",
+        "series": [
+            {
+                "uid": "1.2.3",
+                "modality": {
+                    "coding": [
+                        {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}
+                    ]
+                },
+                "bodySite": {
+                    "concept": {
+                        "coding": [{"system": "http://snomed.info/sct", "code": "51185008"}]
+                    }
+                },
+            }
+        ],
+    }
+    broken = {**study, "id": "s2", "series": [{"uid": "9.9"}]}
+    path = tmp_path / "studies.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in (study, broken)) + "\n")
+    report = ingest_fhir(new_store, path)
+    counts = report.tables["fhir/ImagingStudy"]
+    assert (counts.read, counts.accepted, counts.rejected, counts.events) == (2, 1, 1, 2)
+    assert "series 1 has no modality" in new_store.rejects()["reason"][0]
+    events = new_store.timeline(new_store.lookup("fhir", "p1"))
+    assert sorted(events["code"]) == ["DICOM/CT", "DICOM/study"]
+    assert (
+        "body_site=SNOMED/51185008" in events.filter(pl.col("code") == "DICOM/CT")["text_value"][0]
+    )

@@ -193,6 +193,7 @@ class _FhirMapper:
             "CarePlan": self._care_plan,
             "Claim": self._claim,
             "ExplanationOfBenefit": self._claim,
+            "ImagingStudy": self._imaging_study,
         }
 
     # -- files -----------------------------------------------------------------------------
@@ -776,6 +777,65 @@ class _FhirMapper:
         self._emit(
             res, subject, code=code, domain="claim", time=start, end=end, numeric=numeric, unit=unit
         )
+
+    def _imaging_study(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A study and each of its series, as the DICOM ingest writes them: a ``DICOM/study``
+        event and one ``DICOM/<modality>`` event a series (body site, description and instance
+        count as text); the images stay where the study's endpoint keeps them."""
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "started")
+        procedures = [self._code(_as_concept(c)) for c in res.get("procedureCode") or []]
+        study = {
+            "procedure": next((c for c in procedures if c), None),
+            "description": res.get("description"),
+            "series": res.get("numberOfSeries"),
+            "instances": res.get("numberOfInstances"),
+        }
+        self._emit(
+            res, subject, code="DICOM/study", domain="imaging", time=start, text=_details(study)
+        )
+        for k, series in enumerate(res.get("series") or []):
+            modality = _as_concept(series.get("modality"))
+            codes = [c.get("code") for c in _codings(modality) if c.get("code")]
+            if not codes:
+                raise FhirError(f"series {k + 1} has no modality")
+            code = f"DICOM/{codes[0]}"
+            display = _codings(modality)[0].get("display")
+            if display and code not in self.displays:
+                self.displays[code] = display
+            when, _ = self._period(series, "started")
+            details = {
+                "description": series.get("description"),
+                "body_site": self._code(_as_concept(series.get("bodySite"))),
+                "instances": series.get("numberOfInstances"),
+            }
+            self._emit(
+                res,
+                subject,
+                code=code,
+                domain="imaging",
+                time=start if when is None else when,
+                part=f"#series:{series.get('uid') or k}",
+                text=_details(details),
+            )
+
+
+def _as_concept(value: dict | None) -> dict | None:
+    """A Coding (R4 ``ImagingStudy.series.modality``) or a CodeableReference (R5) as the
+    CodeableConcept the code helpers read."""
+    if not isinstance(value, dict):
+        return None
+    if "concept" in value:
+        return value["concept"]
+    if "code" in value and "coding" not in value:
+        return {"coding": [value]}
+    return value
+
+
+def _details(values: dict) -> str | None:
+    """``key=value`` pairs (the present ones) joined by ``;``, as imaging events carry them."""
+    text = ";".join(f"{k}={v}" for k, v in values.items() if v not in (None, ""))
+    return text or None
 
 
 def _value(element: dict) -> tuple[float | None, str | None, str | None]:
