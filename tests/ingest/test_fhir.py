@@ -336,3 +336,60 @@ def test_an_r5_imaging_study_and_a_series_without_modality(tmp_path, new_store):
     assert (
         "body_site=SNOMED/51185008" in events.filter(pl.col("code") == "DICOM/CT")["text_value"][0]
     )
+
+
+def test_an_onset_given_as_an_age_is_dated_from_the_birth_date(tmp_path, new_store):
+    folder = tmp_path / "bulk"
+    folder.mkdir()
+    patients = [
+        {"resourceType": "Patient", "id": "p1", "birthDate": "1970-05-01"},
+        {"resourceType": "Patient", "id": "p2"},  # no birth date
+    ]
+    snomed = {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}
+    conditions = [
+        {
+            "resourceType": "Condition",
+            "id": "c1",
+            "subject": {"reference": "Patient/p1"},
+            "code": snomed,
+            "onsetAge": {
+                "value": 40,
+                "unit": "years",
+                "system": "http://unitsofmeasure.org",
+                "code": "a",
+            },
+        },
+        {
+            "resourceType": "Condition",
+            "id": "c2",
+            "subject": {"reference": "Patient/p1"},
+            "code": snomed,
+            "onsetRange": {"low": {"value": 6, "code": "mo"}, "high": {"value": 12, "code": "mo"}},
+        },
+        {
+            "resourceType": "Condition",
+            "id": "c3",
+            "subject": {"reference": "Patient/p2"},
+            "code": snomed,
+            "onsetAge": {"value": 40, "code": "a"},
+        },
+    ]
+    procedure = {
+        "resourceType": "Procedure",
+        "id": "x1",
+        "subject": {"reference": "Patient/p1"},
+        "code": snomed,
+        "performedAge": {"value": 3, "code": "wk"},
+    }
+    # Condition.ndjson sorts before Patient.ndjson: the birth dates are read first anyway
+    (folder / "Condition.ndjson").write_text("\n".join(json.dumps(c) for c in conditions))
+    (folder / "Patient.ndjson").write_text("\n".join(json.dumps(p) for p in patients))
+    (folder / "Procedure.ndjson").write_text(json.dumps(procedure))
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/Condition"].accepted == 2
+    (reason,) = new_store.rejects().filter(pl.col("source") == "fhir/Condition")["reason"]
+    assert "birth date is not in this batch" in reason
+    events = new_store.timeline(new_store.lookup("fhir", "p1"), domains=["condition", "procedure"])
+    birth = parse_fhir_time_as_datetime("1970-05-01")
+    days = sorted((t - birth).days for t in events["time"])
+    assert days == [21, int(6 * 30.4375), int(40 * 365.25)]

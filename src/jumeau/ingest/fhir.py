@@ -25,6 +25,14 @@ from jumeau.store import BatchWriter, IngestReport, Store
 
 Progress = Callable[[str], None]
 _FLUSH_EVERY = 200_000
+_US_PER_DAY = 86_400_000_000
+#: Days in an age unit (UCUM code or its usual spelling).
+_AGE_UNIT_DAYS = {
+    **dict.fromkeys(("a", "yr", "year", "years"), 365.25),
+    **dict.fromkeys(("mo", "month", "months"), 30.4375),
+    **dict.fromkeys(("wk", "week", "weeks"), 7.0),
+    **dict.fromkeys(("d", "day", "days"), 1.0),
+}
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -145,9 +153,10 @@ def ingest_fhir(
     files = iter_files(source)
     with BatchWriter(store, "fhir", str(source.resolve())) as writer:
         mapper = _FhirMapper(store, writer)
-        for path in files:  # Medication resources first: requests may point to them by reference
-            if "medication" in path.name.lower() and "ndjson" in path.name.lower():
-                mapper.collect_medications(path)
+        for path in files:  # Medications and Patients first: other resources refer to them
+            name = path.name.lower()
+            if ("medication" in name or "patient" in name) and "ndjson" in name:
+                mapper.collect_references(path)
         for path in files:
             if progress:
                 progress(path.name)
@@ -177,6 +186,8 @@ class _FhirMapper:
         self.displays: dict[str, str] = {}
         #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
         self.medications: dict[str, str] = {}
+        #: Birth times (µs, unshifted) by patient id: an onset given as an age needs them.
+        self.births: dict[str, int] = {}
         self.handlers: dict[str, Callable[[dict, str, int], None]] = {
             "Patient": self._patient,
             "Encounter": self._encounter,
@@ -243,8 +254,10 @@ class _FhirMapper:
                     **res,
                     "id": full_url.rstrip("/").rsplit("/", 1)[-1].removeprefix("urn:uuid:"),
                 }
-            if res.get("resourceType") == "Patient" and res.get("id") and full_url:
-                fullurls[full_url] = res["id"]
+            if res.get("resourceType") == "Patient" and res.get("id"):
+                self._remember_birth(res)
+                if full_url:
+                    fullurls[full_url] = res["id"]
             if res.get("resourceType") == "Medication":
                 self._remember_medication(res, full_url)
             resources.append(res)
@@ -263,12 +276,20 @@ class _FhirMapper:
         if code and full_url:
             self.medications[full_url] = code
 
-    def collect_medications(self, path: Path) -> None:
-        """Read the Medication resources of an NDJSON file so requests can reference them."""
+    def _remember_birth(self, res: dict) -> None:
+        birth = parse_fhir_time(res.get("birthDate"))
+        if birth is not None:
+            self.births[res["id"]] = birth
+
+    def collect_references(self, path: Path) -> None:
+        """Read the Medication and Patient resources of an NDJSON file first: requests point to
+        medications by reference, and an onset given as an age needs the patient's birth date."""
         try:
             for resource in iter_resources(path):
                 if resource.get("resourceType") == "Medication":
                     self._remember_medication(resource)
+                elif resource.get("resourceType") == "Patient" and resource.get("id"):
+                    self._remember_birth(resource)
         except (FhirError, orjson.JSONDecodeError, OSError):
             return  # the file is read again, and its errors reported, in the main pass
 
@@ -335,6 +356,10 @@ class _FhirMapper:
     # -- helpers ---------------------------------------------------------------------------
 
     def _subject(self, res: dict, fullurls: dict[str, str]) -> tuple[int, int]:
+        patient_id = self._patient_id(res, fullurls)
+        return self.p.subject_id("fhir", patient_id), self.p.shift_us("fhir", patient_id)
+
+    def _patient_id(self, res: dict, fullurls: dict[str, str]) -> str:
         ref = (res.get("subject") or res.get("patient") or res.get("beneficiary") or {}).get(
             "reference"
         )
@@ -353,7 +378,31 @@ class _FhirMapper:
                     f"subject is a {parts[-2] if len(parts) > 1 else 'bare'} reference, not a Patient"
                 )
             patient_id = parts[-1]
-        return self.p.subject_id("fhir", patient_id), self.p.shift_us("fhir", patient_id)
+        return patient_id
+
+    def _onset(self, res: dict, fullurls: dict[str, str], prefix: str, *fallbacks: str) -> int:
+        """When something began: ``<prefix>DateTime`` or ``<prefix>Period``, else an age
+        (``<prefix>Age``, or the low end of ``<prefix>Range``) after the patient's birth date,
+        else the first of ``fallbacks``."""
+        start, _ = self._period(res, f"{prefix}DateTime", f"{prefix}Period")
+        if start is not None:
+            return start
+        age = res.get(f"{prefix}Age") or (res.get(f"{prefix}Range") or {}).get("low")
+        if isinstance(age, dict) and age.get("value") is not None:
+            unit = str(age.get("code") or age.get("unit") or "").lower()
+            days = _AGE_UNIT_DAYS.get(unit)
+            if days is None:
+                raise FhirError(f"{prefix} age unit {unit!r} is not a, mo, wk or d")
+            birth = self.births.get(self._patient_id(res, fullurls))
+            if birth is None:
+                raise FhirError(
+                    f"{prefix} is an age but the patient's birth date is not in this batch"
+                )
+            return birth + round(float(age["value"]) * days * _US_PER_DAY)
+        start, _ = self._timed(
+            res, f"{prefix}DateTime", f"{prefix}Period", f"{prefix}Age", *fallbacks
+        )
+        return start
 
     def _emit(
         self,
@@ -516,7 +565,7 @@ class _FhirMapper:
 
     def _condition(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start, _ = self._timed(res, "onsetDateTime", "onsetPeriod", "recordedDate")
+        start = self._onset(res, fullurls, "onset", "recordedDate")
         end, _ = self._period(res, "abatementDateTime", "abatementPeriod")
         self._emit(
             res,
@@ -689,7 +738,12 @@ class _FhirMapper:
 
     def _procedure(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start, end = self._timed(res, "performedDateTime", "performedPeriod")
+        start, end = self._period(res, "performedDateTime", "performedPeriod")
+        if start is None:  # an age, or R5's occurrence[x]
+            start = self._onset(
+                res, fullurls, "performed", "occurrenceDateTime", "occurrencePeriod"
+            )
+            end = self._period(res, "occurrencePeriod")[1]
         self._emit(
             res,
             subject,
@@ -713,7 +767,7 @@ class _FhirMapper:
 
     def _allergy(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start, _ = self._timed(res, "onsetDateTime", "onsetPeriod", "recordedDate")
+        start = self._onset(res, fullurls, "onset", "recordedDate")
         self._emit(
             res,
             subject,
