@@ -215,3 +215,42 @@ def test_the_detector_ignores_polarity_and_gain():
     )
     for signal in (-record.p_signal[:, 0], 0.2 * record.p_signal[:, 0]):
         assert score_beats(reference, detect_r_peaks(signal, record.fs), record.fs).f1 >= 0.995
+
+
+def _disturbed(kind: str, signal: np.ndarray, fs: float, reference: np.ndarray) -> np.ndarray:
+    signal = signal.copy()
+    if kind == "electrode pop at the start":
+        signal[int(0.5 * fs) : int(0.52 * fs)] = 30.0
+    elif kind == "movement burst at one minute":
+        n = int(2 * fs)
+        signal[int(60 * fs) : int(60 * fs) + n] += 5 * np.sin(np.linspace(0, 20 * np.pi, n))
+    elif kind == "gain falls tenfold at five minutes":
+        signal[int(300 * fs) :] *= 0.1
+    else:  # T waves twice as tall as the R waves, 250 ms after each beat
+        half = int(0.12 * fs)
+        for r in reference:
+            start = r + int(0.25 * fs) - half
+            if start > 0 and start + 2 * half < len(signal):
+                signal[start : start + 2 * half] += 2.0 * np.hanning(2 * half)
+    return signal
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "electrode pop at the start",
+        "movement burst at one minute",
+        "gain falls tenfold at five minutes",
+        "tall T waves",
+    ],
+)
+def test_one_artifact_or_a_change_of_gain_does_not_lose_the_record(kind):
+    """The detector's levels learn from the first ten seconds robustly, fall back when beats
+    stop being found and skip T waves; one disturbance used to hide every later beat."""
+    record = wfdb.rdrecord(RECORD, channels=[0])
+    ann = wfdb.rdann(RECORD, "atr")
+    reference = np.array(
+        [s for s, y in zip(ann.sample, ann.symbol, strict=True) if y in BEAT_SYMBOLS]
+    )
+    signal = _disturbed(kind, record.p_signal[:, 0], record.fs, reference)
+    assert score_beats(reference, detect_r_peaks(signal, record.fs), record.fs).f1 >= 0.995

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter1d
 from scipy.signal import butter, find_peaks, sosfiltfilt
 
 #: WFDB annotation symbols that mark a beat (MIT-BIH conventions).
@@ -26,6 +27,7 @@ MIN_BEATS = 8
 def detect_r_peaks(ecg: np.ndarray, fs: float) -> np.ndarray:
     """Sample indices of the R peaks of one ECG lead (physical units, any polarity; missing
     samples, NaN, are read as a flat line: no beat is found in a gap)."""
+    missing = np.isnan(np.asarray(ecg, dtype=float))
     ecg = flat_gaps(ecg)
     if len(ecg) < int(fs):
         return np.zeros(0, dtype=np.int64)
@@ -36,33 +38,87 @@ def detect_r_peaks(ecg: np.ndarray, fs: float) -> np.ndarray:
     integrated = np.convolve(slope**2, np.ones(width) / width, mode="same")
     refractory = int(0.200 * fs)
     candidates, _ = find_peaks(integrated, distance=refractory)
+    if len(candidates) == 0:
+        return np.zeros(0, dtype=np.int64)
     heights = integrated[candidates]
-    learn = heights[: max(1, np.searchsorted(candidates, int(2 * fs)))]
-    spk, npk = 0.25 * float(learn.max()), 0.5 * float(np.mean(learn))
+    steepest = maximum_filter1d(np.abs(slope), size=width)[candidates]
+    spk, npk = _initial_levels(candidates, heights, fs)
+    t_wave_window = int(_T_WAVE_WINDOW_S * fs)
     beats: list[int] = []
     rr: list[int] = []
-    for c, h in zip(candidates, heights, strict=True):
-        threshold = npk + 0.25 * (spk - npk)
-        if h > threshold and (not beats or c - beats[-1] > refractory):
-            if beats and rr:
-                mean_rr = np.mean(rr[-8:])
-                gap = c - beats[-1]
-                if gap > 1.66 * mean_rr:  # search back for a missed beat in the gap
-                    inside = candidates[
-                        (candidates > beats[-1] + refractory) & (candidates < c - refractory)
-                    ]
-                    if len(inside):
-                        best = inside[np.argmax(integrated[inside])]
-                        if integrated[best] > threshold / 2:
-                            rr.append(int(best - beats[-1]))
-                            beats.append(int(best))
-            if beats:
-                rr.append(int(c - beats[-1]))
-            beats.append(int(c))
-            spk = 0.125 * h + 0.875 * spk
-        else:
+    mean_rr, lost_after, last_beat, last_steepest = 0.0, _LOST_AFTER_S * fs, 0, 0.0
+    rows = zip(
+        candidates.tolist(),
+        heights.tolist(),
+        steepest.tolist(),
+        missing[candidates].tolist(),
+        strict=True,
+    )
+    for c, h, steep, in_gap in rows:
+        if in_gap:  # a filter's ringing inside a gap is neither a beat nor noise
+            continue
+        since = c - last_beat
+        level = spk if since <= lost_after else _fallen_level(spk, npk, since - lost_after, fs)
+        threshold = npk + 0.25 * (level - npk)
+        if h <= threshold or (beats and since <= refractory):
             npk = 0.125 * h + 0.875 * npk
-    return _place(np.array(beats, dtype=np.int64), band, fs)
+            continue
+        if beats and since < t_wave_window and steep < 0.5 * last_steepest:
+            npk = 0.125 * h + 0.875 * npk  # a T wave: soon after a beat, half as steep
+            continue
+        if rr and since > 1.66 * mean_rr:  # search back for a missed beat in the gap
+            inside = candidates[
+                (candidates > last_beat + refractory) & (candidates < c - refractory)
+            ]
+            if len(inside):
+                best = int(inside[np.argmax(integrated[inside])])
+                if integrated[best] > threshold / 2:
+                    rr.append(best - last_beat)
+                    beats.append(best)
+                    last_beat = best
+        if beats:
+            rr.append(c - last_beat)
+            mean_rr = sum(rr[-8:]) / len(rr[-8:])
+            lost_after = max(_LOST_AFTER_S * fs, 2.0 * mean_rr)
+        beats.append(c)
+        last_beat, last_steepest = c, steep
+        if level < spk:  # the first beat found again after a loss sets the level
+            spk = min(h, _MAX_LEVEL_STEP * spk)
+        else:  # an artifact many times a beat's size moves the level only so far
+            spk = 0.125 * min(h, _MAX_LEVEL_STEP * spk) + 0.875 * spk
+    placed = _place(np.array(beats, dtype=np.int64), band, fs)
+    return placed[~missing[placed]]  # a filter's ringing at a gap's edge is not a beat
+
+
+#: How far one detection may raise the signal level (a multiple of it).
+_MAX_LEVEL_STEP = 4.0
+#: Seconds without a beat after which the signal level starts to fall back (halving a second).
+_LOST_AFTER_S = 2.0
+#: A candidate this soon after a beat and less than half as steep is its T wave (Pan-Tompkins).
+_T_WAVE_WINDOW_S = 0.36
+#: The lowest the signal level falls back to, as a fraction of the last beats' (a beat a tenth
+#: as tall, after a change of gain, has a hundredth of the energy; a flat gap has almost none).
+_LOWEST_LEVEL = 0.005
+
+
+def _initial_levels(candidates: np.ndarray, heights: np.ndarray, fs: float) -> tuple[float, float]:
+    """Signal and noise levels to start from: the median of each second's largest candidate
+    over the first ten seconds (a typical beat, whatever one artifact there does) and the
+    median candidate."""
+    first = candidates < int(10 * fs)
+    seconds = candidates[first] // int(fs)
+    tallest = [heights[first][seconds == k].max() for k in np.unique(seconds)]
+    return float(np.median(tallest)), 0.5 * float(np.median(heights[first]))
+
+
+def _fallen_level(spk: float, npk: float, lost_for: float, fs: float) -> float:
+    """The signal level once no beat has been found for :data:`_LOST_AFTER_S` (or twice the
+    recent RR interval) and ``lost_for`` samples more: halving each second, down to three times
+    the noise level but no lower than :data:`_LOWEST_LEVEL` of the last beats' level. After an
+    artifact or a change of gain the detector finds the beats again instead of waiting for one
+    as large as the artifact."""
+    floor = min(spk, max(3.0 * npk, _LOWEST_LEVEL * spk))
+    return max(spk * 0.5 ** (lost_for / fs), floor)
 
 
 def flat_gaps(leads: np.ndarray) -> np.ndarray:
