@@ -381,9 +381,9 @@ def test_an_onset_given_as_an_age_is_dated_from_the_birth_date(tmp_path, new_sto
         "code": snomed,
         "performedAge": {"value": 3, "code": "wk"},
     }
-    # Condition.ndjson sorts before Patient.ndjson: the birth dates are read first anyway
-    (folder / "Condition.ndjson").write_text("\n".join(json.dumps(c) for c in conditions))
-    (folder / "Patient.ndjson").write_text("\n".join(json.dumps(p) for p in patients))
+    # Bulk Data files named by number (one resource type a file): conditions come first
+    (folder / "output_1.ndjson").write_text("\n".join(json.dumps(c) for c in conditions))
+    (folder / "output_2.ndjson").write_text("\n".join(json.dumps(p) for p in patients))
     (folder / "Procedure.ndjson").write_text(json.dumps(procedure))
     report = ingest_fhir(new_store, folder)
     assert report.tables["fhir/Condition"].accepted == 2

@@ -116,6 +116,21 @@ def iter_files(source: Path) -> list[Path]:
     return sorted({p for pattern in patterns for p in source.rglob(pattern)})
 
 
+def _first_resource_type(path: Path) -> str | None:
+    """The resource type of an NDJSON file's first line (a Bulk Data file holds one type,
+    whatever its name); None for bundles and unreadable files."""
+    if ".ndjson" not in path.name:
+        return None
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    return orjson.loads(line).get("resourceType")
+    except (OSError, EOFError, orjson.JSONDecodeError, AttributeError):
+        return None  # read again, and its errors reported, in the main pass
+    return None
+
+
 def _read_text(path: Path) -> bytes:
     data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
@@ -154,8 +169,7 @@ def ingest_fhir(
     with BatchWriter(store, "fhir", str(source.resolve())) as writer:
         mapper = _FhirMapper(store, writer)
         for path in files:  # Medications and Patients first: other resources refer to them
-            name = path.name.lower()
-            if ("medication" in name or "patient" in name) and "ndjson" in name:
+            if _first_resource_type(path) in ("Medication", "Patient"):
                 mapper.collect_references(path)
         for path in files:
             if progress:
