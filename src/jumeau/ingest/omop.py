@@ -222,7 +222,7 @@ _INTEGER_TYPES = (
 
 _INT64_TYPES = frozenset(_INTEGER_TYPES) - {"HUGEINT", "UBIGINT"}
 #: Rows whose ids are checked for repeats in memory (8 bytes an id, twice, while sorting).
-_SORTED_IDS_LIMIT = 100_000_000
+_SORTED_IDS_LIMIT = 50_000_000
 
 #: Columns whose values are source ids: a reject reason never quotes them.
 _IDENTIFYING = frozenset({"person_id"})
