@@ -235,6 +235,50 @@ def test_parquet_folder_and_duckdb_file_give_the_same_events(tmp_path, eunomia, 
         assert a.equals(b), source
 
 
+def test_a_full_vocabulary_is_narrowed_to_the_concepts_used_with_the_same_events(tmp_path, eunomia):
+    """A warehouse's concept table holds millions of concepts: the mapping keeps the ones the
+    tables use (concepts, source concepts, value and unit concepts) and maps every row alike."""
+    folders = {}
+    con = duckdb.connect(str(eunomia), read_only=True)
+    for kind, unused in (("small", 0), ("full", 150_000)):
+        folder = folders[kind] = tmp_path / kind
+        folder.mkdir()
+        for t in ["person", "drug_exposure", "condition_occurrence"]:
+            con.execute(f"COPY {t} TO '{folder / (t + '.parquet')}' (FORMAT parquet)")
+        con.execute(  # some results with a unit concept and an answer concept
+            f"""COPY (SELECT * REPLACE (
+                    CASE WHEN measurement_id % 3 = 0 THEN 8840 ELSE unit_concept_id END AS unit_concept_id,
+                    CASE WHEN measurement_id % 5 = 0 THEN 45877994 ELSE value_as_concept_id END
+                        AS value_as_concept_id) FROM measurement)
+            TO '{folder / "measurement.parquet"}' (FORMAT parquet)"""
+        )
+        con.execute(
+            f"""COPY (SELECT * FROM concept UNION ALL
+                SELECT 8840, 'milligram per deciliter', 'Unit', 'UCUM', 'Unit', 'S', 'mg/dL',
+                       DATE '1970-01-01', DATE '2099-12-31', NULL
+                UNION ALL SELECT 45877994, 'Positive', 'Meas Value', 'LOINC', 'Answer', 'S',
+                       'LA6576-8', DATE '1970-01-01', DATE '2099-12-31', NULL
+                UNION ALL SELECT 900000000 + i, 'unused ' || i, 'Drug', 'RxNorm', 'Clinical Drug',
+                       'S', 'U' || i, DATE '1970-01-01', DATE '2099-12-31', NULL
+                FROM range({unused}) t(i))
+            TO '{folder / "concept.parquet"}' (FORMAT parquet)"""
+        )
+    con.close()
+    stores = {}
+    for kind, folder in folders.items():
+        stores[kind] = jumeau.init(tmp_path / f"store-{kind}")
+        if kind == "full":  # the same key: the same pseudonyms
+            stores[kind].key_path.write_text(stores["small"].key_path.read_text())
+            stores[kind] = jumeau.open(stores[kind].root)
+        ingest_omop(stores[kind], folder)
+    cols = ["subject_id", "time", "code", "numeric_value", "text_value", "unit", "record_key"]
+    small, full = (stores[k].scan().select(cols).collect().sort(cols) for k in ("small", "full"))
+    assert small.height > 100_000 and full.equals(small)
+    assert full.filter(pl.col("unit") == "mg/dL").height > 10_000
+    assert full.filter(pl.col("text_value") == "LOINC/LA6576-8").height > 5_000
+    assert stores["full"].code_descriptions() == stores["small"].code_descriptions()
+
+
 def test_new_rows_in_a_grown_source_are_appended(tmp_path, eunomia):
     folder = tmp_path / "cdm"
     _export_csv(eunomia, folder, ["person", "concept", "visit_occurrence"])

@@ -223,6 +223,8 @@ _INTEGER_TYPES = (
 _INT64_TYPES = frozenset(_INTEGER_TYPES) - {"HUGEINT", "UBIGINT"}
 #: Rows whose ids are checked for repeats in memory (8 bytes an id, twice, while sorting).
 _SORTED_IDS_LIMIT = 50_000_000
+#: Concepts from which the vocabulary is narrowed to the ones the tables use.
+_FULL_VOCABULARY = 100_000
 
 #: Columns whose values are source ids: a reject reason never quotes them.
 _IDENTIFYING = frozenset({"person_id"})
@@ -417,19 +419,61 @@ class _OmopMapper:
                     "CAST(concept_code AS VARCHAR) concept_code, "
                     f"CAST({'concept_name' if 'concept_name' in cols else 'NULL'} AS VARCHAR) concept_name FROM {self.tables.relations['concept']}"
                 )
+        used = self._used_concept_ids(cdm)
+        cdm_used = f"SELECT * FROM ({cdm}) WHERE concept_id IS NOT NULL" + (
+            f" AND concept_id IN (SELECT id FROM {used})" if used else ""
+        )
         run(
             self.con,
             f"""CREATE OR REPLACE TEMP TABLE concepts AS
             SELECT concept_id, any_value(vocabulary_id || '/' || concept_code) AS code,
                    any_value(concept_code) AS concept_code, any_value(concept_name) AS concept_name
-            FROM (SELECT * FROM ({cdm}) WHERE concept_id IS NOT NULL
+            FROM ({cdm_used}
                   UNION ALL SELECT * FROM builtin_concepts b
-                  WHERE b.concept_id NOT IN (SELECT concept_id FROM ({cdm}) WHERE concept_id IS NOT NULL))
+                  WHERE b.concept_id NOT IN (SELECT concept_id FROM ({cdm_used})))
             GROUP BY concept_id""",
         )
         self.writer.add_codes(
             arrow_table(self.con, "SELECT code, concept_name AS description FROM concepts")
         )
+
+    def _used_concept_ids(self, cdm: str) -> str | None:
+        """A temp table of the concept ids the CDM tables use, when the vocabulary is a full one.
+
+        A warehouse's concept table holds millions of concepts and its events use a few
+        thousand: four hash joins a table against all of them cost seconds each, a scan of the
+        concept columns much less. Text (CSV) sources, which a scan would parse again, and small
+        vocabularies keep the whole table.
+        """
+        if "concept" not in self.tables.numbered_relations:
+            return None
+        if scalar(self.con, f"SELECT count(*) FROM ({cdm})") < _FULL_VOCABULARY:
+            return None
+        parts = []
+        for table, spec in {"person": None, **SPECS}.items():
+            if table not in self.tables.numbered_relations:
+                continue
+            cols = set(self.tables.columns(table))
+            wanted = (
+                ["gender_concept_id", "race_concept_id", "ethnicity_concept_id"]
+                if spec is None
+                else [spec.concept, spec.source_concept, spec.value_concept, spec.unit_concept]
+            )
+            rel = self.tables.relations[table]
+            parts += [
+                f'SELECT DISTINCT TRY_CAST("{c}" AS BIGINT) AS id FROM {rel}'
+                for c in wanted
+                if c and c in cols
+            ]
+        if not parts:
+            return None
+        run(
+            self.con,
+            "CREATE OR REPLACE TEMP TABLE used_concept_ids AS SELECT DISTINCT id FROM ("
+            + " UNION ALL ".join(parts)
+            + ") WHERE id IS NOT NULL",
+        )
+        return "used_concept_ids"
 
     # -- helpers ---------------------------------------------------------------------------
 
