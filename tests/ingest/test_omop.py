@@ -213,6 +213,53 @@ def test_csv_folder_with_bad_rows_rejects_them_and_keeps_the_rest(tmp_path, euno
     assert set(rejects["record"]) == {f"row {n + 1}", f"row {n + 2}", f"row {n + 3}"}
 
 
+def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tmp_path, eunomia):
+    """The CDM tables Eunomia leaves empty, with rows as a warehouse holds them (CDM v5.4 CSV)."""
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept"])
+    tables = {
+        "death": "person_id,death_date,death_datetime,death_type_concept_id,cause_concept_id\n"
+        "6,2019-03-04,2019-03-04 10:30:00,32817,4329847\n",
+        "note": "note_id,person_id,note_date,note_datetime,note_type_concept_id,"
+        "note_class_concept_id,note_title,note_text\n"
+        '1,6,2018-01-02,2018-01-02 09:00:00,32831,44814637,Discharge,"Chest pain, resolved."\n',
+        "specimen": "specimen_id,person_id,specimen_concept_id,specimen_type_concept_id,"
+        "specimen_date,specimen_datetime,quantity,unit_concept_id\n"
+        "1,6,4001225,32817,2018-01-03,,2.5,8587\n",
+        "visit_detail": "visit_detail_id,person_id,visit_detail_concept_id,"
+        "visit_detail_start_date,visit_detail_start_datetime,visit_detail_end_date,"
+        "visit_detail_end_datetime,visit_detail_type_concept_id,visit_occurrence_id\n"
+        "1,6,9201,2018-01-01,,2018-01-05,,32817,1\n",
+        "device_exposure": "device_exposure_id,person_id,device_concept_id,"
+        "device_exposure_start_date,device_exposure_start_datetime,device_exposure_end_date,"
+        "device_exposure_end_datetime,device_type_concept_id,quantity\n"
+        "1,6,4044008,2018-01-02,,2018-03-02,,32817,1\n",
+    }
+    for table, text in tables.items():
+        (folder / f"{table}.csv").write_text(text)
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    for table in tables:
+        counts = report.tables[f"omop/{table}"]
+        assert (counts.read, counts.accepted, counts.events) == (1, 1, 1), table
+    events = store.timeline(store.lookup("omop", "6"))
+    by_source = {row["source"]: row for row in events.iter_rows(named=True)}
+    death = by_source["omop/death"]
+    assert (death["code"], death["domain"]) == ("MEDS_DEATH", "death")
+    assert death["time"] == dt.datetime(2019, 3, 4, 10, 30)
+    assert death["text_value"] == "SNOMED/22298006"  # the cause, through the concept table
+    note = by_source["omop/note"]
+    assert note["domain"] == "note" and note["text_value"] == "Chest pain, resolved."
+    assert note["time"] == dt.datetime(2018, 1, 2, 9)
+    specimen = by_source["omop/specimen"]
+    assert specimen["numeric_value"] == 2.5 and specimen["time"] == dt.datetime(2018, 1, 3)
+    assert specimen["code"] == "OMOP/4001225"  # not in Eunomia's vocabulary: kept as OMOP/<id>
+    detail = by_source["omop/visit_detail"]
+    assert detail["code"] == "Visit/IP" and detail["end_time"] == dt.datetime(2018, 1, 5)
+    device = by_source["omop/device_exposure"]
+    assert device["domain"] == "device" and device["end_time"] == dt.datetime(2018, 3, 2)
+
+
 def test_parquet_folder_and_duckdb_file_give_the_same_events(tmp_path, eunomia, eunomia_store):
     folder = tmp_path / "cdm"
     folder.mkdir()
