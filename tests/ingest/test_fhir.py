@@ -393,3 +393,44 @@ def test_an_onset_given_as_an_age_is_dated_from_the_birth_date(tmp_path, new_sto
     birth = parse_fhir_time_as_datetime("1970-05-01")
     days = sorted((t - birth).days for t in events["time"])
     assert days == [21, int(6 * 30.4375), int(40 * 365.25)]
+
+
+def test_names_and_identifiers_written_in_free_text_are_scrubbed(tmp_path, new_store):
+    patient = {
+        "resourceType": "Patient",
+        "id": "p9",
+        "name": [{"family": "Martin-Legrand", "given": ["Zoé", "Anne"]}],
+        "identifier": [
+            {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "285052A00608436"},
+            {"system": "http://hospital/mrn", "value": "MRN778899"},
+        ],
+        "birthDate": "1985-05-02",
+    }
+    note = {
+        "resourceType": "Observation",
+        "id": "o9",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8251-1"}]},
+        "subject": {"reference": "Patient/p9"},
+        "effectiveDateTime": "2023-04-05T10:00:00Z",
+        "valueString": "Mme ZOÉ MARTIN-LEGRAND (MRN778899, NIR 2 85 05 2A 006 084 36) "
+        "joignable au 06 12 34 56 78, zoe.martin@example.fr; Anne-Sophie absente; douleur 3/10.",
+    }
+    path = tmp_path / "b.json"
+    path.write_text(
+        json.dumps(
+            {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": note}, {"resource": patient}],
+            }
+        )
+    )
+    ingest_fhir(new_store, path)
+    (text,) = new_store.timeline(new_store.lookup("fhir", "p9"), codes=["LOINC/8251-1"])[
+        "text_value"
+    ]
+    assert text == (
+        "Mme [NAME] [NAME] ([ID], NIR [NIR]) joignable au [PHONE], [EMAIL]; "
+        "[NAME]-Sophie absente; douleur 3/10."
+    )

@@ -217,12 +217,16 @@ def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tm
     """The CDM tables Eunomia leaves empty, with rows as a warehouse holds them (CDM v5.4 CSV)."""
     folder = tmp_path / "cdm"
     _export_csv(eunomia, folder, ["person", "concept"])
+    con = duckdb.connect(str(eunomia), read_only=True)
+    (mrn,) = con.execute("SELECT person_source_value FROM person WHERE person_id = 6").fetchone()
+    con.close()
     tables = {
         "death": "person_id,death_date,death_datetime,death_type_concept_id,cause_concept_id\n"
         "6,2019-03-04,2019-03-04 10:30:00,32817,4329847\n",
         "note": "note_id,person_id,note_date,note_datetime,note_type_concept_id,"
         "note_class_concept_id,note_title,note_text\n"
-        '1,6,2018-01-02,2018-01-02 09:00:00,32831,44814637,Discharge,"Chest pain, resolved."\n',
+        f'1,6,2018-01-02,2018-01-02 09:00:00,32831,44814637,Discharge,"Chest pain, resolved. '
+        f'Patient {mrn}, call 06 12 34 56 78."\n',
         "specimen": "specimen_id,person_id,specimen_concept_id,specimen_type_concept_id,"
         "specimen_date,specimen_datetime,quantity,unit_concept_id\n"
         "1,6,4001225,32817,2018-01-03,,2.5,8587\n",
@@ -249,7 +253,8 @@ def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tm
     assert death["time"] == dt.datetime(2019, 3, 4, 10, 30)
     assert death["text_value"] == "SNOMED/22298006"  # the cause, through the concept table
     note = by_source["omop/note"]
-    assert note["domain"] == "note" and note["text_value"] == "Chest pain, resolved."
+    assert note["domain"] == "note"
+    assert note["text_value"] == "Chest pain, resolved. Patient [ID], call [PHONE]."
     assert note["time"] == dt.datetime(2018, 1, 2, 9)
     specimen = by_source["omop/specimen"]
     assert specimen["numeric_value"] == 2.5 and specimen["time"] == dt.datetime(2018, 1, 3)

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from jumeau.ingest.events import columns_table
 from jumeau.ingest.fhir_sampled import SampledDataError, SampledSignal, read_sampled_data
+from jumeau.ingest.redact import redact
 from jumeau.model import BIRTH_CODE, CONNECTOR_SCHEMA, DEATH_CODE, REJECT_SCHEMA, fhir_vocabulary
 from jumeau.signals.store import write_record
 from jumeau.store import BatchWriter, IngestReport, Store
@@ -202,6 +203,8 @@ class _FhirMapper:
         self.medications: dict[str, str] = {}
         #: Birth times (µs, unshifted) by patient id: an onset given as an age needs them.
         self.births: dict[str, int] = {}
+        #: Names and identifier values by subject pseudonym, scrubbed from the subject's texts.
+        self.private: dict[int, tuple[set[str], set[str]]] = {}
         self.handlers: dict[str, Callable[[dict, str, int], None]] = {
             "Patient": self._patient,
             "Encounter": self._encounter,
@@ -269,7 +272,7 @@ class _FhirMapper:
                     "id": full_url.rstrip("/").rsplit("/", 1)[-1].removeprefix("urn:uuid:"),
                 }
             if res.get("resourceType") == "Patient" and res.get("id"):
-                self._remember_birth(res)
+                self._remember_patient(res)
                 if full_url:
                     fullurls[full_url] = res["id"]
             if res.get("resourceType") == "Medication":
@@ -290,10 +293,21 @@ class _FhirMapper:
         if code and full_url:
             self.medications[full_url] = code
 
-    def _remember_birth(self, res: dict) -> None:
+    def _remember_patient(self, res: dict) -> None:
+        """Keep a Patient's birth date (for onsets given as ages) and its names and identifier
+        values (to scrub from free text, see :mod:`jumeau.ingest.redact`)."""
         birth = parse_fhir_time(res.get("birthDate"))
         if birth is not None:
             self.births[res["id"]] = birth
+        names = set()
+        for name in res.get("name") or []:
+            for part in [name.get("family"), *(name.get("given") or [])]:
+                if isinstance(part, str):
+                    names.update(part.split())
+        numbers = {
+            i["value"] for i in res.get("identifier") or [] if isinstance(i.get("value"), str)
+        }
+        self.private[self.p.subject_id("fhir", res["id"])] = (names, numbers | {res["id"]})
 
     def collect_references(self, path: Path) -> None:
         """Read the Medication and Patient resources of an NDJSON file first: requests point to
@@ -303,7 +317,7 @@ class _FhirMapper:
                 if resource.get("resourceType") == "Medication":
                     self._remember_medication(resource)
                 elif resource.get("resourceType") == "Patient" and resource.get("id"):
-                    self._remember_birth(resource)
+                    self._remember_patient(resource)
         except (FhirError, orjson.JSONDecodeError, OSError):
             return  # the file is read again, and its errors reported, in the main pass
 
@@ -437,6 +451,9 @@ class _FhirMapper:
         rtype = res["resourceType"]
         subject_id, shift = subject
         record = f"{rtype}/{res.get('id', '')}{part}"
+        if text:
+            names, numbers = self.private.get(subject_id, ((), ()))
+            text = redact(text, names, numbers)
         self.events.add(
             subject_id=subject_id,
             time=None if time is None else time + shift,
@@ -479,6 +496,7 @@ class _FhirMapper:
         patient_id = res.get("id")
         if not patient_id:
             raise FhirError("Patient has no id")
+        self._remember_patient(res)
         subject = (self.p.subject_id("fhir", patient_id), self.p.shift_us("fhir", patient_id))
         birth = parse_fhir_time(res.get("birthDate"))
         if birth is not None:

@@ -21,6 +21,7 @@ import pyarrow as pa
 from jumeau._duck import arrow_table, connect, run, scalar
 from jumeau.ingest import omop_sources
 from jumeau.ingest.omop_sources import OmopSourceError, OmopTables
+from jumeau.ingest.redact import redact_sql
 from jumeau.model import BIRTH_CODE, DEATH_CODE
 from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
@@ -737,7 +738,7 @@ class _OmopMapper:
                          {x.bad_number(spec.number)}
                     END AS input_problem
                   FROM src LEFT JOIN shared_ids ON shared_ids.id_raw = src."{id_col}")
-            SELECT t.*, m.subject_id, m.shift_us,
+            SELECT t.*, m.subject_id, m.shift_us, m.person_source_value,
               COALESCE(t.input_problem,
                        CASE WHEN m.subject_id IS NULL THEN 'person_id not found in the person table' END
               ) AS reason
@@ -750,7 +751,10 @@ class _OmopMapper:
                 "COALESCE(CASE WHEN s.concept_id <> 0 THEN c.code END, sc.code, "
                 "'OMOP/' || s.concept_id)"
             )
-        text = "COALESCE(s.string, CASE WHEN s.value_concept_id <> 0 THEN COALESCE(vc.code, 'OMOP/' || s.value_concept_id) END)"
+        # free text (a note, a value written as text) is scrubbed of identifiers, the patient's
+        # own source value (often the MRN) included
+        string = redact_sql("s.string", ["s.person_source_value"]) if spec.string else "s.string"
+        text = f"COALESCE({string}, CASE WHEN s.value_concept_id <> 0 THEN COALESCE(vc.code, 'OMOP/' || s.value_concept_id) END)"
         unit = "COALESCE(CASE WHEN s.unit_concept_id <> 0 THEN uc.concept_code END, s.unit_source)"
         events_sql = f"""SELECT s.subject_id, {self._shifted("s.t0")} AS time, {code} AS code,
                 s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
