@@ -92,6 +92,26 @@ def test_meds_without_a_code_column_is_refused(tmp_path, new_store):
     assert new_store.stats()["events"] == 0
 
 
+def test_a_meds_dataset_from_before_0_3_imports_by_its_old_column_names(tmp_path, new_store):
+    """MEDS 0.2 (and meds_etl then) called the subject ``patient_id`` and the time ``timestamp``."""
+    from datetime import datetime
+
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    pl.DataFrame(
+        {
+            "patient_id": [11, 11],
+            "timestamp": [datetime(1980, 1, 1), datetime(2020, 2, 3, 4, 5)],
+            "code": ["MEDS_BIRTH", "LOINC/8480-6"],
+            "numeric_value": [None, 131.0],
+        }
+    ).write_parquet(tmp_path / "data" / "train" / "0.parquet")
+    report = ingest_meds(new_store, tmp_path)
+    assert report.tables["meds/data"].accepted == 2
+    events = new_store.timeline(new_store.lookup("meds", "11"))
+    assert events["code"].to_list() == ["MEDS_BIRTH", "LOINC/8480-6"]
+    assert events["time"][1] == datetime(2020, 2, 3, 4, 5) and events["numeric_value"][1] == 131.0
+
+
 def test_meds_etl_omop_output_keeps_end_times_and_gets_domains_from_its_tables(tmp_path, new_store):
     """meds_etl's OMOP conversion names the end time ``end`` and the source table ``table``
     (``condition``, ``drug_exposure``, ``person``...): the end times are kept and the tables

@@ -16,8 +16,6 @@ from jumeau._duck import arrow_table, connect, run, scalar
 from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
 
-REQUIRED = ("subject_id", "time", "code")
-
 
 class MedsError(ValueError):
     """A MEDS dataset is missing or malformed."""
@@ -62,7 +60,10 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
             con, "DESCRIBE SELECT * FROM read_parquet($f, union_by_name=true)", {"f": files}
         )
     }
-    missing = [c for c in REQUIRED if c not in cols]
+    # MEDS before 0.3 (and meds_etl before it) named them patient_id and timestamp
+    subject = "subject_id" if "subject_id" in cols else "patient_id"
+    when = "time" if "time" in cols else "timestamp"
+    missing = [c for c in (subject, when, "code") if c not in cols]
     if missing:
         raise MedsError(f"{files[0]}: MEDS data lacks required column(s) {', '.join(missing)}")
     if progress:
@@ -71,8 +72,8 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
     run(
         con,
         f"""CREATE TEMP TABLE src AS SELECT filename, row_number() OVER () AS _row,
-            subject_id AS subject_raw, TRY_CAST(subject_id AS BIGINT) AS sid,
-            CAST(time AS TIMESTAMP) AS time, CAST(code AS VARCHAR) AS code,
+            "{subject}" AS subject_raw, TRY_CAST("{subject}" AS BIGINT) AS sid,
+            CAST("{when}" AS TIMESTAMP) AS time, CAST(code AS VARCHAR) AS code,
             {opt("numeric_value", "DOUBLE")} AS numeric_value,
             {opt("text_value", "VARCHAR")} AS text_value, {opt("unit", "VARCHAR")} AS unit,
             {opt("end_time" if "end_time" in cols else "end", "TIMESTAMP")} AS end_time,
