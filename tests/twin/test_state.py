@@ -172,3 +172,21 @@ def test_unit_conversion_over_arrays_matches_one_value_at_a_time():
         one = glucose.to_canonical(value, unit)
         assert (np.isnan(got) and one is None) or got == pytest.approx(one)
     assert converted[0] == pytest.approx(90 / 18.016)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "unit", "expected"),
+    [
+        ("temperature", 98.6, "[degF]", 37.0),
+        ("temperature", 98.6, "°F", 37.0),
+        ("temperature", 37.0, "degC", 37.0),
+        ("heart_rate", 72, "1/min", 72),
+        ("sbp", 120, "mmHg", 120),
+        ("weight", 180, "[lb_av]", 81.65),
+        ("height", 70, "[in_i]", 177.8),
+        ("hba1c", 53, "mmol/mol", 7.0),
+        ("creatinine", 1.0, "mg/dL", 88.42),
+    ],
+)
+def test_the_units_exports_write_are_converted(variable, value, unit, expected):
+    assert CATALOGUE[variable].to_canonical(value, unit) == pytest.approx(expected, abs=0.05)
