@@ -434,3 +434,48 @@ def test_names_and_identifiers_written_in_free_text_are_scrubbed(tmp_path, new_s
         "Mme [NAME] [NAME] ([ID], NIR [NIR]) joignable au [PHONE], [EMAIL]; "
         "[NAME]-Sophie absente; douleur 3/10."
     )
+
+
+def test_clinical_notes_keep_their_text_scrubbed(tmp_path, new_store):
+    import base64
+
+    def inline(text: str) -> dict:
+        return {
+            "contentType": "text/plain; charset=utf-8",
+            "data": base64.b64encode(text.encode()).decode(),
+        }
+
+    patient = {
+        "resourceType": "Patient",
+        "id": "p7",
+        "name": [{"family": "Kuhn", "given": ["Jose"]}],
+    }
+    document = {
+        "resourceType": "DocumentReference",
+        "id": "d1",
+        "subject": {"reference": "Patient/p7"},
+        "type": {"coding": [{"system": "http://loinc.org", "code": "34117-2"}]},
+        "date": "2022-05-06T07:08:09Z",
+        "context": {"period": {"start": "2022-05-06T07:00:00Z", "end": "2022-05-06T08:00:00Z"}},
+        "content": [{"attachment": inline("Jose is a 45 year-old man. Asthma, well controlled.")}],
+    }
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": "r1",
+        "status": "final",
+        "subject": {"reference": "Patient/p7"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}]},
+        "effectiveDateTime": "2022-05-06T07:00:00Z",
+        "presentedForm": [inline("Progress note: Mr Kuhn improving.")],
+    }
+    path = tmp_path / "notes.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in (document, report, patient)))
+    result = ingest_fhir(new_store, path)
+    assert result.tables["fhir/DocumentReference"].accepted == 1
+    events = new_store.timeline(new_store.lookup("fhir", "p7"))
+    note = events.filter(pl.col("code") == "LOINC/34117-2").row(0, named=True)
+    assert note["domain"] == "note"
+    assert note["text_value"] == "[NAME] is a 45 year-old man. Asthma, well controlled."
+    assert (note["end_time"] - note["time"]).total_seconds() == 3600
+    (progress,) = events.filter(pl.col("code") == "LOINC/11506-3")["text_value"]
+    assert progress == "Progress note: Mr [NAME] improving."

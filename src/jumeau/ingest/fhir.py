@@ -7,6 +7,7 @@ encrypted vault, never to the events. Resource types without a mapping are count
 
 from __future__ import annotations
 
+import base64
 import gzip
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -117,21 +118,6 @@ def iter_files(source: Path) -> list[Path]:
     return sorted({p for pattern in patterns for p in source.rglob(pattern)})
 
 
-def _first_resource_type(path: Path) -> str | None:
-    """The resource type of an NDJSON file's first line (a Bulk Data file holds one type,
-    whatever its name); None for bundles and unreadable files."""
-    if ".ndjson" not in path.name:
-        return None
-    try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    return orjson.loads(line).get("resourceType")
-    except (OSError, EOFError, orjson.JSONDecodeError, AttributeError):
-        return None  # read again, and its errors reported, in the main pass
-    return None
-
-
 def _read_text(path: Path) -> bytes:
     data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
@@ -170,7 +156,7 @@ def ingest_fhir(
     with BatchWriter(store, "fhir", str(source.resolve())) as writer:
         mapper = _FhirMapper(store, writer)
         for path in files:  # Medications and Patients first: other resources refer to them
-            if _first_resource_type(path) in ("Medication", "Patient"):
+            if ".ndjson" in path.name:  # (a Bundle's entries are read ahead as it is read)
                 mapper.collect_references(path)
         for path in files:
             if progress:
@@ -222,6 +208,7 @@ class _FhirMapper:
             "Claim": self._claim,
             "ExplanationOfBenefit": self._claim,
             "ImagingStudy": self._imaging_study,
+            "DocumentReference": self._document,
         }
 
     # -- files -----------------------------------------------------------------------------
@@ -310,16 +297,27 @@ class _FhirMapper:
         self.private[self.p.subject_id("fhir", res["id"])] = (names, numbers | {res["id"]})
 
     def collect_references(self, path: Path) -> None:
-        """Read the Medication and Patient resources of an NDJSON file first: requests point to
-        medications by reference, and an onset given as an age needs the patient's birth date."""
+        """Read the Medication and Patient resources of an NDJSON file ahead of the rest:
+        requests point to medications by reference, an onset given as an age needs the
+        patient's birth date, and a note written before its Patient line must still be
+        scrubbed of the patient's names. Only lines naming those types are parsed."""
         try:
-            for resource in iter_resources(path):
-                if resource.get("resourceType") == "Medication":
-                    self._remember_medication(resource)
-                elif resource.get("resourceType") == "Patient" and resource.get("id"):
-                    self._remember_patient(resource)
-        except (FhirError, orjson.JSONDecodeError, OSError):
+            lines = _read_text(path).splitlines()
+        except (FhirError, OSError, EOFError):
             return  # the file is read again, and its errors reported, in the main pass
+        for line in lines:
+            if b'"Patient"' not in line and b'"Medication"' not in line:
+                continue
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(resource, dict):
+                continue
+            if resource.get("resourceType") == "Medication":
+                self._remember_medication(resource)
+            elif resource.get("resourceType") == "Patient" and resource.get("id"):
+                self._remember_patient(resource)
 
     def _resource(self, res: dict, path: Path, where: str, fullurls: dict[str, str]) -> None:
         rtype = res.get("resourceType")
@@ -819,7 +817,26 @@ class _FhirMapper:
             domain="report",
             time=start,
             end=end,
-            text=res.get("conclusion"),
+            text=res.get("conclusion") or _attachment_text(res.get("presentedForm")),
+        )
+
+    def _document(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A clinical note: its type (LOINC), its date and its text when an attachment carries
+        it inline (plain text, base64), scrubbed like every stored text."""
+        subject = self._subject(res, fullurls)
+        context = res.get("context") or {}
+        period = context.get("period") if isinstance(context, dict) else None
+        start, end = self._period({"date": res.get("date"), "period": period}, "period", "date")
+        if start is None:
+            raise FhirError("no time: neither context.period nor date is present")
+        self._emit(
+            res,
+            subject,
+            code=self._code(res.get("type"), ("LOINC",)),
+            domain="note",
+            time=start,
+            end=end,
+            text=_attachment_text([c.get("attachment") for c in res.get("content") or []]),
         )
 
     def _device(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
@@ -904,6 +921,22 @@ class _FhirMapper:
                 part=f"#series:{series.get('uid') or k}",
                 text=_details(details),
             )
+
+
+def _attachment_text(attachments: list | None) -> str | None:
+    """The text of the first plain-text attachment carried inline (base64 ``data``)."""
+    for attachment in attachments or []:
+        if not isinstance(attachment, dict) or not attachment.get("data"):
+            continue
+        kind = str(attachment.get("contentType") or "text/plain").lower()
+        if not kind.startswith("text/"):
+            continue
+        try:
+            raw = base64.b64decode(attachment["data"], validate=False)
+        except (ValueError, TypeError) as exc:
+            raise FhirError(f"attachment data is not base64: {exc}") from exc
+        return raw.decode("utf-8", errors="replace")
+    return None
 
 
 def _as_concept(value: dict | None) -> dict | None:
