@@ -479,3 +479,60 @@ def test_clinical_notes_keep_their_text_scrubbed(tmp_path, new_store):
     assert (note["end_time"] - note["time"]).total_seconds() == 3600
     (progress,) = events.filter(pl.col("code") == "LOINC/11506-3")["text_value"]
     assert progress == "Progress note: Mr [NAME] improving."
+
+
+def test_dispenses_and_r5_shaped_encounters_and_requests(tmp_path, new_store):
+    rxnorm = {
+        "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197361"}]
+    }
+    resources = [
+        {"resourceType": "Patient", "id": "p5", "birthDate": "1950-01-01"},
+        {  # R5: actualPeriod, class as a list of CodeableConcepts
+            "resourceType": "Encounter",
+            "id": "e1",
+            "subject": {"reference": "Patient/p5"},
+            "class": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                            "code": "IMP",
+                        }
+                    ]
+                }
+            ],
+            "actualPeriod": {"start": "2023-01-01T08:00:00Z", "end": "2023-01-04T12:00:00Z"},
+        },
+        {
+            "resourceType": "MedicationDispense",
+            "id": "md1",
+            "status": "completed",
+            "subject": {"reference": "Patient/p5"},
+            "medicationCodeableConcept": rxnorm,
+            "whenHandedOver": "2023-01-04T13:00:00Z",
+            "quantity": {"value": 30, "unit": "tablet", "code": "{tbl}"},
+        },
+        {  # R5: medication as a CodeableReference
+            "resourceType": "MedicationRequest",
+            "id": "mr1",
+            "status": "active",
+            "subject": {"reference": "Patient/p5"},
+            "medication": {"concept": rxnorm},
+            "authoredOn": "2023-01-04T11:00:00Z",
+        },
+    ]
+    path = tmp_path / "r5.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in resources))
+    report = ingest_fhir(new_store, path)
+    assert all(c.rejected == 0 for c in report.tables.values())
+    events = new_store.timeline(new_store.lookup("fhir", "p5")).filter(pl.col("time").is_not_null())
+    rows = {r["source"]: r for r in events.iter_rows(named=True)}
+    visit = rows["fhir/Encounter"]
+    assert visit["code"].endswith("/IMP") and (visit["end_time"] - visit["time"]).days == 3
+    dispense = rows["fhir/MedicationDispense"]
+    assert (dispense["code"], dispense["numeric_value"], dispense["unit"]) == (
+        "RxNorm/197361",
+        30,
+        "{tbl}",
+    )
+    assert rows["fhir/MedicationRequest"]["code"] == "RxNorm/197361"

@@ -199,6 +199,7 @@ class _FhirMapper:
             "MedicationRequest": self._medication,
             "MedicationStatement": self._medication,
             "MedicationAdministration": self._medication,
+            "MedicationDispense": self._medication,
             "Procedure": self._procedure,
             "Immunization": self._immunization,
             "AllergyIntolerance": self._allergy,
@@ -583,14 +584,17 @@ class _FhirMapper:
 
     def _encounter(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start, end = self._timed(res, "period")
+        start, end = self._timed(res, "period", "actualPeriod", "plannedStartDate")
         code = None
         for t in res.get("type") or []:
             code = self._code(t, ("SNOMED",))
             if code:
                 break
-        if code is None and isinstance(res.get("class"), dict) and res["class"].get("code"):
-            code = f"{fhir_vocabulary(res['class'].get('system'))}/{res['class']['code']}"
+        # R4: class is a Coding; R5: a list of CodeableConcepts
+        classes = res.get("class")
+        for concept in classes if isinstance(classes, list) else [classes]:
+            if code is None:
+                code = self._code(_as_concept(concept))
         self._emit(res, subject, code=code, domain="visit", time=start, end=end)
 
     def _condition(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
@@ -731,10 +735,18 @@ class _FhirMapper:
         subject = self._subject(res, fullurls)
         if res["resourceType"] == "MedicationRequest":
             start, end = self._timed(res, "authoredOn")
+        elif res["resourceType"] == "MedicationDispense":
+            start, end = self._timed(res, "whenHandedOver", "whenPrepared")
         else:
             start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "dateAsserted")
-        code = self._code(res.get("medicationCodeableConcept"), ("RxNorm", "ATC", "NDC"))
-        reference = (res.get("medicationReference") or {}).get("reference", "")
+        medication = res.get("medication") or {}  # R5: a CodeableReference
+        code = self._code(
+            res.get("medicationCodeableConcept") or medication.get("concept"),
+            ("RxNorm", "ATC", "NDC"),
+        )
+        reference = (res.get("medicationReference") or medication.get("reference") or {}).get(
+            "reference", ""
+        )
         if code is None and reference.startswith("#"):
             for contained in res.get("contained") or []:
                 if (
@@ -750,9 +762,11 @@ class _FhirMapper:
         dose = (
             (res.get("dosage") or {}).get("dose")
             if res["resourceType"] == "MedicationAdministration"
+            else res.get("quantity")
+            if res["resourceType"] == "MedicationDispense"
             else None
         )
-        if dose:
+        if isinstance(dose, dict):
             numeric, unit = dose.get("value"), dose.get("code") or dose.get("unit")
         self._emit(
             res,
