@@ -301,7 +301,9 @@ def test_a_full_vocabulary_is_narrowed_to_the_concepts_used_with_the_same_events
             f"""COPY (SELECT * REPLACE (
                     CASE WHEN measurement_id % 3 = 0 THEN 8840 ELSE unit_concept_id END AS unit_concept_id,
                     CASE WHEN measurement_id % 5 = 0 THEN 45877994 ELSE value_as_concept_id END
-                        AS value_as_concept_id) FROM measurement)
+                        AS value_as_concept_id,
+                    CASE WHEN measurement_id % 7 = 0 THEN 4171756 ELSE operator_concept_id END
+                        AS operator_concept_id) FROM measurement)
             TO '{folder / "measurement.parquet"}' (FORMAT parquet)"""
         )
         con.execute(
@@ -328,6 +330,7 @@ def test_a_full_vocabulary_is_narrowed_to_the_concepts_used_with_the_same_events
     assert small.height > 100_000 and full.equals(small)
     assert full.filter(pl.col("unit") == "mg/dL").height > 10_000
     assert full.filter(pl.col("text_value") == "LOINC/LA6576-8").height > 5_000
+    assert full.filter(pl.col("text_value") == "<").height > 3_000  # "< 5": the comparator
     assert stores["full"].code_descriptions() == stores["small"].code_descriptions()
 
 

@@ -47,6 +47,7 @@ class TableSpec:
     unit_concept: str | None = None
     unit_source: str | None = None
     fixed_code: str | None = None
+    operator_concept: str | None = None
 
 
 SPECS: dict[str, TableSpec] = {
@@ -131,6 +132,7 @@ SPECS: dict[str, TableSpec] = {
         value_concept="value_as_concept_id",
         unit_concept="unit_concept_id",
         unit_source="unit_source_value",
+        operator_concept="operator_concept_id",
     ),
     "observation": TableSpec(
         "observation",
@@ -173,6 +175,10 @@ SPECS: dict[str, TableSpec] = {
         string="note_text",
     ),
 }
+
+#: The CDM's operator concepts (measurement.operator_concept_id) and their comparators ("=" says
+#: nothing a value does not).
+_OPERATORS = {4171756: "<", 4171754: "<=", 4171755: ">=", 4172704: ">"}
 
 #: Standard concepts so common that a CDM without its vocabulary tables still names them.
 BUILTIN_CONCEPTS: dict[int, tuple[str, str]] = {
@@ -727,6 +733,7 @@ class _OmopMapper:
                     CAST({x.ref(spec.string)} AS VARCHAR) AS string,
                     {x.integer(spec.value_concept)} AS value_concept_id,
                     {x.integer(spec.unit_concept)} AS unit_concept_id,
+                    {x.integer(spec.operator_concept)} AS operator_concept_id,
                     CAST({x.ref(spec.unit_source)} AS VARCHAR) AS unit_source,
                     CASE WHEN {x.blank(id_col)} THEN '{id_col} is missing'
                          WHEN {x.blank("person_id")} THEN 'person_id is missing'
@@ -754,7 +761,13 @@ class _OmopMapper:
         # free text (a note, a value written as text) is scrubbed of identifiers, the patient's
         # own source value (often the MRN) included
         string = redact_sql("s.string", ["s.person_source_value"]) if spec.string else "s.string"
-        text = f"COALESCE({string}, CASE WHEN s.value_concept_id <> 0 THEN COALESCE(vc.code, 'OMOP/' || s.value_concept_id) END)"
+        # a result given as "< 5" keeps its comparator as text, as FHIR's valueQuantity does
+        comparator = " ".join(f"WHEN {cid} THEN '{sym}'" for cid, sym in _OPERATORS.items())
+        text = (
+            f"COALESCE({string}, CASE WHEN s.value_concept_id <> 0 THEN "
+            f"COALESCE(vc.code, 'OMOP/' || s.value_concept_id) END, "
+            f"CASE s.operator_concept_id {comparator} END)"
+        )
         unit = "COALESCE(CASE WHEN s.unit_concept_id <> 0 THEN uc.concept_code END, s.unit_source)"
         events_sql = f"""SELECT s.subject_id, {self._shifted("s.t0")} AS time, {code} AS code,
                 s.number AS numeric_value, {text} AS text_value, {unit} AS unit,
