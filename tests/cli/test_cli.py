@@ -90,7 +90,12 @@ def test_errors_are_one_clear_line(tmp_path):
     bad = jumeau(
         "ingest", "omop", str(tmp_path / "nope.csv"), "--store", str(tmp_path / "s"), check=False
     )
-    assert bad.returncode == 2 and "expected a folder of CDM tables" in bad.stdout
+    assert bad.returncode == 2 and "nope.csv: no such file or folder" in bad.stdout
+    (tmp_path / "notes.txt").write_text("not a CDM")
+    odd = jumeau(
+        "ingest", "omop", str(tmp_path / "notes.txt"), "--store", str(tmp_path / "s"), check=False
+    )
+    assert odd.returncode == 2 and "expected a folder of CDM tables" in odd.stdout
     missing = jumeau("timeline", "42", "--store", str(tmp_path / "s"), check=False)
     assert missing.returncode == 2 and "not in" in missing.stdout
 

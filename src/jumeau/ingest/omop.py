@@ -355,6 +355,8 @@ def _open_source(
             source, con, writer.staging_dir / "pg-snapshot", schema or "public"
         )
     path = Path(source)
+    if not path.exists():
+        raise OmopSourceError(f"{source}: no such file or folder")
     if path.is_dir():
         tables = omop_sources.from_folder(path, con)
     elif path.suffix.lower() in (".duckdb", ".db", ".ddb"):
