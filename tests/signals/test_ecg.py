@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,25 @@ def test_one_artifact_or_a_change_of_gain_does_not_lose_the_record(kind):
     )
     signal = _disturbed(kind, record.p_signal[:, 0], record.fs, reference)
     assert score_beats(reference, detect_r_peaks(signal, record.fs), record.fs).f1 >= 0.995
+
+
+def test_hrv_is_computed_on_normal_to_normal_intervals():
+    """HRV standards use NN intervals: an ectopic beat's short interval and the pause after it
+    are left out. On MIT-BIH 100 (33 atrial and 1 ventricular premature beats) the detected
+    series gives the SDNN and RMSSD of the annotated N-N intervals."""
+    from jumeau.signals.features import hrv, normal_intervals
+
+    regular = np.full(60, 1000.0)
+    regular[30:32] = [600.0, 1400.0]  # one premature beat and its compensatory pause
+    assert list(np.flatnonzero(~normal_intervals(regular))) == [30, 31]
+    assert hrv(regular)["sdnn"] == pytest.approx(0.0, abs=1e-9)
+    record = wfdb.rdrecord(RECORD, channels=[0])
+    ann = wfdb.rdann(RECORD, "atr")
+    beats = [(s, y) for s, y in zip(ann.sample, ann.symbol, strict=True) if y in BEAT_SYMBOLS]
+    ms = 1000 / record.fs
+    nn = [(b - a) * ms for (a, x), (b, y) in itertools.pairwise(beats) if x == y == "N"]
+    runs = zip(beats, beats[1:], beats[2:], strict=False)
+    steps = [((c - b) - (b - a)) * ms for (a, x), (b, y), (c, z) in runs if x == y == z == "N"]
+    found = hrv(np.diff(detect_r_peaks(record.p_signal[:, 0], record.fs)) * ms)
+    assert found["sdnn"] == pytest.approx(np.std(nn, ddof=1), rel=0.1)
+    assert found["rmssd"] == pytest.approx(np.sqrt(np.mean(np.square(steps))), rel=0.15)
