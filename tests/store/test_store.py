@@ -141,6 +141,13 @@ def test_a_batch_sorted_one_subject_range_at_a_time_is_one_sorted_batch(new_stor
     assert store.subjects().tolist() == np.unique(chosen).tolist()
     for sid in rng.choice(np.unique(chosen), 20):
         assert store.timeline_arrow(int(sid)).num_rows == int((chosen == sid).sum())
+    # again, range by range: what is stored is recognised, only the new events are added
+    times = rng.integers(0, 10**15, len(chosen) + 3)
+    again = _events(np.concatenate([chosen, subjects[:3]]), times)
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(again)
+        report = w.commit()
+    assert (report.events_written, report.events_already_present) == (3, len(chosen))
 
 
 def test_the_arrow_copy_stores_codes_as_dictionaries_and_reads_back_every_value(eunomia_store):

@@ -237,12 +237,6 @@ class BatchWriter:
         )
         total = scalar(con, "SELECT count(*) FROM incoming")
         existing = self._existing(layout.EVENTS_PARQUET)
-        new_filter = ""
-        if existing:
-            new_filter = (
-                f"WHERE NOT EXISTS (SELECT 1 FROM read_parquet({existing!r}) e "
-                "WHERE e.source = r.source AND e.record_key = r.record_key)"
-            )
         # The sort carries its rows' payload: the low-cardinality text columns travel as ENUMs
         # (a few bytes instead of a string each), which keeps a large batch's sort in memory far
         # longer, and come out as the Arrow dictionaries the batch's files store. The tiebreak is
@@ -263,10 +257,21 @@ class BatchWriter:
             pa.ipc.new_file(sink, STORED_EVENT_SCHEMA) as ipc,
             _ParquetInBackground(self.dir / layout.EVENTS_PARQUET) as parquet,
         ):
-            for subjects in _subject_ranges(total):
-                where = f"WHERE {subjects}" if not new_filter else f"{new_filter} AND {subjects}"
+            for ours, theirs in zip(
+                _subject_ranges(total, "r.subject_id"),
+                _subject_ranges(total, "e.subject_id"),
+                strict=True,
+            ):
+                # records already stored are skipped; a record's subject is its own, so only the
+                # stored events of the same subject range are read (their files are sorted by it)
+                where = ours
+                if existing:
+                    where += (
+                        f" AND NOT EXISTS (SELECT 1 FROM read_parquet({existing!r}) e WHERE "
+                        f"e.source = r.source AND e.record_key = r.record_key AND {theirs})"
+                    )
                 query = (
-                    f"SELECT * REPLACE ({encoded}) FROM incoming r {where} "
+                    f"SELECT * REPLACE ({encoded}) FROM incoming r WHERE {where} "
                     "ORDER BY subject_id, time NULLS FIRST, (record_key >> 29)::INTEGER"
                 )
                 for batch in arrow_reader(con, query, batch_size=ROW_GROUP_SIZE):
@@ -352,8 +357,8 @@ class BatchWriter:
             self._discard()
 
 
-def _subject_ranges(events: int) -> list[str]:
-    """SQL conditions splitting a batch into consecutive subject ranges of about
+def _subject_ranges(events: int, column: str) -> list[str]:
+    """SQL conditions on ``column`` splitting a batch into consecutive subject ranges of about
     :data:`SORT_RANGE_EVENTS` events (pseudonyms are uniform over the positive int64s).
 
     Several sorts that each fit in memory, one after the other, beat one sort that spills to
@@ -363,9 +368,9 @@ def _subject_ranges(events: int) -> list[str]:
     if parts == 1:
         return ["true"]
     edges = [k * (1 << 63) // parts for k in range(1, parts)]
-    lower = [f"(subject_id < {edges[0]} OR subject_id IS NULL)"]
-    middle = [f"subject_id >= {a} AND subject_id < {b}" for a, b in itertools.pairwise(edges)]
-    return lower + middle + [f"subject_id >= {edges[-1]}"]
+    lower = [f"({column} < {edges[0]} OR {column} IS NULL)"]
+    middle = [f"({column} >= {a} AND {column} < {b})" for a, b in itertools.pairwise(edges)]
+    return lower + middle + [f"{column} >= {edges[-1]}"]
 
 
 def _pause_for_tests(point: str) -> None:
