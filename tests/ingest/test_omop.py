@@ -265,6 +265,18 @@ def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tm
     assert device["domain"] == "device" and device["end_time"] == dt.datetime(2018, 3, 2)
 
 
+def test_the_same_source_named_by_another_path_adds_nothing(tmp_path, eunomia, monkeypatch):
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "observation_period"])
+    store = jumeau.init(tmp_path / "store")
+    first = ingest_omop(store, folder)
+    assert first.rejects_written > 0  # Eunomia's orphan observation periods
+    monkeypatch.chdir(tmp_path)
+    again = ingest_omop(store, "cdm")  # relative this time
+    assert (again.events_written, again.rejects_written, again.committed) == (0, 0, False)
+    assert set(store.rejects()["file"]) == {str((folder / "observation_period.csv").resolve())}
+
+
 def test_parquet_folder_and_duckdb_file_give_the_same_events(tmp_path, eunomia, eunomia_store):
     folder = tmp_path / "cdm"
     folder.mkdir()

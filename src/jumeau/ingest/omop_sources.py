@@ -137,6 +137,7 @@ def from_duckdb(
     """CDM tables inside a DuckDB database file (opened read-only)."""
     if not path.is_file():
         raise OmopSourceError(f"{path}: DuckDB file not found")
+    path = path.resolve()
     try:
         run(con, f"ATTACH {sql_string(path)} AS omop_src (READ_ONLY)")
     except duckdb.Error as exc:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jumeau._duck import arrow_reader, connect, run, scalar
@@ -133,9 +134,16 @@ class BatchWriter:
         return table.num_rows
 
     def add_rejects(self, data: pa.Table) -> int:
-        """Append rejected records (``REJECT_SCHEMA``)."""
+        """Append rejected records (``REJECT_SCHEMA``); a file named by a relative path is named
+        by its absolute one, so the same source read from another folder is the same source."""
         table = conform(data, REJECT_SCHEMA)
         if table.num_rows:
+            files = table.column("file")
+            for name in pc.unique(files).to_pylist():
+                if name and not os.path.isabs(name) and os.path.exists(name):
+                    files = pc.if_else(pc.equal(files, name), str(Path(name).resolve()), files)
+            index = REJECT_SCHEMA.get_field_index("file")
+            table = table.set_column(index, REJECT_SCHEMA.field(index), files)
             self._rejects.write_table(table)
         return table.num_rows
 
