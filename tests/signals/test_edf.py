@@ -147,3 +147,14 @@ def test_an_edf_d_file_without_gaps_is_one_record(tmp_path, new_store):
     ingest_edf(new_store, tmp_path / "whole.edf")
     (record,) = new_store.signal_records()
     assert record.samples == 1000
+
+
+def test_two_patients_recordings_of_the_same_file_name_are_both_kept(new_store):
+    for name, domain in (("mne_test.edf", "signal"), ("test_edfann.edf", "annotation")):
+        first = ingest_edf(new_store, DATA / name, subject="a", subject_source="lab")
+        second = ingest_edf(new_store, DATA / name, subject="b", subject_source="lab")
+        assert second.events_written == first.events_written > 0
+        for patient in ("a", "b"):
+            subject = new_store.lookup("lab", patient)
+            assert new_store.timeline(subject, domains=[domain]).height > 0
+    assert len(new_store.signal_records(new_store.lookup("lab", "b"))) >= 1

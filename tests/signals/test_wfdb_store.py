@@ -248,3 +248,16 @@ def test_a_multi_segment_record_keeps_each_segments_values_and_its_gaps(tmp_path
         assert np.array_equal(np.isnan(values), np.isnan(expected))  # the gap, and only it
         step = 1 / min(wfdb.rdheader(str(tmp_path / f"seg{k}")).adc_gain[i] for k in (1, 2))
         assert np.nanmax(np.abs(values - expected)) <= step / 2
+
+
+def test_two_patients_records_of_the_same_name_are_both_kept(new_store):
+    """Databases reuse record names (every MIT-style database has a 100): a record belongs to
+    its patient, and a second patient's record 100 is not taken for the first's."""
+    first = ingest_wfdb(new_store, RECORD, subject="a", subject_source="icu", start=START)
+    second = ingest_wfdb(new_store, RECORD, subject="b", subject_source="icu", start=START)
+    assert second.events_written == first.events_written > 2000
+    for patient in ("a", "b"):
+        subject = new_store.lookup("icu", patient)
+        assert len(new_store.signal_records(subject)) == 1
+        beats = new_store.timeline(subject, domains=["annotation"])
+        assert beats.height > 2000

@@ -96,7 +96,9 @@ def ingest_edf(
                         hi = length if last is None else min(last * per_record, length)
                         if hi <= lo:
                             continue
-                        key = f"{path.name}@{fs:g}" + (f"#{k}" if len(runs) > 1 else "")
+                        key = f"{subject_source}:{patient}:{path.name}@{fs:g}" + (
+                            f"#{k}" if len(runs) > 1 else ""
+                        )
                         at = start + timedelta(seconds=offset)
                         record_id = str(p.record_key("edf/record", key))
                         write_record(
@@ -144,7 +146,9 @@ def ingest_edf(
                             epoch_us(end) if end else None,
                             "annotation",
                             "edf/annotation",
-                            p.record_key("edf/annotation", f"{path.name}#{k}"),
+                            p.record_key(
+                                "edf/annotation", f"{subject_source}:{patient}:{path.name}#{k}"
+                            ),
                         )
                     )
                     ann_counts.accepted += 1

@@ -123,6 +123,8 @@ def ingest_wfdb(
                 # one signal record per sampling rate: a multi-frequency record (an ECG at
                 # 4 samples a frame beside a pressure at 1) keeps every channel's own samples
                 name = path.name if rate == record.fs else f"{path.name}@{rate:g}Hz"
+                # databases reuse record names (100, a01): a record is its patient's
+                name = f"{subject_source}:{patient}:{name}"
                 record_id = f"{p.record_key('wfdb/record', name)}"
                 write_record(
                     writer.signal_folder(record_id),
@@ -185,7 +187,10 @@ def ingest_wfdb(
                             None,
                             "annotation",
                             f"wfdb/annotation.{ext}",
-                            p.record_key(f"wfdb/annotation.{ext}", f"{path.name}#{k}"),
+                            p.record_key(
+                                f"wfdb/annotation.{ext}",
+                                f"{subject_source}:{patient}:{path.name}#{k}",
+                            ),
                         )
                     )
                     acounts.accepted += 1
