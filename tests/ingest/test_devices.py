@@ -152,3 +152,17 @@ def test_a_single_metric_file_names_its_metric_in_its_file_name(tmp_path, new_st
     assert report.tables["device/sample"].accepted == 2
     events = new_store.timeline(new_store.lookup("device", "p5"))
     assert set(events["code"]) == {"LOINC/8867-4"}
+
+
+def test_two_patients_watches_sampling_at_the_same_instants_are_both_kept(tmp_path, new_store):
+    stream = tmp_path / "watch.csv"
+    stream.write_text(
+        "time,metric,value,unit,device\n"
+        "2024-03-31T03:00:00Z,heart_rate,64,/min,watch\n"
+        "2024-03-31T03:01:00Z,heart_rate,66,/min,watch\n"
+    )
+    first = ingest_devices(new_store, stream, subject="p1")
+    second = ingest_devices(new_store, stream, subject="p2")
+    assert first.events_written == second.events_written == 2
+    for patient in ("p1", "p2"):
+        assert new_store.timeline(new_store.lookup("device", patient)).height == 2

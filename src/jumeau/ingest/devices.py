@@ -268,7 +268,7 @@ def ingest_devices(
                     None,
                     "device",
                     "device/sample",
-                    p.record_key("device/sample", f"{device}#{metric}#{us}"),
+                    p.record_key("device/sample", f"{subject_id}#{device}#{metric}#{us}"),
                 )
                 sample["unit"] = unit
                 events.append(sample)

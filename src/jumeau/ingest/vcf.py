@@ -156,7 +156,10 @@ def ingest_vcf(
                                 None,
                                 "genomic",
                                 "vcf/variant",
-                                p.record_key("vcf/variant", f"{path.name}#{code}#{samples[k]}"),
+                                p.record_key(
+                                    "vcf/variant",
+                                    f"{subjects[k]}#{path.name}#{code}#{samples[k]}",
+                                ),
                             )
                         )
                 counts.accepted += 1
