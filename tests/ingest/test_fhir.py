@@ -536,3 +536,29 @@ def test_dispenses_and_r5_shaped_encounters_and_requests(tmp_path, new_store):
         "{tbl}",
     )
     assert rows["fhir/MedicationRequest"]["code"] == "RxNorm/197361"
+
+
+def test_two_fhir_servers_resource_ids_stay_apart(tmp_path, new_store):
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "1", "birthDate": "1960-01-01"}},
+            {
+                "resource": {
+                    "resourceType": "Condition",
+                    "id": "1",
+                    "subject": {"reference": "Patient/1"},
+                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
+                    "onsetDateTime": "2010-01-01",
+                }
+            },
+        ],
+    }
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(bundle))
+    for server in ("site-a", "site-b"):
+        assert ingest_fhir(new_store, path, source_name=server).events_written == 2
+    assert ingest_fhir(new_store, path, source_name="site-a").events_written == 0
+    a, b = new_store.lookup("site-a", "1"), new_store.lookup("site-b", "1")
+    assert a != b and new_store.timeline(b)["code"].to_list()[-1] == "SNOMED/38341003"

@@ -277,6 +277,21 @@ def test_the_same_source_named_by_another_path_adds_nothing(tmp_path, eunomia, m
     assert set(store.rejects()["file"]) == {str((folder / "observation_period.csv").resolve())}
 
 
+def test_two_sites_numbering_from_one_stay_two_sets_of_patients(tmp_path, eunomia):
+    """Two warehouses both have person 6 and drug_exposure 1: named sites keep them apart, and
+    each site ingested again adds nothing."""
+    store = jumeau.init(tmp_path / "store")
+    lille = ingest_omop(store, eunomia, source_name="chu-lille")
+    brest = ingest_omop(store, eunomia, source_name="chu-brest")
+    assert brest.events_written == lille.events_written > 200_000
+    assert store.stats()["subjects"] == 2 * 2694
+    a, b = store.lookup("chu-lille", "6"), store.lookup("chu-brest", "6")
+    assert a != b and store.timeline(a).height == store.timeline(b).height > 0
+    assert ingest_omop(store, eunomia, source_name="chu-brest").events_written == 0
+    vault = store.identities()
+    assert set(vault["source"]) == {"chu-lille", "chu-brest"}
+
+
 def test_parquet_folder_and_duckdb_file_give_the_same_events(tmp_path, eunomia, eunomia_store):
     folder = tmp_path / "cdm"
     folder.mkdir()

@@ -57,6 +57,16 @@ FormatOpt = Annotated[
 ]
 
 
+SourceNameOpt = Annotated[
+    str,
+    typer.Option(
+        "--source-name",
+        help="Namespace of the source's patient and record ids: one name a site, so that two "
+        "warehouses' person 1 stay two patients (use it again with `jumeau lookup --source`).",
+    ),
+]
+
+
 def _fail(message: str) -> None:
     render.console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(2)
@@ -172,22 +182,24 @@ def ingest_omop_cmd(
     ],
     store: StoreOpt,
     schema: Annotated[str | None, typer.Option(help="Database schema of the CDM tables.")] = None,
+    source_name: SourceNameOpt = "omop",
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
     """Ingest an OMOP CDM v5.3/v5.4 database."""
-    _ingest("omop", source, store, key_file, format, schema=schema)
+    _ingest("omop", source, store, key_file, format, schema=schema, source_name=source_name)
 
 
 @ingest_app.command("fhir")
 def ingest_fhir_cmd(
     source: Annotated[str, typer.Argument(help="Bundle .json, .ndjson file, or a folder of them.")],
     store: StoreOpt,
+    source_name: SourceNameOpt = "fhir",
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
     """Ingest FHIR R4 Bundles and Bulk Data NDJSON."""
-    _ingest("fhir", source, store, key_file, format)
+    _ingest("fhir", source, store, key_file, format, source_name=source_name)
 
 
 @ingest_app.command("meds")

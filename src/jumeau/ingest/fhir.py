@@ -132,7 +132,11 @@ def _read_text(path: Path) -> bytes:
 
 
 def ingest_fhir(
-    store: Store, source: str | Path, *, progress: Progress | None = None
+    store: Store,
+    source: str | Path,
+    *,
+    source_name: str = "fhir",
+    progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest FHIR R4 Bundles and/or Bulk Data NDJSON files into ``store`` as one atomic batch.
 
@@ -142,6 +146,10 @@ def ingest_fhir(
         The target store (its key must be available).
     source:
         A ``.json`` Bundle, an ``.ndjson`` file, or a folder holding any number of them.
+    source_name:
+        The namespace of the server's patient and resource ids (``fhir`` by default). Each
+        server numbers its own: give each a name (``chu-lille``) and they stay apart; the same
+        name again recognises what is already stored.
     progress:
         Called with each file name as it is read.
 
@@ -154,7 +162,7 @@ def ingest_fhir(
     source = Path(source)
     files = iter_files(source)
     with BatchWriter(store, "fhir", str(source.resolve())) as writer:
-        mapper = _FhirMapper(store, writer)
+        mapper = _FhirMapper(store, writer, source_name)
         for path in files:  # Medications and Patients first: other resources refer to them
             if ".ndjson" in path.name:  # (a Bundle's entries are read ahead as it is read)
                 mapper.collect_references(path)
@@ -170,7 +178,9 @@ def ingest_fhir(
 
 
 class _FhirMapper:
-    def __init__(self, store: Store, writer: BatchWriter) -> None:
+    def __init__(self, store: Store, writer: BatchWriter, source_name: str = "fhir") -> None:
+        #: The namespace of the server's resource ids (each server numbers its own).
+        self.ns = source_name
         self.p = store.pseudonymiser
         self.writer = writer
         self.report = writer.report
@@ -295,7 +305,7 @@ class _FhirMapper:
         numbers = {
             i["value"] for i in res.get("identifier") or [] if isinstance(i.get("value"), str)
         }
-        self.private[self.p.subject_id("fhir", res["id"])] = (names, numbers | {res["id"]})
+        self.private[self.p.subject_id(self.ns, res["id"])] = (names, numbers | {res["id"]})
 
     def collect_references(self, path: Path) -> None:
         """Read the Medication and Patient resources of an NDJSON file ahead of the rest:
@@ -384,7 +394,7 @@ class _FhirMapper:
 
     def _subject(self, res: dict, fullurls: dict[str, str]) -> tuple[int, int]:
         patient_id = self._patient_id(res, fullurls)
-        return self.p.subject_id("fhir", patient_id), self.p.shift_us("fhir", patient_id)
+        return self.p.subject_id(self.ns, patient_id), self.p.shift_us(self.ns, patient_id)
 
     def _patient_id(self, res: dict, fullurls: dict[str, str]) -> str:
         ref = (res.get("subject") or res.get("patient") or res.get("beneficiary") or {}).get(
@@ -463,7 +473,7 @@ class _FhirMapper:
             end_time=None if end is None else end + shift,
             domain=domain,
             source=f"fhir/{rtype}",
-            record_key=self.p.record_key(f"fhir/{rtype}", record),
+            record_key=self.p.record_key(f"{self.ns}/{rtype}", record),
         )
 
     @staticmethod
@@ -496,7 +506,7 @@ class _FhirMapper:
         if not patient_id:
             raise FhirError("Patient has no id")
         self._remember_patient(res)
-        subject = (self.p.subject_id("fhir", patient_id), self.p.shift_us("fhir", patient_id))
+        subject = (self.p.subject_id(self.ns, patient_id), self.p.shift_us(self.ns, patient_id))
         birth = parse_fhir_time(res.get("birthDate"))
         if birth is not None:
             self._emit(
@@ -555,7 +565,7 @@ class _FhirMapper:
                 part="#death",
             )
         self.identities["subject_id"].append(subject[0])
-        self.identities["source"].append("fhir")
+        self.identities["source"].append(self.ns)
         self.identities["source_id"].append(patient_id)
         self.identities["identifiers"].append(
             orjson.dumps(
@@ -707,7 +717,7 @@ class _FhirMapper:
         subject_id, shift = subject
         part = f"#signal{k}"
         record_id = str(
-            self.p.record_key("fhir/Observation", f"Observation/{res.get('id', '')}{part}")
+            self.p.record_key(f"{self.ns}/Observation", f"Observation/{res.get('id', '')}{part}")
         )
         duration = int(round(signal.seconds * 1_000_000))
         self._emit(

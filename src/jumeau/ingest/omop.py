@@ -237,6 +237,10 @@ _FULL_VOCABULARY = 100_000
 _IDENTIFYING = frozenset({"person_id"})
 
 
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 class _Typed:
     """SQL for reading a CDM column of whatever type the source gave it.
 
@@ -307,6 +311,7 @@ def ingest_omop(
     source: str | Path,
     *,
     schema: str | None = None,
+    source_name: str = "omop",
     progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest an OMOP CDM database into ``store`` as one atomic batch.
@@ -320,6 +325,10 @@ def ingest_omop(
     schema:
         The database schema holding the CDM tables (default ``main`` for DuckDB, ``public`` for
         PostgreSQL).
+    source_name:
+        The namespace of the source's person ids and record ids. Warehouses of different sites
+        all number their persons and rows from 1: give each its own name (``chu-lille``) and
+        they stay apart; the same name again recognises what is already stored.
     progress:
         Called with the name of each table as its mapping starts.
 
@@ -337,7 +346,7 @@ def ingest_omop(
             run(con, _MACROS)
             run(con, _CONSTANT_TYPES)
             tables = _open_source(source_str, is_url, con, writer, schema)
-            _OmopMapper(store, tables, writer, progress).run()
+            _OmopMapper(store, tables, writer, progress, source_name).run()
         finally:
             con.close()
         return writer.commit()
@@ -372,7 +381,12 @@ def _open_source(
 
 class _OmopMapper:
     def __init__(
-        self, store: Store, tables: OmopTables, writer: BatchWriter, progress: Progress | None
+        self,
+        store: Store,
+        tables: OmopTables,
+        writer: BatchWriter,
+        progress: Progress | None,
+        source_name: str = "omop",
     ) -> None:
         self.store = store
         self.tables = tables
@@ -381,6 +395,7 @@ class _OmopMapper:
         self.report = writer.report
         self.progress = progress or (lambda _table: None)
         self.salt = store.pseudonymiser.record_salt
+        self.source_name = source_name
 
     def run(self) -> None:
         with self._reading("concept"):
@@ -531,7 +546,7 @@ class _OmopMapper:
                 arrow_table(
                     self.con,
                     f"SELECT 'omop/{table}' AS source, $file AS file, 'row ' || _row AS record, "
-                    f"reject_reason AS reason, {record_key_sql(self.salt, repr(f'omop/{table}'), '_rid')} "
+                    f"reject_reason AS reason, {self._record_key(table, '_rid')} "
                     f"AS record_key FROM read_parquet('{out}') WHERE reject_reason IS NOT NULL ORDER BY _row",
                     {"file": self.tables.files[table]},
                 )
@@ -598,7 +613,9 @@ class _OmopMapper:
         return f"({expr} + to_microseconds({shift}))"
 
     def _record_key(self, table: str, id_sql: str = "s.rid") -> str:
-        return record_key_sql(self.salt, repr(f"omop/{table}"), id_sql)
+        """The keyed hash of a row's id within its table and its source (``omop`` unless the
+        ingest names its site)."""
+        return record_key_sql(self.salt, _sql_text(f"{self.source_name}/{table}"), id_sql)
 
     # -- person ----------------------------------------------------------------------------
 
@@ -638,7 +655,7 @@ class _OmopMapper:
         self.store.pseudonymiser.register_pseudonyms(
             self.con,
             "person_pseudonyms",
-            "omop",
+            self.source_name,
             "SELECT rid AS source_id FROM staged WHERE reason IS NULL",
         )
         run(
@@ -651,9 +668,10 @@ class _OmopMapper:
         self.writer.add_identities(
             arrow_table(
                 self.con,
-                """SELECT subject_id, 'omop' AS source, rid AS source_id,
+                """SELECT subject_id, $source AS source, rid AS source_id,
                     json_object('person_source_value', person_source_value)::VARCHAR AS identifiers
                 FROM subject_map""",
+                {"source": self.source_name},
             )
         )
         static = []
