@@ -63,9 +63,11 @@ def test_lookup_finds_the_pseudonym(cli_store, synthea_dir):
 
     bundle = sorted(synthea_dir.glob("*.json"))[0]
     patient = next(r for r in iter_resources(bundle) if r["resourceType"] == "Patient")
-    pseudonym = jumeau(
-        "lookup", "--store", str(cli_store), "--source", "fhir", "--id", patient["id"]
-    ).stdout.strip()
+    found = jumeau("lookup", "--store", str(cli_store), "--source", "fhir", "--id", patient["id"])
+    pseudonym = found.stdout.strip()
+    assert "no events" not in found.stderr
+    elsewhere = jumeau("lookup", "--store", str(cli_store), "--source", "omop", "--id", "1")
+    assert "has no events" in elsewhere.stderr  # a wrong source still gives a pseudonym
     events = json.loads(
         jumeau("timeline", pseudonym, "--store", str(cli_store), "--format", "json").stdout
     )

@@ -580,14 +580,20 @@ def timeline(
 @app.command()
 def lookup(
     store: StoreOpt,
-    source: Annotated[str, typer.Option(help="omop, fhir or meds.")],
+    source: Annotated[
+        str, typer.Option(help="omop, fhir, meds, wfdb... or the --source-name of an ingest.")
+    ],
     id: Annotated[str, typer.Option("--id", help="The patient id in that source.")],
     key_file: KeyOpt = None,
 ) -> None:
-    """Print the pseudonym of a source patient id (needs the store key)."""
+    """Print the pseudonym of a source patient id (needs the store key); says on stderr when
+    no event of the store has that subject (a wrong source name gives a pseudonym too)."""
     s = _open(store, key_file)
     with _errors():
-        print(s.lookup(source, id))
+        subject = s.lookup(source, id)
+        print(subject, flush=True)
+        if not s.has_subject(subject):
+            print(f"note: subject {subject} has no events in {s.root}", file=sys.stderr)
 
 
 @app.command()

@@ -286,6 +286,14 @@ class Store:
             frame = frame.filter(pl.col("domain").is_in(domains))
         return frame
 
+    def has_subject(self, subject_id: int) -> bool:
+        """Whether any batch of the store holds events of ``subject_id``."""
+        for batch in self._batches():
+            i = int(np.searchsorted(batch.subject_ids, subject_id))
+            if i < len(batch.subject_ids) and batch.subject_ids[i] == subject_id:
+                return True
+        return False
+
     def subjects(self) -> np.ndarray:
         """Every subject id in the store, sorted."""
         ids = [b.subject_ids for b in self._batches()]
