@@ -110,6 +110,10 @@ def test_a_meds_dataset_from_before_0_3_imports_by_its_old_column_names(tmp_path
     events = new_store.timeline(new_store.lookup("meds", "11"))
     assert events["code"].to_list() == ["MEDS_BIRTH", "LOINC/8480-6"]
     assert events["time"][1] == datetime(2020, 2, 3, 4, 5) and events["numeric_value"][1] == 131.0
+    # the same ids from another site's dataset are another patient
+    assert ingest_meds(new_store, tmp_path, source_name="site-b").events_written == 2
+    assert new_store.lookup("site-b", "11") != new_store.lookup("meds", "11")
+    assert ingest_meds(new_store, tmp_path, source_name="site-b").events_written == 0
 
 
 def test_meds_etl_omop_output_keeps_end_times_and_gets_domains_from_its_tables(tmp_path, new_store):

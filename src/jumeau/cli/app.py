@@ -206,11 +206,12 @@ def ingest_fhir_cmd(
 def ingest_meds_cmd(
     source: Annotated[str, typer.Argument(help="A MEDS dataset folder (data/*.parquet).")],
     store: StoreOpt,
+    source_name: SourceNameOpt = "meds",
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
     """Import a MEDS dataset."""
-    _ingest("meds", source, store, key_file, format)
+    _ingest("meds", source, store, key_file, format, source_name=source_name)
 
 
 @ingest_app.command("wfdb")

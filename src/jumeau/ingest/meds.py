@@ -22,13 +22,18 @@ class MedsError(ValueError):
 
 
 def ingest_meds(
-    store: Store, source: str | Path, *, progress: Callable[[str], None] | None = None
+    store: Store,
+    source: str | Path,
+    *,
+    source_name: str = "meds",
+    progress: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Import a MEDS dataset into ``store`` as one atomic batch.
 
     Columns beyond MEDS's own (``text_value``, ``unit``, ``end_time``, ``domain``) are kept when
     present, so a jumeau MEDS export comes back unchanged. ``meds_etl``'s OMOP output names its
     end time ``end`` and its source table ``table``; the table gives the domain.
+    ``source_name`` namespaces the dataset's subject ids (as for OMOP and FHIR sites).
     """
     root = Path(source)
     data_dir = root / "data" if (root / "data").is_dir() else root
@@ -38,7 +43,7 @@ def ingest_meds(
     with BatchWriter(store, "meds", str(root.resolve())) as writer:
         con = connect(writer.staging_dir / "meds-tmp")
         try:
-            _map(con, store, writer, files, progress)
+            _map(con, store, writer, files, progress, source_name)
             codes = root / "metadata" / "codes.parquet"
             if codes.exists():
                 writer.add_codes(
@@ -53,7 +58,9 @@ def ingest_meds(
         return writer.commit()
 
 
-def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> None:
+def _map(
+    con, store: Store, writer: BatchWriter, files: list[str], progress, source_name: str
+) -> None:
     cols = {
         r[0].lower()
         for r in run(
@@ -92,7 +99,7 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
         ),
     )
     p = store.pseudonymiser
-    p.register_pseudonyms(con, "meds_pseudonyms", "meds", "SELECT sid AS source_id FROM src")
+    p.register_pseudonyms(con, "meds_pseudonyms", source_name, "SELECT sid AS source_id FROM src")
     run(
         con,
         """CREATE OR REPLACE TEMP TABLE meds_map AS
@@ -115,7 +122,7 @@ def _map(con, store: Store, writer: BatchWriter, files: list[str], progress) -> 
     )
     key = record_key_sql(
         p.record_salt,
-        "'meds/data'",
+        "'" + f"{source_name}/data".replace("'", "''") + "'",
         f"{content} || '#' || row_number() OVER (PARTITION BY {content} ORDER BY s._row)",
     )
     out = writer.raw_path("meds")
