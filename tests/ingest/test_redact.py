@@ -41,3 +41,12 @@ def test_the_patients_own_names_and_numbers_are_replaced():
         "Mrs ABE604 Rohan584 (MRN [ID]) seen; Abe604's daughter called. Li stable."
     )
     assert redact(None) is None and redact("") == ""
+
+
+def test_short_record_numbers_and_numbers_inside_words_are_left():
+    text = "BP 123/80, ref 12345; lot AB12345X"
+    assert redact(text, numbers=["123", "12345"]) == "BP 123/80, ref [ID]; lot AB12345X"
+    con = duckdb.connect()
+    sql = redact_sql("$t", numbers=["$a", "$b"])
+    got = con.execute(f"SELECT {sql}", {"t": text, "a": "123", "b": "12345"}).fetchone()[0]
+    assert got == "BP 123/80, ref [ID]; lot AB12345X"

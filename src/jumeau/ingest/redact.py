@@ -32,11 +32,14 @@ PATTERNS: tuple[tuple[str, str], ...] = (
 _COMPILED = tuple((label, re.compile(pattern)) for label, pattern in PATTERNS)
 #: Names shorter than this are not redacted on their own (initials, "Li" inside words...).
 MIN_NAME_LENGTH = 3
+#: Record numbers shorter than this are not redacted: a patient numbered 123 must not hide a
+#: blood pressure of 123/80 (whole tokens only, in any case).
+MIN_NUMBER_LENGTH = 5
 
 
 def redact(text: str | None, names: Iterable[str] = (), numbers: Iterable[str] = ()) -> str | None:
     """``text`` with identifiers replaced: the patterns, then each of the patient's ``names``
-    (whole words, any case) and record ``numbers`` (as written)."""
+    (whole words, any case) and record ``numbers`` (whole tokens, as written)."""
     if not text:
         return text
     for label, pattern in _COMPILED:
@@ -46,21 +49,21 @@ def redact(text: str | None, names: Iterable[str] = (), numbers: Iterable[str] =
         alternatives = "|".join(re.escape(w) for w in words)
         text = re.sub(rf"(?i)\b(?:{alternatives})\b", "[NAME]", text)
     for number in numbers:
-        if number and len(number) >= MIN_NAME_LENGTH:
-            text = text.replace(number, "[ID]")
+        if number and len(number) >= MIN_NUMBER_LENGTH:
+            text = re.sub(rf"\b{re.escape(number)}\b", "[ID]", text)
     return text
 
 
 def redact_sql(expr: str, numbers: Iterable[str] = ()) -> str:
     """A DuckDB expression giving :func:`redact` of the text ``expr`` (patterns, then each SQL
-    expression of ``numbers``, a patient's record numbers, replaced where at least
-    :data:`MIN_NAME_LENGTH` long)."""
+    expression of ``numbers``, a patient's record numbers, replaced as whole tokens where at
+    least :data:`MIN_NUMBER_LENGTH` long)."""
     for label, pattern in PATTERNS:
         expr = f"regexp_replace({expr}, {_sql_string(pattern)}, '{label}', 'g')"
     for number in numbers:
         expr = (
-            f"CASE WHEN length({number}) >= {MIN_NAME_LENGTH} "
-            f"THEN replace({expr}, {number}, '[ID]') ELSE {expr} END"
+            f"CASE WHEN length({number}) >= {MIN_NUMBER_LENGTH} THEN regexp_replace({expr}, "
+            f"'\\b' || regexp_escape({number}) || '\\b', '[ID]', 'g') ELSE {expr} END"
         )
     return expr
 
