@@ -7,6 +7,7 @@ zero-copy slice, not a scan.
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +44,14 @@ class _MappedBatch:
     #: stored is read as plain strings and encoded on the way out)
     current: bool = True
 
+    def __post_init__(self) -> None:
+        # the binary searches run on memoryviews of the same int64 buffers: ``bisect`` reads
+        # them as Python ints directly, a third of a read's cost saved over NumPy scalars
+        self._ids, self._starts, self._counts, self._batch_starts = (
+            memoryview(np.ascontiguousarray(a, dtype=np.int64))
+            for a in (self.subject_ids, self.starts, self.counts, self.batch_starts)
+        )
+
     @classmethod
     def open(cls, folder: Path) -> _MappedBatch:
         reader = pa.ipc.open_file(pa.memory_map(str(folder / layout.EVENTS_ARROW), "r"))
@@ -60,14 +69,14 @@ class _MappedBatch:
         )
 
     def slice(self, subject_id: int) -> pa.Table | None:
-        i = int(np.searchsorted(self.subject_ids, subject_id))
-        if i == len(self.subject_ids) or self.subject_ids[i] != subject_id:
+        i = bisect.bisect_left(self._ids, subject_id)
+        if i == len(self._ids) or self._ids[i] != subject_id:
             return None
-        start, remaining = int(self.starts[i]), int(self.counts[i])
-        b = int(np.searchsorted(self.batch_starts, start, side="right")) - 1
+        start, remaining = self._starts[i], self._counts[i]
+        b = bisect.bisect_right(self._batch_starts, start) - 1
         parts = []
         while remaining > 0:
-            offset = start - int(self.batch_starts[b])
+            offset = start - self._batch_starts[b]
             take = min(remaining, self.batches[b].num_rows - offset)
             parts.append(self.batches[b].slice(offset, take))
             remaining -= take
@@ -234,6 +243,10 @@ class Store:
         if known_at is not None:
             allowed = self.batches_known_at(known_at)
             batches = [b for b in batches if b.id in allowed]
+        if len(batches) == 1:  # the usual store: one read, nothing to merge
+            part = batches[0].slice(subject_id)
+            if part is not None:
+                return plain_strings(part) if plain else part
         parts = [t for b in batches if (t := b.slice(subject_id)) is not None]
         if not parts:
             return (EVENT_SCHEMA if plain else STORED_EVENT_SCHEMA).empty_table()
