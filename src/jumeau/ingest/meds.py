@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from jumeau._duck import arrow_table, connect, run, scalar
+from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
 
@@ -122,7 +122,7 @@ def _map(
     )
     key = record_key_sql(
         p.record_salt,
-        "'" + f"{source_name}/data".replace("'", "''") + "'",
+        sql_string(f"{source_name}/data"),
         f"{content} || '#' || row_number() OVER (PARTITION BY {content} ORDER BY s._row)",
     )
     out = writer.raw_path("meds")

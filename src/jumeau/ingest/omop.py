@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from jumeau._duck import arrow_table, connect, run, scalar
+from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.ingest import omop_sources
 from jumeau.ingest.omop_sources import OmopSourceError, OmopTables
 from jumeau.ingest.redact import redact_sql
@@ -235,10 +235,6 @@ _FULL_VOCABULARY = 100_000
 
 #: Columns whose values are source ids: a reject reason never quotes them.
 _IDENTIFYING = frozenset({"person_id"})
-
-
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class _Typed:
@@ -615,7 +611,7 @@ class _OmopMapper:
     def _record_key(self, table: str, id_sql: str = "s.rid") -> str:
         """The keyed hash of a row's id within its table and its source (``omop`` unless the
         ingest names its site)."""
-        return record_key_sql(self.salt, _sql_text(f"{self.source_name}/{table}"), id_sql)
+        return record_key_sql(self.salt, sql_string(f"{self.source_name}/{table}"), id_sql)
 
     # -- person ----------------------------------------------------------------------------
 

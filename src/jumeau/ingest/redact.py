@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from jumeau._duck import sql_string
+
 #: (label, pattern), applied in this order.
 PATTERNS: tuple[tuple[str, str], ...] = (
     ("[EMAIL]", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
@@ -59,14 +61,10 @@ def redact_sql(expr: str, numbers: Iterable[str] = ()) -> str:
     expression of ``numbers``, a patient's record numbers, replaced as whole tokens where at
     least :data:`MIN_NUMBER_LENGTH` long)."""
     for label, pattern in PATTERNS:
-        expr = f"regexp_replace({expr}, {_sql_string(pattern)}, '{label}', 'g')"
+        expr = f"regexp_replace({expr}, {sql_string(pattern)}, '{label}', 'g')"
     for number in numbers:
         expr = (
             f"CASE WHEN length({number}) >= {MIN_NUMBER_LENGTH} THEN regexp_replace({expr}, "
             f"'\\b' || regexp_escape({number}) || '\\b', '[ID]', 'g') ELSE {expr} END"
         )
     return expr
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

@@ -17,6 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from jumeau._duck import sql_string
+
 _SUBJECT_MASK = (1 << 63) - 1
 _US_PER_DAY = 86_400_000_000
 
@@ -136,8 +138,9 @@ class Pseudonymiser:
         )
 
         def mac(label: str) -> str:
-            quoted = source.replace("'", "''")
-            message = f"encode('{label}' || chr(31) || '{quoted}' || chr(31) || i.source_id)"
+            message = (
+                f"encode('{label}' || chr(31) || {sql_string(source)} || chr(31) || i.source_id)"
+            )
             return f"sha256(k.opad || unhex(sha256(k.ipad || {message})))"
 
         span = 2 * self.max_date_shift_days + 1
