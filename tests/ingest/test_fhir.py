@@ -280,8 +280,10 @@ def test_a_ratio_value_keeps_its_ratio_and_its_quotient():
     assert _value({"valueRatio": {"numerator": {"value": 3}}})[0] is None  # no denominator
 
 
-def test_imaging_studies_become_a_study_and_a_series_event_like_dicom(synthea_store, synthea_dir):
-    store, report = synthea_store
+def test_imaging_studies_become_a_study_and_a_series_event_like_dicom(
+    synthea_full_store, synthea_dir
+):
+    store, report = synthea_full_store  # the one ImagingStudy is in a shared bundle
     studies = [r for r in bundle_resources(synthea_dir) if r["resourceType"] == "ImagingStudy"]
     assert studies
     n_series = sum(len(s.get("series", [])) for s in studies)
