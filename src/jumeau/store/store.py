@@ -68,9 +68,14 @@ class _MappedBatch:
             current=reader.schema.equals(STORED_EVENT_SCHEMA),
         )
 
-    def slice(self, subject_id: int) -> pa.Table | None:
+    def position(self, subject_id: int) -> int | None:
+        """The subject's row in the batch's index, or None when the batch has none of its events."""
         i = bisect.bisect_left(self._ids, subject_id)
-        if i == len(self._ids) or self._ids[i] != subject_id:
+        return i if i < len(self._ids) and self._ids[i] == subject_id else None
+
+    def slice(self, subject_id: int) -> pa.Table | None:
+        i = self.position(subject_id)
+        if i is None:
             return None
         start, remaining = self._starts[i], self._counts[i]
         b = bisect.bisect_right(self._batch_starts, start) - 1
@@ -301,11 +306,7 @@ class Store:
 
     def has_subject(self, subject_id: int) -> bool:
         """Whether any batch of the store holds events of ``subject_id``."""
-        for batch in self._batches():
-            i = int(np.searchsorted(batch.subject_ids, subject_id))
-            if i < len(batch.subject_ids) and batch.subject_ids[i] == subject_id:
-                return True
-        return False
+        return any(batch.position(subject_id) is not None for batch in self._batches())
 
     def subjects(self) -> np.ndarray:
         """Every subject id in the store, sorted."""
