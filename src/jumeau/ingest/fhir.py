@@ -291,9 +291,10 @@ class _FhirMapper:
         if code and full_url:
             self.medications[full_url] = code
 
-    def _remember_patient(self, res: dict) -> None:
+    def _remember_patient(self, res: dict) -> int:
         """Keep a Patient's birth date (for onsets given as ages) and its names and identifier
-        values (to scrub from free text, see :mod:`jumeau.ingest.redact`)."""
+        values (to scrub from free text, see :mod:`jumeau.ingest.redact`); return its
+        pseudonym."""
         birth = parse_fhir_time(res.get("birthDate"))
         if birth is not None:
             self.births[res["id"]] = birth
@@ -305,7 +306,9 @@ class _FhirMapper:
         numbers = {
             i["value"] for i in res.get("identifier") or [] if isinstance(i.get("value"), str)
         }
-        self.private[self.p.subject_id(self.ns, res["id"])] = (names, numbers | {res["id"]})
+        subject_id = self.p.subject_id(self.ns, res["id"])
+        self.private[subject_id] = (names, numbers | {res["id"]})
+        return subject_id
 
     def collect_references(self, path: Path) -> None:
         """Read the Medication and Patient resources of an NDJSON file ahead of the rest:
@@ -505,9 +508,8 @@ class _FhirMapper:
         patient_id = res.get("id")
         if not patient_id:
             raise FhirError("Patient has no id")
-        self._remember_patient(res)
-        subject = (self.p.subject_id(self.ns, patient_id), self.p.shift_us(self.ns, patient_id))
-        birth = parse_fhir_time(res.get("birthDate"))
+        subject = (self._remember_patient(res), self.p.shift_us(self.ns, patient_id))
+        birth = self.births.get(patient_id)
         if birth is not None:
             self._emit(
                 res, subject, code=BIRTH_CODE, domain="demographic", time=birth, part="#birth"
@@ -848,9 +850,10 @@ class _FhirMapper:
         """A clinical note: its type (LOINC), its date and its text when an attachment carries
         it inline (plain text, base64), scrubbed like every stored text."""
         subject = self._subject(res, fullurls)
-        context = res.get("context") or {}
-        period = context.get("period") if isinstance(context, dict) else None
-        start, end = self._period({"date": res.get("date"), "period": period}, "period", "date")
+        context = res.get("context")
+        start, end = self._period(context, "period") if isinstance(context, dict) else (None, None)
+        if start is None:
+            start, end = self._period(res, "date")
         if start is None:
             raise FhirError("no time: neither context.period nor date is present")
         self._emit(
