@@ -174,3 +174,30 @@ def test_a_user_mapping_file_extends_the_catalogue(tmp_path):
     path.write_text(json.dumps({"new_var": {"unit": "x"}}))
     with pytest.raises(ValueError, match="needs codes, low, high"):
         load_catalogue(path)
+
+
+def test_a_twin_reads_local_codes_through_their_parent_codes(tmp_path):
+    """A MEDS dataset's lab and diagnosis codes are local (``LAB//50912//mg/dL``); its codes
+    metadata puts them under LOINC and ICD: the twin tracks the creatinine in its own unit and
+    scores the diagnoses."""
+    from jumeau.ingest.meds import ingest_meds
+    from tests.ingest.meds_etl_style import write_dataset
+
+    linked, unlinked = jumeau.init(tmp_path / "linked"), jumeau.init(tmp_path / "unlinked")
+    ingest_meds(linked, write_dataset(tmp_path / "with-parents"))
+    ingest_meds(unlinked, write_dataset(tmp_path / "without-parents", parents=False))
+    as_of = datetime(2150, 3, 5)
+    twin = linked.twin(linked.lookup("meds", "10001"), as_of)
+    creatinine = twin.variables["creatinine"]
+    assert creatinine.values.tolist() == pytest.approx([88.42, 1.2 * 88.42], rel=1e-6)
+    assert twin.variables["glucose"].last_value == pytest.approx(99 / 18.016, rel=1e-6)
+    flags = twin.condition_flags()
+    assert flags["hypertension"] and flags["atrial_fibrillation"] and not flags["diabetes"]
+    assert twin.age == pytest.approx(70.2, abs=0.1) and twin.sex == "male"
+    assert twin.risks["cha2ds2_vasc"].value == 2  # 65-74 years, hypertension
+    assert twin.risks["cha2ds2_vasc"].note == ""  # atrial fibrillation is recorded
+    plain = unlinked.twin(unlinked.lookup("meds", "10001"), as_of)
+    assert "creatinine" not in plain.variables and not plain.condition_flags()["hypertension"]
+    # the population model reads the same codes
+    frame = measurement_frame(linked, load_catalogue())
+    assert frame.filter(pl.col("variable") == "creatinine").height == 3

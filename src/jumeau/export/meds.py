@@ -101,7 +101,7 @@ def export_meds(
             shards += 1
         codes = arrow_table(
             con,
-            "SELECT e.code, c.description, [] ::VARCHAR[] AS parent_codes "
+            "SELECT e.code, c.description, COALESCE(c.parent_codes, []::VARCHAR[]) AS parent_codes "
             "FROM (SELECT DISTINCT code FROM events) e "
             f"LEFT JOIN ({store.codes_sql()}) c USING (code) ORDER BY e.code",
         )

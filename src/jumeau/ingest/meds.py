@@ -3,6 +3,12 @@
 MEDS subject ids are source ids like any other: they become keyed pseudonyms. A MEDS row has no
 record id, so its record key hashes the row's content and its rank among identical rows, which
 makes re-importing the same dataset a no-op.
+
+MEDS has no domain or unit column. Datasets built by the MEDS ETLs (MIMIC-IV, eICU...) say both
+in their codes: ``LAB//50912//mg/dL`` is a measurement in mg/dL, ``DIAGNOSIS//ICD//10//I10`` a
+condition, ``HOSPITAL_ADMISSION//...`` a visit. Where a dataset gives neither, the domain comes
+from the code's prefix (:data:`CODE_PREFIX_DOMAINS`) and the unit from the code's last part when
+that part is written as a unit. The codes' ``parent_codes`` (a lab's LOINC code) are kept.
 """
 
 from __future__ import annotations
@@ -15,6 +21,98 @@ import pyarrow as pa
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
+
+#: The domain of a code by its prefix: the MEDS ETLs' event prefixes, then vocabularies.
+CODE_PREFIX_DOMAINS: tuple[tuple[str, str], ...] = (
+    ("MEDS_BIRTH", "demographic"),
+    ("MEDS_DEATH", "death"),
+    *(
+        (p, "demographic")
+        for p in (
+            "GENDER//",
+            "RACE//",
+            "ETHNICITY//",
+            "MARITAL_STATUS//",
+            "LANGUAGE//",
+            "INSURANCE//",
+        )
+    ),
+    *((p, "measurement") for p in ("LAB//", "VITAL//", "VITALS//", "LOINC/")),
+    *((p, "condition") for p in ("DIAGNOSIS//", "ICD10CM/", "ICD9CM/", "ICD10/", "ICD9/")),
+    *((p, "procedure") for p in ("PROCEDURE//", "CPT4/", "HCPCS/", "ICD10PCS/", "ICD9Proc/")),
+    *((p, "drug") for p in ("MEDICATION//", "INFUSION", "RxNorm/", "ATC/", "NDC/")),
+    *(
+        (p, "visit")
+        for p in (
+            "HOSPITAL_ADMISSION",
+            "HOSPITAL_DISCHARGE",
+            "ED_REGISTRATION",
+            "ED_OUT",
+            "ICU_ADMISSION",
+            "ICU_DISCHARGE",
+            "TRANSFER_TO",
+            "VISIT//",
+        )
+    ),
+)
+#: Unit words a code's last part may be without a slash or a percent sign (``mg/dL`` and ``%``
+#: are units by their shape).
+_UNIT_WORDS = (
+    "kg",
+    "g",
+    "mg",
+    "lb",
+    "lbs",
+    "cm",
+    "mm",
+    "m",
+    "in",
+    "inch",
+    "inches",
+    "ml",
+    "l",
+    "mmhg",
+    "bpm",
+    "°c",
+    "°f",
+    "degc",
+    "degf",
+    "c",
+    "f",
+    "iu",
+    "u",
+    "ms",
+    "s",
+    "min",
+    "ratio",
+    "units",
+    "meq",
+    "mmol",
+    "umol",
+    "pg",
+    "ng",
+    "fl",
+)
+
+
+def _unit_in_code_sql(code: str) -> str:
+    """SQL for the unit a code's last ``//`` part names (``LAB//50912//mg/dL``), else NULL."""
+    last = f"split_part({code}, '//', -1)"
+    words = ", ".join(sql_string(w) for w in _UNIT_WORDS)
+    return (
+        f"CASE WHEN len(string_split({code}, '//')) >= 3 AND length({last}) <= 20 "
+        f"AND NOT contains({last}, ' ') AND upper({last}) <> 'UNK' "
+        f"AND (contains({last}, '/') OR contains({last}, '%') OR lower({last}) IN ({words})) "
+        f"THEN {last} END"
+    )
+
+
+def _domain_from_code_sql(code: str) -> str:
+    cases = " ".join(
+        f"WHEN starts_with({code}, {sql_string(prefix)}) THEN {sql_string(domain)}"
+        for prefix, domain in CODE_PREFIX_DOMAINS
+    )
+    return f"CASE {cases} END"
 
 
 class MedsError(ValueError):
@@ -46,16 +144,24 @@ def ingest_meds(
             _map(con, store, writer, files, progress, source_name)
             codes = root / "metadata" / "codes.parquet"
             if codes.exists():
-                writer.add_codes(
-                    arrow_table(
-                        con,
-                        "SELECT CAST(code AS VARCHAR) AS code, CAST(description AS VARCHAR) AS description "
-                        f"FROM read_parquet('{codes}')",
-                    )
-                )
+                writer.add_codes(_code_metadata(con, codes))
         finally:
             con.close()
         return writer.commit()
+
+
+def _code_metadata(con, path: Path) -> pa.Table:
+    """The dataset's code metadata: description and parent codes, each optional in MEDS."""
+    cols = {r[0] for r in run(con, f"DESCRIBE SELECT * FROM read_parquet('{path}')")}
+    if "code" not in cols:
+        raise MedsError(f"{path}: MEDS code metadata lacks the code column")
+    description = "CAST(description AS VARCHAR)" if "description" in cols else "NULL::VARCHAR"
+    parents = "CAST(parent_codes AS VARCHAR[])" if "parent_codes" in cols else "NULL::VARCHAR[]"
+    return arrow_table(
+        con,
+        f"SELECT CAST(code AS VARCHAR) AS code, {description} AS description, "
+        f"{parents} AS parent_codes FROM read_parquet('{path}') WHERE code IS NOT NULL",
+    )
 
 
 def _map(
@@ -128,11 +234,10 @@ def _map(
     out = writer.raw_path("meds")
     run(
         con,
-        f"""COPY (SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value, s.text_value, s.unit,
+        f"""COPY (SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value, s.text_value,
+            COALESCE(s.unit, {_unit_in_code_sql("s.code")}) AS unit,
             s.end_time{shift} AS end_time,
-            COALESCE(s.domain, CASE WHEN s.code IN ('MEDS_BIRTH') THEN 'demographic'
-                                    WHEN s.code = 'MEDS_DEATH' THEN 'death' END,
-                     d.table_domain, 'other') AS domain,
+            COALESCE(s.domain, d.table_domain, {_domain_from_code_sql("s.code")}, 'other') AS domain,
             'meds/data' AS source, {key} AS record_key
         FROM src s JOIN meds_map m USING (sid) LEFT JOIN table_domains d USING (source_table)
         WHERE s.code IS NOT NULL AND s.code <> '')

@@ -10,7 +10,7 @@
         events.arrow          the same rows, uncompressed Arrow IPC: memory-mapped timelines
         subjects.parquet      subject_id -> first row and row count in the files above
         rejects.parquet       records that failed validation, with the reason
-        codes.parquet         descriptions of the codes the batch uses
+        codes.parquet         the codes the batch uses: descriptions, parent codes
         vault.bin             encrypted direct identifiers (optional)
         report.json           the ingest report of the batch
       .staging/               work in progress; never read, cleared on the next write
@@ -37,6 +37,10 @@ EVENTS_ARROW = "events.arrow"
 SUBJECTS_INDEX = "subjects.parquet"
 REJECTS_PARQUET = "rejects.parquet"
 CODES_PARQUET = "codes.parquet"
+#: SQL aggregate of a code's parent codes over several descriptions of it: each once, sorted.
+PARENT_CODES_AGGREGATE = (
+    "list_sort(list_distinct(flatten(list(parent_codes) FILTER (parent_codes IS NOT NULL))))"
+)
 VAULT_FILE = "vault.bin"
 #: Folder of a batch holding its waveform records (see :mod:`jumeau.signals.store`).
 SIGNALS_DIR = "signals"

@@ -188,6 +188,7 @@ class Store:
         """Re-read the manifest (after a commit by this or another process)."""
         self.manifest = layout.Manifest.read(self.root)
         self._mapped: list[_MappedBatch] | None = None
+        self._ancestors: dict[str, tuple[str, ...]] | None = None
 
     @property
     def key_path(self) -> Path:
@@ -364,23 +365,48 @@ class Store:
         return sorted(records, key=lambda r: (r.start, r.id))
 
     def codes_sql(self) -> str:
-        """A DuckDB query giving ``code, description`` for every described code in the store."""
+        """A DuckDB query giving ``code, description, parent_codes`` for every described code in
+        the store (a code described by several batches: one description, every parent once)."""
         files = [str(p) for p in self.batch_files(layout.CODES_PARQUET) if p.exists()]
         if not files:
-            return "SELECT NULL::VARCHAR AS code, NULL::VARCHAR AS description WHERE false"
-        return (
-            "SELECT code, any_value(description ORDER BY description NULLS LAST) AS description "
-            f"FROM read_parquet({files!r}) GROUP BY code"
+            return (
+                "SELECT NULL::VARCHAR AS code, NULL::VARCHAR AS description, "
+                "NULL::VARCHAR[] AS parent_codes WHERE false"
+            )
+        # batches written before codes had parents have no such column
+        with_parents = [f for f in files if "parent_codes" in pq.read_schema(f).names]
+        parents = (
+            f"SELECT code, parent_codes FROM read_parquet({with_parents!r})"
+            if with_parents
+            else "SELECT NULL::VARCHAR AS code, NULL::VARCHAR[] AS parent_codes WHERE false"
         )
+        return f"""SELECT d.code, d.description, p.parent_codes FROM
+            (SELECT code, any_value(description ORDER BY description NULLS LAST) AS description
+             FROM read_parquet({files!r}) GROUP BY code) d
+            LEFT JOIN (SELECT code, {layout.PARENT_CODES_AGGREGATE} AS parent_codes
+                       FROM ({parents}) GROUP BY code) p USING (code)"""
 
     def code_descriptions(self) -> dict[str, str]:
         """Every described code of the store and its description."""
+        return {code: desc for code, desc, _ in self._code_metadata() if desc}
+
+    def code_parents(self) -> dict[str, tuple[str, ...]]:
+        """Every code the store knows parents of (e.g. a local lab code's LOINC code) and them."""
+        return {code: tuple(parents) for code, _, parents in self._code_metadata() if parents}
+
+    def code_ancestors(self) -> dict[str, tuple[str, ...]]:
+        """Every code with parents and all the codes above it, nearest first (read once per
+        state of the store): what lets a twin read ``LAB//50912//mg/dL`` as ``LOINC/2160-0``."""
+        if self._ancestors is None:
+            self._ancestors = code_ancestors(self.code_parents())
+        return self._ancestors
+
+    def _code_metadata(self) -> list[tuple]:
         con = duckdb.connect()
         try:
-            rows = run(con, self.codes_sql())
+            return run(con, self.codes_sql())
         finally:
             con.close()
-        return {code: desc for code, desc in rows if desc}
 
     def rejects(self) -> pl.DataFrame:
         """Every rejected record with its reason."""
@@ -440,3 +466,21 @@ class Store:
         if not parts:
             return pl.DataFrame()
         return pl.from_arrow(pa.concat_tables(parts))  # type: ignore[return-value]
+
+
+def code_ancestors(parents: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """The transitive closure of a parent map, each code's ancestors nearest first (a cycle in
+    the hierarchy ends where it comes back)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for code in parents:
+        seen: list[str] = []
+        frontier = list(parents[code])
+        while frontier:
+            nxt = []
+            for parent in frontier:
+                if parent != code and parent not in seen:
+                    seen.append(parent)
+                    nxt.extend(parents.get(parent, ()))
+            frontier = nxt
+        out[code] = tuple(seen)
+    return out

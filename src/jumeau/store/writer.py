@@ -50,7 +50,11 @@ SORT_RANGE_EVENTS = 24_000_000
 #: A raw event file may carry this column; rows where it is set are not events (the connector
 #: reports them as rejects) and are skipped at commit.
 REJECT_REASON = "reject_reason"
-CODES_SCHEMA = pa.schema([("code", pa.string()), ("description", pa.string())])
+#: Code metadata: a description and the codes a code belongs under (MEDS ``parent_codes``, e.g. a
+#: local lab code's LOINC code), which let everything downstream read a local code as a standard one.
+CODES_SCHEMA = pa.schema(
+    [("code", pa.string()), ("description", pa.string()), ("parent_codes", pa.list_(pa.string()))]
+)
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
 
 
@@ -148,7 +152,12 @@ class BatchWriter:
         return table.num_rows
 
     def add_codes(self, data: pa.Table) -> None:
-        """Describe codes (``code``, ``description``); only codes the batch uses are kept."""
+        """Describe codes (``code``, ``description`` and optionally ``parent_codes``); only codes
+        the batch uses are kept."""
+        if "parent_codes" not in data.column_names:
+            data = data.append_column(
+                "parent_codes", pa.nulls(data.num_rows, CODES_SCHEMA.field("parent_codes").type)
+            )
         table = conform(data, CODES_SCHEMA)
         if table.num_rows:
             self._codes.write_table(table)
@@ -313,7 +322,8 @@ class BatchWriter:
         events = self.dir / layout.EVENTS_PARQUET
         run(
             con,
-            f"""COPY (SELECT code, any_value(description ORDER BY description NULLS LAST) AS description
+            f"""COPY (SELECT code, any_value(description ORDER BY description NULLS LAST) AS description,
+                {layout.PARENT_CODES_AGGREGATE} AS parent_codes
             FROM read_parquet('{self.dir / "raw-codes.parquet"}')
             WHERE code IN (SELECT DISTINCT code FROM read_parquet('{events}'))
             GROUP BY code ORDER BY code) TO '{self.dir / layout.CODES_PARQUET}' (FORMAT parquet)""",

@@ -1,8 +1,9 @@
 """Code sets for the conditions and drugs that clinical scores ask about.
 
-SNOMED CT codes match exactly; ICD-10 codes match by prefix (``ICD10CM/I10`` covers I10.x);
-drugs match by ingredient name in the code's description, since product-level RxNorm codes are
-too many to list.
+SNOMED CT codes match exactly; ICD-10 and ICD-9-CM codes match by prefix, written with or
+without their dot (``ICD10CM/I10`` covers I10.x, ``ICD9CM/427.31`` and ``ICD9CM/42731`` are the
+same code); drugs match by ingredient name in the code's description, since product-level RxNorm
+codes are too many to list.
 """
 
 from __future__ import annotations
@@ -78,6 +79,47 @@ ANTIPLATELETS_AND_NSAIDS = (
 )
 
 
+#: ICD-9-CM prefixes (no dots) of the same conditions, for warehouses and MEDS datasets whose
+#: history predates ICD-10 (MIMIC-IV holds both).
+ICD9_PREFIXES: dict[str, tuple[str, ...]] = {
+    "hypertension": ("401", "402", "403", "404", "405"),
+    "diabetes": ("250",),
+    "heart_failure": (
+        "428",
+        "40201",
+        "40211",
+        "40291",
+        "40401",
+        "40403",
+        "40411",
+        "40413",
+        "40491",
+        "40493",
+    ),
+    # ischaemic stroke (occlusion with infarction), TIA, late effects
+    "stroke": (
+        "43301",
+        "43311",
+        "43321",
+        "43331",
+        "43381",
+        "43391",
+        "43401",
+        "43411",
+        "43491",
+        "435",
+        "436",
+        "438",
+    ),
+    "vascular": ("410", "412", "440", "441", "4439"),
+    "atrial_fibrillation": ("42731",),
+    "renal": ("585", "V451"),
+    "liver": ("571", "572", "573"),
+    "bleeding": ("578", "430", "431", "432", "2851"),
+    "alcohol": ("303", "3050"),
+}
+
+
 def matches(code: str, condition: str) -> bool:
     """Whether a canonical code belongs to a condition's code set."""
     snomed, icd_prefixes = CONDITIONS[condition]
@@ -85,5 +127,7 @@ def matches(code: str, condition: str) -> bool:
     if vocab == "SNOMED":
         return value in snomed
     if vocab in ("ICD10", "ICD10CM"):
-        return value.startswith(icd_prefixes)
+        return value.replace(".", "").startswith(tuple(p.replace(".", "") for p in icd_prefixes))
+    if vocab in ("ICD9", "ICD9CM"):
+        return value.replace(".", "").startswith(ICD9_PREFIXES[condition])
     return False

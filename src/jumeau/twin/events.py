@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from jumeau._duck import arrow_table
+from jumeau.twin.variables import SEX_CODES
 
 if TYPE_CHECKING:
     from jumeau.store import Store
@@ -41,7 +42,13 @@ def cohort(
     """Features and labels at ``index``: one row per subject under observation then."""
     con = store.connect()
     end = index + timedelta(days=window_days)
-    params = {"index": index, "end": end, "outcome": outcome}
+    params = {
+        "index": index,
+        "end": end,
+        "outcome": outcome,
+        "female": [c for c, sex in SEX_CODES.items() if sex == "female"],
+        "sex_codes": list(SEX_CODES),
+    }
     try:
         base = _frame(
             con,
@@ -49,8 +56,8 @@ def cohort(
                 SELECT subject_id FROM events WHERE code = $o_p AND time <= $index AND end_time >= $index
                 GROUP BY 1),
             births AS (SELECT subject_id, min(time) AS birth FROM events WHERE code = 'MEDS_BIRTH' GROUP BY 1),
-            sexes AS (SELECT subject_id, max(CASE WHEN code = 'Gender/F' THEN 1 ELSE 0 END) AS female
-                      FROM events WHERE code LIKE 'Gender/%' GROUP BY 1),
+            sexes AS (SELECT subject_id, max(CASE WHEN list_contains($female, code) THEN 1 ELSE 0 END) AS female
+                      FROM events WHERE list_contains($sex_codes, code) GROUP BY 1),
             outcomes AS (SELECT subject_id, min(time) FILTER (time > $index AND time <= $end) AS next_event,
                                 count(*) FILTER (time <= $index) AS prior_events
                          FROM events WHERE list_contains($outcome, code) GROUP BY 1),

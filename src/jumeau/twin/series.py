@@ -23,7 +23,7 @@ def measurement_frame(
     known_at: datetime | None = None,
 ) -> pl.DataFrame:
     """All plausible, unit-converted observations: subject_id, variable, day, value (sorted)."""
-    index = code_index(catalogue)
+    index = code_index(catalogue, store.code_ancestors())
     frame = (
         store.scan(known_at=known_at)
         .filter(
@@ -39,7 +39,7 @@ def measurement_frame(
     frame = frame.collect()
     parts = []
     for name, var in catalogue.items():
-        sub = frame.filter(pl.col("code").is_in(list(var.codes)))
+        sub = frame.filter(pl.col("code").is_in([c for c, v in index.items() if v == name]))
         if sub.is_empty():
             continue
         values = var.to_canonical_array(

@@ -23,6 +23,7 @@ from jumeau.twin.risks import RiskResult, compute_risks
 from jumeau.twin.state import DAYS_PER_YEAR, Estimate, LocalTrendFilter, NoiseModel
 from jumeau.twin.variables import (
     CATALOGUE,
+    SEX_CODES,
     SMOKING_STATUS_CODES,
     SMOKING_VALUES,
     Variable,
@@ -259,21 +260,22 @@ def build_twin(
     if not any(r["time"] is not None for r in rows):
         raise KeyError(f"subject {subject_id} has no events known at {as_of.isoformat()}")
     descriptions = store.code_descriptions() if descriptions is None else descriptions
+    ancestors = store.code_ancestors()
     by_domain: dict[str, list[dict]] = {}
     for r in rows:
         by_domain.setdefault(r["domain"], []).append(r)
     demographic = by_domain.get("demographic", [])
-    sexes = [r["code"] for r in demographic if r["code"].startswith("Gender/")]
+    sexes = [SEX_CODES[r["code"]] for r in demographic if r["code"] in SEX_CODES]
     birth = next((r["time"] for r in rows if r["code"] == BIRTH_CODE), None)
     twin = Twin(
         subject_id=subject_id,
         as_of=as_of,
         known_at=known_at,
         birth=birth,
-        sex={"Gender/F": "female", "Gender/M": "male"}.get(sexes[-1]) if sexes else None,
+        sex=sexes[-1] if sexes else None,
         deceased=next((r["time"] for r in rows if r["code"] == DEATH_CODE), None),
-        variables=_variable_states(rows, population, as_of, birth),
-        smoking_status=_smoking(rows),
+        variables=_variable_states(rows, population, as_of, birth, ancestors),
+        smoking_status=_smoking(rows, ancestors),
         problems=[],
         medications=[],
         allergies=[],
@@ -284,7 +286,11 @@ def build_twin(
     )
     twin.population = population
     conditions = by_domain.get("condition", [])
-    twin._all_conditions = [{"code": r["code"]} for r in conditions]  # type: ignore[attr-defined]
+    # a local diagnosis code is scored by the standard codes above it (ICD10CM/I10 over a MEDS
+    # DIAGNOSIS//ICD//10//I10)
+    twin._all_conditions = [  # type: ignore[attr-defined]
+        {"code": c} for r in conditions for c in (r["code"], *ancestors.get(r["code"], ()))
+    ]
     active = [r for r in conditions if r["end_time"] is None or r["end_time"] > as_of]
     twin.problems = [
         {"code": code, "description": descriptions.get(code), "since": since.isoformat()}
@@ -378,21 +384,25 @@ def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime, datetime | Non
     return sorted(((c, t, e) for c, (t, e) in first.items()), key=lambda x: (x[1], x[0]))
 
 
-def _smoking(rows: list[dict]) -> str | None:
+def _smoking(rows: list[dict], ancestors: dict[str, tuple[str, ...]]) -> str | None:
     statuses = [
         SMOKING_VALUES.get(r["text_value"])
         for r in rows
-        if r["code"] in SMOKING_STATUS_CODES and r["text_value"]
+        if r["text_value"]
+        and SMOKING_STATUS_CODES.intersection((r["code"], *ancestors.get(r["code"], ())))
     ]
     statuses = [s for s in statuses if s and s != "unknown"]
     return statuses[-1] if statuses else None
 
 
 def observations(
-    rows: list[dict], catalogue: dict[str, Variable]
+    rows: list[dict],
+    catalogue: dict[str, Variable],
+    ancestors: dict[str, tuple[str, ...]] | None = None,
 ) -> dict[str, tuple[list, list, list]]:
-    """Per variable: (times, canonical values, flagged problems) of a subject's events."""
-    index = code_index(catalogue)
+    """Per variable: (times, canonical values, flagged problems) of a subject's events (local
+    codes read through their ``ancestors``, see :func:`code_index`)."""
+    index = code_index(catalogue, ancestors)
     out: dict[str, tuple[list, list, list]] = {}
     for r in rows:
         name = index.get(r["code"])
@@ -429,11 +439,16 @@ def observations(
 
 
 def _variable_states(
-    rows: list[dict], population: PopulationModel, as_of: datetime, birth: datetime | None
+    rows: list[dict],
+    population: PopulationModel,
+    as_of: datetime,
+    birth: datetime | None,
+    ancestors: dict[str, tuple[str, ...]],
 ) -> dict[str, VariableState]:
     states = {}
     at = day_number(as_of)
-    for name, (times, values, flagged) in observations(rows, population.catalogue).items():
+    catalogue = population.catalogue
+    for name, (times, values, flagged) in observations(rows, catalogue, ancestors).items():
         days = np.array([day_number(t) for t in times], dtype=float)
         vals = np.array(values, dtype=float)
         estimate = (

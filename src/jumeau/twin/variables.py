@@ -388,7 +388,16 @@ CATALOGUE: dict[str, Variable] = {
 }
 
 #: Smoking status (LOINC 72166-2 and SNOMED findings) mapped to current / former / never.
-SMOKING_STATUS_CODES = ("LOINC/72166-2",)
+#: Sex as the connectors write it (``Gender/F``), as the MEDS ETLs do (``GENDER//F``) and in SNOMED.
+SEX_CODES: dict[str, str] = {
+    "Gender/F": "female",
+    "Gender/M": "male",
+    "GENDER//F": "female",
+    "GENDER//M": "male",
+    "SNOMED/248152002": "female",
+    "SNOMED/248153007": "male",
+}
+SMOKING_STATUS_CODES = frozenset({"LOINC/72166-2"})
 SMOKING_VALUES: dict[str, str] = {
     "SNOMED/449868002": "current",
     "SNOMED/428041000124106": "current",
@@ -451,6 +460,16 @@ def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
     return catalogue
 
 
-def code_index(catalogue: dict[str, Variable]) -> dict[str, str]:
-    """code -> variable name."""
-    return {code: v.name for v in catalogue.values() for code in v.codes}
+def code_index(
+    catalogue: dict[str, Variable], ancestors: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, str]:
+    """code -> variable name; with ``ancestors`` (:meth:`Store.code_ancestors
+    <jumeau.store.Store.code_ancestors>`), a local code whose nearest catalogued ancestor measures
+    a variable measures it too (a MEDS ``LAB//50912//mg/dL`` under ``LOINC/2160-0``)."""
+    index = {code: v.name for v in catalogue.values() for code in v.codes}
+    for code, above in (ancestors or {}).items():
+        if code not in index:
+            name = next((index[a] for a in above if a in index), None)
+            if name is not None:
+                index[code] = name
+    return index

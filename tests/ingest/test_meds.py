@@ -1,0 +1,66 @@
+"""MEDS in, as the MEDS ETLs write it: domains and units said by the codes, parent codes kept."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from jumeau.export.meds import export_meds
+from jumeau.ingest.meds import ingest_meds
+from jumeau.store.store import code_ancestors
+from tests.ingest.meds_etl_style import (
+    ADMISSION,
+    ATRIAL_FIBRILLATION,
+    CREATININE,
+    HYPERTENSION,
+    PARENTS,
+    write_dataset,
+)
+
+
+def test_codes_say_the_domain_and_the_unit_when_the_dataset_does_not(tmp_path, new_store):
+    ingest_meds(new_store, write_dataset(tmp_path / "mimic"))
+    events = new_store.timeline(new_store.lookup("meds", "10001"))
+    by_code = {r["code"]: r for r in events.to_dicts()}
+    assert by_code[CREATININE]["domain"] == "measurement"
+    assert by_code[CREATININE]["unit"] == "mg/dL"
+    assert by_code["LAB//51221//%"]["unit"] == "%"
+    assert by_code[HYPERTENSION]["domain"] == by_code[ATRIAL_FIBRILLATION]["domain"] == "condition"
+    assert by_code[HYPERTENSION]["unit"] is None  # "I10" is no unit
+    assert by_code[ADMISSION]["domain"] == "visit" and by_code[ADMISSION]["unit"] is None
+    assert by_code["GENDER//M"]["domain"] == by_code["MEDS_BIRTH"]["domain"] == "demographic"
+    other = new_store.timeline(new_store.lookup("meds", "10002"))
+    assert other.filter(pl.col("code") == "MEDS_DEATH")["domain"].to_list() == ["death"]
+
+
+def test_parent_codes_are_kept_and_exported_again(tmp_path, new_store):
+    ingest_meds(new_store, write_dataset(tmp_path / "mimic"))
+    parents = new_store.code_parents()
+    assert {code: list(p) for code, p in parents.items()} == PARENTS
+    export_meds(new_store, tmp_path / "out")
+    codes = pl.read_parquet(tmp_path / "out" / "metadata" / "codes.parquet")
+    exported = {r["code"]: r["parent_codes"] for r in codes.to_dicts() if r["parent_codes"]}
+    assert exported == PARENTS
+    # and the export read back gives the same parents (a second store, the same dataset)
+    assert ingest_meds(new_store, tmp_path / "out", source_name="again").events_written > 0
+    assert new_store.code_parents() == parents
+
+
+def test_codes_of_batches_from_before_parent_codes_still_read(tmp_path, new_store):
+    import pyarrow.parquet as pq
+
+    from jumeau.store import layout
+
+    ingest_meds(new_store, write_dataset(tmp_path / "mimic"))
+    (codes_file,) = new_store.batch_files(layout.CODES_PARQUET)
+    old = pq.read_table(codes_file).drop_columns(["parent_codes"])
+    pq.write_table(old, codes_file)
+    new_store.refresh()
+    assert new_store.code_parents() == {}
+    assert new_store.code_descriptions()[CREATININE] == "Lab"
+
+
+def test_code_ancestors_follow_the_hierarchy_up_and_stop_at_a_cycle():
+    parents = {"local/1": ("LOINC/2160-0",), "LOINC/2160-0": ("LP/1",), "a": ("b",), "b": ("a",)}
+    ancestors = code_ancestors(parents)
+    assert ancestors["local/1"] == ("LOINC/2160-0", "LP/1")
+    assert ancestors["a"] == ("b",) and ancestors["b"] == ("a",)
