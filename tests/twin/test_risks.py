@@ -177,3 +177,31 @@ def test_classes():
     assert qtc_class(440, "male") == "borderline"
     assert qtc_class(455, "male") == "prolonged" and qtc_class(455, "female") == "borderline"
     assert qtc_class(510, "female") == "high risk (>500 ms)"
+
+
+@pytest.mark.parametrize(
+    "code, condition",
+    [
+        ("ICD10CM/I48.91", "atrial_fibrillation"),
+        ("ICD10CM/I252", "vascular"),  # written without its dot
+        ("ICD10/I25.2", "vascular"),
+        ("ICD9CM/427.31", "atrial_fibrillation"),
+        ("ICD9CM/42731", "atrial_fibrillation"),
+        ("ICD9CM/401.9", "hypertension"),
+        ("ICD9CM/250.00", "diabetes"),
+        ("ICD9CM/434.11", "stroke"),
+        ("ICD9CM/578.9", "bleeding"),
+        ("SNOMED/49436004", "atrial_fibrillation"),
+    ],
+)
+def test_conditions_match_icd10_and_icd9_with_or_without_dots(code, condition):
+    from jumeau.twin.conditions import CONDITIONS, matches
+
+    assert matches(code, condition)
+    assert [c for c in CONDITIONS if matches(code, c)] == [condition]
+
+
+def test_an_icd9_occlusion_without_infarction_is_no_stroke():
+    from jumeau.twin.conditions import matches
+
+    assert not matches("ICD9CM/433.10", "stroke") and matches("ICD9CM/433.11", "stroke")
