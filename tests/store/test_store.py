@@ -121,6 +121,12 @@ def test_timelines_across_batches_and_row_groups_are_exact(new_store):
             timeline.column("time").to_numpy().tolist()
         )
     assert store.timeline_arrow(10**12).num_rows == 0
+    # the Polars frame holds the same values, strings for the dictionaries, over two batches too
+    for sid in [*rng.choice(np.unique(more), 10), 10**12]:
+        frame = store.timeline(int(sid))
+        expected = pl.from_arrow(store.timeline_arrow(int(sid), plain=True))
+        assert frame.schema == expected.schema and frame.equals(expected)
+        assert frame.schema["code"] == pl.String
 
 
 def test_a_batch_sorted_one_subject_range_at_a_time_is_one_sorted_batch(new_store, monkeypatch):

@@ -288,8 +288,7 @@ class Store:
         known_at:
             Read the store as it was then: only batches committed by ``known_at``.
         """
-        frame = pl.from_arrow(self.timeline_arrow(subject_id, known_at=known_at, plain=True))
-        assert isinstance(frame, pl.DataFrame)
+        frame = polars_frame(self.timeline_arrow(subject_id, known_at=known_at))
         if start is not None:
             frame = frame.filter(pl.col("time").is_null() | (pl.col("time") >= start))
         if end is not None:
@@ -484,3 +483,18 @@ def code_ancestors(parents: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, 
             frontier = nxt
         out[code] = tuple(seen)
     return out
+
+
+def polars_frame(table: pa.Table) -> pl.DataFrame:
+    """A small Arrow table of events as a Polars frame, column by column, dictionaries decoded
+    to strings (``pl.from_arrow`` on a whole table costs several times more for a timeline's
+    few rows)."""
+    columns = []
+    for name in table.column_names:
+        column = table.column(name)
+        array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        series = pl.Series(name, array)
+        if pa.types.is_dictionary(array.type):
+            series = series.cast(pl.String)
+        columns.append(series)
+    return pl.DataFrame(columns)
