@@ -201,3 +201,27 @@ def test_a_twin_reads_local_codes_through_their_parent_codes(tmp_path):
     # the population model reads the same codes
     frame = measurement_frame(linked, load_catalogue())
     assert frame.filter(pl.col("variable") == "creatinine").height == 3
+
+
+def test_variable_series_are_each_subjects_own_observations_in_time_order(synthea_store):
+    """The series are cut from one array per variable: each is exactly its subject's values."""
+    from jumeau.twin.series import birth_days, variable_series
+
+    store, _ = synthea_store
+    catalogue = load_catalogue()
+    series = variable_series(store, catalogue)
+    frame = measurement_frame(store, catalogue)
+    births = birth_days(store)
+    for name, subjects in series.items():
+        expected = [
+            (group["day"].to_numpy(), group["value"].to_numpy(), births.get(subject))
+            for (subject,), group in frame.filter(pl.col("variable") == name).group_by(
+                ["subject_id"], maintain_order=True
+            )
+        ]
+        assert len(subjects) == len(expected)
+        for (days, values, birth), (want_days, want_values, want_birth) in zip(
+            subjects, expected, strict=True
+        ):
+            assert days.tolist() == want_days.tolist() and values.tolist() == want_values.tolist()
+            assert birth == want_birth

@@ -400,13 +400,13 @@ def fit_noise(
     series = [s for s in series if len(s[1])]
     if len(series) < 5:
         return default
-    prior_mean = float(np.mean([np.mean(v) for _, v, _ in series]))
-    level = _level_by_age(series, prior_mean)
-    velocity = _velocity_by_age(series)
-    firsts = [
-        v[0] - (level.at((d[0] - b) / DAYS_PER_YEAR) if b is not None else prior_mean)
-        for d, v, b in series
-    ]
+    packed = _Packed(series)
+    prior_mean = float(np.mean(packed.subject_means()))
+    level = _level_by_age(packed, prior_mean)
+    velocity = _velocity_by_age(packed)
+    first_age = (packed.days[packed.starts] - packed.birth) / DAYS_PER_YEAR
+    first_level = np.where(np.isnan(packed.birth), prior_mean, level.at(np.nan_to_num(first_age)))
+    firsts = packed.values[packed.starts] - first_level
     prior_sd = float(np.std(firsts)) or default.prior_sd
     base = NoiseModel(
         prior_mean,
@@ -531,40 +531,52 @@ def _triangle_weights(age: np.ndarray) -> np.ndarray:
     return weights
 
 
-def _level_by_age(series, overall: float) -> AgeCurve:
+class _Packed:
+    """Many subjects' series end to end: one array of days and of values, where each series
+    starts and how long it is, and each series' birth day (NaN when unknown)."""
+
+    def __init__(self, series: list[tuple[np.ndarray, np.ndarray, float | None]]) -> None:
+        self.lengths = np.array([len(v) for _, v, _ in series], dtype=np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64)
+        self.days = np.concatenate([np.asarray(d, dtype=float) for d, _, _ in series])
+        self.values = np.concatenate([np.asarray(v, dtype=float) for _, v, _ in series])
+        self.birth = np.array([np.nan if b is None else b for _, _, b in series], dtype=float)
+
+    def per_value(self, per_series: np.ndarray) -> np.ndarray:
+        """A value per series repeated for each of its values."""
+        return np.repeat(per_series, self.lengths)
+
+    def subject_means(self) -> np.ndarray:
+        return np.add.reduceat(self.values, self.starts) / self.lengths
+
+
+def _level_by_age(packed: _Packed, overall: float) -> AgeCurve:
     """Mean value by age, each subject weighing one, shrunk towards ``overall``."""
-    ages, values, weights = [], [], []
-    for days, vals, birth in series:
-        if birth is None:
-            continue
-        ages.append((days - birth) / DAYS_PER_YEAR)
-        values.append(vals)
-        weights.append(np.full(len(vals), 1.0 / len(vals)))
-    if not ages:
+    age = (packed.days - packed.per_value(packed.birth)) / DAYS_PER_YEAR
+    known = ~np.isnan(age)
+    if not known.any():
         return AgeCurve(tuple([overall] * len(AGE_KNOTS)))
-    w = _triangle_weights(np.concatenate(ages)) * np.concatenate(weights)[:, None]
+    weight = packed.per_value(1.0 / packed.lengths)[known]
+    w = _triangle_weights(age[known]) * weight[:, None]
     total = w.sum(axis=0)
-    mean = (w * np.concatenate(values)[:, None]).sum(axis=0)
+    mean = (w * packed.values[known][:, None]).sum(axis=0)
     return AgeCurve(tuple((mean + _PSEUDO_SUBJECTS * overall) / (total + _PSEUDO_SUBJECTS)))
 
 
-def _velocity_by_age(series) -> AgeCurve | None:
+def _velocity_by_age(packed: _Packed) -> AgeCurve | None:
     """Change per year by age: the weighted median rate of consecutive observations (30 days
     to 5 years apart) around each age, robust to outliers and shrunk towards no change."""
-    mids, rates, spans = [], [], []
-    for days, vals, birth in series:
-        if birth is None or len(vals) < 2:
-            continue
-        span = np.diff(days) / DAYS_PER_YEAR
-        ok = (span >= 30 / DAYS_PER_YEAR) & (span <= 5)
-        mids.append(((days[:-1] + days[1:]) / 2 - birth)[ok] / DAYS_PER_YEAR)
-        rates.append(np.diff(vals)[ok] / span[ok])
-        spans.append(span[ok])
-    if not mids or not sum(len(m) for m in mids):
+    birth = packed.per_value(packed.birth)[:-1]
+    same_series = np.ones(max(len(packed.days) - 1, 0), dtype=bool)
+    same_series[packed.starts[1:] - 1] = False  # a series' last value and the next one's first
+    span = np.diff(packed.days) / DAYS_PER_YEAR
+    ok = same_series & ~np.isnan(birth) & (span >= 30 / DAYS_PER_YEAR) & (span <= 5)
+    if not ok.any():
         return None
-    rate = np.concatenate(rates)
-    weights = _triangle_weights(np.concatenate(mids)) * np.concatenate(spans)[:, None]
-    order = np.argsort(rate)
+    mid = ((packed.days[:-1] + packed.days[1:]) / 2 - birth)[ok] / DAYS_PER_YEAR
+    rate = np.diff(packed.values)[ok] / span[ok]
+    weights = _triangle_weights(mid) * span[ok][:, None]
+    order = np.argsort(rate, kind="stable")
     velocity, kept = [], 0.0
     for w in weights[order].T:
         years = w.sum()
