@@ -148,13 +148,17 @@ def backtest_table(result: dict) -> None:
     )
     print()
     print(
-        "| variable | forecasts | MAE twin | MAE carry-forward | MAE change | 80% covered | 95% covered |"
+        "| variable | forecasts | MAE twin | MAE carry-forward | MAE change | 95% interval "
+        "(patients resampled) | 80% covered | 95% covered |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, v in sorted(result["variables"].items(), key=lambda kv: -kv[1]["n"]):
+        ci = v.get("improvement_ci95")
+        change = f"{-ci[1]:+.0%} to {-ci[0]:+.0%}" if ci else ""
         print(
             f"| {name} | {v['n']} | {v['mae']:.3g} | {v['mae_carry_forward']:.3g} | "
-            f"{-v['improvement_vs_carry_forward']:+.0%} | {v['coverage_80']:.0%} | {v['coverage_95']:.0%} |"
+            f"{-v['improvement_vs_carry_forward']:+.0%} | {change} | {v['coverage_80']:.0%} | "
+            f"{v['coverage_95']:.0%} |"
         )
     print()
     main = [n for n, v in result["variables"].items() if v["n"] >= 30]

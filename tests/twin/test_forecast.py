@@ -83,3 +83,29 @@ def test_intervals_stay_within_the_physiological_range(synthea_store):
     low = twin.population.catalogue["triglycerides"].low
     assert twin.to_dict()["variables"]["triglycerides"]["interval_95"][0] >= low
     assert all(f["interval_95"][0] >= low for f in twin.forecast("triglycerides"))
+
+
+def test_the_improvement_interval_resamples_patients():
+    from jumeau.twin.forecast import improvement_interval
+
+    # every patient's forecasts halve carry-forward's error: no resampling can move that
+    halved = {s: [3, 1.0 + s, 2.0 * (1.0 + s)] for s in range(10)}
+    assert improvement_interval(halved) == pytest.approx([0.5, 0.5])
+    # one patient far better, nine a little worse: the interval spans both outcomes
+    mixed = {0: [10, 10.0, 100.0], **{s: [10, 11.0, 10.0] for s in range(1, 10)}}
+    low, high = improvement_interval(mixed)
+    assert low < 0 < high
+    assert improvement_interval({0: [5, 1.0, 2.0]}) is None  # one patient: no interval
+
+
+def test_pooled_back_tests_count_a_patient_once_in_the_interval(pooled):
+    from jumeau.twin.forecast import SUBJECT_SUMS, published
+
+    sbp = pooled["variables"]["sbp"]
+    sums = sbp[SUBJECT_SUMS]
+    assert sum(n for n, _, _ in sums.values()) == sbp["n"]
+    assert len(sums) <= 20  # the 20 Synthea patients, each once across the eight cutoffs
+    assert sum(e for _, e, _ in sums.values()) / sbp["n"] == pytest.approx(sbp["mae"])
+    low, high = sbp["improvement_ci95"]
+    assert low < sbp["improvement_vs_carry_forward"] < high
+    assert SUBJECT_SUMS not in published(pooled)["variables"]["sbp"]

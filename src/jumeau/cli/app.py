@@ -711,11 +711,11 @@ def evaluate_forecasts(
     """Temporal back-test: MAE and interval coverage per variable against carry-forward and the
     population mean; with --outcome, C-index and Brier score of the 1-year event risk."""
     from jumeau.twin.events import evaluate_events
-    from jumeau.twin.forecast import backtest, pool
+    from jumeau.twin.forecast import backtest, pool, published
 
     s = _open(store)
     results = [backtest(s, c, horizon=horizon) for c in cutoff]
-    payload = results[0] if len(results) == 1 else pool(results)
+    payload = published(results[0] if len(results) == 1 else pool(results))
     if outcome:
         payload["events"] = []
         for c in cutoff:

@@ -235,6 +235,7 @@ def backtest_table(result: dict) -> None:
         "MAE carry-fwd",
         "MAE pop. mean",
         "vs carry-fwd",
+        "95% CI (patients)",
         "80% cover",
         "95% cover",
     ):
@@ -248,10 +249,15 @@ def backtest_table(result: dict) -> None:
             f"{v['mae_carry_forward']:.3g}",
             f"{v['mae_population_mean']:.3g}",
             "" if improvement is None else f"{improvement:+.0%}",
+            _interval(v.get("improvement_ci95")),
             f"{v['coverage_80']:.0%}",
             f"{v['coverage_95']:.0%}",
         )
     console.print(table)
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "" if not bounds else f"{bounds[0]:+.0%} to {bounds[1]:+.0%}"
 
 
 def event_result(result: dict) -> None:

@@ -89,8 +89,11 @@ def backtest(
     """Forecast every measurement in ``(cutoff, cutoff + horizon]`` from the data up to ``cutoff``.
 
     Returns per variable: the number of forecasts, MAE of the twin, of last value carried
-    forward and of the population mean, the twin's improvement over carry-forward, the coverage
-    of its 80% and 95% intervals, and its MAE by how many observations the patient had.
+    forward and of the population mean, the twin's improvement over carry-forward with a 95%
+    interval (a bootstrap over patients: a patient's forecasts are not independent of each
+    other), the coverage of its 80% and 95% intervals, and its MAE by how many observations the
+    patient had. Results of several cutoffs combine with :func:`pool`; :func:`published` gives
+    the result without the per-patient sums the interval is drawn from.
     """
     from jumeau.twin.twin import PopulationModel
 
@@ -114,10 +117,11 @@ def backtest(
             for day, actual in zip(days[future], values[future], strict=True):
                 p = flt.predictive(hist_d, hist_v, float(day))
                 inside = [lo <= actual <= hi for lo, hi in (p.interval(0.8), p.interval(0.95))]
-                rows.append((actual, p.mean, *inside, hist_v[-1], prior, len(hist_v)))
+                rows.append((actual, p.mean, *inside, hist_v[-1], prior, len(hist_v), subject))
         if not rows:
             continue
-        a = np.array(rows, dtype=float)
+        subjects = np.array([r[-1] for r in rows], dtype=np.int64)
+        a = np.array([r[:-1] for r in rows], dtype=float)
         actual, mean, in80, in95, locf, pop, n_hist = a.T
         err = np.abs(actual - mean)
         mae, mae_locf, mae_pop = (
@@ -134,6 +138,7 @@ def backtest(
                     "mae": float(err[sel].mean()),
                     "mae_carry_forward": float(np.abs(actual - locf)[sel].mean()),
                 }
+        sums = _subject_sums(subjects, err, np.abs(actual - locf))
         results[variable] = {
             "n": len(rows),
             "subjects": int(by_var.filter(by_var["day"] <= cut)["subject_id"].n_unique()),
@@ -142,9 +147,11 @@ def backtest(
             "mae_carry_forward": mae_locf,
             "mae_population_mean": mae_pop,
             "improvement_vs_carry_forward": 1 - mae / mae_locf if mae_locf else None,
+            "improvement_ci95": improvement_interval(sums),
             "coverage_80": float(in80.mean()),
             "coverage_95": float(in95.mean()),
             "mae_by_history": by_history,
+            SUBJECT_SUMS: sums,
         }
     return {
         "cutoff": cutoff.isoformat(),
@@ -154,12 +161,64 @@ def backtest(
     }
 
 
+#: Key of a variable's per-patient error sums in a back-test result (not published).
+SUBJECT_SUMS = "_subject_sums"
+BOOTSTRAP_DRAWS = 2000
+
+
+def _subject_sums(subjects: np.ndarray, error: np.ndarray, error_carry_forward: np.ndarray) -> dict:
+    """subject -> [forecasts, summed absolute error of the twin, of carry-forward]."""
+    out: dict[int, list[float]] = {}
+    for subject, e, c in zip(
+        subjects.tolist(), error.tolist(), error_carry_forward.tolist(), strict=True
+    ):
+        acc = out.setdefault(subject, [0, 0.0, 0.0])
+        acc[0] += 1
+        acc[1] += e
+        acc[2] += c
+    return out
+
+
+def improvement_interval(sums: dict, level: float = 0.95, seed: int = 0) -> list[float] | None:
+    """A percentile bootstrap interval of the improvement over carry-forward, resampling
+    patients (with all their forecasts) rather than forecasts; None with fewer than 2 patients."""
+    if len(sums) < 2:
+        return None
+    totals = np.array(list(sums.values()), dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(totals), np.full(len(totals), 1 / len(totals)), BOOTSTRAP_DRAWS)
+    error, carried = draws @ totals[:, 1], draws @ totals[:, 2]
+    ok = carried > 0
+    if not ok.any():
+        return None
+    improvement = 1 - error[ok] / carried[ok]
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(improvement, tail)), float(np.percentile(improvement, 100 - tail))]
+
+
+def published(result: dict) -> dict:
+    """A back-test result as it is shown and saved: without the per-patient error sums."""
+    variables = {
+        name: {k: v for k, v in fields.items() if k != SUBJECT_SUMS}
+        for name, fields in result["variables"].items()
+    }
+    return {**result, "variables": variables}
+
+
 def pool(results: list[dict]) -> dict:
-    """Combine back-tests at several cutoffs into one (weighted by forecasts)."""
+    """Combine back-tests at several cutoffs into one (weighted by forecasts); a patient
+    forecast at several cutoffs is one patient in the improvement's interval."""
     pooled: dict[str, dict] = {}
     for result in results:
         for name, v in result["variables"].items():
-            acc = pooled.setdefault(name, {"n": 0, "unit": v["unit"], "sums": {}, "by_history": {}})
+            acc = pooled.setdefault(
+                name, {"n": 0, "unit": v["unit"], "sums": {}, "by_history": {}, "subjects": {}}
+            )
+            for subject, (n, e, c) in v.get(SUBJECT_SUMS, {}).items():
+                total = acc["subjects"].setdefault(subject, [0, 0.0, 0.0])
+                total[0] += n
+                total[1] += e
+                total[2] += c
             acc["n"] += v["n"]
             for key in (
                 "mae",
@@ -183,6 +242,7 @@ def pool(results: list[dict]) -> dict:
         v["improvement_vs_carry_forward"] = (
             1 - v["mae"] / v["mae_carry_forward"] if v["mae_carry_forward"] else None
         )
+        v["improvement_ci95"] = improvement_interval(acc["subjects"])
         v["mae_by_history"] = {
             label: {
                 "n": b["n"],
@@ -191,7 +251,7 @@ def pool(results: list[dict]) -> dict:
             }
             for label, b in acc["by_history"].items()
         }
-        variables[name] = {"n": n, "unit": acc["unit"], **v}
+        variables[name] = {"n": n, "unit": acc["unit"], **v, SUBJECT_SUMS: acc["subjects"]}
     return {
         "cutoff": ", ".join(r["cutoff"] for r in results),
         "horizon": results[0]["horizon"],
