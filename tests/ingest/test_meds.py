@@ -64,3 +64,68 @@ def test_code_ancestors_follow_the_hierarchy_up_and_stop_at_a_cycle():
     ancestors = code_ancestors(parents)
     assert ancestors["local/1"] == ("LOINC/2160-0", "LP/1")
     assert ancestors["a"] == ("b",) and ancestors["b"] == ("a",)
+
+
+def _shard(path, subjects, codes, values, days=None):
+    from datetime import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    days = days or list(range(1, len(codes) + 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array(subjects, pa.int64()),
+                "time": pa.array([datetime(2020, 1, d) for d in days]),
+                "code": pa.array(codes, pa.string()),
+                "numeric_value": pa.array(values, pa.float32()),
+            }
+        ),
+        path,
+    )
+
+
+def test_bad_rows_are_rejected_by_file_and_row_and_the_rest_ingests(tmp_path, new_store):
+    _shard(
+        tmp_path / "d" / "data" / "0.parquet", [1, 1], ["LOINC/8480-6", "LOINC/8462-4"], [120, 80]
+    )
+    _shard(
+        tmp_path / "d" / "data" / "1.parquet",
+        [2, None, 2],
+        ["LOINC/8480-6", "LOINC/8480-6", ""],
+        [130, 1, 2],
+    )
+    report = ingest_meds(new_store, tmp_path / "d")
+    assert (report.tables["meds/data"].read, report.tables["meds/data"].rejected) == (5, 2)
+    assert report.events_written == 3
+    rejects = new_store.rejects().sort("record")
+    assert rejects["file"].to_list() == [str(tmp_path / "d" / "data" / "1.parquet")] * 2
+    assert rejects["record"].to_list() == ["row 2", "row 3"]  # rows of that file
+    assert rejects["reason"].to_list() == [
+        "subject_id is missing or not an integer",
+        "code is missing",
+    ]
+
+
+def test_the_same_dataset_sharded_and_ordered_otherwise_adds_nothing(tmp_path, new_store):
+    """Identical rows (a measurement recorded twice) stay two events, and a re-export of the
+    same dataset in another order and sharding is recognised row for row."""
+    rows = [  # subject, code, value, day: the first two are the same measurement twice
+        (1, "LOINC/8480-6", 120, 5),
+        (1, "LOINC/8480-6", 120, 5),
+        (1, "LOINC/8462-4", 80, 5),
+        (2, "LOINC/8480-6", 150, 9),
+    ]
+
+    def write(path, part):
+        _shard(path, *map(list, zip(*part, strict=True)))
+
+    write(tmp_path / "a" / "data" / "0.parquet", rows)
+    assert ingest_meds(new_store, tmp_path / "a").events_written == 4
+    # the same rows, reversed and split in two shards
+    write(tmp_path / "b" / "data" / "x.parquet", rows[::-1][:2])
+    write(tmp_path / "b" / "data" / "y.parquet", rows[::-1][2:])
+    again = ingest_meds(new_store, tmp_path / "b")
+    assert (again.events_written, again.events_already_present) == (0, 4)

@@ -182,17 +182,18 @@ def _map(
     if progress:
         progress("data")
     opt = lambda c, t: f'CAST("{c}" AS {t})' if c in cols else f"NULL::{t}"  # noqa: E731
+    # a view, not a copy: each pass below reads only the columns it needs from the shards
+    listed = "[" + ", ".join(sql_string(f) for f in files) + "]"
     run(
         con,
-        f"""CREATE TEMP TABLE src AS SELECT filename, row_number() OVER () AS _row,
+        f"""CREATE TEMP VIEW src AS SELECT filename, file_row_number + 1 AS _row,
             "{subject}" AS subject_raw, TRY_CAST("{subject}" AS BIGINT) AS sid,
             CAST("{when}" AS TIMESTAMP) AS time, CAST(code AS VARCHAR) AS code,
             {opt("numeric_value", "DOUBLE")} AS numeric_value,
             {opt("text_value", "VARCHAR")} AS text_value, {opt("unit", "VARCHAR")} AS unit,
             {opt("end_time" if "end_time" in cols else "end", "TIMESTAMP")} AS end_time,
             {opt("domain", "VARCHAR")} AS domain, {opt("table", "VARCHAR")} AS source_table
-        FROM read_parquet($f, union_by_name=true, filename=true)""",
-        {"f": files},
+        FROM read_parquet({listed}, union_by_name=true, filename=true, file_row_number=true)""",
     )
     tables = [r[0] for r in run(con, "SELECT DISTINCT source_table FROM src") if r[0]]
     con.register(
@@ -226,10 +227,14 @@ def _map(
     content = (
         "concat_ws('|', s.sid, s.time, s.code, s.numeric_value, s.text_value, s.unit, s.end_time)"
     )
+    # identical rows are told apart by their rank among themselves (which of them is first
+    # does not matter: they are the same), so the same dataset in any order or sharding gives
+    # the same keys
+    same = "s.sid, s.time, s.code, s.numeric_value, s.text_value, s.unit, s.end_time"
     key = record_key_sql(
         p.record_salt,
         sql_string(f"{source_name}/data"),
-        f"{content} || '#' || row_number() OVER (PARTITION BY {content} ORDER BY s._row)",
+        f"{content} || '#' || row_number() OVER (PARTITION BY {same})",
     )
     out = writer.raw_path("meds")
     run(
