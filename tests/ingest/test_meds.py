@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from jumeau.export.meds import export_meds
 from jumeau.ingest.meds import ingest_meds
@@ -109,9 +110,16 @@ def test_bad_rows_are_rejected_by_file_and_row_and_the_rest_ingests(tmp_path, ne
     ]
 
 
-def test_the_same_dataset_sharded_and_ordered_otherwise_adds_nothing(tmp_path, new_store):
+@pytest.mark.parametrize("range_rows", [12_000_000, 1])
+def test_the_same_dataset_sharded_and_ordered_otherwise_adds_nothing(
+    tmp_path, new_store, monkeypatch, range_rows
+):
     """Identical rows (a measurement recorded twice) stay two events, and a re-export of the
-    same dataset in another order and sharding is recognised row for row."""
+    same dataset in another order and sharding is recognised row for row; mapped in one pass or
+    one range of subjects at a time."""
+    from jumeau.ingest import meds
+
+    monkeypatch.setattr(meds, "RANGE_ROWS", range_rows)
     rows = [  # subject, code, value, day: the first two are the same measurement twice
         (1, "LOINC/8480-6", 120, 5),
         (1, "LOINC/8480-6", 120, 5),

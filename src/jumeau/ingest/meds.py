@@ -13,6 +13,7 @@ that part is written as a unit. The codes' ``parent_codes`` (a lab's LOINC code)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pyarrow as pa
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
+from jumeau.store.writer import range_conditions
 
 #: The domain of a code by its prefix: the MEDS ETLs' event prefixes, then vocabularies.
 CODE_PREFIX_DOMAINS: tuple[tuple[str, str], ...] = (
@@ -236,19 +238,38 @@ def _map(
         sql_string(f"{source_name}/data"),
         f"{content} || '#' || row_number() OVER (PARTITION BY {same})",
     )
-    out = writer.raw_path("meds")
-    run(
-        con,
-        f"""COPY (SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value, s.text_value,
-            COALESCE(s.unit, {_unit_in_code_sql("s.code")}) AS unit,
-            s.end_time{shift} AS end_time,
-            COALESCE(s.domain, d.table_domain, {_domain_from_code_sql("s.code")}, 'other') AS domain,
-            'meds/data' AS source, {key} AS record_key
-        FROM src s JOIN meds_map m USING (sid) LEFT JOIN table_domains d USING (source_table)
-        WHERE s.code IS NOT NULL AND s.code <> '')
-        TO '{out}' (FORMAT parquet)""",
-    )
-    counts.events = scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")
+    # identical rows belong to one subject, so the ranking runs one range of subjects at a
+    # time: windows that fit in memory instead of one over the whole dataset that spills
+    counts.events = 0
+    for i, in_range in enumerate(_subject_ranges(con, counts.read)):
+        out = writer.raw_path(f"meds-{i}")
+        run(
+            con,
+            f"""COPY (SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value,
+                s.text_value, COALESCE(s.unit, {_unit_in_code_sql("s.code")}) AS unit,
+                s.end_time{shift} AS end_time,
+                COALESCE(s.domain, d.table_domain, {_domain_from_code_sql("s.code")}, 'other') AS domain,
+                'meds/data' AS source, {key} AS record_key
+            FROM src s JOIN meds_map m USING (sid) LEFT JOIN table_domains d USING (source_table)
+            WHERE s.code IS NOT NULL AND s.code <> '' AND {in_range})
+            TO '{out}' (FORMAT parquet)""",
+        )
+        counts.events += scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")
+
+
+#: Rows of a MEDS dataset mapped (and their duplicates ranked) at once.
+RANGE_ROWS = 12_000_000
+
+
+def _subject_ranges(con, rows: int) -> list[str]:
+    """Conditions on the source subject id cutting the dataset into ranges of about
+    :data:`RANGE_ROWS` rows (cut at the ids' quantiles)."""
+    parts = max(1, math.ceil(rows / RANGE_ROWS))
+    if parts == 1:
+        return ["true"]
+    quantiles = [k / parts for k in range(1, parts)]
+    edges = run(con, f"SELECT approx_quantile(sid, {quantiles}) FROM src")[0][0] or []
+    return range_conditions("s.sid", sorted({int(e) for e in edges if e is not None}))
 
 
 def omop_table_domain(table: str) -> str | None:

@@ -383,9 +383,14 @@ def _subject_ranges(events: int, column: str) -> list[str]:
     disk, even though each reads the batch's raw files again.
     """
     parts = max(1, math.ceil(events / SORT_RANGE_EVENTS))
-    if parts == 1:
+    return range_conditions(column, [k * (1 << 63) // parts for k in range(1, parts)])
+
+
+def range_conditions(column: str, edges: list[int]) -> list[str]:
+    """SQL conditions on ``column`` for the consecutive ranges the sorted ``edges`` cut (the
+    first range takes the nulls): every row meets exactly one."""
+    if not edges:
         return ["true"]
-    edges = [k * (1 << 63) // parts for k in range(1, parts)]
     lower = [f"({column} < {edges[0]} OR {column} IS NULL)"]
     middle = [f"({column} >= {a} AND {column} < {b})" for a, b in itertools.pairwise(edges)]
     return lower + middle + [f"{column} >= {edges[-1]}"]
