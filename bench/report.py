@@ -154,7 +154,7 @@ def backtest_table(result: dict) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name, v in sorted(result["variables"].items(), key=lambda kv: -kv[1]["n"]):
         ci = v.get("improvement_ci95")
-        change = f"{-ci[1]:+.0%} to {-ci[0]:+.0%}" if ci else ""
+        change = f"{round(-ci[1] * 100):+d}% to {round(-ci[0] * 100):+d}%" if ci else ""
         print(
             f"| {name} | {v['n']} | {v['mae']:.3g} | {v['mae_carry_forward']:.3g} | "
             f"{-v['improvement_vs_carry_forward']:+.0%} | {change} | {v['coverage_80']:.0%} | "

@@ -257,7 +257,7 @@ def backtest_table(result: dict) -> None:
 
 
 def _interval(bounds: list[float] | None) -> str:
-    return "" if not bounds else f"{bounds[0]:+.0%} to {bounds[1]:+.0%}"
+    return "" if not bounds else f"{round(bounds[0] * 100):+d}% to {round(bounds[1] * 100):+d}%"
 
 
 def event_result(result: dict) -> None:
