@@ -25,82 +25,38 @@ from jumeau.store.keys import record_key_sql
 from jumeau.store.writer import range_conditions
 
 #: The domain of a code by its prefix: the MEDS ETLs' event prefixes, then vocabularies.
-CODE_PREFIX_DOMAINS: tuple[tuple[str, str], ...] = (
-    ("MEDS_BIRTH", "demographic"),
-    ("MEDS_DEATH", "death"),
-    *(
-        (p, "demographic")
-        for p in (
-            "GENDER//",
-            "RACE//",
-            "ETHNICITY//",
-            "MARITAL_STATUS//",
-            "LANGUAGE//",
-            "INSURANCE//",
-        )
-    ),
-    *((p, "measurement") for p in ("LAB//", "VITAL//", "VITALS//", "LOINC/")),
-    *((p, "condition") for p in ("DIAGNOSIS//", "ICD10CM/", "ICD9CM/", "ICD10/", "ICD9/")),
-    *((p, "procedure") for p in ("PROCEDURE//", "CPT4/", "HCPCS/", "ICD10PCS/", "ICD9Proc/")),
-    *((p, "drug") for p in ("MEDICATION//", "INFUSION", "RxNorm/", "ATC/", "NDC/")),
-    *(
-        (p, "visit")
-        for p in (
-            "HOSPITAL_ADMISSION",
-            "HOSPITAL_DISCHARGE",
-            "ED_REGISTRATION",
-            "ED_OUT",
-            "ICU_ADMISSION",
-            "ICU_DISCHARGE",
-            "TRANSFER_TO",
-            "VISIT//",
-        )
-    ),
+CODE_PREFIX_DOMAINS: tuple[tuple[str, str], ...] = tuple(
+    (prefix, domain)
+    for domain, prefixes in (
+        (
+            "demographic",
+            "MEDS_BIRTH GENDER// RACE// ETHNICITY// MARITAL_STATUS// LANGUAGE// INSURANCE//",
+        ),
+        ("death", "MEDS_DEATH"),
+        ("measurement", "LAB// VITAL// VITALS// LOINC/"),
+        ("condition", "DIAGNOSIS// ICD10CM/ ICD9CM/ ICD10/ ICD9/"),
+        ("procedure", "PROCEDURE// CPT4/ HCPCS/ ICD10PCS/ ICD9Proc/"),
+        ("drug", "MEDICATION// INFUSION RxNorm/ ATC/ NDC/"),
+        (
+            "visit",
+            "HOSPITAL_ADMISSION HOSPITAL_DISCHARGE ED_REGISTRATION ED_OUT ICU_ADMISSION "
+            "ICU_DISCHARGE TRANSFER_TO VISIT//",
+        ),
+    )
+    for prefix in prefixes.split()
 )
 #: Unit words a code's last part may be without a slash or a percent sign (``mg/dL`` and ``%``
 #: are units by their shape).
 _UNIT_WORDS = (
-    "kg",
-    "g",
-    "mg",
-    "lb",
-    "lbs",
-    "cm",
-    "mm",
-    "m",
-    "in",
-    "inch",
-    "inches",
-    "ml",
-    "l",
-    "mmhg",
-    "bpm",
-    "°c",
-    "°f",
-    "degc",
-    "degf",
-    "c",
-    "f",
-    "iu",
-    "u",
-    "ms",
-    "s",
-    "min",
-    "ratio",
-    "units",
-    "meq",
-    "mmol",
-    "umol",
-    "pg",
-    "ng",
-    "fl",
+    "kg g mg lb lbs cm mm m in inch inches ml l mmhg bpm °c °f degc degf c f iu u ms s min "
+    "ratio units meq mmol umol pg ng fl"
 )
 
 
 def _unit_in_code_sql(code: str) -> str:
     """SQL for the unit a code's last ``//`` part names (``LAB//50912//mg/dL``), else NULL."""
     last = f"split_part({code}, '//', -1)"
-    words = ", ".join(sql_string(w) for w in _UNIT_WORDS)
+    words = ", ".join(sql_string(w) for w in _UNIT_WORDS.split())
     return (
         f"CASE WHEN len(string_split({code}, '//')) >= 3 AND length({last}) <= 20 "
         f"AND NOT contains({last}, ' ') AND upper({last}) <> 'UNK' "
@@ -154,7 +110,7 @@ def ingest_meds(
 
 def _code_metadata(con, path: Path) -> pa.Table:
     """The dataset's code metadata: description and parent codes, each optional in MEDS."""
-    cols = {r[0] for r in run(con, f"DESCRIBE SELECT * FROM read_parquet('{path}')")}
+    cols = {r[0] for r in run(con, f"DESCRIBE SELECT * FROM read_parquet({sql_string(path)})")}
     if "code" not in cols:
         raise MedsError(f"{path}: MEDS code metadata lacks the code column")
     description = "CAST(description AS VARCHAR)" if "description" in cols else "NULL::VARCHAR"
@@ -162,7 +118,7 @@ def _code_metadata(con, path: Path) -> pa.Table:
     return arrow_table(
         con,
         f"SELECT CAST(code AS VARCHAR) AS code, {description} AS description, "
-        f"{parents} AS parent_codes FROM read_parquet('{path}') WHERE code IS NOT NULL",
+        f"{parents} AS parent_codes FROM read_parquet({sql_string(path)}) WHERE code IS NOT NULL",
     )
 
 
