@@ -199,6 +199,8 @@ class _FhirMapper:
         self.medications: dict[str, str] = {}
         #: Birth times (µs, unshifted) by patient id: an onset given as an age needs them.
         self.births: dict[str, int] = {}
+        #: ids of the Patients read so far (an NDJSON file's are read ahead of its other lines)
+        self.patients: set[str] = set()
         #: Names and identifier values by subject pseudonym, scrubbed from the subject's texts.
         self.private: dict[int, tuple[set[str], set[str]]] = {}
         self.handlers: dict[str, Callable[[dict, str, int], None]] = {
@@ -308,6 +310,7 @@ class _FhirMapper:
         }
         subject_id = self.p.subject_id(self.ns, res["id"])
         self.private[subject_id] = (names, numbers | {res["id"]})
+        self.patients.add(res["id"])
         return subject_id
 
     def collect_references(self, path: Path) -> None:
@@ -407,6 +410,10 @@ class _FhirMapper:
             raise FhirError("no subject/patient reference")
         if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
             patient_id = fullurls.get(ref)
+            if patient_id is None and ref[9:] in self.patients:
+                # NDJSON exports (Synthea's among them) keep bundle-style references to the
+                # uuid that is the Patient's id
+                patient_id = ref[9:]
             if patient_id is None:
                 raise FhirError("subject reference does not resolve to a Patient in this bundle")
         else:
@@ -768,7 +775,7 @@ class _FhirMapper:
                     code = self._code(contained.get("code"), ("RxNorm", "ATC", "NDC"))
         if code is None and reference:
             code = self.medications.get(reference) or self.medications.get(
-                reference.rstrip("/").split("/")[-1]
+                reference.rstrip("/").split("/")[-1].removeprefix("urn:uuid:")
             )
         numeric = unit = None
         dose = (
