@@ -573,3 +573,45 @@ def test_two_fhir_servers_resource_ids_stay_apart(tmp_path, new_store):
     assert ingest_fhir(new_store, path, source_name="site-a").events_written == 0
     a, b = new_store.lookup("site-a", "1"), new_store.lookup("site-b", "1")
     assert a != b and new_store.timeline(b)["code"].to_list()[-1] == "SNOMED/38341003"
+
+
+def _heart_rate(i: int) -> bytes:
+    return json.dumps(
+        {
+            "resourceType": "Observation",
+            "id": f"hr{i}",
+            "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "effectiveDateTime": f"2020-01-{i + 1:02d}T10:00:00Z",
+            "valueQuantity": {"value": 60 + i, "code": "/min"},
+        }
+    ).encode()
+
+
+def test_an_ndjson_line_in_another_encoding_is_rejected_alone(tmp_path, new_store):
+    patient = json.dumps({"resourceType": "Patient", "id": "p1", "birthDate": "1970"}).encode()
+    latin1 = '{"resourceType": "Observation", "id": "é", "subject": {"reference": "Patient/p1"}}'
+    lines = [patient, _heart_rate(0), latin1.encode("latin-1"), _heart_rate(1)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "export.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    report = ingest_fhir(new_store, tmp_path / "in")
+    assert report.tables["fhir/Observation"].accepted == 2
+    (reject,) = new_store.rejects().to_dicts()
+    assert reject["record"] == "line 3" and "invalid JSON" in reject["reason"]
+
+
+def test_a_gzip_export_cut_short_keeps_the_lines_before_the_cut(tmp_path, new_store):
+    import gzip
+
+    patient = json.dumps({"resourceType": "Patient", "id": "p1", "birthDate": "1970"}).encode()
+    whole = gzip.compress(b"\n".join([patient, *(_heart_rate(i) for i in range(20))]) + b"\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "Observation.ndjson.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    report = ingest_fhir(new_store, tmp_path / "in")
+    kept = report.tables["fhir/Observation"].accepted
+    assert 0 < kept < 20
+    (reject,) = new_store.rejects().to_dicts()
+    assert (
+        reject["record"] == f"after line {kept + 1}"
+        and "cannot be read further" in reject["reason"]
+    )

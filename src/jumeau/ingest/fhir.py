@@ -118,6 +118,18 @@ def iter_files(source: Path) -> list[Path]:
     return sorted({p for pattern in patterns for p in source.rglob(pattern)})
 
 
+def _ndjson_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """An NDJSON file's non-blank lines with their numbers, read as a stream (an export's files
+    run to gigabytes), gzip-compressed or not; a byte-order mark is dropped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if line.strip():
+                yield line_no, line
+
+
 def _read_text(path: Path) -> bytes:
     data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
@@ -227,22 +239,13 @@ class _FhirMapper:
     # -- files -----------------------------------------------------------------------------
 
     def read_file(self, path: Path) -> None:
+        if ".ndjson" in path.name:
+            self._read_ndjson(path)
+            return
         try:
             data = _read_text(path)
         except (FhirError, OSError, EOFError) as exc:
             self._reject("fhir/file", path, "whole file", str(exc))
-            return
-        is_ndjson = ".ndjson" in path.name
-        if is_ndjson:
-            for line_no, line in enumerate(data.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    resource = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    self._reject("fhir/unknown", path, f"line {line_no}", f"invalid JSON: {exc}")
-                    continue
-                self._resource(resource, path, f"line {line_no}", {})
             return
         try:
             doc = orjson.loads(data)
@@ -319,22 +322,37 @@ class _FhirMapper:
         patient's birth date, and a note written before its Patient line must still be
         scrubbed of the patient's names. Only lines naming those types are parsed."""
         try:
-            lines = _read_text(path).splitlines()
-        except (FhirError, OSError, EOFError):
+            for _, line in _ndjson_lines(path):
+                if b'"Patient"' not in line and b'"Medication"' not in line:
+                    continue
+                try:
+                    resource = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(resource, dict):
+                    continue
+                if resource.get("resourceType") == "Medication":
+                    self._remember_medication(resource)
+                elif resource.get("resourceType") == "Patient" and resource.get("id"):
+                    self._remember_patient(resource)
+        except (OSError, EOFError):
             return  # the file is read again, and its errors reported, in the main pass
-        for line in lines:
-            if b'"Patient"' not in line and b'"Medication"' not in line:
-                continue
-            try:
-                resource = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(resource, dict):
-                continue
-            if resource.get("resourceType") == "Medication":
-                self._remember_medication(resource)
-            elif resource.get("resourceType") == "Patient" and resource.get("id"):
-                self._remember_patient(resource)
+
+    def _read_ndjson(self, path: Path) -> None:
+        """Map an NDJSON file line by line: a bad line is rejected with its number, a file cut
+        short keeps the lines read before the cut."""
+        line_no = 0
+        try:
+            for line_no, line in _ndjson_lines(path):
+                try:
+                    resource = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    self._reject("fhir/unknown", path, f"line {line_no}", f"invalid JSON: {exc}")
+                    continue
+                self._resource(resource, path, f"line {line_no}", {})
+        except (OSError, EOFError) as exc:
+            where = f"after line {line_no}" if line_no else "whole file"
+            self._reject("fhir/file", path, where, f"cannot be read further: {exc}")
 
     def _resource(self, res: dict, path: Path, where: str, fullurls: dict[str, str]) -> None:
         rtype = res.get("resourceType")
@@ -1025,13 +1043,11 @@ def _value(element: dict) -> tuple[float | None, str | None, str | None]:
 
 def iter_resources(path: Path) -> Iterator[dict]:
     """Every resource of a Bundle or NDJSON file (for tests and tools)."""
-    data = _read_text(path)
     if ".ndjson" in path.name:
-        for line in data.splitlines():
-            if line.strip():
-                yield orjson.loads(line)
+        for _, line in _ndjson_lines(path):
+            yield orjson.loads(line)
         return
-    doc = orjson.loads(data)
+    doc = orjson.loads(_read_text(path))
     if doc.get("resourceType") == "Bundle":
         for entry in doc.get("entry") or []:
             if isinstance(entry.get("resource"), dict):
