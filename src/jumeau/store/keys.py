@@ -60,6 +60,10 @@ def load_key(path: Path) -> bytes:
     return key
 
 
+#: Pseudonyms a :class:`Pseudonymiser` keeps once computed (a million patients: ~150 MB).
+_REMEMBERED_SUBJECTS = 1_000_000
+
+
 @dataclass(frozen=True)
 class Pseudonymiser:
     """Keyed pseudonyms and date shifts for one store.
@@ -76,10 +80,15 @@ class Pseudonymiser:
     key: bytes = field(repr=False)  # a secret: never in logs or tracebacks
     max_date_shift_days: int = 0
     _keyed: Any = field(default=None, init=False, repr=False, compare=False)
+    _salt: str = field(default="", init=False, repr=False, compare=False)
+    #: pseudonyms already computed: a FHIR export names the same few patients in every resource
+    _subjects: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # copying the keyed state skips re-deriving the padded keys for every id
         object.__setattr__(self, "_keyed", hmac.new(self.key, digestmod=hashlib.sha256))
+        salt = hmac.new(self.key, b"record-salt", hashlib.sha256).hexdigest()[:24]
+        object.__setattr__(self, "_salt", salt)
 
     def _mac(self, label: str, source: str, source_id: str) -> bytes:
         mac = self._keyed.copy()
@@ -88,8 +97,14 @@ class Pseudonymiser:
 
     def subject_id(self, source: str, source_id: object) -> int:
         """The pseudonym (a positive int64) of a patient id from a source (``omop``, ``fhir``...)."""
+        known = self._subjects.get((source, source_id))
+        if known is not None:
+            return known
         digest = self._mac("subject", source, str(source_id))
-        return int.from_bytes(digest[:8], "big") & _SUBJECT_MASK
+        subject = int.from_bytes(digest[:8], "big") & _SUBJECT_MASK
+        if len(self._subjects) < _REMEMBERED_SUBJECTS:
+            self._subjects[(source, source_id)] = subject
+        return subject
 
     def shift_us(self, source: str, source_id: object) -> int:
         """The subject's date shift in microseconds (0 when shifting is off)."""
@@ -104,7 +119,7 @@ class Pseudonymiser:
     def record_salt(self) -> str:
         """A 96-bit hex secret derived from the key, prefixed to record ids before hashing (short
         enough that salt, source and id fit one MD5 block)."""
-        return hmac.new(self.key, b"record-salt", hashlib.sha256).hexdigest()[:24]
+        return self._salt
 
     def record_key(self, source: str, record_id: object) -> int:
         """A 60-bit keyed hash of a source record id; the same formula as :func:`record_key_sql`.
