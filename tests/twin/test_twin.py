@@ -225,3 +225,34 @@ def test_variable_series_are_each_subjects_own_observations_in_time_order(synthe
         ):
             assert days.tolist() == want_days.tolist() and values.tolist() == want_values.tolist()
             assert birth == want_birth
+
+
+def test_a_fitted_population_is_kept_for_the_same_store_state_and_cutoff(
+    tmp_path, synthea_dir, monkeypatch
+):
+    from jumeau.ingest.fhir import ingest_fhir
+
+    bundles = sorted(synthea_dir.glob("*.json"))
+    store = jumeau.init(tmp_path / "store")
+    ingest_fhir(store, bundles[0])
+    first = PopulationModel.fit_cached(store, datetime(2030, 1, 1))
+    assert first.to_dict() == PopulationModel.fit(store, datetime(2030, 1, 1)).to_dict()
+    subject = int(store.subjects()[0])
+    fresh = store.twin(subject, datetime(2019, 1, 1), population=first).to_dict()
+
+    def refit(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PopulationModel, "fit", refit)
+        # the same store, a cutoff after its last event: read back, the twin is the same
+        again = PopulationModel.fit_cached(store, datetime(2040, 6, 1))
+        assert again.to_dict() == first.to_dict()
+        assert store.twin(subject, datetime(2019, 1, 1), population=again).to_dict() == fresh
+    ingest_fhir(store, bundles[1])  # a new batch: another store state, fitted anew
+    calls = []
+    monkeypatch.setattr(
+        PopulationModel, "fit", classmethod(lambda cls, *a, **k: calls.append(a) or cls())
+    )
+    PopulationModel.fit_cached(store, datetime(2030, 1, 1))
+    assert len(calls) == 1

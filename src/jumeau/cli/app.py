@@ -654,7 +654,7 @@ def twin(
     from jumeau.twin import PopulationModel
 
     s = _open(store)
-    population = PopulationModel.fit(s, as_of, known_at=known_at) if learn else None
+    population = PopulationModel.fit_cached(s, as_of, known_at=known_at) if learn else None
     try:
         result = s.twin(subject, as_of, known_at=known_at, population=population)
     except KeyError as exc:

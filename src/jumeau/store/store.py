@@ -304,6 +304,11 @@ class Store:
             frame = frame.filter(pl.col("domain").is_in(domains))
         return frame
 
+    def latest_time(self, *, known_at: datetime | None = None) -> datetime | None:
+        """The time of the store's latest timed event (with ``known_at``: as the store was)."""
+        frame = self.scan(known_at=known_at).select(pl.col("time").max()).collect()
+        return frame["time"][0] if frame.height else None
+
     def has_subject(self, subject_id: int) -> bool:
         """Whether any batch of the store holds events of ``subject_id``."""
         return any(batch.position(subject_id) is not None for batch in self._batches())

@@ -97,7 +97,7 @@ def backtest(
     """
     from jumeau.twin.twin import PopulationModel
 
-    population = population or PopulationModel.fit(store, cutoff)
+    population = population or PopulationModel.fit_cached(store, cutoff)
     frame = measurement_frame(store, population.catalogue)
     births = birth_days(store)
     cut = day_number(cutoff)

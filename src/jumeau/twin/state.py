@@ -106,6 +106,19 @@ class NoiseModel:
             out[name] = {"ages": list(AGE_KNOTS), "values": list(curve.values)} if curve else None
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> NoiseModel:
+        """The model :meth:`to_dict` wrote."""
+        fields = dict(data)
+        for name in ("level_by_age", "velocity_by_age"):
+            curve = fields.get(name)
+            if curve is not None:
+                if tuple(curve["ages"]) != AGE_KNOTS:
+                    raise ValueError(f"{name} was written for other ages than {AGE_KNOTS}")
+                fields[name] = AgeCurve(tuple(curve["values"]))
+        fields["interval_scales"] = tuple(fields["interval_scales"])
+        return cls(**fields)
+
 
 @dataclass
 class Estimate:

@@ -111,6 +111,37 @@ class PopulationModel:
             model.noise[name] = fit_noise(model.catalogue[name], series)
         return model
 
+    @classmethod
+    def fit_cached(
+        cls, store: Store, cutoff: datetime | None = None, *, known_at: datetime | None = None
+    ) -> PopulationModel:
+        """:meth:`fit` with the built-in catalogue, kept under ``STORE/twins/populations/``:
+        asked again of the same store state (its batches as of ``known_at``) and the same
+        cutoff (a cutoff after the store's last event is that event's time), it is read back
+        instead of fitted again."""
+        import hashlib
+
+        from jumeau.store.layout import write_json_atomic
+
+        batches = (
+            sorted(store.batches_known_at(known_at))
+            if known_at is not None
+            else list(store.manifest.batch_ids)
+        )
+        latest = store.latest_time(known_at=known_at)
+        effective = cutoff if cutoff is not None and (latest is None or cutoff < latest) else latest
+        key = hashlib.sha256(
+            json.dumps([batches, str(effective), sorted(CATALOGUE)]).encode()
+        ).hexdigest()[:24]
+        path = store.root / "twins" / "populations" / f"{key}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            return cls(noise={n: NoiseModel.from_dict(m) for n, m in saved.items()})
+        model = cls.fit(store, cutoff, known_at=known_at)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, model.to_dict())
+        return model
+
     def to_dict(self) -> dict:
         return {n: m.to_dict() for n, m in self.noise.items() if m.learnt}
 
