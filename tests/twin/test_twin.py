@@ -256,3 +256,23 @@ def test_a_fitted_population_is_kept_for_the_same_store_state_and_cutoff(
     )
     PopulationModel.fit_cached(store, datetime(2030, 1, 1))
     assert len(calls) == 1
+
+
+def test_a_store_that_cannot_be_written_to_still_gets_its_population_fitted(
+    tmp_path, synthea_dir, monkeypatch
+):
+    from jumeau.ingest.fhir import ingest_fhir
+    from jumeau.store import layout
+
+    store = jumeau.init(tmp_path / "store")
+    ingest_fhir(store, sorted(synthea_dir.glob("*.json"))[0])
+
+    def read_only(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(layout, "write_json_atomic", read_only)
+    model = PopulationModel.fit_cached(store, datetime(2030, 1, 1))
+    assert model.to_dict() == PopulationModel.fit(store, datetime(2030, 1, 1)).to_dict()
+    assert not (store.root / "twins" / "populations").exists() or not any(
+        (store.root / "twins" / "populations").iterdir()
+    )

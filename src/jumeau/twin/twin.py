@@ -138,8 +138,11 @@ class PopulationModel:
             saved = json.loads(path.read_text())
             return cls(noise={n: NoiseModel.from_dict(m) for n, m in saved.items()})
         model = cls.fit(store, cutoff, known_at=known_at)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, model.to_dict())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, model.to_dict())
+        except OSError:
+            pass  # a store the reader may not write to is still read; the fit is just not kept
         return model
 
     def to_dict(self) -> dict:
