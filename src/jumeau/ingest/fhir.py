@@ -433,7 +433,9 @@ class _FhirMapper:
                 # uuid that is the Patient's id
                 patient_id = ref[9:]
             if patient_id is None:
-                raise FhirError("subject reference does not resolve to a Patient in this bundle")
+                raise FhirError(
+                    "subject reference does not resolve to a Patient in this bundle or export"
+                )
         else:
             parts = ref.rstrip("/").split("/")
             if "_history" in parts:
