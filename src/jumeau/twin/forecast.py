@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jumeau.twin.series import birth_days, measurement_frame
+from jumeau.twin.series import birth_days, each_series, measurement_frame
 from jumeau.twin.state import DAYS_PER_YEAR, LEVELS, LocalTrendFilter, Predictive
 from jumeau.twin.twin import day_number
 
@@ -103,23 +103,23 @@ def backtest(
     cut = day_number(cutoff)
     end = cut + horizon_days(horizon)
     results: dict[str, dict] = {}
-    for (variable,), by_var in frame.group_by(["variable"], maintain_order=True):
-        prior = population.noise[variable].prior_mean
-        rows = []
-        for (subject,), series in by_var.group_by(["subject_id"], maintain_order=True):
-            days, values = series["day"].to_numpy(), series["value"].to_numpy()
-            past = days <= cut
-            future = (days > cut) & (days <= end)
-            if not past.any() or not future.any():
-                continue
-            flt = LocalTrendFilter(population.noise[variable], births.get(subject))
-            hist_d, hist_v = days[past], values[past]
-            for day, actual in zip(days[future], values[future], strict=True):
-                p = flt.predictive(hist_d, hist_v, float(day))
-                inside = [lo <= actual <= hi for lo, hi in (p.interval(0.8), p.interval(0.95))]
-                rows.append((actual, p.mean, *inside, hist_v[-1], prior, len(hist_v), subject))
-        if not rows:
+    forecasts: dict[str, list] = {}
+    observed_before: dict[str, int] = {}
+    for variable, subject, days, values in each_series(frame):
+        past = days <= cut
+        observed_before[variable] = observed_before.get(variable, 0) + int(past.any())
+        future = (days > cut) & (days <= end)
+        if not past.any() or not future.any():
             continue
+        prior = population.noise[variable].prior_mean
+        flt = LocalTrendFilter(population.noise[variable], births.get(subject))
+        hist_d, hist_v = days[past], values[past]
+        rows = forecasts.setdefault(variable, [])
+        for day, actual in zip(days[future], values[future], strict=True):
+            p = flt.predictive(hist_d, hist_v, float(day))
+            inside = [lo <= actual <= hi for lo, hi in (p.interval(0.8), p.interval(0.95))]
+            rows.append((actual, p.mean, *inside, hist_v[-1], prior, len(hist_v), subject))
+    for variable, rows in forecasts.items():
         subjects = np.array([r[-1] for r in rows], dtype=np.int64)
         a = np.array([r[:-1] for r in rows], dtype=float)
         actual, mean, in80, in95, locf, pop, n_hist = a.T
@@ -141,7 +141,7 @@ def backtest(
         sums = _subject_sums(subjects, err, np.abs(actual - locf))
         results[variable] = {
             "n": len(rows),
-            "subjects": int(by_var.filter(by_var["day"] <= cut)["subject_id"].n_unique()),
+            "subjects": observed_before[variable],
             "unit": population.catalogue[variable].unit,
             "mae": mae,
             "mae_carry_forward": mae_locf,

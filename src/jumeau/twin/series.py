@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -80,19 +81,11 @@ def birth_days(store: Store, known_at: datetime | None = None) -> dict[int, floa
     return dict(zip(births["subject_id"].to_list(), births["day"].to_list(), strict=True))
 
 
-def variable_series(
-    store: Store,
-    catalogue: dict[str, Variable],
-    cutoff: datetime | None = None,
-    known_at: datetime | None = None,
-) -> dict[str, list[tuple[np.ndarray, np.ndarray, float | None]]]:
-    """variable -> [(days, values, birth day or None) per subject], subjects in id order.
-
-    The series are views into one array per variable, cut where the subject changes (a million
-    subjects' series are cut in a second, not built group by group)."""
-    frame = measurement_frame(store, catalogue, cutoff, known_at)
-    births = birth_days(store, known_at)
-    out: dict[str, list] = {}
+def each_series(frame: pl.DataFrame) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
+    """``(variable, subject_id, days, values)`` for every subject's series of each variable in a
+    :func:`measurement_frame`, subjects in id order: views into one array per variable, cut
+    where the subject changes (a million subjects' series are cut in a second, not built group
+    by group)."""
     for (variable,), part in frame.partition_by(
         "variable", as_dict=True, maintain_order=True
     ).items():
@@ -100,8 +93,20 @@ def variable_series(
         days, values = part["day"].to_numpy(), part["value"].to_numpy()
         cuts = np.flatnonzero(subjects[1:] != subjects[:-1]) + 1
         starts, ends = np.concatenate(([0], cuts)), np.concatenate((cuts, [len(subjects)]))
-        out[variable] = [
-            (days[a:b], values[a:b], births.get(int(subjects[a])))
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
-        ]
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            yield variable, int(subjects[a]), days[a:b], values[a:b]
+
+
+def variable_series(
+    store: Store,
+    catalogue: dict[str, Variable],
+    cutoff: datetime | None = None,
+    known_at: datetime | None = None,
+) -> dict[str, list[tuple[np.ndarray, np.ndarray, float | None]]]:
+    """variable -> [(days, values, birth day or None) per subject], subjects in id order."""
+    frame = measurement_frame(store, catalogue, cutoff, known_at)
+    births = birth_days(store, known_at)
+    out: dict[str, list] = {}
+    for variable, subject, days, values in each_series(frame):
+        out.setdefault(variable, []).append((days, values, births.get(subject)))
     return out
