@@ -137,3 +137,9 @@ def test_the_same_dataset_sharded_and_ordered_otherwise_adds_nothing(
     write(tmp_path / "b" / "data" / "y.parquet", rows[::-1][2:])
     again = ingest_meds(new_store, tmp_path / "b")
     assert (again.events_written, again.events_already_present) == (0, 4)
+
+
+def test_the_data_folder_named_alone_still_finds_the_codes_metadata(tmp_path, new_store):
+    root = write_dataset(tmp_path / "mimic")
+    ingest_meds(new_store, root / "data")
+    assert {code: list(p) for code, p in new_store.code_parents().items()} == PARENTS

@@ -93,14 +93,17 @@ def ingest_meds(
     """
     root = Path(source)
     data_dir = root / "data" if (root / "data").is_dir() else root
-    files = sorted(str(p) for p in data_dir.rglob("*.parquet"))
+    if data_dir == root and root.name == "data":  # the dataset's data folder itself was named
+        root = root.parent
+    metadata = root / "metadata"
+    files = sorted(str(p) for p in data_dir.rglob("*.parquet") if not p.is_relative_to(metadata))
     if not files:
         raise MedsError(f"{root}: no MEDS data shards (expected data/*.parquet)")
     with BatchWriter(store, "meds", str(root.resolve())) as writer:
         con = connect(writer.staging_dir / "meds-tmp")
         try:
             _map(con, store, writer, files, progress, source_name)
-            codes = root / "metadata" / "codes.parquet"
+            codes = metadata / "codes.parquet"
             if codes.exists():
                 writer.add_codes(_code_metadata(con, codes))
         finally:
