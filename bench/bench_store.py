@@ -130,6 +130,14 @@ report = ingest_omop(store, sys.argv[2])
 print(json.dumps({"events": report.events_written, "subjects": report.subjects}))
 """
 
+MEDS_IMPORT = """
+import sys, json, jumeau
+from jumeau.ingest.meds import ingest_meds
+store = jumeau.init(sys.argv[1])
+report = ingest_meds(store, sys.argv[2])
+print(json.dumps({"events": report.events_written, "subjects": report.subjects}))
+"""
+
 READS = """
 import sys, json, time, random, statistics
 import jumeau
@@ -299,6 +307,21 @@ def main() -> None:
         results["meds_reader_convert_seconds"] = run["seconds"]
         save()
 
+    if export.exists():
+        # the same MEDS dataset in, to a random-access store: what meds_reader_convert does
+        print("MEDS import of the export ...", flush=True)
+        meds_store = work / f"meds_store_x{args.replicas}"
+        shutil.rmtree(meds_store, ignore_errors=True)
+        run = measured(python(MEDS_IMPORT, str(meds_store), str(export)), env)
+        results["jumeau_meds_import"] = {
+            **json.loads(run["stdout"]),
+            "seconds": run["seconds"],
+            "peak_mib": run["peak_mib"],
+        }
+        shutil.rmtree(meds_store, ignore_errors=True)
+        print(f"  {results['jumeau_meds_import']}", flush=True)
+        save()
+
     con = duckdb.connect()
     subjects = [
         r[0]
@@ -331,6 +354,10 @@ def main() -> None:
         ]
         / results["jumeau_reads"]["arrow_cold"]["median_us"],
     }
+    if "jumeau_meds_import" in results:
+        ratios["meds_import_speedup_vs_meds_reader_convert"] = (
+            results["meds_reader_convert_seconds"] / results["jumeau_meds_import"]["seconds"]
+        )
     if "meds_etl_ingest" in results:
         ratios["ingest_speedup_vs_meds_etl"] = (
             results["meds_etl_ingest"]["seconds"] / results["jumeau_ingest"]["seconds"]

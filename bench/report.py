@@ -43,6 +43,18 @@ def main() -> None:
             f"{r['meds_etl_ingest']['peak_mib']:.0f} MiB",
             f"{ra['ingest_peak_memory_vs_meds_etl']:.2f}×",
         ),
+        *(
+            [
+                (
+                    "MEDS import of the same data (jumeau's MEDS export → random-access store)",
+                    f"{r['jumeau_meds_import']['seconds']:.0f} s",
+                    f"meds_reader_convert {r['meds_reader_convert_seconds']:.0f} s",
+                    f"{ra['meds_import_speedup_vs_meds_reader_convert']:.2f}× faster",
+                )
+            ]
+            if "jumeau_meds_import" in r
+            else []
+        ),
         (
             "median single-subject timeline read, warm (Arrow)",
             f"{jr['arrow']['median_us']:.1f} µs",
