@@ -58,7 +58,8 @@ def test_incremental_update_equals_a_full_rebuild(tmp_path, synthea_store):
     assert registry.snapshot(late_subject, version=1) == before
     fresh = jumeau.open(store.root)
     for subject in subjects:
-        rebuilt = json.loads(json.dumps(build_twin(fresh, subject, AS_OF).to_dict(), default=str))
+        twin = build_twin(fresh, subject, AS_OF, population=registry.population)
+        rebuilt = json.loads(json.dumps(twin.to_dict(), default=str))
         kept = registry.snapshot(subject)
         (
             rebuilt.pop("version"),
@@ -66,3 +67,22 @@ def test_incremental_update_equals_a_full_rebuild(tmp_path, synthea_store):
         )  # untouched twins keep the version they were built at
         assert kept == rebuilt, subject
     assert registry.update()["rebuilt"] == 0
+
+
+def test_the_registry_builds_its_twins_on_the_population_jumeau_twin_learns(tmp_path, synthea_dir):
+    """A registry snapshot and ``jumeau twin`` agree on the same store; the registry keeps its
+    population for its incremental updates."""
+    from jumeau.ingest.fhir import ingest_fhir
+    from jumeau.twin import PopulationModel
+
+    store = jumeau.init(tmp_path / "store")
+    ingest_fhir(store, synthea_dir)
+    registry = TwinRegistry(store, AS_OF)
+    registry.update()
+    population = PopulationModel.fit_cached(store, AS_OF)
+    assert registry.population.to_dict() == population.to_dict() != PopulationModel().to_dict()
+    subject = int(store.subjects()[0])
+    twin = build_twin(store, subject, AS_OF, population=population)
+    assert registry.snapshot(subject) == json.loads(json.dumps(twin.to_dict(), default=str))
+    # opened again (as after an ingest), the registry reads its population back
+    assert TwinRegistry(store, AS_OF).population.to_dict() == population.to_dict()

@@ -2,7 +2,8 @@
 
 The registry keeps one JSON snapshot per subject under ``STORE/twins/<as_of>/``, stamped with
 the store version (number of committed batches) it was built from, and every earlier snapshot
-under ``history/``. ``update`` rebuilds only the subjects that the batches committed since then
+under ``history/``; the population model its twins are built on is learnt when it is first built
+and kept beside them. ``update`` rebuilds only the subjects that the batches committed since then
 touched, so new data for a few patients costs a few twins, not the store; every updated twin is
 diffed against its previous snapshot. Ingesting through the CLI updates every registry of the
 store (:func:`update_registries`).
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 TWINS_DIR = "twins"
 HISTORY_DIR = "history"
+POPULATION_FILE = "population.json"
 
 
 class TwinRegistry:
@@ -37,10 +39,21 @@ class TwinRegistry:
     ) -> None:
         self.store = store
         self.as_of = as_of
-        self.population = population or PopulationModel()
         self.dir = store.root / TWINS_DIR / as_of.strftime("%Y%m%dT%H%M%S")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.dir / "state.json"
+        self.population = population or self._population()
+
+    def _population(self) -> PopulationModel:
+        """The population model the registry's twins are built on: learnt from the store when
+        the registry was first built (as ``jumeau twin`` learns it) and kept, so an update
+        after new data rebuilds only the subjects it touched."""
+        path = self.dir / POPULATION_FILE
+        if path.exists():
+            return PopulationModel.from_dict(json.loads(path.read_text()))
+        model = PopulationModel.fit_cached(self.store, self.as_of)
+        _write_json(path, model.to_dict())
+        return model
 
     @property
     def version(self) -> int:

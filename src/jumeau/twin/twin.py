@@ -135,8 +135,7 @@ class PopulationModel:
         ).hexdigest()[:24]
         path = store.root / "twins" / "populations" / f"{key}.json"
         if path.exists():
-            saved = json.loads(path.read_text())
-            return cls(noise={n: NoiseModel.from_dict(m) for n, m in saved.items()})
+            return cls.from_dict(json.loads(path.read_text()))
         model = cls.fit(store, cutoff, known_at=known_at)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +146,11 @@ class PopulationModel:
 
     def to_dict(self) -> dict:
         return {n: m.to_dict() for n, m in self.noise.items() if m.learnt}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PopulationModel:
+        """The model :meth:`to_dict` wrote (built-in catalogue)."""
+        return cls(noise={n: NoiseModel.from_dict(m) for n, m in data.items()})
 
 
 @dataclass
