@@ -60,7 +60,8 @@ def load_key(path: Path) -> bytes:
     return key
 
 
-#: Pseudonyms a :class:`Pseudonymiser` keeps once computed (a million patients: ~150 MB).
+#: Pseudonyms and date shifts a :class:`Pseudonymiser` keeps once computed (a million
+#: patients: ~150 MB each).
 _REMEMBERED_SUBJECTS = 1_000_000
 
 
@@ -83,6 +84,7 @@ class Pseudonymiser:
     _salt: str = field(default="", init=False, repr=False, compare=False)
     #: pseudonyms already computed: a FHIR export names the same few patients in every resource
     _subjects: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _shifts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # copying the keyed state skips re-deriving the padded keys for every id
@@ -110,10 +112,15 @@ class Pseudonymiser:
         """The subject's date shift in microseconds (0 when shifting is off)."""
         if self.max_date_shift_days <= 0:
             return 0
+        known = self._shifts.get((source, source_id))
+        if known is not None:
+            return known
         digest = self._mac("shift", source, str(source_id))
         span = 2 * self.max_date_shift_days + 1
-        days = int.from_bytes(digest[:4], "big") % span - self.max_date_shift_days
-        return days * _US_PER_DAY
+        shift = (int.from_bytes(digest[:4], "big") % span - self.max_date_shift_days) * _US_PER_DAY
+        if len(self._shifts) < _REMEMBERED_SUBJECTS:
+            self._shifts[(source, source_id)] = shift
+        return shift
 
     @property
     def record_salt(self) -> str:
