@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import polars as pl
 import pytest
 
@@ -143,3 +145,24 @@ def test_the_data_folder_named_alone_still_finds_the_codes_metadata(tmp_path, ne
     root = write_dataset(tmp_path / "mimic")
     ingest_meds(new_store, root / "data")
     assert {code: list(p) for code, p in new_store.code_parents().items()} == PARENTS
+
+
+def test_meds_birth_and_death_keep_their_domains_whatever_table_they_came_from(tmp_path, new_store):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d" / "data").mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array([3, 3], pa.int64()),
+                "time": pa.array([datetime(1950, 1, 1), datetime(2020, 1, 1)]),
+                "code": ["MEDS_BIRTH", "MEDS_DEATH"],
+                "table": ["person", "person"],
+            }
+        ),
+        tmp_path / "d" / "data" / "0.parquet",
+    )
+    ingest_meds(new_store, tmp_path / "d")
+    events = new_store.timeline(new_store.lookup("meds", "3"))
+    assert events["domain"].to_list() == ["demographic", "death"]

@@ -20,19 +20,17 @@ from pathlib import Path
 import pyarrow as pa
 
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
+from jumeau.model import BIRTH_CODE, DEATH_CODE
 from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
 from jumeau.store.writer import range_conditions
 
-#: The domain of a code by its prefix: the MEDS ETLs' event prefixes, then vocabularies.
+#: The domain of a code by its prefix (after MEDS's own birth and death codes and a dataset's own
+#: domain or source table): the MEDS ETLs' event prefixes, then vocabularies.
 CODE_PREFIX_DOMAINS: tuple[tuple[str, str], ...] = tuple(
     (prefix, domain)
     for domain, prefixes in (
-        (
-            "demographic",
-            "MEDS_BIRTH GENDER// RACE// ETHNICITY// MARITAL_STATUS// LANGUAGE// INSURANCE//",
-        ),
-        ("death", "MEDS_DEATH"),
+        ("demographic", "GENDER// RACE// ETHNICITY// MARITAL_STATUS// LANGUAGE// INSURANCE//"),
         ("measurement", "LAB// VITAL// VITALS// LOINC/"),
         ("condition", "DIAGNOSIS// ICD10CM/ ICD9CM/ ICD10/ ICD9/"),
         ("procedure", "PROCEDURE// CPT4/ HCPCS/ ICD10PCS/ ICD9Proc/"),
@@ -207,7 +205,9 @@ def _map(
             f"""COPY (SELECT m.subject_id, s.time{shift} AS time, s.code, s.numeric_value,
                 s.text_value, COALESCE(s.unit, {_unit_in_code_sql("s.code")}) AS unit,
                 s.end_time{shift} AS end_time,
-                COALESCE(s.domain, d.table_domain, {_domain_from_code_sql("s.code")}, 'other') AS domain,
+                COALESCE(s.domain, CASE s.code WHEN '{BIRTH_CODE}' THEN 'demographic'
+                                               WHEN '{DEATH_CODE}' THEN 'death' END,
+                         d.table_domain, {_domain_from_code_sql("s.code")}, 'other') AS domain,
                 'meds/data' AS source, {key} AS record_key
             FROM src s JOIN meds_map m USING (sid) LEFT JOIN table_domains d USING (source_table)
             WHERE s.code IS NOT NULL AND s.code <> '' AND {in_range})
