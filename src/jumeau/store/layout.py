@@ -13,6 +13,8 @@
         codes.parquet         the codes the batch uses: descriptions, parent codes
         vault.bin             encrypted direct identifiers (optional)
         report.json           the ingest report of the batch
+      twins/<as_of>/          twin snapshots kept up to date by a registry (jumeau.twin.registry)
+      twins/populations/      population models fitted for twins, by store state and cutoff
       .staging/               work in progress; never read, cleared on the next write
 
 A batch becomes visible only when ``manifest.json`` names it, and the manifest is replaced by an
@@ -31,6 +33,8 @@ STORE_FILE = "jumeau.json"
 MANIFEST_FILE = "manifest.json"
 BATCHES_DIR = "batches"
 STAGING_DIR = ".staging"
+TWINS_DIR = "twins"
+POPULATIONS_DIR = "populations"
 
 EVENTS_PARQUET = "events.parquet"
 EVENTS_ARROW = "events.arrow"

@@ -26,7 +26,6 @@ from jumeau.twin.twin import PopulationModel, build_twin
 if TYPE_CHECKING:
     from jumeau.store import Store
 
-TWINS_DIR = "twins"
 HISTORY_DIR = "history"
 POPULATION_FILE = "population.json"
 
@@ -39,7 +38,7 @@ class TwinRegistry:
     ) -> None:
         self.store = store
         self.as_of = as_of
-        self.dir = store.root / TWINS_DIR / as_of.strftime("%Y%m%dT%H%M%S")
+        self.dir = store.root / layout.TWINS_DIR / as_of.strftime("%Y%m%dT%H%M%S")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.dir / "state.json"
         self.population = population or self._population()
@@ -129,7 +128,7 @@ class TwinRegistry:
 def update_registries(store: Store) -> list[dict]:
     """Bring every twin registry of the store up to date (after an ingest)."""
     results = []
-    for state in sorted((store.root / TWINS_DIR).glob("*/state.json")):
+    for state in sorted((store.root / layout.TWINS_DIR).glob("*/state.json")):
         as_of = datetime.fromisoformat(json.loads(state.read_text())["as_of"])
         result = TwinRegistry(store, as_of).update()
         results.append({"as_of": as_of.isoformat(), **result})

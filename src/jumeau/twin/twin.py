@@ -9,6 +9,7 @@ JSON and says what changed since an earlier twin.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ import numpy as np
 
 from jumeau.model import BIRTH_CODE, DEATH_CODE
 from jumeau.signals.codes import is_series_observation
+from jumeau.store import layout
 from jumeau.twin import conditions as cond
 from jumeau.twin.risks import RiskResult, compute_risks
 from jumeau.twin.state import DAYS_PER_YEAR, Estimate, LocalTrendFilter, NoiseModel
@@ -119,10 +121,6 @@ class PopulationModel:
         asked again of the same store state (its batches as of ``known_at``) and the same
         cutoff (a cutoff after the store's last event is that event's time), it is read back
         instead of fitted again."""
-        import hashlib
-
-        from jumeau.store.layout import write_json_atomic
-
         batches = (
             sorted(store.batches_known_at(known_at))
             if known_at is not None
@@ -133,13 +131,13 @@ class PopulationModel:
         key = hashlib.sha256(
             json.dumps([batches, str(effective), sorted(CATALOGUE)]).encode()
         ).hexdigest()[:24]
-        path = store.root / "twins" / "populations" / f"{key}.json"
+        path = store.root / layout.TWINS_DIR / layout.POPULATIONS_DIR / f"{key}.json"
         if path.exists():
             return cls.from_dict(json.loads(path.read_text()))
         model = cls.fit(store, cutoff, known_at=known_at)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, model.to_dict())
+            layout.write_json_atomic(path, model.to_dict())
         except OSError:
             pass  # a store the reader may not write to is still read; the fit is just not kept
         return model
