@@ -164,6 +164,8 @@ def backtest(
 #: Key of a variable's per-patient error sums in a back-test result (not published).
 SUBJECT_SUMS = "_subject_sums"
 BOOTSTRAP_DRAWS = 2000
+#: resample counts held at once by the bootstrap (8 bytes each)
+_BOOTSTRAP_CELLS = 4_000_000
 
 
 def _subject_sums(subjects: np.ndarray, error: np.ndarray, error_carry_forward: np.ndarray) -> dict:
@@ -186,8 +188,14 @@ def improvement_interval(sums: dict, level: float = 0.95, seed: int = 0) -> list
         return None
     totals = np.array(list(sums.values()), dtype=float)
     rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(totals), np.full(len(totals), 1 / len(totals)), BOOTSTRAP_DRAWS)
-    error, carried = draws @ totals[:, 1], draws @ totals[:, 2]
+    share = np.full(len(totals), 1 / len(totals))
+    # draws a few at a time: 2,000 resamples of a million patients would not fit in memory
+    step = max(1, _BOOTSTRAP_CELLS // len(totals))
+    error, carried = np.empty(BOOTSTRAP_DRAWS), np.empty(BOOTSTRAP_DRAWS)
+    for start in range(0, BOOTSTRAP_DRAWS, step):
+        draws = rng.multinomial(len(totals), share, min(step, BOOTSTRAP_DRAWS - start))
+        error[start : start + len(draws)] = draws @ totals[:, 1]
+        carried[start : start + len(draws)] = draws @ totals[:, 2]
     ok = carried > 0
     if not ok.any():
         return None
