@@ -111,6 +111,22 @@ FHIR_SYSTEMS: dict[str, str] = {
     "urn:oid:2.16.840.1.113883.6.238": "CDCREC",
     "http://www.whocc.no/atc": "ATC",
     "http://terminology.hl7.org/CodeSystem/data-absent-reason": "HL7DataAbsentReason",
+    "http://www.cms.gov/Medicare/Coding/ICD10": "ICD10PCS",
+    "http://terminology.hl7.org/CodeSystem/icd10PCS": "ICD10PCS",
+    "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": "HCPCS",
+    # the same systems by their HL7 OIDs, as CDA-derived and older exports name them
+    "urn:oid:2.16.840.1.113883.6.1": "LOINC",
+    "urn:oid:2.16.840.1.113883.6.96": "SNOMED",
+    "urn:oid:2.16.840.1.113883.6.88": "RxNorm",
+    "urn:oid:2.16.840.1.113883.6.3": "ICD10",
+    "urn:oid:2.16.840.1.113883.6.90": "ICD10CM",
+    "urn:oid:2.16.840.1.113883.6.103": "ICD9CM",
+    "urn:oid:2.16.840.1.113883.6.4": "ICD10PCS",
+    "urn:oid:2.16.840.1.113883.6.12": "CPT4",
+    "urn:oid:2.16.840.1.113883.12.292": "CVX",
+    "urn:oid:2.16.840.1.113883.6.69": "NDC",
+    "urn:oid:2.16.840.1.113883.6.73": "ATC",
+    "urn:oid:2.16.840.1.113883.6.8": "UCUM",
 }
 
 
@@ -118,4 +134,8 @@ def fhir_vocabulary(system: str | None) -> str:
     """Map a FHIR code-system URI to a short vocabulary prefix; unknown systems keep their URI."""
     if not system:
         return "UNKNOWN"
-    return FHIR_SYSTEMS.get(system.rstrip("/"), system)
+    uri = system.strip().rstrip("/")
+    known = FHIR_SYSTEMS.get(uri)
+    if known is None and uri.startswith("https://"):  # the same URI, written with https
+        known = FHIR_SYSTEMS.get("http://" + uri[8:])
+    return known or system

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -615,3 +616,100 @@ def test_a_gzip_export_cut_short_keeps_the_lines_before_the_cut(tmp_path, new_st
         reject["record"] == f"after line {kept + 1}"
         and "cannot be read further" in reject["reason"]
     )
+
+
+def test_diagnoses_dated_only_by_their_encounter_take_its_end(tmp_path, new_store):
+    """MIMIC-IV on FHIR: a Condition has no onset nor recorded date, only its encounter (in
+    a file read after the conditions'); it is dated when the stay ends, as billing codes are
+    assigned, so a twin during the stay does not see it. A bundle's urn:uuid references too."""
+    patient = {"resourceType": "Patient", "id": "p9", "birthDate": "2100-01-01"}
+    stay = {
+        "resourceType": "Encounter",
+        "id": "e9",
+        "subject": {"reference": "Patient/p9"},
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "period": {"start": "2180-07-23T21:45:00-04:00", "end": "2180-07-25T17:55:00-04:00"},
+    }
+    diagnosis = {
+        "resourceType": "Condition",
+        "id": "c9",
+        "subject": {"reference": "Patient/p9"},
+        "encounter": {"reference": "Encounter/e9"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-9-cm", "code": "4019"}]},
+    }
+    surgery = {
+        "resourceType": "Procedure",
+        "id": "pr9",
+        "subject": {"reference": "Patient/p9"},
+        "encounter": {"reference": "Encounter/e9"},
+        "code": {
+            "coding": [{"system": "http://www.cms.gov/Medicare/Coding/ICD10", "code": "0DTJ4ZZ"}]
+        },
+        "performedDateTime": "2180-07-24T10:00:00-04:00",
+    }
+    lost = {**diagnosis, "id": "c10", "encounter": {"reference": "Encounter/unknown"}}
+    export = tmp_path / "mimic"
+    export.mkdir()
+    for name, rows in (
+        ("MimicPatient", [patient]),
+        ("MimicCondition", [diagnosis, lost]),
+        ("MimicEncounter", [stay]),
+        ("MimicProcedure", [surgery]),
+    ):
+        (export / f"{name}.ndjson").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = ingest_fhir(new_store, export)
+    assert report.tables["fhir/Condition"].accepted == 1
+    assert report.tables["fhir/Condition"].rejected == 1
+    reasons = new_store.rejects()["reason"].to_list()
+    assert reasons == [
+        "no time: none of onsetDateTime, onsetPeriod, onsetAge, recordedDate "
+        "or its encounter's period is present"
+    ]
+    rows = {
+        r["source"]: r
+        for r in new_store.timeline(new_store.lookup("fhir", "p9")).iter_rows(named=True)
+    }
+    assert rows["fhir/Condition"]["code"] == "ICD9CM/4019"
+    assert rows["fhir/Condition"]["time"] == datetime(2180, 7, 25, 21, 55)  # the end, in UTC
+    assert rows["fhir/Procedure"]["code"] == "ICD10PCS/0DTJ4ZZ"
+
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:c1",
+                "resource": {
+                    **diagnosis,
+                    "id": None,
+                    "subject": {"reference": "urn:uuid:p1"},
+                    "encounter": {"reference": "urn:uuid:e1"},
+                },
+            },
+            {"fullUrl": "urn:uuid:p1", "resource": {**patient, "id": None}},
+            {
+                "fullUrl": "urn:uuid:e1",
+                "resource": {
+                    **stay,
+                    "id": None,
+                    "subject": {"reference": "urn:uuid:p1"},
+                    "period": {"start": "2181-01-01T00:00:00Z"},
+                },
+            },
+        ],
+    }
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    ingest_fhir(new_store, tmp_path / "bundle.json", source_name="other")
+    condition = new_store.timeline(new_store.lookup("other", "p1")).filter(
+        pl.col("source") == "fhir/Condition"
+    )
+    assert condition["time"].to_list() == [datetime(2181, 1, 1)]  # no end: the start
+
+
+def test_code_systems_named_by_oid_or_https_map_to_their_vocabulary():
+    from jumeau.model import fhir_vocabulary
+
+    assert fhir_vocabulary("urn:oid:2.16.840.1.113883.6.1") == "LOINC"
+    assert fhir_vocabulary("urn:oid:2.16.840.1.113883.6.96") == "SNOMED"
+    assert fhir_vocabulary("https://loinc.org/") == "LOINC"
+    assert fhir_vocabulary("http://example.org/local-labs") == "http://example.org/local-labs"

@@ -36,6 +36,8 @@ _AGE_UNIT_DAYS = {
     **dict.fromkeys(("d", "day", "days"), 1.0),
 }
 _EPOCH = datetime(1970, 1, 1)
+#: Resource types an NDJSON file's lines are read ahead for (see ``collect_references``).
+_READ_AHEAD = (b'"Patient"', b'"Medication"', b'"Encounter"')
 
 
 class FhirError(ValueError):
@@ -213,6 +215,9 @@ class _FhirMapper:
         self.births: dict[str, int] = {}
         #: ids of the Patients read so far (an NDJSON file's are read ahead of its other lines)
         self.patients: set[str] = set()
+        #: Encounter periods (µs, unshifted) by reference (``Encounter/id``, bundle fullUrl):
+        #: a record with no time of its own (MIMIC-IV's diagnoses) is dated by its encounter.
+        self.encounters: dict[str, tuple[int | None, int | None]] = {}
         #: Names and identifier values by subject pseudonym, scrubbed from the subject's texts.
         self.private: dict[int, tuple[set[str], set[str]]] = {}
         self.handlers: dict[str, Callable[[dict, str, int], None]] = {
@@ -280,6 +285,8 @@ class _FhirMapper:
                     fullurls[full_url] = res["id"]
             if res.get("resourceType") == "Medication":
                 self._remember_medication(res, full_url)
+            if res.get("resourceType") == "Encounter":
+                self._remember_encounter(res, full_url)
             resources.append(res)
         for i, res in enumerate(resources):
             if res is not None:
@@ -295,6 +302,16 @@ class _FhirMapper:
             self.medications[res["id"]] = code
         if code and full_url:
             self.medications[full_url] = code
+
+    def _remember_encounter(self, res: dict, full_url: str | None = None) -> None:
+        try:
+            period = self._period(res, "period", "actualPeriod")
+        except FhirError:
+            return  # the Encounter itself is rejected, with the reason, when it is mapped
+        if res.get("id"):
+            self.encounters[f"Encounter/{res['id']}"] = period
+        if full_url:
+            self.encounters[full_url] = period
 
     def _remember_patient(self, res: dict) -> int:
         """Keep a Patient's birth date (for onsets given as ages) and its names and identifier
@@ -317,13 +334,14 @@ class _FhirMapper:
         return subject_id
 
     def collect_references(self, path: Path) -> None:
-        """Read the Medication and Patient resources of an NDJSON file ahead of the rest:
-        requests point to medications by reference, an onset given as an age needs the
-        patient's birth date, and a note written before its Patient line must still be
-        scrubbed of the patient's names. Only lines naming those types are parsed."""
+        """Read the Medication, Patient and Encounter resources of an NDJSON file ahead of the
+        rest: requests point to medications by reference, an onset given as an age needs the
+        patient's birth date, a note written before its Patient line must still be scrubbed of
+        the patient's names, and a diagnosis without a date is dated by its encounter. Only
+        lines naming those types are parsed."""
         try:
             for _, line in _ndjson_lines(path):
-                if b'"Patient"' not in line and b'"Medication"' not in line:
+                if not any(name in line for name in _READ_AHEAD):
                     continue
                 try:
                     resource = orjson.loads(line)
@@ -335,6 +353,8 @@ class _FhirMapper:
                     self._remember_medication(resource)
                 elif resource.get("resourceType") == "Patient" and resource.get("id"):
                     self._remember_patient(resource)
+                elif resource.get("resourceType") == "Encounter":
+                    self._remember_encounter(resource)
         except (OSError, EOFError):
             return  # the file is read again, and its errors reported, in the main pass
 
@@ -524,10 +544,23 @@ class _FhirMapper:
         return None, None
 
     def _timed(self, res: dict, *names: str) -> tuple[int, int | None]:
+        """The first present of ``names`` as (start, end); else, for a record made during an
+        encounter, the encounter's end (its start if it has none): such a record is known for
+        certain only once the encounter is over, and dating it earlier would let a twin see a
+        discharge diagnosis at admission."""
         start, end = self._period(res, *names)
-        if start is None:
-            raise FhirError(f"no time: none of {', '.join(names)} is present")
-        return start, end
+        if start is not None:
+            return start, end
+        reference = (res.get("encounter") or res.get("context") or {}).get("reference")
+        period = None
+        if reference:
+            period = self.encounters.get(_encounter_key(reference))
+            if period is None and reference.startswith("urn:uuid:"):  # an NDJSON export's
+                period = self.encounters.get(f"Encounter/{reference[9:]}")
+        if period is not None and (period[1] is not None or period[0] is not None):
+            return (period[1] if period[1] is not None else period[0]), None
+        known = " or its encounter's period" if reference else ""
+        raise FhirError(f"no time: none of {', '.join(names)}{known} is present")
 
     # -- resources -------------------------------------------------------------------------
 
@@ -975,6 +1008,17 @@ class _FhirMapper:
                 part=f"#series:{series.get('uid') or k}",
                 text=_details(details),
             )
+
+
+def _encounter_key(reference: str) -> str:
+    """``Encounter/<id>`` for a relative or absolute reference (a version dropped); a
+    ``urn:uuid:`` reference as it is (a bundle's fullUrl)."""
+    if reference.startswith("urn:"):
+        return reference
+    parts = reference.rstrip("/").split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return "/".join(parts[-2:])
 
 
 def _attachment_text(attachments: list | None) -> str | None:
