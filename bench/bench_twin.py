@@ -4,7 +4,9 @@
 
 Prints twins per second for the whole cohort (single process), then the cost of bringing every
 twin up to date after one new batch (one more patient's FHIR bundle) against rebuilding them all,
-as a ratio from the same run. Results go to ``bench/out/twin_results.json``.
+as a ratio from the same run, then the back-test's forecasts per second made in batches
+(``predict_new``) against one at a time (``LocalTrendFilter.predictive``, as the back-test made
+them before), on generated blood-pressure series. Results go to ``bench/out/twin_results.json``.
 """
 
 from __future__ import annotations
@@ -67,10 +69,43 @@ def main() -> None:
         "incremental_update_twins": incremental["rebuilt"],
         "rebuild_vs_incremental_ratio": rebuild_seconds / incremental_seconds,
     }
+    results.update(forecast_speed())
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "twin_results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def forecast_speed(subjects: int = 100_000, alone: int = 3_000) -> dict:
+    """Forecasts per second of a back-test over ``subjects`` generated series (4-20 systolic
+    pressures each), in batches and one at a time (on the first ``alone``)."""
+    import numpy as np
+
+    from jumeau.twin.state import LocalTrendFilter, fit_noise, predict_new
+    from jumeau.twin.variables import CATALOGUE
+
+    rng = np.random.default_rng(0)
+    series = []
+    for _ in range(subjects):
+        days = np.cumsum(rng.uniform(100, 500, rng.integers(4, 21)))
+        series.append((days, rng.normal(130, 15) + rng.normal(0, 10, len(days)), None))
+    noise = fit_noise(CATALOGUE["sbp"], series[:2000])
+    rows = np.arange(subjects)
+    at_days = np.array([d[-1] for d, _, _ in series]) + 180.0
+    start = time.perf_counter()
+    predict_new(noise, series, rows, at_days)
+    batched = time.perf_counter() - start
+    flt = LocalTrendFilter(noise)
+    start = time.perf_counter()
+    for k in range(alone):
+        flt.predictive(series[k][0], series[k][1], at_days[k])
+    one_by_one = time.perf_counter() - start
+    return {
+        "backtest_forecasts": subjects,
+        "backtest_forecasts_per_second_batched": subjects / batched,
+        "backtest_forecasts_per_second_one_at_a_time": alone / one_by_one,
+        "backtest_batched_vs_one_at_a_time_ratio": (subjects / batched) / (alone / one_by_one),
+    }
 
 
 if __name__ == "__main__":

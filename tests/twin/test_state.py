@@ -12,6 +12,7 @@ from jumeau.twin.state import (
     AgeCurve,
     LocalTrendFilter,
     fit_noise,
+    predict_new,
     recent_trend,
 )
 from jumeau.twin.variables import CATALOGUE
@@ -190,3 +191,49 @@ def test_unit_conversion_over_arrays_matches_one_value_at_a_time():
 )
 def test_the_units_exports_write_are_converted(variable, value, unit, expected):
     assert CATALOGUE[variable].to_canonical(value, unit) == pytest.approx(expected, abs=0.05)
+
+
+def _one_forecast(noise, days, values, birth, at_day):
+    """A forecast made the plain way: filter the one series, stack, add the noise."""
+    flt = LocalTrendFilter(noise, birth)
+    est = flt.estimate(days, values, at_day)
+    trend = recent_trend(days[None, -3:], values[None, -3:], np.array([at_day]))[0]
+    level = flt.population_level(np.array([at_day]), flt._birth())[0]
+    last = values[-1]
+    mean = (
+        last
+        + noise.blend * (est.mean - last)
+        + noise.trend_weight * (trend - last)
+        + noise.population_weight * (level - last)
+    )
+    return mean, np.sqrt(est.sd**2 + flt.r)
+
+
+@pytest.mark.parametrize("cells", [2_000_000, 7])
+def test_many_forecasts_at_once_equal_each_made_alone(monkeypatch, cells):
+    """The back-test's batch of forecasts (series of any length, in blocks when they are many)
+    gives each forecast exactly what it would be alone, children's growth curves included."""
+    import jumeau.twin.state as state
+
+    monkeypatch.setattr(state, "_PREDICT_CELLS", cells)
+    rng = np.random.default_rng(3)
+    series = []
+    for days, values, birth in _children(rng, 30) + _adults_around_their_own_level(rng, 30):
+        kept = rng.integers(1, len(days) + 1)  # from one observation to all of them
+        series.append((days[:kept], values[:kept], birth))
+    noise = replace(
+        fit_noise(CATALOGUE["height"], _children(rng)),
+        blend=0.5,
+        trend_weight=0.3,
+        population_weight=0.1,
+    )
+    rows = rng.integers(0, len(series), 200)
+    at_days = np.array([series[r][0][-1] + rng.uniform(1, 400) for r in rows])
+    mean, sd = predict_new(noise, series, rows, at_days)
+    for k, (row, at_day) in enumerate(zip(rows, at_days, strict=True)):
+        expected = _one_forecast(noise, *series[row], at_day)
+        assert (mean[k], sd[k]) == pytest.approx(expected, rel=1e-12)
+    alone = LocalTrendFilter(noise, series[rows[0]][2]).predictive(*series[rows[0]][:2], at_days[0])
+    assert (alone.mean, alone.sd) == pytest.approx((mean[0], sd[0]), rel=1e-12)
+    with pytest.raises(ValueError, match="at least one observation"):
+        predict_new(noise, [(np.zeros(0), np.zeros(0), None)], [0], [10.0])

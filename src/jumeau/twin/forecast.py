@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jumeau.twin.series import birth_days, each_series, measurement_frame
-from jumeau.twin.state import DAYS_PER_YEAR, LEVELS, LocalTrendFilter, Predictive
+from jumeau.twin.state import DAYS_PER_YEAR, LEVELS, Predictive, predict_new
 from jumeau.twin.twin import day_number
 
 if TYPE_CHECKING:
@@ -62,15 +62,17 @@ def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list
         )
     flt = twin.population.filter(variable, twin.birth)
     variable_spec = twin.population.catalogue[variable]
+    days = [horizon_days(h) for h in horizons]
+    at_days = [day_number(twin.as_of) + d for d in days]
+    history = [(state.days, state.values, flt.birth_day)]
+    means, sds = predict_new(flt.noise, history, [0] * len(days), at_days)  # one filter pass
     out = []
-    for horizon in horizons:
-        days = horizon_days(horizon)
-        when = twin.as_of + timedelta(days=days)
-        predictive = flt.predictive(state.days, state.values, day_number(twin.as_of) + days)
+    for horizon, ahead, mean, sd in zip(horizons, days, means, sds, strict=True):
+        predictive = Predictive(float(mean), float(sd), flt.noise.interval_scales)
         out.append(
             {
                 "horizon": horizon,
-                "date": when.date().isoformat(),
+                "date": (twin.as_of + timedelta(days=ahead)).date().isoformat(),
                 "unit": state.unit,
                 "sd": predictive.sd,
                 **_quantiles(predictive, variable_spec.low, variable_spec.high),
@@ -103,7 +105,9 @@ def backtest(
     cut = day_number(cutoff)
     end = cut + horizon_days(horizon)
     results: dict[str, dict] = {}
-    forecasts: dict[str, list] = {}
+    # per variable: each forecast subject's history, and the later values it is scored on
+    histories: dict[str, list[tuple[np.ndarray, np.ndarray, float | None]]] = {}
+    outcomes: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     observed_before: dict[str, int] = {}
     for variable, subject, days, values in each_series(frame):
         past = days <= cut
@@ -111,18 +115,23 @@ def backtest(
         future = (days > cut) & (days <= end)
         if not past.any() or not future.any():
             continue
-        prior = population.noise[variable].prior_mean
-        flt = LocalTrendFilter(population.noise[variable], births.get(subject))
-        hist_d, hist_v = days[past], values[past]
-        rows = forecasts.setdefault(variable, [])
-        for day, actual in zip(days[future], values[future], strict=True):
-            p = flt.predictive(hist_d, hist_v, float(day))
-            inside = [lo <= actual <= hi for lo, hi in (p.interval(0.8), p.interval(0.95))]
-            rows.append((actual, p.mean, *inside, hist_v[-1], prior, len(hist_v), subject))
-    for variable, rows in forecasts.items():
-        subjects = np.array([r[-1] for r in rows], dtype=np.int64)
-        a = np.array([r[:-1] for r in rows], dtype=float)
-        actual, mean, in80, in95, locf, pop, n_hist = a.T
+        histories.setdefault(variable, []).append((days[past], values[past], births.get(subject)))
+        outcomes.setdefault(variable, []).append((subject, days[future], values[future]))
+    for variable, history in histories.items():
+        noise = population.noise[variable]
+        scored = outcomes[variable]
+        rows = np.repeat(np.arange(len(scored)), [len(d) for _, d, _ in scored])
+        actual = np.concatenate([v for _, _, v in scored])
+        mean, sd = predict_new(noise, history, rows, np.concatenate([d for _, d, _ in scored]))
+        predictive = Predictive(mean, sd, noise.interval_scales)
+        in80, in95 = (
+            (lo <= actual) & (actual <= hi)
+            for lo, hi in (predictive.interval(0.8), predictive.interval(0.95))
+        )
+        locf = np.array([v[-1] for _, v, _ in history])[rows]
+        n_hist = np.array([len(v) for _, v, _ in history])[rows]
+        subjects = np.array([s for s, _, _ in scored], dtype=np.int64)[rows]
+        pop = noise.prior_mean
         err = np.abs(actual - mean)
         mae, mae_locf, mae_pop = (
             float(err.mean()),
@@ -140,7 +149,7 @@ def backtest(
                 }
         sums = _subject_sums(subjects, err, np.abs(actual - locf))
         results[variable] = {
-            "n": len(rows),
+            "n": len(actual),
             "subjects": observed_before[variable],
             "unit": population.catalogue[variable].unit,
             "mae": mae,

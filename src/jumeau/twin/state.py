@@ -267,18 +267,11 @@ class LocalTrendFilter:
 
     def predictive(self, days: np.ndarray, values: np.ndarray, at_day: float) -> Predictive:
         """The distribution of a new measurement taken at ``at_day``."""
-        est = self.estimate(days, values, at_day)
-        mean = est.mean
-        if len(values):
-            days, values = np.asarray(days, float), np.asarray(values, float)
-            trend = recent_trend(
-                days[None, -TREND_POINTS:], values[None, -TREND_POINTS:], np.array([at_day])
-            )
-            level = self.population_level(np.array([at_day]), self._birth())
-            mean = float(
-                _stacked(self.noise, np.array([values[-1]]), np.array([est.mean]), trend, level)[0]
-            )
-        return Predictive(mean, math.sqrt(est.sd**2 + self.r), self.noise.interval_scales)
+        if not len(values):
+            est = self.estimate(days, values, at_day)
+            return Predictive(est.mean, math.sqrt(est.sd**2 + self.r), self.noise.interval_scales)
+        mean, sd = predict_new(self.noise, [(days, values, self.birth_day)], [0], [at_day])
+        return Predictive(float(mean[0]), float(sd[0]), self.noise.interval_scales)
 
 
 def recent_trend(days: np.ndarray, values: np.ndarray, at_day: np.ndarray) -> np.ndarray:
@@ -313,11 +306,13 @@ def _stacked(
     )
 
 
-def _walk(noise: NoiseModel, batch: _Batch, visit) -> None:
-    """Filter every series of ``batch`` together, calling ``visit(step, prior, posterior)``."""
+def _walk(noise: NoiseModel, batch: _Batch, visit=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Filter every series of ``batch`` together, calling ``visit(step, prior, posterior,
+    active)`` after each step; return each series' state after its last observation and that
+    observation's day (a series that has ended is carried unchanged)."""
     flt = LocalTrendFilter(noise)
     if batch.days.size == 0:
-        return
+        return [np.zeros(len(batch.n)) for _ in range(5)], np.zeros(len(batch.n))
     state = flt.initial(batch.days[:, 0], batch.birth)
     last = batch.days[:, 0]
     for step in range(batch.days.shape[1]):
@@ -326,7 +321,70 @@ def _walk(noise: NoiseModel, batch: _Batch, visit) -> None:
         prior = flt.advance(state, last, day, batch.birth)
         state = flt.observe(prior, np.nan_to_num(batch.values[:, step]), active)
         last = day
-        visit(step, prior, state, active)
+        if visit is not None:
+            visit(step, prior, state, active)
+    return state, last
+
+
+#: Observations (series x longest series) filtered at once by :func:`predict_new`.
+_PREDICT_CELLS = 2_000_000
+
+
+def predict_new(
+    noise: NoiseModel,
+    series: list[tuple[np.ndarray, np.ndarray, float | None]],
+    rows: np.ndarray | list[int],
+    at_days: np.ndarray | list[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictive means and sds of new measurements, many forecasts at once.
+
+    Forecast ``k`` is of a measurement at day ``at_days[k]`` given the whole of
+    ``series[rows[k]]`` (``(days, values, birth day or None)``, at least one value): the
+    stacked forecast :meth:`LocalTrendFilter.predictive` gives. Series are filtered together,
+    those of similar lengths in blocks of at most :data:`_PREDICT_CELLS` observations, so a
+    back-test of a warehouse's patients takes seconds and a patient with thousands of
+    observations does not pad everyone else's.
+    """
+    rows, at_days = np.asarray(rows, dtype=np.int64), np.asarray(at_days, dtype=float)
+    mean, sd = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    lengths = np.array([len(v) for _, v, _ in series], dtype=np.int64)
+    if (lengths[np.unique(rows)] == 0).any():
+        raise ValueError("a forecast needs at least one observation of its series")
+    order = np.argsort(lengths, kind="stable")
+    blocks, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * lengths[order[end]] <= _PREDICT_CELLS:
+            end += 1
+        blocks.append(order[start:end])
+        start = end
+    block_of, local = np.empty(len(series), np.int64), np.empty(len(series), np.int64)
+    for b, members in enumerate(blocks):
+        block_of[members], local[members] = b, np.arange(len(members))
+    by_block = np.argsort(block_of[rows], kind="stable")
+    bounds = np.searchsorted(block_of[rows][by_block], np.arange(len(blocks) + 1))
+    flt = LocalTrendFilter(noise)
+    for b, members in enumerate(blocks):
+        ks = by_block[bounds[b] : bounds[b + 1]]
+        if not len(ks):
+            continue
+        batch = _Batch([series[i] for i in members])
+        state, last_day = _walk(noise, batch, None)
+        j = local[rows[ks]]
+        x0, _, p00, _, _ = flt.advance(
+            [part[j] for part in state], last_day[j], at_days[ks], batch.birth[j]
+        )
+        n = batch.n[j]
+        recent = np.clip(n[:, None] - TREND_POINTS + np.arange(TREND_POINTS), -1, None)
+        seen = recent >= 0
+        picked = np.clip(recent, 0, None)
+        days = np.where(seen, batch.days[j[:, None], picked], np.nan)
+        values = np.where(seen, batch.values[j[:, None], picked], np.nan)
+        trend = recent_trend(days, values, at_days[ks])
+        level = flt.population_level(at_days[ks], batch.birth[j])
+        mean[ks] = _stacked(noise, batch.values[j, n - 1], x0, trend, level)
+        sd[ks] = np.sqrt(np.sqrt(np.maximum(p00, 0.0)) ** 2 + flt.r)
+    return mean, sd
 
 
 def one_step_log_likelihood(noise: NoiseModel, batch: _Batch) -> float:
