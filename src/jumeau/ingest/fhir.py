@@ -36,8 +36,6 @@ _AGE_UNIT_DAYS = {
     **dict.fromkeys(("d", "day", "days"), 1.0),
 }
 _EPOCH = datetime(1970, 1, 1)
-#: Resource types an NDJSON file's lines are read ahead for (see ``collect_references``).
-_READ_AHEAD = (b'"Patient"', b'"Medication"', b'"Encounter"')
 
 
 class FhirError(ValueError):
@@ -341,7 +339,7 @@ class _FhirMapper:
         lines naming those types are parsed."""
         try:
             for _, line in _ndjson_lines(path):
-                if not any(name in line for name in _READ_AHEAD):
+                if not (b'"Patient"' in line or b'"Medication"' in line or b'"Encounter"' in line):
                     continue
                 try:
                     resource = orjson.loads(line)
