@@ -6,7 +6,9 @@ Prints twins per second for the whole cohort (single process), then the cost of 
 twin up to date after one new batch (one more patient's FHIR bundle) against rebuilding them all,
 as a ratio from the same run, then the back-test's forecasts per second made in batches
 (``predict_new``) against one at a time (``LocalTrendFilter.predictive``, as the back-test made
-them before), on generated blood-pressure series. Results go to ``bench/out/twin_results.json``.
+them before), on generated blood-pressure series, and the filter of one 10,000-observation series
+on plain floats against the array filter stepping one observation at a time. Results go to
+``bench/out/twin_results.json``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def forecast_speed(subjects: int = 100_000, alone: int = 3_000) -> dict:
     pressures each), in batches and one at a time (on the first ``alone``)."""
     import numpy as np
 
-    from jumeau.twin.state import LocalTrendFilter, fit_noise, predict_new
+    from jumeau.twin.state import LocalTrendFilter, _Batch, _walk, fit_noise, predict_new
     from jumeau.twin.variables import CATALOGUE
 
     rng = np.random.default_rng(0)
@@ -100,7 +102,19 @@ def forecast_speed(subjects: int = 100_000, alone: int = 3_000) -> dict:
     for k in range(alone):
         flt.predictive(series[k][0], series[k][1], at_days[k])
     one_by_one = time.perf_counter() - start
+    long_days = np.cumsum(rng.uniform(0.01, 0.1, 10_000))  # an ICU stay's heart rates
+    long_values = rng.normal(80, 10, len(long_days))
+    start = time.perf_counter()
+    flt.run(long_days, long_values)
+    scalar = time.perf_counter() - start
+    start = time.perf_counter()
+    _walk(noise, _Batch([(long_days, long_values, None)]))
+    stepwise = time.perf_counter() - start
     return {
+        "long_series_observations": len(long_days),
+        "long_series_filter_seconds": scalar,
+        "long_series_array_filter_seconds": stepwise,
+        "long_series_speedup": stepwise / scalar,
         "backtest_forecasts": subjects,
         "backtest_forecasts_per_second_batched": subjects / batched,
         "backtest_forecasts_per_second_one_at_a_time": alone / one_by_one,

@@ -228,16 +228,39 @@ class LocalTrendFilter:
         ]
 
     def run(self, days: np.ndarray, values: np.ndarray) -> tuple[list[np.ndarray], float]:
-        """Filter one series; return the state after its last observation and that day."""
+        """Filter one series; return the state after its last observation and that day.
+
+        The recursion runs on plain floats (the population's drift between observations is
+        computed for all of them at once): an ICU patient's thousands of heart rates are
+        filtered in milliseconds, with the very arithmetic of :meth:`advance` and
+        :meth:`observe`.
+        """
+        days, values = np.asarray(days, dtype=float), np.asarray(values, dtype=float)
         birth = self._birth()
         first = float(days[0]) if len(days) else 0.0
-        state = self.initial(np.array([first]), birth)
-        last = first
-        for day, y in zip(days, values, strict=True):
-            state = self.advance(state, np.array([last]), np.array([float(day)]), birth)
-            state = self.observe(state, np.array([y]), np.array([True]))
-            last = float(day)
-        return state, last
+        x0, x1, p00, p01, p11 = (float(part[0]) for part in self.initial(np.array([first]), birth))
+        since = np.concatenate(([first], days[:-1]))
+        gaps = np.maximum(days - since, 0.0)
+        drift = np.zeros(len(days))
+        velocity = self.noise.velocity_by_age
+        if velocity is not None and self.birth_day is not None:
+            moved = gaps > 0
+            drift[moved] = velocity.change(
+                (since[moved] - self.birth_day) / DAYS_PER_YEAR,
+                (since[moved] + gaps[moved] - self.birth_day) / DAYS_PER_YEAR,
+            )
+        q_level, q_slope, r = self.q_level, self.q_slope, self.r
+        for dt, y, change in zip(gaps.tolist(), values.tolist(), drift.tolist(), strict=True):
+            x0 = x0 + x1 * dt + change
+            p00 = p00 + 2 * dt * p01 + dt * dt * p11 + q_level * dt
+            p01 = p01 + dt * p11
+            p11 = p11 + q_slope * dt
+            k0, k1 = p00 / (p00 + r), p01 / (p00 + r)
+            resid = y - x0
+            x0, x1 = x0 + k0 * resid, x1 + k1 * resid
+            p00, p01, p11 = p00 - k0 * p00, p01 - k0 * p01, p11 - k1 * p01
+        last = float(days[-1]) if len(days) else first
+        return [np.array([v]) for v in (x0, x1, p00, p01, p11)], last
 
     def estimate(self, days: np.ndarray, values: np.ndarray, at_day: float) -> Estimate:
         """The state at ``at_day`` (on or after the last observation)."""
@@ -328,6 +351,8 @@ def _walk(noise: NoiseModel, batch: _Batch, visit=None) -> tuple[list[np.ndarray
 
 #: Observations (series x longest series) filtered at once by :func:`predict_new`.
 _PREDICT_CELLS = 2_000_000
+#: Blocks of at most this many series are filtered one series at a time, on plain floats.
+_SCALAR_SERIES = 4
 
 
 def predict_new(
@@ -369,7 +394,12 @@ def predict_new(
         if not len(ks):
             continue
         batch = _Batch([series[i] for i in members])
-        state, last_day = _walk(noise, batch, None)
+        if len(members) <= _SCALAR_SERIES:  # a patient's own forecasts: one long series
+            runs = [LocalTrendFilter(noise, series[i][2]).run(*series[i][:2]) for i in members]
+            state = [np.concatenate([st[k] for st, _ in runs]) for k in range(5)]
+            last_day = np.array([day for _, day in runs])
+        else:
+            state, last_day = _walk(noise, batch, None)
         j = local[rows[ks]]
         x0, _, p00, _, _ = flt.advance(
             [part[j] for part in state], last_day[j], at_days[ks], batch.birth[j]
