@@ -713,3 +713,42 @@ def test_code_systems_named_by_oid_or_https_map_to_their_vocabulary():
     assert fhir_vocabulary("urn:oid:2.16.840.1.113883.6.96") == "SNOMED"
     assert fhir_vocabulary("https://loinc.org/") == "LOINC"
     assert fhir_vocabulary("http://example.org/local-labs") == "http://example.org/local-labs"
+
+
+def test_resources_of_a_shape_fhir_does_not_allow_are_rejected_one_by_one(tmp_path, new_store):
+    """Text where a number belongs, a list where an object does, a bad birth date read ahead:
+    each rejects its own resource, by line, and the export's other resources are kept."""
+    heart_rate = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
+    good = {
+        "resourceType": "Observation",
+        "id": "ok",
+        "code": heart_rate,
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2020-01-01",
+        "valueQuantity": {"value": 70},
+    }
+    lines = [
+        {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01"},
+        {**good, "id": "comma", "valueQuantity": {"value": "12,5"}},
+        {**good, "id": "listed", "valueQuantity": [{"value": 1}]},
+        {**good, "id": "bare", "subject": "Patient/p1"},
+        {**good, "id": "number-date", "effectiveDateTime": 20200101},
+        ["not", "a", "resource"],
+        {"resourceType": "Patient", "id": "p2", "birthDate": "1970-13-45"},
+        good,
+    ]
+    path = tmp_path / "export.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    report = ingest_fhir(new_store, path)
+    assert report.committed
+    reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
+    assert reasons == {
+        "line 2 (Observation)": "valueQuantity.value '12,5' is not a number",
+        "line 3 (Observation)": "malformed resource (AttributeError: 'list' object has no attribute 'get')",
+        "line 4 (Observation)": "subject/patient is not a Reference (an object with a reference)",
+        "line 5 (Observation)": "effectiveDateTime 20200101 is not a FHIR date, dateTime or Period",
+        "line 6": "not a FHIR resource (a JSON object)",
+        "line 7 (Patient)": "'1970-13-45' is not a FHIR date/dateTime",
+    }
+    kept = new_store.timeline(new_store.lookup("fhir", "p1"))
+    assert kept.filter(pl.col("code") == "LOINC/8867-4")["numeric_value"].to_list() == [70.0]

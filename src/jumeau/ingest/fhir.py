@@ -50,6 +50,8 @@ def parse_fhir_time(value: str | None) -> int | None:
     """
     if not value:
         return None
+    if not isinstance(value, str):
+        raise FhirError(f"{value!r} is not a FHIR date/dateTime (not a string)")
     text = value.strip()
     if len(text) == 4:
         text += "-01-01"
@@ -267,18 +269,20 @@ class _FhirMapper:
         fullurls: dict[str, str] = {}
         resources = []
         for entry in entries:
-            res = entry.get("resource")
+            res = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(res, dict):
                 resources.append(None)
                 continue
             full_url = entry.get("fullUrl")
+            if not isinstance(full_url, str):
+                full_url = None
             if not res.get("id") and full_url:  # transaction bundles: the server assigns ids
                 res = {
                     **res,
                     "id": full_url.rstrip("/").rsplit("/", 1)[-1].removeprefix("urn:uuid:"),
                 }
             if res.get("resourceType") == "Patient" and res.get("id"):
-                self._remember_patient(res)
+                self._remember_patient(res, strict=False)
                 if full_url:
                     fullurls[full_url] = res["id"]
             if res.get("resourceType") == "Medication":
@@ -311,20 +315,26 @@ class _FhirMapper:
         if full_url:
             self.encounters[full_url] = period
 
-    def _remember_patient(self, res: dict) -> int:
+    def _remember_patient(self, res: dict, *, strict: bool = True) -> int:
         """Keep a Patient's birth date (for onsets given as ages) and its names and identifier
         values (to scrub from free text, see :mod:`jumeau.ingest.redact`); return its
-        pseudonym."""
-        birth = parse_fhir_time(res.get("birthDate"))
+        pseudonym. Read ahead (not ``strict``), a bad birth date is left for the Patient's own
+        mapping to reject."""
+        try:
+            birth = parse_fhir_time(res.get("birthDate"))
+        except FhirError:
+            if strict:
+                raise
+            birth = None
         if birth is not None:
             self.births[res["id"]] = birth
         names = set()
-        for name in res.get("name") or []:
-            for part in [name.get("family"), *(name.get("given") or [])]:
+        for name in _objects(res.get("name")):
+            for part in [name.get("family"), *_strings(name.get("given"))]:
                 if isinstance(part, str):
                     names.update(part.split())
         numbers = {
-            i["value"] for i in res.get("identifier") or [] if isinstance(i.get("value"), str)
+            i["value"] for i in _objects(res.get("identifier")) if isinstance(i.get("value"), str)
         }
         subject_id = self.p.subject_id(self.ns, res["id"])
         self.private[subject_id] = (names, numbers | {res["id"]})
@@ -350,7 +360,7 @@ class _FhirMapper:
                 if resource.get("resourceType") == "Medication":
                     self._remember_medication(resource)
                 elif resource.get("resourceType") == "Patient" and resource.get("id"):
-                    self._remember_patient(resource)
+                    self._remember_patient(resource, strict=False)
                 elif resource.get("resourceType") == "Encounter":
                     self._remember_encounter(resource)
         except (OSError, EOFError):
@@ -366,6 +376,14 @@ class _FhirMapper:
                     resource = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
                     self._reject("fhir/unknown", path, f"line {line_no}", f"invalid JSON: {exc}")
+                    continue
+                if not isinstance(resource, dict):
+                    self._reject(
+                        "fhir/unknown",
+                        path,
+                        f"line {line_no}",
+                        "not a FHIR resource (a JSON object)",
+                    )
                     continue
                 self._resource(resource, path, f"line {line_no}", {})
         except (OSError, EOFError) as exc:
@@ -396,13 +414,20 @@ class _FhirMapper:
         before = len(self.events)
         try:
             handler(res, where, 0 if rtype == "Patient" else 1, fullurls=fullurls)  # type: ignore[call-arg]
-        except FhirError as exc:
+        except (FhirError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+            # a shape the standard does not allow (a string where an object belongs, text where
+            # a number does) rejects the resource, never the file
             del_count = len(self.events) - before
             if del_count:
                 for column in self.events.cols.values():
                     del column[before:]
             counts.rejected += 1
-            self._reject(f"fhir/{rtype}", path, f"{where} ({rtype})", str(exc))
+            reason = (
+                str(exc)
+                if isinstance(exc, FhirError)
+                else f"malformed resource ({type(exc).__name__}: {exc})"
+            )
+            self._reject(f"fhir/{rtype}", path, f"{where} ({rtype})", reason)
             return
         if identity:
             self.seen.add(identity)
@@ -439,10 +464,11 @@ class _FhirMapper:
         return self.p.subject_id(self.ns, patient_id), self.p.shift_us(self.ns, patient_id)
 
     def _patient_id(self, res: dict, fullurls: dict[str, str]) -> str:
-        ref = (res.get("subject") or res.get("patient") or res.get("beneficiary") or {}).get(
-            "reference"
-        )
-        if not ref:
+        target = res.get("subject") or res.get("patient") or res.get("beneficiary") or {}
+        if not isinstance(target, dict):
+            raise FhirError("subject/patient is not a Reference (an object with a reference)")
+        ref = target.get("reference")
+        if not isinstance(ref, str) or not ref:
             raise FhirError("no subject/patient reference")
         if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
             patient_id = fullurls.get(ref)
@@ -539,6 +565,7 @@ class _FhirMapper:
                 continue
             if isinstance(value, str):
                 return parse_fhir_time(value), None
+            raise FhirError(f"{name} {value!r} is not a FHIR date, dateTime or Period")
         return None, None
 
     def _timed(self, res: dict, *names: str) -> tuple[int, int | None]:
@@ -1053,6 +1080,26 @@ def _details(values: dict) -> str | None:
     return text or None
 
 
+def _number(value: Any, what: str) -> float | None:
+    """A JSON number as a float; anything else (``"12,5"``, a list) is the record's error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FhirError(f"{what} {value!r} is not a number")
+    return float(value)
+
+
+def _objects(value: Any) -> list[dict]:
+    """The JSON objects of a repeated element (a lone object counts as one)."""
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _strings(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, str)]
+
+
 def _value(element: dict) -> tuple[float | None, str | None, str | None]:
     """(numeric_value, text_value, unit) of an Observation or component value[x]."""
     if "valueQuantity" in element:
@@ -1060,7 +1107,7 @@ def _value(element: dict) -> tuple[float | None, str | None, str | None]:
         value = q.get("value")
         unit = q.get("code") or q.get("unit")
         comparator = q.get("comparator")
-        return (float(value) if value is not None else None), comparator, unit
+        return _number(value, "valueQuantity.value"), comparator, unit
     if "valueCodeableConcept" in element:
         cc = element["valueCodeableConcept"]
         return None, concept_code(cc) or cc.get("text"), None
