@@ -54,8 +54,10 @@ def scalar(con: duckdb.DuckDBPyConnection, query: str, params: Any = None) -> An
 
 def connect(temp_dir=None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection set up for ingest work: UTC, no progress bar, a memory
-    limit (``JUMEAU_MEMORY_LIMIT``, default 4GB) and spilling to ``temp_dir``."""
+    limit (``JUMEAU_MEMORY_LIMIT``, default 4GB), spilling to ``temp_dir``, and the macro
+    ``shown(x)``: a value quoted and cut to 40 characters, as reject reasons name it."""
     con = duckdb.connect()
+    run(con, "CREATE MACRO shown(x) AS '''' || left(CAST(x AS VARCHAR), 40) || ''''")
     run(con, "SET enable_progress_bar = false")
     run(con, "SET TimeZone = 'UTC'")
     run(con, f"SET memory_limit = '{os.environ.get('JUMEAU_MEMORY_LIMIT', '4GB')}'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -110,6 +111,40 @@ def test_bad_rows_are_rejected_by_file_and_row_and_the_rest_ingests(tmp_path, ne
         "subject_id is missing or not an integer",
         "code is missing",
     ]
+
+
+def test_values_of_the_wrong_type_and_unreadable_shards_are_rejected_alone(tmp_path, new_store):
+    """A shard written with text columns (a time that is not one, a value that is not a
+    number) rejects those rows, naming the value; a shard that is not Parquet is rejected
+    whole; the other rows of the dataset are imported."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "d" / "data"
+    _shard(data / "0.parquet", [1], ["LOINC/8480-6"], [120])
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": ["2", "2", "2"],
+                "time": ["2020-01-01 08:00:00", "yesterday", "2020-01-03"],
+                "code": ["LOINC/8480-6"] * 3,
+                "numeric_value": ["131", "132", "12,5"],
+            }
+        ),
+        data / "1.parquet",
+    )
+    (data / "2.parquet").write_bytes(b"PAR1 cut short")
+    report = ingest_meds(new_store, tmp_path / "d")
+    assert (report.tables["meds/data"].read, report.tables["meds/data"].rejected) == (5, 3)
+    reasons = {
+        (Path(r["file"]).name, r["record"]): r["reason"]
+        for r in new_store.rejects().iter_rows(named=True)
+    }
+    assert reasons[("1.parquet", "row 2")] == "time 'yesterday' is not a time"
+    assert reasons[("1.parquet", "row 3")] == "numeric_value '12,5' is not a number"
+    assert reasons[("2.parquet", "whole file")].startswith("not a readable Parquet file")
+    second = new_store.timeline(new_store.lookup("meds", "2"))
+    assert second.select("time", "numeric_value").rows() == [(datetime(2020, 1, 1, 8), 131.0)]
 
 
 @pytest.mark.parametrize("range_rows", [12_000_000, 1])

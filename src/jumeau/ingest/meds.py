@@ -17,7 +17,9 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.model import BIRTH_CODE, DEATH_CODE
@@ -98,15 +100,48 @@ def ingest_meds(
     if not files:
         raise MedsError(f"{root}: no MEDS data shards (expected data/*.parquet)")
     with BatchWriter(store, "meds", str(root.resolve())) as writer:
+        files = _readable(files, writer)
         con = connect(writer.staging_dir / "meds-tmp")
         try:
             _map(con, store, writer, files, progress, source_name)
             codes = metadata / "codes.parquet"
             if codes.exists():
                 writer.add_codes(_code_metadata(con, codes))
+        except duckdb.Error as exc:  # a shard whose footer reads but whose data does not
+            message = str(exc).split("\n\n")[0]
+            raise MedsError(f"{root}: cannot read the MEDS data: {message}") from exc
         finally:
             con.close()
         return writer.commit()
+
+
+def _readable(files: list[str], writer: BatchWriter) -> list[str]:
+    """The shards that are Parquet files; each other one is rejected whole, with the reason,
+    and the dataset's other shards are imported."""
+    readable, broken = [], []
+    for name in files:
+        try:
+            pq.read_metadata(name)
+        except (OSError, pa.ArrowException) as exc:
+            broken.append((name, f"not a readable Parquet file ({exc})"))
+        else:
+            readable.append(name)
+    if broken:
+        writer.report.table("meds/data").rejected += len(broken)
+        writer.add_rejects(
+            pa.table(
+                {
+                    "source": ["meds/data"] * len(broken),
+                    "file": [name for name, _ in broken],
+                    "record": ["whole file"] * len(broken),
+                    "reason": [reason for _, reason in broken],
+                    "record_key": pa.nulls(len(broken), pa.int64()),
+                }
+            )
+        )
+    if not readable:
+        raise MedsError(f"{files[0]}: no readable MEDS data shard ({broken[0][1]})")
+    return readable
 
 
 def _code_metadata(con, path: Path) -> pa.Table:
@@ -140,18 +175,34 @@ def _map(
         raise MedsError(f"{files[0]}: MEDS data lacks required column(s) {', '.join(missing)}")
     if progress:
         progress("data")
-    opt = lambda c, t: f'CAST("{c}" AS {t})' if c in cols else f"NULL::{t}"  # noqa: E731
+    opt = lambda c, t: f'TRY_CAST("{c}" AS {t})' if c in cols else f"NULL::{t}"  # noqa: E731
+    end = "end_time" if "end_time" in cols else "end"
+    # a value of the wrong type rejects its row, naming the value (never a subject id)
+    bad = " ".join(
+        f'WHEN "{c}" IS NOT NULL AND {opt(c, t)} IS NULL THEN '
+        f"'{c} ' || shown(\"{c}\") || ' is not {what}'"
+        for c, t, what in (
+            (when, "TIMESTAMP", "a time"),
+            ("numeric_value", "DOUBLE", "a number"),
+            (end, "TIMESTAMP", "a time"),
+        )
+        if c in cols
+    )
     # a view, not a copy: each pass below reads only the columns it needs from the shards
     listed = "[" + ", ".join(sql_string(f) for f in files) + "]"
     run(
         con,
         f"""CREATE TEMP VIEW src AS SELECT filename, file_row_number + 1 AS _row,
             "{subject}" AS subject_raw, TRY_CAST("{subject}" AS BIGINT) AS sid,
-            CAST("{when}" AS TIMESTAMP) AS time, CAST(code AS VARCHAR) AS code,
+            {opt(when, "TIMESTAMP")} AS time, CAST(code AS VARCHAR) AS code,
             {opt("numeric_value", "DOUBLE")} AS numeric_value,
             {opt("text_value", "VARCHAR")} AS text_value, {opt("unit", "VARCHAR")} AS unit,
-            {opt("end_time" if "end_time" in cols else "end", "TIMESTAMP")} AS end_time,
-            {opt("domain", "VARCHAR")} AS domain, {opt("table", "VARCHAR")} AS source_table
+            {opt(end, "TIMESTAMP")} AS end_time,
+            {opt("domain", "VARCHAR")} AS domain, {opt("table", "VARCHAR")} AS source_table,
+            CASE WHEN TRY_CAST("{subject}" AS BIGINT) IS NULL
+                     THEN 'subject_id is missing or not an integer'
+                 WHEN code IS NULL OR CAST(code AS VARCHAR) = '' THEN 'code is missing'
+                 {bad} END AS reject_reason
         FROM read_parquet({listed}, union_by_name=true, filename=true, file_row_number=true)""",
     )
     tables = [r[0] for r in run(con, "SELECT DISTINCT source_table FROM src") if r[0]]
@@ -172,15 +223,14 @@ def _map(
         SELECT CAST(source_id AS BIGINT) AS sid, subject_id, shift_us FROM meds_pseudonyms""",
     )
     counts = writer.report.table("meds/data")
-    counts.read = run(con, "SELECT count(*) FROM src")[0][0]
+    counts.read = counts.rejected + run(con, "SELECT count(*) FROM src")[0][0]
     rejects = arrow_table(
         con,
         """SELECT 'meds/data' AS source, filename AS file, 'row ' || _row AS record,
-            CASE WHEN sid IS NULL THEN 'subject_id is missing or not an integer'
-                 ELSE 'code is missing' END AS reason, NULL::BIGINT AS record_key
-        FROM src WHERE sid IS NULL OR code IS NULL OR code = ''""",
+            reject_reason AS reason, NULL::BIGINT AS record_key
+        FROM src WHERE reject_reason IS NOT NULL""",
     )
-    counts.rejected = writer.add_rejects(rejects)
+    counts.rejected += writer.add_rejects(rejects)
     counts.accepted = counts.read - counts.rejected
     shift = "" if store.config.max_date_shift_days <= 0 else " + to_microseconds(m.shift_us)"
     content = (
@@ -210,7 +260,7 @@ def _map(
                          d.table_domain, {_domain_from_code_sql("s.code")}, 'other') AS domain,
                 'meds/data' AS source, {key} AS record_key
             FROM src s JOIN meds_map m USING (sid) LEFT JOIN table_domains d USING (source_table)
-            WHERE s.code IS NOT NULL AND s.code <> '' AND {in_range})
+            WHERE s.reject_reason IS NULL AND {in_range})
             TO '{out}' (FORMAT parquet)""",
         )
         counts.events += scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")

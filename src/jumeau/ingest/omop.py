@@ -202,7 +202,6 @@ CREATE OR REPLACE MACRO jts(x) AS COALESCE(
     TRY_STRPTIME(CAST(x AS VARCHAR), '%Y%m%d'),
     TRY_STRPTIME(CAST(x AS VARCHAR), '%Y-%m-%d %H:%M:%S%z')::TIMESTAMP);
 CREATE OR REPLACE MACRO blank(x) AS (x IS NULL OR trim(CAST(x AS VARCHAR)) = '');
-CREATE OR REPLACE MACRO shown(x) AS '''' || left(CAST(x AS VARCHAR), 40) || '''';
 """
 
 
