@@ -409,3 +409,24 @@ def test_a_truncated_csv_keeps_its_complete_rows_and_rejects_the_cut_one(tmp_pat
     assert (counts.read, counts.accepted, counts.rejected) == (10, 9, 1)
     reason = store.rejects().filter(pl.col("source") == "omop/visit_occurrence")["reason"][0]
     assert "missing" in reason
+
+
+@pytest.mark.parametrize("layout", ["file", "part folder"])
+def test_a_malformed_csv_row_is_rejected_alone_in_a_file_or_a_part_folder(tmp_path, layout):
+    """An unclosed quote, an extra field, a short row: the part files of a table are read as
+    forgivingly as a single file, so one bad row never fails the table."""
+    text = (
+        "person_id,gender_concept_id,year_of_birth,month_of_birth,day_of_birth\n"
+        '1,8507,1970,1,1\n2,8532,"1980,1,1\n3,8507,1990,1,1,extra\n4,8532,2000\n'
+    )
+    folder = tmp_path / "cdm"
+    target = folder / "person.csv" if layout == "file" else folder / "person" / "part-0.csv"
+    target.parent.mkdir(parents=True)
+    target.write_text(text)
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    counts = report.tables["omop/person"]
+    assert (counts.read, counts.accepted, counts.rejected) == (4, 3, 1)
+    rejected = store.rejects()
+    assert rejected["record"].to_list() == ["row 2"]
+    assert "year_of_birth" in rejected["reason"][0]

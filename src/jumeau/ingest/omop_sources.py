@@ -88,18 +88,26 @@ def _folder_relation(path: Path) -> tuple[str, str | None] | None:
             relation = f"read_parquet({[str(p) for p in parquet]!r}, union_by_name=true)"
             return relation, _numbered_parquet(parquet)
         if csv:
-            files = [str(p) for p in csv]
-            return f"read_csv({files!r}, header=true, all_varchar=true, union_by_name=true)", None
+            return _csv_reader([str(p) for p in csv]), None
         return None
     if name.endswith(".parquet"):  # the footer read doubles as the check that it is Parquet
         return f"read_parquet({sql_string(path)})", _numbered_parquet([path])
     if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-        delim = "\\t" if name.endswith(".tsv") else None
-        opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true"
-        if delim:
-            opts += f", delim='{delim}'"
-        return f"read_csv({sql_string(path)}, {opts})", None
+        return _csv_reader([str(path)], tab_separated=name.endswith(".tsv")), None
     return None
+
+
+def _csv_reader(files: list[str], *, tab_separated: bool = False) -> str:
+    """A DuckDB reader of CSV part files as text columns, forgiving of a malformed row (an
+    unclosed quote, a missing or extra field: the row's values then fail their own checks
+    and it is rejected with its reason) instead of failing the whole table."""
+    listed = "[" + ", ".join(sql_string(f) for f in files) + "]"
+    opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true"
+    if len(files) > 1:
+        opts += ", union_by_name=true"
+    if tab_separated:
+        opts += ", delim='\\t'"
+    return f"read_csv({listed}, {opts})"
 
 
 def _table_name(path: Path) -> str:
