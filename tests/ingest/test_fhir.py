@@ -752,3 +752,60 @@ def test_resources_of_a_shape_fhir_does_not_allow_are_rejected_one_by_one(tmp_pa
     }
     kept = new_store.timeline(new_store.lookup("fhir", "p1"))
     assert kept.filter(pl.col("code") == "LOINC/8867-4")["numeric_value"].to_list() == [70.0]
+
+
+def test_bundles_inside_bundles_and_on_ndjson_lines_are_read_entry_by_entry(tmp_path, new_store):
+    """A batch-response holds each search's results as a Bundle; some exports write a Bundle
+    per NDJSON line. Their resources are mapped (not counted as one unhandled Bundle), and a
+    rejected one is named by its place."""
+    patient = {"resourceType": "Patient", "id": "p7", "birthDate": "1960-01-01"}
+    weight = {
+        "resourceType": "Observation",
+        "id": "w1",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"reference": "Patient/p7"},
+        "effectiveDateTime": "2020-05-01",
+        "valueQuantity": {"value": 81.5, "unit": "kg", "code": "kg"},
+    }
+    searchset = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": weight}, {"resource": {**weight, "id": "w2", "subject": {}}}],
+    }
+    response = {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "entry": [{"resource": patient}],
+                }
+            },
+            {"resource": searchset},
+        ],
+    }
+    (tmp_path / "response.json").write_text(json.dumps(response))
+    report = ingest_fhir(new_store, tmp_path / "response.json")
+    assert "Bundle" not in report.unhandled
+    assert report.tables["fhir/Observation"].accepted == 1
+    rejects = new_store.rejects()
+    assert rejects["record"].to_list() == ["entry 1 / entry 1 (Observation)"]
+    subject = new_store.lookup("fhir", "p7")
+    weights = new_store.timeline(subject).filter(pl.col("code") == "LOINC/29463-7")
+    assert weights["numeric_value"].to_list() == [81.5]
+
+    lines = tmp_path / "bundles.ndjson"
+    line = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {**patient, "id": "p8"}},
+            {"resource": {**weight, "id": "w8", "subject": {"reference": "Patient/p8"}}},
+        ],
+    }
+    lines.write_text(json.dumps(line) + "\n")
+    ingest_fhir(new_store, lines)
+    eighth = new_store.timeline(new_store.lookup("fhir", "p8"))
+    assert eighth.filter(pl.col("code") == "LOINC/29463-7")["numeric_value"].to_list() == [81.5]

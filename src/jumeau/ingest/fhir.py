@@ -262,11 +262,21 @@ class _FhirMapper:
         if not isinstance(doc, dict) or "resourceType" not in doc:
             self._reject("fhir/file", path, "whole file", "not a FHIR resource (no resourceType)")
             return
-        if doc["resourceType"] != "Bundle":
+        if doc["resourceType"] == "Bundle":
+            self._bundle(doc, path)
+        else:
             self._resource(doc, path, "resource", {})
-            return
-        entries = doc.get("entry") or []
-        fullurls: dict[str, str] = {}
+
+    def _bundle(
+        self, bundle: dict, path: Path, where: str = "", inherited: dict[str, str] | None = None
+    ) -> None:
+        """Map a Bundle's entries, its Patients, Medications and Encounters read first (they are
+        referred to by the others). A Bundle in an entry (a batch-response holds each search's
+        results so) or on an NDJSON line is read the same way; ``where`` names its place."""
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            entries = []
+        fullurls: dict[str, str] = dict(inherited or {})
         resources = []
         for entry in entries:
             res = entry.get("resource") if isinstance(entry, dict) else None
@@ -291,8 +301,12 @@ class _FhirMapper:
                 self._remember_encounter(res, full_url)
             resources.append(res)
         for i, res in enumerate(resources):
-            if res is not None:
-                self._resource(res, path, f"entry {i}", fullurls)
+            if res is None:
+                continue
+            if res.get("resourceType") == "Bundle":
+                self._bundle(res, path, f"{where}entry {i} / ", fullurls)
+            else:
+                self._resource(res, path, f"{where}entry {i}", fullurls)
 
     def _code(self, concept: dict | None, prefer: tuple[str, ...] = ()) -> str | None:
         return concept_code(concept, prefer, self.displays)
@@ -385,7 +399,10 @@ class _FhirMapper:
                         "not a FHIR resource (a JSON object)",
                     )
                     continue
-                self._resource(resource, path, f"line {line_no}", {})
+                if resource.get("resourceType") == "Bundle":
+                    self._bundle(resource, path, f"line {line_no} / ")
+                else:
+                    self._resource(resource, path, f"line {line_no}", {})
         except (OSError, EOFError) as exc:
             where = f"after line {line_no}" if line_no else "whole file"
             self._reject("fhir/file", path, where, f"cannot be read further: {exc}")
