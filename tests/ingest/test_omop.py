@@ -430,3 +430,29 @@ def test_a_malformed_csv_row_is_rejected_alone_in_a_file_or_a_part_folder(tmp_pa
     rejected = store.rejects()
     assert rejected["record"].to_list() == ["row 2"]
     assert "year_of_birth" in rejected["reason"][0]
+
+
+def test_a_drug_exposure_without_an_end_date_ends_after_its_days_supply(tmp_path):
+    """OHDSI's convention (THEMIS): an empty end date is the start + days_supply - 1 day; an
+    end date given is kept; without a supply there is no end."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8507,1950\n")
+    (folder / "drug_exposure.csv").write_text(
+        "drug_exposure_id,person_id,drug_concept_id,drug_exposure_start_date,"
+        "drug_exposure_end_date,days_supply\n"
+        "1,1,1112807,2020-01-01,,30\n"
+        "2,1,1112807,2020-03-01,2020-03-10,30\n"
+        "3,1,1112807,2020-05-01,,0\n"
+        "4,1,1112807,2020-06-01,,thirty\n"
+    )
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    assert report.tables["omop/drug_exposure"].rejected == 1
+    assert "days_supply" in store.rejects()["reason"][0]
+    drugs = store.timeline(store.lookup("omop", "1")).filter(pl.col("domain") == "drug")
+    assert drugs.select("time", "end_time").rows() == [
+        (dt.datetime(2020, 1, 1), dt.datetime(2020, 1, 30)),
+        (dt.datetime(2020, 3, 1), dt.datetime(2020, 3, 10)),
+        (dt.datetime(2020, 5, 1), None),
+    ]

@@ -48,6 +48,9 @@ class TableSpec:
     unit_source: str | None = None
     fixed_code: str | None = None
     operator_concept: str | None = None
+    #: A duration in days that dates the end when the end date is empty (OHDSI THEMIS: start
+    #: + days_supply - 1 day).
+    supply_days: str | None = None
 
 
 SPECS: dict[str, TableSpec] = {
@@ -100,6 +103,7 @@ SPECS: dict[str, TableSpec] = {
         end_datetime="drug_exposure_end_datetime",
         end_date="drug_exposure_end_date",
         number="quantity",
+        supply_days="days_supply",
     ),
     "procedure_occurrence": TableSpec(
         "procedure",
@@ -712,6 +716,13 @@ class _OmopMapper:
             x.bad_time(col)
             for col in (spec.start_date, spec.start_datetime, spec.end_date, spec.end_datetime)
         )
+        supplied = ""
+        if spec.supply_days and spec.supply_days in cols:
+            days = x.integer(spec.supply_days)
+            start = f"COALESCE({x.time(spec.start_datetime)}, {x.time(spec.start_date)})"
+            supplied = (
+                f", CASE WHEN {days} >= 1 THEN {start} + to_days(CAST({days} - 1 AS INTEGER)) END"
+            )
         content = ", ".join(
             f"CAST({x.ref(col)} AS VARCHAR)"
             for col in (
@@ -741,7 +752,7 @@ class _OmopMapper:
                     END AS rid,
                     {x.integer("person_id")} AS person_id,
                     COALESCE({x.time(spec.start_datetime)}, {x.time(spec.start_date)}) AS t0,
-                    COALESCE({x.time(spec.end_datetime)}, {x.time(spec.end_date)}) AS t1,
+                    COALESCE({x.time(spec.end_datetime)}, {x.time(spec.end_date)}{supplied}) AS t1,
                     {x.integer(spec.concept)} AS concept_id,
                     {x.integer(spec.source_concept)} AS source_concept_id,
                     {x.number(spec.number)} AS number,
@@ -758,6 +769,7 @@ class _OmopMapper:
                          {f"WHEN {x.blank(spec.concept)} THEN 'concept id is missing'" if spec.fixed_code is None and spec.concept else ""}
                          {x.bad_integer(spec.concept)}
                          {x.bad_number(spec.number)}
+                         {x.bad_integer(spec.supply_days)}
                     END AS input_problem
                   FROM src LEFT JOIN shared_ids ON shared_ids.id_raw = src."{id_col}")
             SELECT t.*, m.subject_id, m.shift_us, m.person_source_value,
