@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -96,6 +97,25 @@ def test_the_improvement_interval_resamples_patients():
     low, high = improvement_interval(mixed)
     assert low < 0 < high
     assert improvement_interval({0: [5, 1.0, 2.0]}) is None  # one patient: no interval
+
+
+def test_many_patients_get_the_delta_method_interval_the_bootstrap_tends_to(monkeypatch):
+    """Beyond BOOTSTRAP_MAX_PATIENTS the interval is the ratio's linearised one: on 5,000
+    generated patients both methods give the same interval to a few percent of its width."""
+    import jumeau.twin.forecast as forecast
+
+    rng = np.random.default_rng(1)
+    error = rng.gamma(2.0, 1.0, 5000)
+    carried = error * rng.uniform(0.8, 1.4, len(error))
+    sums = {i: [1, float(e), float(c)] for i, (e, c) in enumerate(zip(error, carried, strict=True))}
+    boot = forecast.improvement_interval(sums)
+    monkeypatch.setattr(forecast, "BOOTSTRAP_MAX_PATIENTS", 1000)
+    delta = forecast.improvement_interval(sums)
+    assert delta != boot  # the other method ran
+    width = boot[1] - boot[0]
+    assert delta == pytest.approx(boot, abs=0.05 * width)
+    point = 1 - error.sum() / carried.sum()
+    assert delta[0] < point < delta[1]
 
 
 def test_pooled_back_tests_count_a_patient_once_in_the_interval(pooled):

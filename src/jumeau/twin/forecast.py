@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jumeau.twin.series import birth_days, each_series, measurement_frame
-from jumeau.twin.state import DAYS_PER_YEAR, LEVELS, Predictive, predict_new
+from jumeau.twin.state import DAYS_PER_YEAR, LEVELS, Predictive, predict_new, z_score
 from jumeau.twin.twin import day_number
 
 if TYPE_CHECKING:
@@ -173,6 +173,10 @@ def backtest(
 #: Key of a variable's per-patient error sums in a back-test result (not published).
 SUBJECT_SUMS = "_subject_sums"
 BOOTSTRAP_DRAWS = 2000
+#: Patients above which the interval is the delta method's, the bootstrap's large-sample limit
+#: (2,000 resamples of 300,000 patients take half a minute a variable, the linearised variance
+#: milliseconds; on fewer patients the bootstrap keeps the interval's asymmetry).
+BOOTSTRAP_MAX_PATIENTS = 20_000
 #: resample counts held at once by the bootstrap (8 bytes each)
 _BOOTSTRAP_CELLS = 4_000_000
 
@@ -192,10 +196,14 @@ def _subject_sums(subjects: np.ndarray, error: np.ndarray, error_carry_forward: 
 
 def improvement_interval(sums: dict, level: float = 0.95, seed: int = 0) -> list[float] | None:
     """A percentile bootstrap interval of the improvement over carry-forward, resampling
-    patients (with all their forecasts) rather than forecasts; None with fewer than 2 patients."""
+    patients (with all their forecasts) rather than forecasts; beyond
+    :data:`BOOTSTRAP_MAX_PATIENTS` patients, the delta-method interval of the same ratio with
+    patients as clusters. None with fewer than 2 patients."""
     if len(sums) < 2:
         return None
     totals = np.array(list(sums.values()), dtype=float)
+    if len(totals) > BOOTSTRAP_MAX_PATIENTS:
+        return _delta_interval(totals[:, 1], totals[:, 2], level)
     rng = np.random.default_rng(seed)
     share = np.full(len(totals), 1 / len(totals))
     # draws a few at a time: 2,000 resamples of a million patients would not fit in memory
@@ -211,6 +219,19 @@ def improvement_interval(sums: dict, level: float = 0.95, seed: int = 0) -> list
     improvement = 1 - error[ok] / carried[ok]
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(improvement, tail)), float(np.percentile(improvement, 100 - tail))]
+
+
+def _delta_interval(error: np.ndarray, carried: np.ndarray, level: float) -> list[float] | None:
+    """The interval of ``1 - sum(error) / sum(carried)`` from the ratio's linearised variance,
+    each patient's sums one cluster."""
+    total = carried.sum()
+    if total <= 0:
+        return None
+    ratio = error.sum() / total
+    n = len(error)
+    spread = math.sqrt(n / (n - 1) * float(np.sum((error - ratio * carried) ** 2))) / total
+    half = z_score(level) * spread
+    return [float(1 - ratio - half), float(1 - ratio + half)]
 
 
 def published(result: dict) -> dict:
