@@ -95,3 +95,10 @@ def test_ingest_brings_existing_twins_up_to_date(tmp_path, synthea_dir):
     assert "0 twin(s) rebuilt" in text
     again = jumeau("ingest", "fhir", str(second), "--store", str(store)).stdout
     assert "twins as of" not in again  # nothing new was committed, nothing rebuilt
+
+
+def test_a_back_test_with_nothing_to_forecast_says_so(cli_store):  # noqa: F811
+    text = jumeau(
+        "evaluate", "forecasts", "--store", str(cli_store), "--cutoff", "1900-01-01"
+    ).stdout
+    assert "no catalogued variable was measured both before the cutoff" in text

@@ -225,6 +225,12 @@ def twin_summary(twin: dict) -> None:
 
 
 def backtest_table(result: dict) -> None:
+    if not result["variables"]:
+        console.print(
+            f"forecast back-test, cutoff {result['cutoff']}: no catalogued variable was measured "
+            f"both before the cutoff and within {result['horizon']} after it"
+        )
+        return
     table = Table(
         title=f"forecast back-test, cutoff {result['cutoff']}, horizon {result['horizon']}"
     )
