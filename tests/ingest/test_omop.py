@@ -456,3 +456,63 @@ def test_a_drug_exposure_without_an_end_date_ends_after_its_days_supply(tmp_path
         (dt.datetime(2020, 3, 1), dt.datetime(2020, 3, 10)),
         (dt.datetime(2020, 5, 1), None),
     ]
+
+
+def _codes_by_source(store, sources: tuple[str, ...]) -> pl.DataFrame:
+    return (
+        store.scan()
+        .filter(pl.col("source").is_in(sources))
+        .select("source", "code", "time", "numeric_value")
+        .collect()
+        .sort(pl.all(), nulls_last=True)
+    )
+
+
+TABLES_WITH_CODES = ("omop/condition_occurrence", "omop/drug_exposure", "omop/measurement")
+
+
+def test_a_vocabulary_in_its_own_schema_is_read_from_there(tmp_path, eunomia, eunomia_store):
+    """OHDSI sites often keep the CDM in one schema and the vocabulary in another."""
+    reference, _ = eunomia_store
+    db = tmp_path / "site.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute(f"ATTACH '{eunomia}' AS e (READ_ONLY)")
+    con.execute("CREATE SCHEMA cdm; CREATE SCHEMA vocab")
+    for table in ("person", "condition_occurrence", "drug_exposure", "measurement"):
+        con.execute(f"CREATE TABLE cdm.{table} AS SELECT * FROM e.{table}")
+    con.execute("CREATE TABLE vocab.concept AS SELECT * FROM e.concept")
+    con.close()
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, db, schema="cdm", vocabulary_schema="vocab")
+    expected = _codes_by_source(reference, TABLES_WITH_CODES)
+    assert _codes_by_source(store, TABLES_WITH_CODES).equals(expected)
+    assert not expected.filter(pl.col("code").str.starts_with("OMOP/")).height
+    with pytest.raises(OmopSourceError, match="no concept table in schema 'cdm2'"):
+        ingest_omop(jumeau.init(tmp_path / "other"), db, schema="cdm", vocabulary_schema="cdm2")
+
+
+def test_a_cdm_exported_without_its_vocabulary_takes_an_athena_folder(
+    tmp_path, eunomia, eunomia_store
+):
+    """The CDM's CSVs without a concept table, and Athena's download beside them (CONCEPT.csv,
+    tab-separated, dates as YYYYMMDD): the codes are the vocabulary's, as from the database."""
+    reference, _ = eunomia_store
+    cdm = tmp_path / "cdm"
+    _export_csv(eunomia, cdm, ["person", "condition_occurrence", "drug_exposure", "measurement"])
+    athena = tmp_path / "athena"
+    athena.mkdir()
+    con = duckdb.connect(str(eunomia), read_only=True)
+    con.execute(
+        f"COPY (SELECT * FROM concept) TO '{athena / 'CONCEPT.csv'}' "
+        "(HEADER, DELIMITER '\t', DATEFORMAT '%Y%m%d')"
+    )
+    con.close()
+    without = jumeau.init(tmp_path / "without")
+    ingest_omop(without, cdm)
+    assert _codes_by_source(without, TABLES_WITH_CODES)["code"].str.starts_with("OMOP/").all()
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, cdm, vocabulary_folder=athena)
+    codes = _codes_by_source(store, TABLES_WITH_CODES)
+    assert codes.equals(_codes_by_source(reference, TABLES_WITH_CODES))
+    with pytest.raises(OmopSourceError, match="no concept table"):
+        ingest_omop(jumeau.init(tmp_path / "none"), cdm, vocabulary_folder=cdm)

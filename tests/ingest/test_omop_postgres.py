@@ -68,6 +68,28 @@ def test_postgres_ingest_equals_the_duckdb_file_ingest(omop_postgres, eunomia_st
         assert a.equals(b), source
 
 
+def test_a_vocabulary_schema_of_its_own_gives_the_codes(omop_postgres, new_store):
+    """CDM tables in one schema, the concept table only in another."""
+    with pg.connect(omop_postgres) as conn, conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA site")
+        cur.execute("CREATE SCHEMA vocab")
+        for table in ("person", "condition_occurrence"):
+            cur.execute(f"CREATE TABLE site.{table} AS SELECT * FROM cdm.{table}")
+        cur.execute("CREATE TABLE vocab.concept AS SELECT * FROM cdm.concept")
+        conn.commit()
+    report = ingest_omop(new_store, omop_postgres, schema="site", vocabulary_schema="vocab")
+    assert report.tables["omop/condition_occurrence"].events > 0
+    codes = (
+        new_store.scan()
+        .filter(pl.col("source") == "omop/condition_occurrence")
+        .select("code")
+        .collect()["code"]
+    )
+    assert codes.str.starts_with("SNOMED/").all()
+    with pytest.raises(OmopSourceError, match="no concept table in schema 'site'"):
+        ingest_omop(new_store, omop_postgres, schema="site", vocabulary_schema="site")
+
+
 def test_unreachable_postgres_is_a_clear_error(new_store):
     with pytest.raises(OmopSourceError, match="cannot connect to PostgreSQL") as error:
         ingest_omop(new_store, "postgresql://nobody:secret@127.0.0.1:1/none")

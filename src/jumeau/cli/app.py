@@ -182,12 +182,30 @@ def ingest_omop_cmd(
     ],
     store: StoreOpt,
     schema: Annotated[str | None, typer.Option(help="Database schema of the CDM tables.")] = None,
+    vocabulary_schema: Annotated[
+        str | None,
+        typer.Option(help="Schema of the vocabulary (concept) table, if not --schema."),
+    ] = None,
+    vocabulary_folder: Annotated[
+        Path | None,
+        typer.Option(help="Folder with the concept table (an Athena download) to use instead."),
+    ] = None,
     source_name: SourceNameOpt = "omop",
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
     """Ingest an OMOP CDM v5.3/v5.4 database."""
-    _ingest("omop", source, store, key_file, format, schema=schema, source_name=source_name)
+    _ingest(
+        "omop",
+        source,
+        store,
+        key_file,
+        format,
+        schema=schema,
+        vocabulary_schema=vocabulary_schema,
+        vocabulary_folder=vocabulary_folder,
+        source_name=source_name,
+    )
 
 
 @ingest_app.command("fhir")

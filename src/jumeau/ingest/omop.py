@@ -310,6 +310,8 @@ def ingest_omop(
     source: str | Path,
     *,
     schema: str | None = None,
+    vocabulary_schema: str | None = None,
+    vocabulary_folder: str | Path | None = None,
     source_name: str = "omop",
     progress: Progress | None = None,
 ) -> IngestReport:
@@ -324,6 +326,12 @@ def ingest_omop(
     schema:
         The database schema holding the CDM tables (default ``main`` for DuckDB, ``public`` for
         PostgreSQL).
+    vocabulary_schema:
+        The schema of the vocabulary tables when it is not ``schema`` (OHDSI sites often keep
+        the vocabulary in a schema of its own); DuckDB and PostgreSQL sources.
+    vocabulary_folder:
+        A folder holding the concept table (an Athena vocabulary download) to use instead of
+        the source's own: a CDM exported without its vocabulary still gets its codes.
     source_name:
         The namespace of the source's person ids and record ids. Warehouses of different sites
         all number their persons and rows from 1: give each its own name (``chu-lille``) and
@@ -344,7 +352,9 @@ def ingest_omop(
         try:
             run(con, _MACROS)
             run(con, _CONSTANT_TYPES)
-            tables = _open_source(source_str, is_url, con, writer, schema)
+            tables = _open_source(source_str, is_url, con, writer, schema, vocabulary_schema)
+            if vocabulary_folder is not None:
+                omop_sources.use_vocabulary_folder(tables, Path(vocabulary_folder))
             _OmopMapper(store, tables, writer, progress, source_name).run()
         finally:
             con.close()
@@ -357,18 +367,23 @@ def _open_source(
     con: duckdb.DuckDBPyConnection,
     writer: BatchWriter,
     schema: str | None,
+    vocabulary_schema: str | None = None,
 ) -> OmopTables:
     if is_url:
         return omop_sources.from_postgres(
-            source, con, writer.staging_dir / "pg-snapshot", schema or "public"
+            source, con, writer.staging_dir / "pg-snapshot", schema or "public", vocabulary_schema
         )
     path = Path(source)
     if not path.exists():
         raise OmopSourceError(f"{source}: no such file or folder")
     if path.is_dir():
+        if vocabulary_schema is not None:
+            raise OmopSourceError(
+                f"{source}: a folder has no schemas; give its vocabulary as a vocabulary folder"
+            )
         tables = omop_sources.from_folder(path, con)
     elif path.suffix.lower() in (".duckdb", ".db", ".ddb"):
-        tables = omop_sources.from_duckdb(path, con, schema)
+        tables = omop_sources.from_duckdb(path, con, schema, vocabulary_schema)
     else:
         raise OmopSourceError(
             f"{source}: expected a folder of CDM tables, a .duckdb file or a postgresql:// URL"

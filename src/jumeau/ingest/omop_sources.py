@@ -139,10 +139,28 @@ def from_folder(folder: Path, con: duckdb.DuckDBPyConnection) -> OmopTables:
     return tables
 
 
+def use_vocabulary_folder(tables: OmopTables, folder: Path) -> None:
+    """Read the concept table from ``folder`` (an Athena vocabulary download:
+    ``CONCEPT.csv``, tab-separated, or a ``concept`` Parquet file or folder) instead of the
+    source's own."""
+    found = from_folder(folder, tables.con) if folder.is_dir() else None
+    if found is None or "concept" not in found.relations:
+        raise OmopSourceError(f"{folder}: no concept table (CONCEPT.csv or concept.parquet)")
+    tables.relations["concept"] = found.relations["concept"]
+    tables.files["concept"] = found.files["concept"]
+    tables.numbered_relations.pop("concept", None)
+    if "concept" in found.numbered_relations:
+        tables.numbered_relations["concept"] = found.numbered_relations["concept"]
+
+
 def from_duckdb(
-    path: Path, con: duckdb.DuckDBPyConnection, schema: str | None = None
+    path: Path,
+    con: duckdb.DuckDBPyConnection,
+    schema: str | None = None,
+    vocabulary_schema: str | None = None,
 ) -> OmopTables:
-    """CDM tables inside a DuckDB database file (opened read-only)."""
+    """CDM tables inside a DuckDB database file (opened read-only); the concept table from
+    ``vocabulary_schema`` when the vocabulary has a schema of its own."""
     if not path.is_file():
         raise OmopSourceError(f"{path}: DuckDB file not found")
     path = path.resolve()
@@ -157,8 +175,13 @@ def from_duckdb(
     if schema is None:
         schema = "main" if "main" in schemas else (sorted(schemas)[0] if schemas else "main")
     tables = OmopTables(con, str(path))
+    if vocabulary_schema is not None and (vocabulary_schema, "concept") not in {
+        (s, t.lower()) for s, t in rows
+    }:
+        raise OmopSourceError(f"{path}: no concept table in schema {vocabulary_schema!r}")
     for s, t in rows:
-        if s == schema and t.lower() in CDM_TABLES:
+        wanted = vocabulary_schema if t.lower() == "concept" and vocabulary_schema else schema
+        if s == wanted and t.lower() in CDM_TABLES:
             tables.relations[t.lower()] = f'omop_src."{s}"."{t}"'
             tables.files[t.lower()] = f"{path}:{s}.{t}"
             tables.numbered_relations[t.lower()] = (
@@ -168,9 +191,14 @@ def from_duckdb(
 
 
 def from_postgres(
-    url: str, con: duckdb.DuckDBPyConnection, snapshot_dir: Path, schema: str = "public"
+    url: str,
+    con: duckdb.DuckDBPyConnection,
+    snapshot_dir: Path,
+    schema: str = "public",
+    vocabulary_schema: str | None = None,
 ) -> OmopTables:
-    """CDM tables of a PostgreSQL schema, streamed through ADBC into Parquet snapshots.
+    """CDM tables of a PostgreSQL schema, streamed through ADBC into Parquet snapshots (the
+    concept table from ``vocabulary_schema`` when the vocabulary has a schema of its own).
 
     The snapshot makes one batch read one consistent copy (a single REPEATABLE READ transaction)
     and lets the SQL mapping read each table as often as it needs.
@@ -190,18 +218,30 @@ def from_postgres(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
                 parameters=(schema,),
             )
-            names = [r[0] for r in cur.fetchall()]
-            for name in names:
+            located = [(schema, r[0]) for r in cur.fetchall()]
+            if vocabulary_schema is not None:
+                located = [(s, n) for s, n in located if n.lower() != "concept"]
+                cur.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                    parameters=(vocabulary_schema,),
+                )
+                vocabulary = [r[0] for r in cur.fetchall() if r[0].lower() == "concept"]
+                if not vocabulary:
+                    raise OmopSourceError(
+                        f"{_redact(url)}: no concept table in schema {vocabulary_schema!r}"
+                    )
+                located.append((vocabulary_schema, vocabulary[0]))
+            for table_schema, name in located:
                 if name.lower() not in CDM_TABLES:
                     continue
-                cur.execute(f'SELECT * FROM "{schema}"."{name}"')
+                cur.execute(f'SELECT * FROM "{table_schema}"."{name}"')
                 reader = cur.fetch_record_batch()
                 out = snapshot_dir / f"{name.lower()}.parquet"
                 with pq.ParquetWriter(out, reader.schema) as writer:
                     for batch in reader:
                         writer.write_batch(batch)
                 tables.relations[name.lower()] = f"read_parquet({sql_string(out)})"
-                tables.files[name.lower()] = f"{_redact(url)} {schema}.{name}"
+                tables.files[name.lower()] = f"{_redact(url)} {table_schema}.{name}"
                 tables.numbered_relations[name.lower()] = _numbered_parquet([out])
             cur.execute("COMMIT")
     finally:
