@@ -516,3 +516,26 @@ def test_a_cdm_exported_without_its_vocabulary_takes_an_athena_folder(
     assert codes.equals(_codes_by_source(reference, TABLES_WITH_CODES))
     with pytest.raises(OmopSourceError, match="no concept table"):
         ingest_omop(jumeau.init(tmp_path / "none"), cdm, vocabulary_folder=cdm)
+
+
+def test_athena_names_with_quotes_are_read_as_written(tmp_path):
+    """Athena's CONCEPT.csv is tab-separated and unquoted: a name may start with a quote."""
+    cdm, athena = tmp_path / "cdm", tmp_path / "athena"
+    cdm.mkdir()
+    athena.mkdir()
+    (cdm / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8507,1950\n")
+    (cdm / "condition_occurrence.csv").write_text(
+        "condition_occurrence_id,person_id,condition_concept_id,condition_start_date\n"
+        "1,1,1,2020-01-01\n2,1,2,2020-01-02\n"
+    )
+    header = "concept_id\tconcept_name\tdomain_id\tvocabulary_id\tconcept_class_id\t"
+    header += "standard_concept\tconcept_code\tvalid_start_date\tvalid_end_date\tinvalid_reason"
+    (athena / "CONCEPT.csv").write_text(
+        header + "\n"
+        '1\t"Lf" units of toxoid\tCondition\tSNOMED\tClinical Finding\tS\t111\t20000101\t20991231\t\n'
+        '2\tGauze 5" wide\tCondition\tSNOMED\tClinical Finding\tS\t222\t20000101\t20991231\t\n'
+    )
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, cdm, vocabulary_folder=athena)
+    names = store.code_descriptions()
+    assert (names["SNOMED/111"], names["SNOMED/222"]) == ('"Lf" units of toxoid', 'Gauze 5" wide')

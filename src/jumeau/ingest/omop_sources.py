@@ -100,14 +100,31 @@ def _folder_relation(path: Path) -> tuple[str, str | None] | None:
 def _csv_reader(files: list[str], *, tab_separated: bool = False) -> str:
     """A DuckDB reader of CSV part files as text columns, forgiving of a malformed row (an
     unclosed quote, a missing or extra field: the row's values then fail their own checks
-    and it is rejected with its reason) instead of failing the whole table."""
+    and it is rejected with its reason) instead of failing the whole table. A file the sniffer
+    finds unquoted is read without quotes: Athena's tab-separated vocabulary writes names such
+    as ``"Lf" units`` as they are."""
     listed = "[" + ", ".join(sql_string(f) for f in files) + "]"
     opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true"
     if len(files) > 1:
         opts += ", union_by_name=true"
-    if tab_separated:
+    delimiter, quote = _sniffed(files[0])
+    if tab_separated or delimiter == "\t":
         opts += ", delim='\\t'"
+        if quote == "(empty)":
+            opts += ", quote=''"
     return f"read_csv({listed}, {opts})"
+
+
+def _sniffed(path: str) -> tuple[str | None, str | None]:
+    """The delimiter and quote DuckDB's sniffer finds in a CSV file (None if it cannot tell)."""
+    con = duckdb.connect()
+    try:
+        rows = run(con, "SELECT Delimiter, Quote FROM sniff_csv($path)", {"path": path})
+    except duckdb.Error:
+        return None, None
+    finally:
+        con.close()
+    return (rows[0][0], rows[0][1]) if rows else (None, None)
 
 
 def _table_name(path: Path) -> str:
