@@ -90,6 +90,8 @@ DEFAULT_REGION = "low"
 
 def _recalibrate(risk, scales: tuple[float, float]):
     s1, s2 = scales
+    # a risk of exactly 0 or 1 (an extreme draw of uncertain inputs) keeps its limit, quietly
+    risk = np.clip(risk, 1e-15, 1 - 1e-15)
     return 1 - np.exp(-np.exp(s1 + s2 * np.log(-np.log(1 - risk))))
 
 
