@@ -809,3 +809,17 @@ def test_bundles_inside_bundles_and_on_ndjson_lines_are_read_entry_by_entry(tmp_
     ingest_fhir(new_store, lines)
     eighth = new_store.timeline(new_store.lookup("fhir", "p8"))
     assert eighth.filter(pl.col("code") == "LOINC/29463-7")["numeric_value"].to_list() == [81.5]
+
+
+def test_jsonl_exports_are_read_and_a_folder_without_fhir_files_is_an_error(tmp_path, new_store):
+    from jumeau.ingest.fhir import FhirError
+
+    patient = {"resourceType": "Patient", "id": "j1", "birthDate": "1980-02-03"}
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "Patient.jsonl").write_text(json.dumps(patient) + "\n")
+    report = ingest_fhir(new_store, tmp_path / "export")
+    assert report.tables["fhir/Patient"].accepted == 1
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "notes.txt").write_text("not FHIR")
+    with pytest.raises(FhirError, match="no FHIR files"):
+        ingest_fhir(new_store, tmp_path / "nothing")

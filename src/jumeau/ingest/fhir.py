@@ -111,13 +111,24 @@ class _Events:
 
 
 def iter_files(source: Path) -> list[Path]:
-    """FHIR files under ``source``: ``*.json`` bundles and ``*.ndjson[.gz]`` exports."""
+    """FHIR files under ``source``: ``*.json[.gz]`` bundles and ``*.ndjson[.gz]`` (or
+    ``*.jsonl[.gz]``) exports; a folder without any is an error, not an empty batch."""
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such FHIR file or folder")
-    patterns = ("*.json", "*.ndjson", "*.ndjson.gz", "*.json.gz")
-    return sorted({p for pattern in patterns for p in source.rglob(pattern)})
+    patterns = ("*.json", "*.json.gz", "*.ndjson", "*.ndjson.gz", "*.jsonl", "*.jsonl.gz")
+    found = sorted({p for pattern in patterns for p in source.rglob(pattern)})
+    if not found:
+        raise FhirError(
+            f"{source}: no FHIR files (.json Bundles, .ndjson or .jsonl exports, gzipped or not)"
+        )
+    return found
+
+
+def is_ndjson(path: Path) -> bool:
+    """Whether ``path`` is a file of one resource a line (``.ndjson``, ``.jsonl``, gzipped)."""
+    return ".ndjson" in path.name or ".jsonl" in path.name
 
 
 def _ndjson_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -178,7 +189,7 @@ def ingest_fhir(
     with BatchWriter(store, "fhir", str(source.resolve())) as writer:
         mapper = _FhirMapper(store, writer, source_name)
         for path in files:  # Medications and Patients first: other resources refer to them
-            if ".ndjson" in path.name:  # (a Bundle's entries are read ahead as it is read)
+            if is_ndjson(path):  # (a Bundle's entries are read ahead as it is read)
                 mapper.collect_references(path)
         for path in files:
             if progress:
@@ -244,7 +255,7 @@ class _FhirMapper:
     # -- files -----------------------------------------------------------------------------
 
     def read_file(self, path: Path) -> None:
-        if ".ndjson" in path.name:
+        if is_ndjson(path):
             self._read_ndjson(path)
             return
         try:
@@ -1151,7 +1162,7 @@ def _value(element: dict) -> tuple[float | None, str | None, str | None]:
 
 def iter_resources(path: Path) -> Iterator[dict]:
     """Every resource of a Bundle or NDJSON file (for tests and tools)."""
-    if ".ndjson" in path.name:
+    if is_ndjson(path):
         for _, line in _ndjson_lines(path):
             yield orjson.loads(line)
         return
