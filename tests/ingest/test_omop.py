@@ -539,3 +539,26 @@ def test_athena_names_with_quotes_are_read_as_written(tmp_path):
     ingest_omop(store, cdm, vocabulary_folder=athena)
     names = store.code_descriptions()
     assert (names["SNOMED/111"], names["SNOMED/222"]) == ('"Lf" units of toxoid', 'Gauze 5" wide')
+
+
+def test_a_duckdb_cdm_made_of_views_over_parquet_is_read(tmp_path, eunomia, eunomia_store):
+    """DuckDB CDMs are often views over Parquet files: they are tables like any other."""
+    reference, _ = eunomia_store
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    con = duckdb.connect(str(eunomia), read_only=True)
+    for table in ("person", "condition_occurrence", "concept"):
+        con.execute(f"COPY {table} TO '{parquet / table}.parquet' (FORMAT parquet)")
+    con.close()
+    db = tmp_path / "views.duckdb"
+    con = duckdb.connect(str(db))
+    for table in ("person", "condition_occurrence", "concept"):
+        con.execute(
+            f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{parquet / table}.parquet')"
+        )
+    con.close()
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, db)
+    assert report.tables["omop/condition_occurrence"].events == 65_332
+    sources = ("omop/condition_occurrence",)
+    assert _codes_by_source(store, sources).equals(_codes_by_source(reference, sources))

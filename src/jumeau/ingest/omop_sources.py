@@ -185,12 +185,23 @@ def from_duckdb(
         run(con, f"ATTACH {sql_string(path)} AS omop_src (READ_ONLY)")
     except duckdb.Error as exc:
         raise OmopSourceError(f"{path}: cannot open as a DuckDB database ({exc})") from exc
+    # views too: a CDM is often a set of views over Parquet files
     rows = run(
-        con, "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'omop_src'"
+        con,
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'omop_src' "
+        "UNION ALL SELECT schema_name, view_name FROM duckdb_views() "
+        "WHERE database_name = 'omop_src' AND NOT internal",
     )
     schemas = {s for s, t in rows if t.lower() == "person"}
     if schema is None:
         schema = "main" if "main" in schemas else (sorted(schemas)[0] if schemas else "main")
+    base_tables = {
+        (s, t)
+        for s, t in run(
+            con,
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'omop_src'",
+        )
+    }
     tables = OmopTables(con, str(path))
     if vocabulary_schema is not None and (vocabulary_schema, "concept") not in {
         (s, t.lower()) for s, t in rows
@@ -201,9 +212,10 @@ def from_duckdb(
         if s == wanted and t.lower() in CDM_TABLES:
             tables.relations[t.lower()] = f'omop_src."{s}"."{t}"'
             tables.files[t.lower()] = f"{path}:{s}.{t}"
-            tables.numbered_relations[t.lower()] = (
-                f'(SELECT rowid + 1 AS _row, * FROM omop_src."{s}"."{t}")'
-            )
+            if (s, t) in base_tables:  # a view has no row ids: numbered in order instead
+                tables.numbered_relations[t.lower()] = (
+                    f'(SELECT rowid + 1 AS _row, * FROM omop_src."{s}"."{t}")'
+                )
     return tables
 
 
