@@ -823,3 +823,72 @@ def test_jsonl_exports_are_read_and_a_folder_without_fhir_files_is_an_error(tmp_
     (tmp_path / "nothing" / "notes.txt").write_text("not FHIR")
     with pytest.raises(FhirError, match="no FHIR files"):
         ingest_fhir(new_store, tmp_path / "nothing")
+
+
+def test_entries_in_error_acts_not_done_and_refuted_diagnoses_are_not_stored_as_facts(
+    tmp_path, new_store
+):
+    """A lab value entered in error, a cancelled visit, a procedure not done, a refuted
+    diagnosis: each is rejected with its reason (counted, kept in the rejects), never an event
+    a twin would read as the patient's; a confirmed diagnosis is kept."""
+    subject = {"reference": "Patient/v1"}
+    diabetes = {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}
+    verified = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+    lines = [
+        {"resourceType": "Patient", "id": "v1", "birthDate": "1950-01-01", "gender": "male"},
+        {
+            "resourceType": "Observation",
+            "id": "o1",
+            "status": "entered-in-error",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "subject": subject,
+            "effectiveDateTime": "2020-01-01",
+            "valueQuantity": {"value": 250, "code": "mm[Hg]"},
+        },
+        {
+            "resourceType": "Encounter",
+            "id": "e1",
+            "status": "cancelled",
+            "class": {"code": "AMB"},
+            "subject": subject,
+            "period": {"start": "2020-01-02"},
+        },
+        {
+            "resourceType": "Procedure",
+            "id": "p1",
+            "status": "not-done",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "73761001"}]},
+            "subject": subject,
+            "performedDateTime": "2020-01-03",
+        },
+        {
+            "resourceType": "Condition",
+            "id": "c1",
+            "verificationStatus": {"coding": [{"system": verified, "code": "refuted"}]},
+            "code": diabetes,
+            "subject": subject,
+            "onsetDateTime": "2019-01-01",
+        },
+        {
+            "resourceType": "Condition",
+            "id": "c2",
+            "verificationStatus": {"coding": [{"system": verified, "code": "confirmed"}]},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
+            "subject": subject,
+            "onsetDateTime": "2019-01-01",
+        },
+    ]
+    path = tmp_path / "export.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    report = ingest_fhir(new_store, path)
+    reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
+    assert reasons == {
+        "line 2 (Observation)": "status entered-in-error: not part of the patient's record",
+        "line 3 (Encounter)": "status cancelled: it did not take place",
+        "line 4 (Procedure)": "status not-done: it did not take place",
+        "line 5 (Condition)": "verificationStatus refuted: the patient does not have it",
+    }
+    assert report.tables["fhir/Condition"].accepted == 1
+    twin = new_store.twin(new_store.lookup("fhir", "v1"), datetime(2020, 6, 1))
+    assert [p["code"] for p in twin.problems] == ["SNOMED/38341003"]
+    assert "sbp" not in twin.variables

@@ -439,6 +439,11 @@ class _FhirMapper:
                 "duplicate of a resource read earlier in this batch",
             )
             return
+        void = _void_reason(res)
+        if void:
+            counts.rejected += 1
+            self._reject(f"fhir/{rtype}", path, f"{where} ({rtype})", void)
+            return
         before = len(self.events)
         try:
             handler(res, where, 0 if rtype == "Patient" else 1, fullurls=fullurls)  # type: ignore[call-arg]
@@ -1106,6 +1111,36 @@ def _details(values: dict) -> str | None:
     """``key=value`` pairs (the present ones) joined by ``;``, as imaging events carry them."""
     text = ";".join(f"{k}={v}" for k, v in values.items() if v not in (None, ""))
     return text or None
+
+
+#: Statuses saying a resource is not a fact of the patient's record, and why it is kept out.
+_VOID_STATUSES = {
+    "entered-in-error": "not part of the patient's record",
+    "cancelled": "it did not take place",
+    "not-done": "it did not take place",
+}
+#: Verification statuses (Condition, AllergyIntolerance) saying the patient does not have it.
+_VOID_VERIFICATIONS = {
+    "entered-in-error": "not part of the patient's record",
+    "refuted": "the patient does not have it",
+}
+
+
+def _void_reason(res: dict) -> str | None:
+    """Why a resource must not become events (an entry in error, an act that did not take
+    place, a refuted diagnosis), or None: such a resource is rejected with that reason, never
+    stored as if it were a fact."""
+    status = res.get("status")
+    if isinstance(status, str) and status in _VOID_STATUSES:
+        return f"status {status}: {_VOID_STATUSES[status]}"
+    verification = res.get("verificationStatus")
+    codes = (
+        [c.get("code") for c in _codings(verification)] if isinstance(verification, dict) else []
+    )
+    for code in codes:
+        if code in _VOID_VERIFICATIONS:
+            return f"verificationStatus {code}: {_VOID_VERIFICATIONS[code]}"
+    return None
 
 
 def _number(value: Any, what: str) -> float | None:
