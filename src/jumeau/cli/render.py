@@ -173,7 +173,10 @@ def twin_summary(twin: dict) -> None:
             f"{v['trend_per_year']:+.3g}",
             str(v["n_observations"]),
         )
-    console.print(table)
+    if twin["variables"]:
+        console.print(table)
+    else:
+        console.print("state: no catalogued variable (vitals, labs) measured by this date")
     risks = Table(title="risk scores")
     for col in ("score", "value", "95% interval", "missing / note"):
         risks.add_column(col)
