@@ -892,3 +892,43 @@ def test_entries_in_error_acts_not_done_and_refuted_diagnoses_are_not_stored_as_
     twin = new_store.twin(new_store.lookup("fhir", "v1"), datetime(2020, 6, 1))
     assert [p["code"] for p in twin.problems] == ["SNOMED/38341003"]
     assert "sbp" not in twin.variables
+
+
+def test_a_problem_resolved_without_a_date_ends_when_its_record_last_changed(tmp_path, new_store):
+    """An EHR problem list says `resolved` without an abatement date: the problem was over by
+    meta.lastUpdated, so a twin before then still lists it and one after does not."""
+    status = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+    lines = [
+        {"resourceType": "Patient", "id": "r1", "birthDate": "1960-01-01"},
+        {
+            "resourceType": "Condition",
+            "id": "c1",
+            "meta": {"lastUpdated": "2021-03-01T10:00:00Z"},
+            "clinicalStatus": {"coding": [{"system": status, "code": "resolved"}]},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "195662009"}]},
+            "subject": {"reference": "Patient/r1"},
+            "onsetDateTime": "2020-11-01",
+        },
+        {
+            "resourceType": "Condition",
+            "id": "c2",
+            "clinicalStatus": {"coding": [{"system": status, "code": "resolved"}]},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "10509002"}]},
+            "subject": {"reference": "Patient/r1"},
+            "onsetDateTime": "2020-11-01",
+        },
+    ]
+    path = tmp_path / "problems.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    ingest_fhir(new_store, path)
+    subject = new_store.lookup("fhir", "r1")
+    ends = dict(
+        new_store.timeline(subject)
+        .filter(pl.col("domain") == "condition")
+        .select("code", "end_time")
+        .rows()
+    )
+    assert ends == {"SNOMED/195662009": datetime(2021, 3, 1, 10), "SNOMED/10509002": None}
+    before = [p["code"] for p in new_store.twin(subject, datetime(2021, 1, 1)).problems]
+    after = [p["code"] for p in new_store.twin(subject, datetime(2021, 6, 1)).problems]
+    assert "SNOMED/195662009" in before and "SNOMED/195662009" not in after

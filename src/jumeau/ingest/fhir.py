@@ -731,6 +731,13 @@ class _FhirMapper:
         subject = self._subject(res, fullurls)
         start = self._onset(res, fullurls, "onset", "recordedDate")
         end, _ = self._period(res, "abatementDateTime", "abatementPeriod")
+        if end is None and _ENDED_STATUSES.intersection(
+            c.get("code") for c in _codings(res.get("clinicalStatus"))
+        ):
+            # resolved with no date: it was over by the time the record last changed (an EHR's
+            # problem list), and not known to be over before
+            updated = parse_fhir_time((res.get("meta") or {}).get("lastUpdated"))
+            end = updated if updated is not None and updated >= start else None
         self._emit(
             res,
             subject,
@@ -1113,6 +1120,8 @@ def _details(values: dict) -> str | None:
     return text or None
 
 
+#: Condition clinical statuses of a problem that is over.
+_ENDED_STATUSES = frozenset({"resolved", "inactive", "remission"})
 #: Statuses saying a resource is not a fact of the patient's record, and why it is kept out.
 _VOID_STATUSES = {
     "entered-in-error": "not part of the patient's record",
