@@ -232,3 +232,41 @@ def test_init_refuses_an_existing_or_non_empty_directory(tmp_path):
         jumeau.init(tmp_path / "junk")
     with pytest.raises(StoreError, match="not a jumeau store"):
         jumeau.open(tmp_path / "junk")
+
+
+@pytest.mark.parametrize("range_events", [24_000_000, 700])
+def test_a_record_changed_at_the_source_is_reported_not_stored_twice(
+    new_store, monkeypatch, range_events
+):
+    """The same records again, three of them amended (another value, another time): nothing
+    is stored twice, the store keeps the version it has, and the report says how many events
+    the source has changed (whether the batch is sorted in one range or several)."""
+    from jumeau.store import writer
+
+    monkeypatch.setattr(writer, "SORT_RANGE_EVENTS", range_events)
+    rng = np.random.default_rng(5)
+    subjects = rng.integers(0, 2**63 - 1, 3_000, dtype=np.int64)
+    times = rng.integers(0, 10**15, len(subjects))
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(_events(subjects, times))
+        w.commit()
+    amended = _events(subjects, times)
+    values = amended.column("numeric_value").to_numpy().copy()
+    values[[5, 17]] += 0.5
+    amended = amended.set_column(3, "numeric_value", pa.array(values))
+    moved = times.copy()
+    moved[100] += 1
+    amended = amended.set_column(1, "time", pa.array(moved).cast(pa.timestamp("us")))
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(amended)
+        report = w.commit()
+    assert (report.events_written, report.events_already_present) == (0, len(subjects))
+    assert report.warnings == [
+        "3 events already stored with other content (amended at the source since): the store "
+        "keeps the version it has; the new one is not applied"
+    ]
+    kept = jumeau.open(new_store.root).timeline_arrow(int(subjects[5]))
+    assert kept.column("numeric_value").to_pylist() == [5.0]
+    with BatchWriter(new_store, "test", "gen") as w:  # unchanged: nothing to say
+        w.add_events(_events(subjects, times))
+        assert w.commit().warnings == []

@@ -266,8 +266,9 @@ class BatchWriter:
                 f"(SELECT DISTINCT {column} FROM incoming WHERE {column} IS NOT NULL)",
             )
         encoded = ", ".join(f"{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
+        encoded_r = ", ".join(f"r.{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
         runs = _SubjectRuns()
-        written = 0
+        written = changed = 0
         arrow_path = self.dir / layout.EVENTS_ARROW
         with (
             pa.OSFile(str(arrow_path), "wb") as sink,
@@ -280,24 +281,43 @@ class BatchWriter:
                 strict=True,
             ):
                 # records already stored are skipped; a record's subject is its own, so only the
-                # stored events of the same subject range are read (their files are sorted by it)
-                where = ours
+                # stored events of the same subject range are read (their files are sorted by it).
+                # A stored record whose content the source has since changed (an amended result)
+                # comes through flagged, to be counted and reported, not stored twice.
                 if existing:
-                    where += (
-                        f" AND NOT EXISTS (SELECT 1 FROM read_parquet({existing!r}) e WHERE "
-                        f"e.source = r.source AND e.record_key = r.record_key AND {theirs})"
+                    query = (
+                        f"SELECT r.* REPLACE ({encoded_r}),"
+                        " e.record_key IS NOT NULL AS _stored FROM incoming r LEFT JOIN "
+                        f"(SELECT source, record_key, {_CONTENT_DIGEST} AS digest "
+                        f"FROM read_parquet({existing!r}) e WHERE {theirs}) e "
+                        "ON e.source = r.source AND e.record_key = r.record_key "
+                        f"WHERE {ours} AND (e.record_key IS NULL OR "
+                        f"e.digest <> {_CONTENT_DIGEST.replace('e.', 'r.')}) "
+                        "ORDER BY subject_id, time NULLS FIRST, (r.record_key >> 29)::INTEGER"
                     )
-                query = (
-                    f"SELECT * REPLACE ({encoded}) FROM incoming r WHERE {where} "
-                    "ORDER BY subject_id, time NULLS FIRST, (record_key >> 29)::INTEGER"
-                )
+                else:
+                    query = (
+                        f"SELECT * REPLACE ({encoded}) FROM incoming r WHERE {ours} "
+                        "ORDER BY subject_id, time NULLS FIRST, (record_key >> 29)::INTEGER"
+                    )
                 for batch in arrow_reader(con, query, batch_size=ROW_GROUP_SIZE):
+                    if existing:
+                        stored = batch.column("_stored")
+                        changed += pc.sum(stored).as_py() or 0
+                        batch = batch.filter(pc.invert(stored)).drop_columns(["_stored"])
+                        if not batch.num_rows:
+                            continue
                     table = pa.Table.from_batches([batch]).cast(STORED_EVENT_SCHEMA)
                     ipc.write_table(table)
                     runs.add(table.column("subject_id").to_numpy(), written)
                     written += table.num_rows
                     parquet.add(table)
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
+        if changed:
+            self.report.warnings.append(
+                f"{changed:,} event{'s' if changed != 1 else ''} already stored with other content (amended at the "
+                "source since): the store keeps the version it has; the new one is not applied"
+            )
         return written, total - written, runs.count
 
     def _write_rejects(self, con: duckdb.DuckDBPyConnection) -> int:
@@ -373,6 +393,13 @@ class BatchWriter:
         if not self._closed:
             self._close_writers()
             self._discard()
+
+
+#: A digest of what an event says (not where it came from): a stored record whose digest differs
+#: from the incoming one has been changed at the source.
+_CONTENT_DIGEST = (
+    "hash(e.time, e.code::VARCHAR, e.numeric_value, e.text_value, e.unit::VARCHAR, e.end_time)"
+)
 
 
 def _subject_ranges(events: int, column: str) -> list[str]:
