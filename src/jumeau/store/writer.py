@@ -288,11 +288,11 @@ class BatchWriter:
                     query = (
                         f"SELECT r.* REPLACE ({encoded_r}),"
                         " e.record_key IS NOT NULL AS _stored FROM incoming r LEFT JOIN "
-                        f"(SELECT source, record_key, {_CONTENT_DIGEST} AS digest "
+                        f"(SELECT source, record_key, {_content_digest('e')} AS digest "
                         f"FROM read_parquet({existing!r}) e WHERE {theirs}) e "
                         "ON e.source = r.source AND e.record_key = r.record_key "
                         f"WHERE {ours} AND (e.record_key IS NULL OR "
-                        f"e.digest <> {_CONTENT_DIGEST.replace('e.', 'r.')}) "
+                        f"e.digest <> {_content_digest('r')}) "
                         "ORDER BY subject_id, time NULLS FIRST, (r.record_key >> 29)::INTEGER"
                     )
                 else:
@@ -395,11 +395,11 @@ class BatchWriter:
             self._discard()
 
 
-#: A digest of what an event says (not where it came from): a stored record whose digest differs
-#: from the incoming one has been changed at the source.
-_CONTENT_DIGEST = (
-    "hash(e.time, e.code::VARCHAR, e.numeric_value, e.text_value, e.unit::VARCHAR, e.end_time)"
-)
+def _content_digest(alias: str) -> str:
+    """SQL for a digest of what an event says (not where it came from): a stored record whose
+    digest differs from the incoming one's has been changed at the source."""
+    columns = ("time", "code::VARCHAR", "numeric_value", "text_value", "unit::VARCHAR", "end_time")
+    return "hash(" + ", ".join(f"{alias}.{c}" for c in columns) + ")"
 
 
 def _subject_ranges(events: int, column: str) -> list[str]:
