@@ -302,14 +302,8 @@ class _FhirMapper:
                     **res,
                     "id": full_url.rstrip("/").rsplit("/", 1)[-1].removeprefix("urn:uuid:"),
                 }
-            if res.get("resourceType") == "Patient" and res.get("id"):
-                self._remember_patient(res, strict=False)
-                if full_url:
-                    fullurls[full_url] = res["id"]
-            if res.get("resourceType") == "Medication":
-                self._remember_medication(res, full_url)
-            if res.get("resourceType") == "Encounter":
-                self._remember_encounter(res, full_url)
+            if self._remember(res, full_url) and full_url:
+                fullurls[full_url] = res["id"]
             resources.append(res)
         for i, res in enumerate(resources):
             if res is None:
@@ -321,6 +315,19 @@ class _FhirMapper:
 
     def _code(self, concept: dict | None, prefer: tuple[str, ...] = ()) -> str | None:
         return concept_code(concept, prefer, self.displays)
+
+    def _remember(self, res: dict, full_url: str | None = None) -> bool:
+        """Read ahead what other resources refer to (a Patient, a Medication, an Encounter);
+        True for a Patient (whose ``full_url`` then stands for it)."""
+        rtype = res.get("resourceType")
+        if rtype == "Patient" and res.get("id"):
+            self._remember_patient(res, strict=False)
+            return True
+        if rtype == "Medication":
+            self._remember_medication(res, full_url)
+        elif rtype == "Encounter":
+            self._remember_encounter(res, full_url)
+        return False
 
     def _remember_medication(self, res: dict, full_url: str | None = None) -> None:
         code = self._code(res.get("code"), ("RxNorm", "ATC", "NDC"))
@@ -380,14 +387,8 @@ class _FhirMapper:
                     resource = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     continue
-                if not isinstance(resource, dict):
-                    continue
-                if resource.get("resourceType") == "Medication":
-                    self._remember_medication(resource)
-                elif resource.get("resourceType") == "Patient" and resource.get("id"):
-                    self._remember_patient(resource, strict=False)
-                elif resource.get("resourceType") == "Encounter":
-                    self._remember_encounter(resource)
+                if isinstance(resource, dict):
+                    self._remember(resource)
         except (OSError, EOFError):
             return  # the file is read again, and its errors reported, in the main pass
 
@@ -514,9 +515,7 @@ class _FhirMapper:
                     "subject reference does not resolve to a Patient in this bundle or export"
                 )
         else:
-            parts = ref.rstrip("/").split("/")
-            if "_history" in parts:
-                parts = parts[: parts.index("_history")]
+            parts = _reference_path(ref)
             if len(parts) < 2 or parts[-2] != "Patient":
                 raise FhirError(
                     f"subject is a {parts[-2] if len(parts) > 1 else 'bare'} reference, not a Patient"
@@ -610,15 +609,23 @@ class _FhirMapper:
         if start is not None:
             return start, end
         reference = (res.get("encounter") or res.get("context") or {}).get("reference")
-        period = None
-        if reference:
-            period = self.encounters.get(_encounter_key(reference))
-            if period is None and reference.startswith("urn:uuid:"):  # an NDJSON export's
-                period = self.encounters.get(f"Encounter/{reference[9:]}")
-        if period is not None and (period[1] is not None or period[0] is not None):
-            return (period[1] if period[1] is not None else period[0]), None
+        begun, ended = self._encounter_period(reference) if reference else (None, None)
+        if ended is not None or begun is not None:
+            return (ended if ended is not None else begun), None
         known = " or its encounter's period" if reference else ""
         raise FhirError(f"no time: none of {', '.join(names)}{known} is present")
+
+    def _encounter_period(self, reference: str) -> tuple[int | None, int | None]:
+        """The period of the Encounter a reference names: a bundle's ``urn:uuid:`` fullUrl (or,
+        in an NDJSON export, the uuid that is the Encounter's id), else ``Encounter/<id>`` of a
+        relative or absolute reference."""
+        if reference.startswith("urn:"):
+            period = self.encounters.get(reference)
+            if period is None and reference.startswith("urn:uuid:"):
+                period = self.encounters.get(f"Encounter/{reference[9:]}")
+        else:
+            period = self.encounters.get("/".join(_reference_path(reference)[-2:]))
+        return period or (None, None)
 
     # -- resources -------------------------------------------------------------------------
 
@@ -1075,15 +1082,13 @@ class _FhirMapper:
             )
 
 
-def _encounter_key(reference: str) -> str:
-    """``Encounter/<id>`` for a relative or absolute reference (a version dropped); a
-    ``urn:uuid:`` reference as it is (a bundle's fullUrl)."""
-    if reference.startswith("urn:"):
-        return reference
+def _reference_path(reference: str) -> list[str]:
+    """A relative or absolute reference's path up to its version: ``[..., "Patient", "1"]`` of
+    ``https://server/fhir/Patient/1/_history/2``."""
     parts = reference.rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
-    return "/".join(parts[-2:])
+    return parts
 
 
 def _attachment_text(attachments: list | None) -> str | None:
