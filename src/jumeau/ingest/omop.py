@@ -731,10 +731,10 @@ class _OmopMapper:
             x.bad_time(col)
             for col in (spec.start_date, spec.start_datetime, spec.end_date, spec.end_datetime)
         )
+        start = f"COALESCE({x.time(spec.start_datetime)}, {x.time(spec.start_date)})"
         supplied = ""
         if spec.supply_days and spec.supply_days in cols:
             days = x.integer(spec.supply_days)
-            start = f"COALESCE({x.time(spec.start_datetime)}, {x.time(spec.start_date)})"
             supplied = (
                 f", CASE WHEN {days} >= 1 THEN {start} + to_days(CAST({days} - 1 AS INTEGER)) END"
             )
@@ -766,7 +766,7 @@ class _OmopMapper:
                          ELSE CAST(src."{id_col}" AS VARCHAR) || '#' || left(md5(concat_ws('|', {content})), 16)
                     END AS rid,
                     {x.integer("person_id")} AS person_id,
-                    COALESCE({x.time(spec.start_datetime)}, {x.time(spec.start_date)}) AS t0,
+                    {start} AS t0,
                     COALESCE({x.time(spec.end_datetime)}, {x.time(spec.end_date)}{supplied}) AS t1,
                     {x.integer(spec.concept)} AS concept_id,
                     {x.integer(spec.source_concept)} AS source_concept_id,

@@ -185,23 +185,19 @@ def from_duckdb(
         run(con, f"ATTACH {sql_string(path)} AS omop_src (READ_ONLY)")
     except duckdb.Error as exc:
         raise OmopSourceError(f"{path}: cannot open as a DuckDB database ({exc})") from exc
-    # views too: a CDM is often a set of views over Parquet files
-    rows = run(
+    # views too (a CDM is often a set of views over Parquet files), told apart: only a table
+    # has row ids
+    found = run(
         con,
-        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'omop_src' "
-        "UNION ALL SELECT schema_name, view_name FROM duckdb_views() "
+        "SELECT schema_name, table_name, true FROM duckdb_tables() WHERE database_name = 'omop_src' "
+        "UNION ALL SELECT schema_name, view_name, false FROM duckdb_views() "
         "WHERE database_name = 'omop_src' AND NOT internal",
     )
+    rows = [(s, t) for s, t, _ in found]
+    base_tables = {(s, t) for s, t, is_table in found if is_table}
     schemas = {s for s, t in rows if t.lower() == "person"}
     if schema is None:
         schema = "main" if "main" in schemas else (sorted(schemas)[0] if schemas else "main")
-    base_tables = {
-        (s, t)
-        for s, t in run(
-            con,
-            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'omop_src'",
-        )
-    }
     tables = OmopTables(con, str(path))
     if vocabulary_schema is not None and (vocabulary_schema, "concept") not in {
         (s, t.lower()) for s, t in rows
@@ -243,18 +239,18 @@ def from_postgres(
     try:
         with conn.cursor() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cur.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-                parameters=(schema,),
-            )
-            located = [(schema, r[0]) for r in cur.fetchall()]
-            if vocabulary_schema is not None:
-                located = [(s, n) for s, n in located if n.lower() != "concept"]
+
+            def names_in(table_schema: str) -> list[str]:
                 cur.execute(
                     "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-                    parameters=(vocabulary_schema,),
+                    parameters=(table_schema,),
                 )
-                vocabulary = [r[0] for r in cur.fetchall() if r[0].lower() == "concept"]
+                return [r[0] for r in cur.fetchall()]
+
+            located = [(schema, name) for name in names_in(schema)]
+            if vocabulary_schema is not None:
+                located = [(s, n) for s, n in located if n.lower() != "concept"]
+                vocabulary = [n for n in names_in(vocabulary_schema) if n.lower() == "concept"]
                 if not vocabulary:
                     raise OmopSourceError(
                         f"{_redact(url)}: no concept table in schema {vocabulary_schema!r}"
