@@ -265,8 +265,7 @@ class BatchWriter:
                 f"CREATE TYPE jumeau_{column} AS ENUM "
                 f"(SELECT DISTINCT {column} FROM incoming WHERE {column} IS NOT NULL)",
             )
-        encoded = ", ".join(f"{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
-        encoded_r = ", ".join(f"r.{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
+        encoded = ", ".join(f"r.{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
         runs = _SubjectRuns()
         written = changed = 0
         arrow_path = self.dir / layout.EVENTS_ARROW
@@ -284,22 +283,20 @@ class BatchWriter:
                 # stored events of the same subject range are read (their files are sorted by it).
                 # A stored record whose content the source has since changed (an amended result)
                 # comes through flagged, to be counted and reported, not stored twice.
+                flag = joined = kept = ""
                 if existing:
-                    query = (
-                        f"SELECT r.* REPLACE ({encoded_r}),"
-                        " e.record_key IS NOT NULL AS _stored FROM incoming r LEFT JOIN "
-                        f"(SELECT source, record_key, {_content_digest('e')} AS digest "
+                    flag = ", e.record_key IS NOT NULL AS _stored"
+                    joined = (
+                        f" LEFT JOIN (SELECT source, record_key, {_content_digest('e')} AS digest "
                         f"FROM read_parquet({existing!r}) e WHERE {theirs}) e "
-                        "ON e.source = r.source AND e.record_key = r.record_key "
-                        f"WHERE {ours} AND (e.record_key IS NULL OR "
-                        f"e.digest <> {_content_digest('r')}) "
-                        "ORDER BY subject_id, time NULLS FIRST, (r.record_key >> 29)::INTEGER"
+                        "ON e.source = r.source AND e.record_key = r.record_key"
                     )
-                else:
-                    query = (
-                        f"SELECT * REPLACE ({encoded}) FROM incoming r WHERE {ours} "
-                        "ORDER BY subject_id, time NULLS FIRST, (record_key >> 29)::INTEGER"
-                    )
+                    kept = f" AND (e.record_key IS NULL OR e.digest <> {_content_digest('r')})"
+                query = (
+                    f"SELECT r.* REPLACE ({encoded}){flag} FROM incoming r{joined} "
+                    f"WHERE {ours}{kept} "
+                    "ORDER BY subject_id, time NULLS FIRST, (r.record_key >> 29)::INTEGER"
+                )
                 for batch in arrow_reader(con, query, batch_size=ROW_GROUP_SIZE):
                     if existing:
                         stored = batch.column("_stored")
@@ -314,9 +311,10 @@ class BatchWriter:
                     parquet.add(table)
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
         if changed:
+            events = f"{changed:,} event{'s' if changed != 1 else ''}"
             self.report.warnings.append(
-                f"{changed:,} event{'s' if changed != 1 else ''} already stored with other content (amended at the "
-                "source since): the store keeps the version it has; the new one is not applied"
+                f"{events} already stored with other content (amended at the source since): "
+                "the store keeps the version it has; the new one is not applied"
             )
         return written, total - written, runs.count
 
