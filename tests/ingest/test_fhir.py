@@ -18,6 +18,17 @@ def bundle_resources(folder: Path) -> list[dict]:
     return [r for path in sorted(folder.glob("*.json")) for r in iter_resources(path)]
 
 
+def write_ndjson(path: Path, resources) -> Path:
+    """Write ``resources`` one a line, as a Bulk Data export file does; return ``path``."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources))
+    return path
+
+
+def rejected(store) -> dict[str, str]:
+    """The store's rejects: record -> reason."""
+    return dict(store.rejects().select("record", "reason").iter_rows())
+
+
 def expected_observation_events(resources: list[dict]) -> int:
     total = 0
     for r in resources:
@@ -338,7 +349,7 @@ def test_an_r5_imaging_study_and_a_series_without_modality(tmp_path, new_store):
     }
     broken = {**study, "id": "s2", "series": [{"uid": "9.9"}]}
     path = tmp_path / "studies.ndjson"
-    path.write_text("\n".join(json.dumps(r) for r in (study, broken)) + "\n")
+    write_ndjson(path, (study, broken))
     report = ingest_fhir(new_store, path)
     counts = report.tables["fhir/ImagingStudy"]
     assert (counts.read, counts.accepted, counts.rejected, counts.events) == (2, 1, 1, 2)
@@ -394,8 +405,8 @@ def test_an_onset_given_as_an_age_is_dated_from_the_birth_date(tmp_path, new_sto
         "performedAge": {"value": 3, "code": "wk"},
     }
     # Bulk Data files named by number (one resource type a file): conditions come first
-    (folder / "output_1.ndjson").write_text("\n".join(json.dumps(c) for c in conditions))
-    (folder / "output_2.ndjson").write_text("\n".join(json.dumps(p) for p in patients))
+    write_ndjson(folder / "output_1.ndjson", conditions)
+    write_ndjson(folder / "output_2.ndjson", patients)
     (folder / "Procedure.ndjson").write_text(json.dumps(procedure))
     report = ingest_fhir(new_store, folder)
     assert report.tables["fhir/Condition"].accepted == 2
@@ -481,7 +492,7 @@ def test_clinical_notes_keep_their_text_scrubbed(tmp_path, new_store):
         "presentedForm": [inline("Progress note: Mr Kuhn improving.")],
     }
     path = tmp_path / "notes.ndjson"
-    path.write_text("\n".join(json.dumps(r) for r in (document, report, patient)))
+    write_ndjson(path, (document, report, patient))
     result = ingest_fhir(new_store, path)
     assert result.tables["fhir/DocumentReference"].accepted == 1
     events = new_store.timeline(new_store.lookup("fhir", "p7"))
@@ -534,7 +545,7 @@ def test_dispenses_and_r5_shaped_encounters_and_requests(tmp_path, new_store):
         },
     ]
     path = tmp_path / "r5.ndjson"
-    path.write_text("\n".join(json.dumps(r) for r in resources))
+    write_ndjson(path, resources)
     report = ingest_fhir(new_store, path)
     assert all(c.rejected == 0 for c in report.tables.values())
     events = new_store.timeline(new_store.lookup("fhir", "p5")).filter(pl.col("time").is_not_null())
@@ -656,7 +667,7 @@ def test_diagnoses_dated_only_by_their_encounter_take_its_end(tmp_path, new_stor
         ("MimicEncounter", [stay]),
         ("MimicProcedure", [surgery]),
     ):
-        (export / f"{name}.ndjson").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        write_ndjson(export / f"{name}.ndjson", rows)
     report = ingest_fhir(new_store, export)
     assert report.tables["fhir/Condition"].accepted == 1
     assert report.tables["fhir/Condition"].rejected == 1
@@ -738,10 +749,10 @@ def test_resources_of_a_shape_fhir_does_not_allow_are_rejected_one_by_one(tmp_pa
         good,
     ]
     path = tmp_path / "export.ndjson"
-    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    write_ndjson(path, lines)
     report = ingest_fhir(new_store, path)
     assert report.committed
-    reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
+    reasons = rejected(new_store)
     assert reasons == {
         "line 2 (Observation)": "valueQuantity.value '12,5' is not a number",
         "line 3 (Observation)": "malformed resource (AttributeError: 'list' object has no attribute 'get')",
@@ -879,9 +890,9 @@ def test_entries_in_error_acts_not_done_and_refuted_diagnoses_are_not_stored_as_
         },
     ]
     path = tmp_path / "export.ndjson"
-    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    write_ndjson(path, lines)
     report = ingest_fhir(new_store, path)
-    reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
+    reasons = rejected(new_store)
     assert reasons == {
         "line 2 (Observation)": "status entered-in-error: not part of the patient's record",
         "line 3 (Encounter)": "status cancelled: it did not take place",
@@ -919,7 +930,7 @@ def test_a_problem_resolved_without_a_date_ends_when_its_record_last_changed(tmp
         },
     ]
     path = tmp_path / "problems.ndjson"
-    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    write_ndjson(path, lines)
     ingest_fhir(new_store, path)
     subject = new_store.lookup("fhir", "r1")
     ends = dict(
