@@ -413,6 +413,8 @@ def predict_new(
         trend = recent_trend(days, values, at_days[ks])
         level = flt.population_level(at_days[ks], batch.birth[j])
         mean[ks] = _stacked(noise, batch.values[j, n - 1], x0, trend, level)
+        # the estimate's sd squared back, as an Estimate-based forecast computes it: the same
+        # rounding, so a forecast is the same to the last bit whichever way it is made
         sd[ks] = np.sqrt(np.sqrt(np.maximum(p00, 0.0)) ** 2 + flt.r)
     return mean, sd
 
