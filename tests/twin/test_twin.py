@@ -258,6 +258,26 @@ def test_a_fitted_population_is_kept_for_the_same_store_state_and_cutoff(
     assert len(calls) == 1
 
 
+def test_a_population_kept_by_other_model_code_is_fitted_again(tmp_path, synthea_dir, monkeypatch):
+    """An upgrade that changes how populations are fitted must not read back the model the
+    previous version kept for the same store and cutoff."""
+    from jumeau.ingest.fhir import ingest_fhir
+    from jumeau.twin import twin as twin_module
+
+    store = jumeau.init(tmp_path / "store")
+    ingest_fhir(store, sorted(synthea_dir.glob("*.json"))[0])
+    PopulationModel.fit_cached(store, datetime(2030, 1, 1))
+    calls = []
+    monkeypatch.setattr(
+        PopulationModel, "fit", classmethod(lambda cls, *a, **k: calls.append(a) or cls())
+    )
+    PopulationModel.fit_cached(store, datetime(2030, 1, 1))
+    assert calls == []  # the same code: read back
+    monkeypatch.setattr(twin_module, "model_fingerprint", lambda: "another version's code")
+    PopulationModel.fit_cached(store, datetime(2030, 1, 1))
+    assert len(calls) == 1
+
+
 def test_a_store_that_cannot_be_written_to_still_gets_its_population_fitted(
     tmp_path, synthea_dir, monkeypatch
 ):

@@ -9,10 +9,12 @@ JSON and says what changed since an earlier twin.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -78,6 +80,19 @@ class VariableState:
         }
 
 
+@functools.cache
+def model_fingerprint() -> str:
+    """A digest of the code that fits a population model (its filter, its series, its
+    catalogue): a model kept by another version of jumeau is fitted again, not read back."""
+    from jumeau.signals import codes
+    from jumeau.twin import series, state, variables
+
+    digest = hashlib.sha256()
+    for module in (state, series, variables, codes):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class PopulationModel:
     """Per-variable priors and noise (default from the catalogue, or learnt by ``fit``)."""
 
@@ -129,7 +144,7 @@ class PopulationModel:
         latest = store.latest_time(known_at=known_at)
         effective = cutoff if cutoff is not None and (latest is None or cutoff < latest) else latest
         key = hashlib.sha256(
-            json.dumps([batches, str(effective), sorted(CATALOGUE)]).encode()
+            json.dumps([batches, str(effective), sorted(CATALOGUE), model_fingerprint()]).encode()
         ).hexdigest()[:24]
         path = store.root / layout.TWINS_DIR / layout.POPULATIONS_DIR / f"{key}.json"
         if path.exists():
