@@ -46,7 +46,10 @@ ROW_GROUP_SIZE = 128 * 1024
 #: Row groups of the batch's Parquet file: large for scans (subject ranges still prune by stats).
 PARQUET_ROW_GROUP_SIZE = 1024 * 1024
 #: Events sorted at once at commit: a larger batch is sorted one subject range after another.
-SORT_RANGE_EVENTS = 24_000_000
+#: A million subjects' 85 M events commit as fast in ranges of 10 M as of 24 M (each range
+#: reads the raw files again, which costs less than the larger sort saves) with half the
+#: peak memory: 1.4 GB against 3.0 GB.
+SORT_RANGE_EVENTS = 10_000_000
 #: A raw event file may carry this column; rows where it is set are not events (the connector
 #: reports them as rejects) and are skipped at commit.
 REJECT_REASON = "reject_reason"
