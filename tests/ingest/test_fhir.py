@@ -943,3 +943,32 @@ def test_a_problem_resolved_without_a_date_ends_when_its_record_last_changed(tmp
     before = [p["code"] for p in new_store.twin(subject, datetime(2021, 1, 1)).problems]
     after = [p["code"] for p in new_store.twin(subject, datetime(2021, 6, 1)).problems]
     assert "SNOMED/195662009" in before and "SNOMED/195662009" not in after
+
+
+def test_a_death_without_its_date_is_kept_as_a_static_fact(tmp_path, new_store):
+    """``deceasedBoolean: true`` says the patient died, not when: a death event with no time
+    (it was dropped); the twin, which needs a date, does not take it for one."""
+    patients = [
+        {"resourceType": "Patient", "id": "d1", "birthDate": "1940-01-01", "deceasedBoolean": True},
+        {
+            "resourceType": "Patient",
+            "id": "a1",
+            "birthDate": "1950-01-01",
+            "deceasedBoolean": False,
+        },
+        {
+            "resourceType": "Patient",
+            "id": "d2",
+            "birthDate": "1945-01-01",
+            "deceasedDateTime": "2015-03-04",
+        },
+    ]
+    ingest_fhir(new_store, write_ndjson(tmp_path / "Patient.ndjson", patients))
+    deaths = {}
+    for source_id in ("d1", "a1", "d2"):
+        subject = new_store.lookup("fhir", source_id)
+        timeline = new_store.timeline(subject)
+        deaths[source_id] = timeline.filter(timeline["code"] == "MEDS_DEATH")["time"].to_list()
+    assert deaths == {"d1": [None], "a1": [], "d2": [datetime(2015, 3, 4)]}
+    twin = new_store.twin(new_store.lookup("fhir", "d1"), as_of=datetime(2020, 1, 1))
+    assert twin.deceased is None and twin.age is not None

@@ -682,13 +682,14 @@ class _FhirMapper:
                 part="#marital",
             )
         death = res.get("deceasedDateTime")
-        if death:
+        if death or res.get("deceasedBoolean") is True:
+            # a death without its date is still a fact of the patient's: a static one
             self._emit(
                 res,
                 subject,
                 code=DEATH_CODE,
                 domain="death",
-                time=parse_fhir_time(death),
+                time=parse_fhir_time(death) if death else None,
                 part="#death",
             )
         self.identities["subject_id"].append(subject[0])

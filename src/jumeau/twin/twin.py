@@ -324,7 +324,9 @@ def build_twin(
         known_at=known_at,
         birth=birth,
         sex=sexes[-1] if sexes else None,
-        deceased=next((r["time"] for r in rows if r["code"] == DEATH_CODE), None),
+        deceased=next(
+            (r["time"] for r in rows if r["code"] == DEATH_CODE and r["time"] is not None), None
+        ),
         variables=_variable_states(rows, population, as_of, birth, ancestors),
         smoking_status=_smoking(rows, ancestors),
         problems=[],
