@@ -12,9 +12,7 @@ store (:func:`update_registries`).
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,7 +49,7 @@ class TwinRegistry:
         if path.exists():
             return PopulationModel.from_dict(json.loads(path.read_text()))
         model = PopulationModel.fit_cached(self.store, self.as_of)
-        _write_json(path, model.to_dict())
+        layout.write_json_atomic(path, model.to_dict(), cache=True)
         return model
 
     @property
@@ -112,11 +110,17 @@ class TwinRegistry:
             if previous is not None:
                 diffs.append(twin.diff(previous))
                 (self.dir / HISTORY_DIR).mkdir(exist_ok=True)
-                _write_json(
-                    self.dir / HISTORY_DIR / f"{subject}-v{previous['version']}.json", previous
+                layout.write_json_atomic(
+                    self.dir / HISTORY_DIR / f"{subject}-v{previous['version']}.json",
+                    previous,
+                    cache=True,
                 )
-            _write_json(self.dir / f"{subject}.json", twin.to_dict())
-        _write_json(self.state_file, {"version": current, "as_of": self.as_of.isoformat()})
+            layout.write_json_atomic(self.dir / f"{subject}.json", twin.to_dict(), cache=True)
+        layout.write_json_atomic(
+            self.state_file,
+            {"version": current, "as_of": self.as_of.isoformat()},
+            cache=True,
+        )
         return {
             "from_version": since,
             "to_version": current,
@@ -133,9 +137,3 @@ def update_registries(store: Store) -> list[dict]:
         result = TwinRegistry(store, as_of).update()
         results.append({"as_of": as_of.isoformat(), **result})
     return results
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, default=str))
-    os.replace(tmp, path)
