@@ -282,14 +282,26 @@ def test_medication_requests_resolve_referenced_and_contained_medications(tmp_pa
                 }
             ],
         },
+        *(
+            {
+                "resourceType": "MedicationRequest",
+                "id": f"r{3 + k}",
+                "subject": {"reference": "Patient/p9"},
+                "authoredOn": f"2020-0{3 + k}-01",
+                "medicationReference": {"reference": reference},
+            }
+            for k, reference in enumerate(
+                ["Medication/m1/_history/3", "https://ehr.example/fhir/Medication/m1/_history/3"]
+            )
+        ),
     ]
     (folder / "MedicationRequest.ndjson").write_text(
         "\n".join(json.dumps(r) for r in requests) + "\n"
     )
     report = ingest_fhir(new_store, folder)
-    assert report.tables["fhir/MedicationRequest"].accepted == 2
-    codes = set(new_store.timeline(new_store.lookup("fhir", "p9"))["code"])
-    assert codes == {"RxNorm/197361", "RxNorm/310965"}
+    assert report.tables["fhir/MedicationRequest"].accepted == 4  # versioned references too
+    codes = new_store.timeline(new_store.lookup("fhir", "p9"))["code"].to_list()
+    assert codes == ["RxNorm/197361", "RxNorm/310965", "RxNorm/197361", "RxNorm/197361"]
     assert report.unhandled["Medication"] == 1
 
 

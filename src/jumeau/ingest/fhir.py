@@ -900,8 +900,11 @@ class _FhirMapper:
                 ):
                     code = self._code(contained.get("code"), ("RxNorm", "ATC", "NDC"))
         if code is None and reference:
-            code = self.medications.get(reference) or self.medications.get(
-                reference.rstrip("/").split("/")[-1].removeprefix("urn:uuid:")
+            path = _reference_path(reference)
+            code = (
+                self.medications.get(reference)
+                or self.medications.get("/".join(path[-2:]))
+                or self.medications.get(path[-1].removeprefix("urn:uuid:"))
             )
         numeric = unit = None
         dose = (
