@@ -616,16 +616,8 @@ class _FhirMapper:
         raise FhirError(f"no time: none of {', '.join(names)}{known} is present")
 
     def _encounter_period(self, reference: str) -> tuple[int | None, int | None]:
-        """The period of the Encounter a reference names: a bundle's ``urn:uuid:`` fullUrl (or,
-        in an NDJSON export, the uuid that is the Encounter's id), else ``Encounter/<id>`` of a
-        relative or absolute reference."""
-        if reference.startswith("urn:"):
-            period = self.encounters.get(reference)
-            if period is None and reference.startswith("urn:uuid:"):
-                period = self.encounters.get(f"Encounter/{reference[9:]}")
-        else:
-            period = self.encounters.get("/".join(_reference_path(reference)[-2:]))
-        return period or (None, None)
+        """The period of the Encounter a reference names (``(None, None)`` if unknown)."""
+        return _referenced(self.encounters, reference, "Encounter") or (None, None)
 
     # -- resources -------------------------------------------------------------------------
 
@@ -900,12 +892,7 @@ class _FhirMapper:
                 ):
                     code = self._code(contained.get("code"), ("RxNorm", "ATC", "NDC"))
         if code is None and reference:
-            path = _reference_path(reference)
-            code = (
-                self.medications.get(reference)
-                or self.medications.get("/".join(path[-2:]))
-                or self.medications.get(path[-1].removeprefix("urn:uuid:"))
-            )
+            code = _referenced(self.medications, reference, "Medication")
         numeric = unit = None
         dose = (
             (res.get("dosage") or {}).get("dose")
@@ -1093,6 +1080,19 @@ def _reference_path(reference: str) -> list[str]:
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
     return parts
+
+
+def _referenced(known: dict[str, Any], reference: str, rtype: str) -> Any:
+    """What ``known`` keeps of the ``rtype`` resource a reference names: by a bundle's fullUrl
+    as it is, by the uuid that is the resource's id in an NDJSON export (``urn:uuid:<id>``),
+    else by ``rtype/<id>`` of a relative or absolute reference, its version dropped (a bare
+    id matches where ``known`` keeps one). None if it keeps nothing."""
+    found = known.get(reference)
+    if found is not None or reference.startswith("urn:oid:"):
+        return found
+    if reference.startswith("urn:uuid:"):
+        return known.get(f"{rtype}/{reference[9:]}")
+    return known.get("/".join(_reference_path(reference)[-2:]))
 
 
 def _attachment_text(attachments: list | None) -> str | None:
