@@ -77,7 +77,7 @@ def _numbered_parquet(files: list[Path]) -> str:
     return "(" + " UNION ALL BY NAME ".join(parts) + ")"
 
 
-def _folder_relation(path: Path) -> tuple[str, str | None] | None:
+def _folder_relation(path: Path, con: duckdb.DuckDBPyConnection) -> tuple[str, str | None] | None:
     """A DuckDB reader for one table stored as a file or a folder of part files, and, for
     Parquet, the same read with each row's number (see :meth:`OmopTables.numbered`)."""
     name = path.name.lower()
@@ -88,16 +88,18 @@ def _folder_relation(path: Path) -> tuple[str, str | None] | None:
             relation = f"read_parquet({[str(p) for p in parquet]!r}, union_by_name=true)"
             return relation, _numbered_parquet(parquet)
         if csv:
-            return _csv_reader([str(p) for p in csv]), None
+            return _csv_reader(con, [str(p) for p in csv]), None
         return None
     if name.endswith(".parquet"):  # the footer read doubles as the check that it is Parquet
         return f"read_parquet({sql_string(path)})", _numbered_parquet([path])
     if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-        return _csv_reader([str(path)], tab_separated=name.endswith(".tsv")), None
+        return _csv_reader(con, [str(path)], tab_separated=name.endswith(".tsv")), None
     return None
 
 
-def _csv_reader(files: list[str], *, tab_separated: bool = False) -> str:
+def _csv_reader(
+    con: duckdb.DuckDBPyConnection, files: list[str], *, tab_separated: bool = False
+) -> str:
     """A DuckDB reader of CSV part files as text columns, forgiving of a malformed row (an
     unclosed quote, a missing or extra field: the row's values then fail their own checks
     and it is rejected with its reason) instead of failing the whole table. A file the sniffer
@@ -107,7 +109,7 @@ def _csv_reader(files: list[str], *, tab_separated: bool = False) -> str:
     opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true"
     if len(files) > 1:
         opts += ", union_by_name=true"
-    delimiter, quote = _sniffed(files[0])
+    delimiter, quote = _sniffed(con, files[0])
     if tab_separated or delimiter == "\t":
         opts += ", delim='\\t'"
         if quote == "(empty)":
@@ -115,15 +117,12 @@ def _csv_reader(files: list[str], *, tab_separated: bool = False) -> str:
     return f"read_csv({listed}, {opts})"
 
 
-def _sniffed(path: str) -> tuple[str | None, str | None]:
+def _sniffed(con: duckdb.DuckDBPyConnection, path: str) -> tuple[str | None, str | None]:
     """The delimiter and quote DuckDB's sniffer finds in a CSV file (None if it cannot tell)."""
-    con = duckdb.connect()
     try:
         rows = run(con, "SELECT Delimiter, Quote FROM sniff_csv($path)", {"path": path})
     except duckdb.Error:
         return None, None
-    finally:
-        con.close()
     return (rows[0][0], rows[0][1]) if rows else (None, None)
 
 
@@ -145,7 +144,7 @@ def from_folder(folder: Path, con: duckdb.DuckDBPyConnection) -> OmopTables:
         if table not in CDM_TABLES or table in tables.relations:
             continue
         try:
-            found = _folder_relation(child)
+            found = _folder_relation(child, con)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
             raise OmopSourceError(f"{child}: unreadable ({exc})") from exc
         if found:
