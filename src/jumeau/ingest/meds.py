@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
+from jumeau.ingest.events import reject_table
 from jumeau.model import BIRTH_CODE, DEATH_CODE
 from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
@@ -129,14 +130,8 @@ def _readable(files: list[str], writer: BatchWriter) -> list[str]:
     if broken:
         writer.report.table("meds/data").rejected += len(broken)
         writer.add_rejects(
-            pa.table(
-                {
-                    "source": ["meds/data"] * len(broken),
-                    "file": [name for name, _ in broken],
-                    "record": ["whole file"] * len(broken),
-                    "reason": [reason for _, reason in broken],
-                    "record_key": pa.nulls(len(broken), pa.int64()),
-                }
+            pa.concat_tables(
+                reject_table("meds/data", name, [("whole file", reason)]) for name, reason in broken
             )
         )
     if not readable:
