@@ -311,6 +311,41 @@ def test_a_ratio_value_keeps_its_ratio_and_its_quotient():
     titre = {"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 64}}}
     assert _value(titre) == (1 / 64, "1:64", None)
     assert _value({"valueRatio": {"numerator": {"value": 3}}})[0] is None  # no denominator
+    per_volume = {
+        "valueRatio": {
+            "numerator": {"value": 5, "code": "mg"},
+            "denominator": {"value": 2, "code": "mL"},
+        }
+    }
+    assert _value(per_volume) == (2.5, "5:2", "mg/mL")
+
+
+def test_interval_values_keep_their_bounds_as_text_and_absent_values_their_reason():
+    from jumeau.ingest.fhir import FhirError, _value
+
+    both = {"valueRange": {"low": {"value": 1, "unit": "mg"}, "high": {"value": 3.5, "unit": "mg"}}}
+    assert _value(both) == (None, "1-3.5", "mg")
+    assert _value({"valueRange": {"low": {"value": 10, "code": "/[HPF]"}}}) == (
+        None,
+        ">=10",
+        "/[HPF]",
+    )
+    assert _value({"valueRange": {"high": {"value": 5}}}) == (None, "<=5", None)
+    period = {"valuePeriod": {"start": "2020-01-01", "end": "2020-02-01"}}
+    assert _value(period) == (None, "2020-01-01/2020-02-01", None)
+    absent = {
+        "dataAbsentReason": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                    "code": "asked-declined",
+                }
+            ]
+        }
+    }
+    assert _value(absent) == (None, "HL7DataAbsentReason/asked-declined", None)
+    with pytest.raises(FhirError, match="valueRange.low.value"):
+        _value({"valueRange": {"low": {"value": "1"}}})
 
 
 def test_imaging_studies_become_a_study_and_a_series_event_like_dicom(

@@ -1182,13 +1182,16 @@ def _strings(value: Any) -> list[str]:
 
 
 def _value(element: dict) -> tuple[float | None, str | None, str | None]:
-    """(numeric_value, text_value, unit) of an Observation or component value[x]."""
+    """(numeric_value, text_value, unit) of an Observation or component value[x].
+
+    A value FHIR gives as an interval (a Range, a Period) is kept as its text (``1-3``,
+    ``2020-01-01/2020-02-01``) with no number: neither bound is the value. A value absent for
+    a reason (``dataAbsentReason``) carries that reason's code as its text.
+    """
     if "valueQuantity" in element:
         q = element["valueQuantity"]
-        value = q.get("value")
-        unit = q.get("code") or q.get("unit")
         comparator = q.get("comparator")
-        return _number(value, "valueQuantity.value"), comparator, unit
+        return _number(q.get("value"), "valueQuantity.value"), comparator, _unit(q)
     if "valueCodeableConcept" in element:
         cc = element["valueCodeableConcept"]
         return None, concept_code(cc) or cc.get("text"), None
@@ -1197,20 +1200,52 @@ def _value(element: dict) -> tuple[float | None, str | None, str | None]:
     if "valueBoolean" in element:
         return float(element["valueBoolean"]), None, None
     if "valueInteger" in element:
-        return float(element["valueInteger"]), None, None
+        return _number(element["valueInteger"], "valueInteger"), None, None
     if "valueRange" in element:
-        low = (element["valueRange"].get("low") or {}).get("value")
-        return (float(low) if low is not None else None), "range", None
+        low, high = (element["valueRange"].get(k) or {} for k in ("low", "high"))
+        bounds = [
+            _number(q.get("value"), f"valueRange.{k}.value")
+            for k, q in (("low", low), ("high", high))
+        ]
+        if bounds[0] is None and bounds[1] is None:
+            return None, None, None
+        text = "-".join(_plain(b) for b in bounds if b is not None)
+        if bounds[1] is None:
+            text = ">=" + text
+        elif bounds[0] is None:
+            text = "<=" + text
+        return None, text, _unit(low) or _unit(high)
     if "valueRatio" in element:  # a titre 1:64, a ratio of two quantities
         top = element["valueRatio"].get("numerator") or {}
         bottom = element["valueRatio"].get("denominator") or {}
-        n, d = top.get("value"), bottom.get("value")
-        numeric = float(n) / float(d) if n is not None and d not in (None, 0) else None
-        return numeric, f"{n}:{d}", top.get("code") or top.get("unit")
-    for key in ("valueDateTime", "valueTime", "valuePeriod"):
+        n = _number(top.get("value"), "valueRatio.numerator.value")
+        d = _number(bottom.get("value"), "valueRatio.denominator.value")
+        numeric = n / d if n is not None and d not in (None, 0) else None
+        unit = _unit(top)
+        if unit and _unit(bottom) and _unit(bottom) != "1":
+            unit = f"{unit}/{_unit(bottom)}"
+        return numeric, f"{_plain(n)}:{_plain(d)}", unit
+    if "valuePeriod" in element:
+        period = element["valuePeriod"] if isinstance(element["valuePeriod"], dict) else {}
+        return None, f"{period.get('start') or ''}/{period.get('end') or ''}", None
+    for key in ("valueDateTime", "valueTime"):
         if key in element:
             return None, str(element[key]), None
+    if "dataAbsentReason" in element:
+        return None, concept_code(element["dataAbsentReason"]), None
     return None, None, None
+
+
+def _unit(quantity: dict) -> str | None:
+    """A Quantity's UCUM code, else its human-readable unit."""
+    return quantity.get("code") or quantity.get("unit")
+
+
+def _plain(number: float | None) -> str:
+    """A number as a person writes it: ``64``, not ``64.0``."""
+    if number is None:
+        return ""
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def iter_resources(path: Path) -> Iterator[dict]:
