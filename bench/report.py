@@ -218,6 +218,22 @@ def backtest_table(result: dict) -> None:
             print(
                 f"{name} MAE by how many observations the patient already had (forecasts): {steps}."
             )
+    print()
+    print(
+        "The same forecasts made seeing only the patient's last 1, 2 or 4 observations, or all of "
+        "them (forecasts of patients with 4+ observations; `mae_by_own_observations`):"
+    )
+    print()
+    print("| variable | forecasts | last 1 | last 2 | last 4 | all | carry-forward |")
+    print("|---|---|---|---|---|---|---|")
+    for name, v in sorted(result["variables"].items(), key=lambda kv: -kv[1]["n"]):
+        curve = v.get("mae_by_own_observations")
+        if curve and curve["n"] >= 30:
+            print(
+                f"| {name} | {curve['n']} | "
+                + " | ".join(f"{curve[k]:.3g}" for k in ("1", "2", "4", "all", "carry_forward"))
+                + " |"
+            )
 
 
 if __name__ == "__main__":

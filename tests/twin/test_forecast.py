@@ -62,8 +62,29 @@ def test_backtest_intervals_are_roughly_calibrated(pooled):
 
 
 def test_error_falls_as_the_patient_accumulates_observations(pooled):
+    """The same forecasts, made seeing only the patient's last 1, 2 or 4 observations or all
+    of them: the twin's error falls as it sees more of the patient's own series."""
+    for variable in ("sbp", "dbp", "height"):
+        curve = pooled["variables"][variable]["mae_by_own_observations"]
+        assert curve["n"] >= 40, variable
+        assert curve["1"] > curve["2"], variable
+        assert curve["1"] > 1.05 * curve["all"], variable
     by_history = pooled["variables"]["sbp"]["mae_by_history"]
     assert by_history["1"]["mae"] > by_history["4-7"]["mae"]
+
+
+def test_the_learning_curve_uses_the_same_forecasts_at_every_point(synthea_store):
+    store, _ = synthea_store
+    result = backtest(store, datetime(2016, 1, 1))
+    for name, v in result["variables"].items():
+        curve = v["mae_by_own_observations"]
+        if curve is None:  # nobody had four observations before the cutoff
+            continue
+        assert curve["n"] <= v["n"], name
+        assert set(curve) == {"n", "1", "2", "4", "all", "carry_forward"}, name
+        if curve["n"] == v["n"]:  # every forecast is in the panel: its full history is the twin's
+            assert curve["all"] == pytest.approx(v["mae"]), name
+            assert curve["carry_forward"] == pytest.approx(v["mae_carry_forward"]), name
 
 
 def test_the_population_is_learnt_only_before_the_cutoff(synthea_full_store):

@@ -247,6 +247,7 @@ def backtest_table(result: dict) -> None:
         "95% CI (patients)",
         "80% cover",
         "95% cover",
+        "MAE seeing last 1/2/4/all obs",
     ):
         table.add_column(col, justify="left" if col == "variable" else "right")
     for name, v in result["variables"].items():
@@ -261,8 +262,15 @@ def backtest_table(result: dict) -> None:
             _interval(v.get("improvement_ci95")),
             f"{v['coverage_80']:.0%}",
             f"{v['coverage_95']:.0%}",
+            _learning(v.get("mae_by_own_observations")),
         )
     console.print(table)
+
+
+def _learning(curve: dict | None) -> str:
+    if not curve:
+        return ""
+    return " / ".join(f"{curve[k]:.3g}" for k in ("1", "2", "4", "all")) + f" (n={curve['n']})"
 
 
 def _interval(bounds: list[float] | None) -> str:

@@ -22,6 +22,7 @@ from jumeau.twin.twin import day_number
 
 if TYPE_CHECKING:
     from jumeau.store import Store
+    from jumeau.twin.state import NoiseModel
     from jumeau.twin.twin import PopulationModel, Twin
 
 _HORIZON = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|day|days|w|wk|weeks?|mo|months?|y|yr|years?)\s*$")
@@ -148,6 +149,7 @@ def backtest(
                     "mae_carry_forward": float(np.abs(actual - locf)[sel].mean()),
                 }
         sums = _subject_sums(subjects, err, np.abs(actual - locf))
+        learning = _learning_curve(noise, history, rows, scored, actual, locf)
         results[variable] = {
             "n": len(actual),
             "subjects": observed_before[variable],
@@ -160,6 +162,7 @@ def backtest(
             "coverage_80": float(in80.mean()),
             "coverage_95": float(in95.mean()),
             "mae_by_history": by_history,
+            "mae_by_own_observations": learning,
             SUBJECT_SUMS: sums,
         }
     return {
@@ -168,6 +171,36 @@ def backtest(
         "variables": results,
         "population": population.to_dict(),
     }
+
+
+#: How many of the patient's latest observations the learning curve gives the twin.
+LEARNING_CURVE_POINTS = (1, 2, 4)
+
+
+def _learning_curve(
+    noise: NoiseModel,
+    history: list[tuple[np.ndarray, np.ndarray, float | None]],
+    rows: np.ndarray,
+    scored: list[tuple[int, np.ndarray, np.ndarray]],
+    actual: np.ndarray,
+    carried: np.ndarray,
+) -> dict | None:
+    """The twin's MAE on the same forecasts when it sees only the patient's last 1, 2 and 4
+    observations, and all of them: the error falling as the patient's own data accumulate,
+    on forecasts whose history has at least :data:`LEARNING_CURVE_POINTS`' last count (so
+    every point is the same patients, the same targets and the same population)."""
+    longest = LEARNING_CURVE_POINTS[-1]
+    panel = np.flatnonzero(np.array([len(v) for _, v, _ in history])[rows] >= longest)
+    if not len(panel):
+        return None
+    at_days = np.concatenate([d for _, d, _ in scored])[panel]
+    curve: dict = {"n": len(panel)}
+    for k in (*LEARNING_CURVE_POINTS, None):
+        seen = history if k is None else [(d[-k:], v[-k:], b) for d, v, b in history]
+        mean, _ = predict_new(noise, seen, rows[panel], at_days)
+        curve["all" if k is None else str(k)] = float(np.abs(actual[panel] - mean).mean())
+    curve["carry_forward"] = float(np.abs(actual[panel] - carried[panel]).mean())
+    return curve
 
 
 #: Key of a variable's per-patient error sums in a back-test result (not published).
@@ -266,6 +299,12 @@ def pool(results: list[dict]) -> dict:
                 "coverage_95",
             ):
                 acc["sums"][key] = acc["sums"].get(key, 0.0) + v[key] * v["n"]
+            curve = v.get("mae_by_own_observations")
+            if curve:
+                c = acc.setdefault("learning", {})
+                for key, value in curve.items():
+                    weight = 1 if key == "n" else curve["n"]
+                    c[key] = c.get(key, 0.0) + value * weight
             for label, h in v["mae_by_history"].items():
                 b = acc["by_history"].setdefault(
                     label, {"n": 0, "mae": 0.0, "mae_carry_forward": 0.0}
@@ -289,6 +328,12 @@ def pool(results: list[dict]) -> dict:
             }
             for label, b in acc["by_history"].items()
         }
+        learning = acc.get("learning")
+        v["mae_by_own_observations"] = (
+            {key: (int(t) if key == "n" else t / learning["n"]) for key, t in learning.items()}
+            if learning
+            else None
+        )
         variables[name] = {"n": n, "unit": acc["unit"], **v, SUBJECT_SUMS: acc["subjects"]}
     return {
         "cutoff": ", ".join(r["cutoff"] for r in results),
