@@ -87,3 +87,35 @@ def test_the_registry_builds_its_twins_on_the_population_jumeau_twin_learns(tmp_
     assert registry.snapshot(subject) == json.loads(json.dumps(twin.to_dict(), default=str))
     # opened again (as after an ingest), the registry reads its population back
     assert TwinRegistry(store, AS_OF).population.to_dict() == population.to_dict()
+
+
+def test_a_registry_built_by_other_twin_code_is_rebuilt_whole_on_a_refitted_population(
+    tmp_path, synthea_store
+):
+    """After an upgrade of jumeau's twin code, the next update rebuilds every twin (not only
+    those new data touched) on a population fitted again; the same code keeps both."""
+    source, _ = synthea_store
+    store = jumeau.init(tmp_path / "store")
+    _add(store, source.scan().collect(), source.code_descriptions())
+    registry = TwinRegistry(store, AS_OF)
+    subjects = registry.update()["rebuilt"]
+    pinned = registry.dir / "population.json"
+    tampered = json.loads(pinned.read_text())
+    tampered["sbp"]["prior_mean"] = 999.0
+    pinned.write_text(json.dumps(tampered))
+
+    same_code = TwinRegistry(store, AS_OF)
+    assert same_code.population.noise["sbp"].prior_mean == 999.0  # pinned: read back as kept
+    assert same_code.update()["rebuilt"] == 0
+
+    state = json.loads(registry.state_file.read_text())
+    registry.state_file.write_text(json.dumps({**state, "code": "written-by-another-version"}))
+    upgraded = TwinRegistry(store, AS_OF)
+    assert upgraded.built_by_other_code and upgraded.version == 0
+    assert upgraded.population.noise["sbp"].prior_mean != 999.0  # fitted again
+    result = upgraded.update()
+    assert result["rebuilt"] == subjects and len(result["diffs"]) == subjects
+    assert not TwinRegistry(store, AS_OF).built_by_other_code
+    assert TwinRegistry(store, AS_OF).update()["rebuilt"] == 0
+    subject = int(store.subjects()[0])
+    assert registry.versions(subject) == [1, 1]  # the twin built by the old code is kept in history

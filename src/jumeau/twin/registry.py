@@ -6,7 +6,9 @@ under ``history/``; the population model its twins are built on is learnt when i
 and kept beside them. ``update`` rebuilds only the subjects that the batches committed since then
 touched, so new data for a few patients costs a few twins, not the store; every updated twin is
 diffed against its previous snapshot. Ingesting through the CLI updates every registry of the
-store (:func:`update_registries`).
+store (:func:`update_registries`). A registry built by another version of jumeau's twin code
+is rebuilt whole on its next update, on a population fitted again: its snapshots would
+otherwise mix twins built by two versions of the code.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from jumeau.store import layout
-from jumeau.twin.twin import PopulationModel, build_twin
+from jumeau.twin.twin import PopulationModel, build_twin, twin_fingerprint
 
 if TYPE_CHECKING:
     from jumeau.store import Store
@@ -46,7 +48,7 @@ class TwinRegistry:
         the registry was first built (as ``jumeau twin`` learns it) and kept, so an update
         after new data rebuilds only the subjects it touched."""
         path = self.dir / POPULATION_FILE
-        if path.exists():
+        if path.exists() and not self.built_by_other_code:
             return PopulationModel.from_dict(json.loads(path.read_text()))
         model = PopulationModel.fit_cached(self.store, self.as_of)
         layout.write_json_atomic(path, model.to_dict(), cache=True)
@@ -54,9 +56,19 @@ class TwinRegistry:
 
     @property
     def version(self) -> int:
-        if not self.state_file.exists():
+        """The store version (committed batches) the snapshots were brought to; 0 when the
+        registry is new or was built by another version of the twin code."""
+        if not self.state_file.exists() or self.built_by_other_code:
             return 0
         return json.loads(self.state_file.read_text())["version"]
+
+    @property
+    def built_by_other_code(self) -> bool:
+        """Whether the registry's snapshots were built by another version of the twin code
+        (registries from before the code was recorded count as such)."""
+        if not self.state_file.exists():
+            return False
+        return json.loads(self.state_file.read_text()).get("code") != twin_fingerprint()
 
     def snapshot(self, subject_id: int, version: int | None = None) -> dict | None:
         """The subject's latest twin, or the one built at store ``version``."""
@@ -118,7 +130,7 @@ class TwinRegistry:
             layout.write_json_atomic(self.dir / f"{subject}.json", twin.to_dict(), cache=True)
         layout.write_json_atomic(
             self.state_file,
-            {"version": current, "as_of": self.as_of.isoformat()},
+            {"version": current, "as_of": self.as_of.isoformat(), "code": twin_fingerprint()},
             cache=True,
         )
         return {

@@ -80,6 +80,13 @@ class VariableState:
         }
 
 
+def _source_digest(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @functools.cache
 def model_fingerprint() -> str:
     """A digest of the code that fits a population model (its filter, its series, its
@@ -87,10 +94,17 @@ def model_fingerprint() -> str:
     from jumeau.signals import codes
     from jumeau.twin import series, state, variables
 
-    digest = hashlib.sha256()
-    for module in (state, series, variables, codes):
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
+    return _source_digest([Path(m.__file__) for m in (state, series, variables, codes)])
+
+
+@functools.cache
+def twin_fingerprint() -> str:
+    """A digest of the code that builds a twin (the whole ``jumeau.twin`` package and the
+    signal codes it reads): twins kept by another version of jumeau are built again."""
+    from jumeau.signals import codes
+
+    package = Path(__file__).parent
+    return _source_digest([*sorted(package.glob("*.py")), Path(codes.__file__)])
 
 
 class PopulationModel:
