@@ -58,6 +58,29 @@ def test_timeline_json_uses_the_canonical_fields(cli_store):
     assert "subject" in text and "LOINC/" in text
 
 
+def test_reidentify_names_the_source_patient_and_needs_a_purpose(cli_store, synthea_dir):
+    from jumeau.ingest.fhir import iter_resources
+
+    bundle = sorted(synthea_dir.glob("*.json"))[0]
+    patient = next(r for r in iter_resources(bundle) if r["resourceType"] == "Patient")
+    store = str(cli_store)
+    pseudonym = jumeau("lookup", "--store", store, "--source", "fhir", "--id", patient["id"])
+    subject = pseudonym.stdout.strip()
+    shown = jumeau("reidentify", subject, "--store", store, "--purpose", "recall of a device")
+    assert f"fhir patient {patient['id']}" in shown.stdout
+    assert patient["name"][0]["family"] in shown.stdout
+    (found,) = json.loads(
+        jumeau(
+            "reidentify", subject, "--store", store, "--purpose", "audit", "--format", "json"
+        ).stdout
+    )
+    assert found["source_id"] == patient["id"] and found["subject_id"] == int(subject)
+    refused = jumeau("reidentify", subject, "--store", store, check=False)
+    assert refused.returncode == 2 and "--purpose" in refused.stderr
+    blank = jumeau("reidentify", subject, "--store", store, "--purpose", " ", check=False)
+    assert blank.returncode == 2 and "purpose" in blank.stderr
+
+
 def test_lookup_finds_the_pseudonym(cli_store, synthea_dir):
     from jumeau.ingest.fhir import iter_resources
 
@@ -87,19 +110,19 @@ def test_export_meds(cli_store, tmp_path):
 
 def test_errors_are_one_clear_line(tmp_path):
     result = jumeau("stats", "--store", str(tmp_path / "nothing"), check=False)
-    assert result.returncode == 2 and "not a jumeau store" in result.stdout
+    assert result.returncode == 2 and "not a jumeau store" in result.stderr
     jumeau("init", str(tmp_path / "s"))
     bad = jumeau(
         "ingest", "omop", str(tmp_path / "nope.csv"), "--store", str(tmp_path / "s"), check=False
     )
-    assert bad.returncode == 2 and "nope.csv: no such file or folder" in bad.stdout
+    assert bad.returncode == 2 and "nope.csv: no such file or folder" in bad.stderr
     (tmp_path / "notes.txt").write_text("not a CDM")
     odd = jumeau(
         "ingest", "omop", str(tmp_path / "notes.txt"), "--store", str(tmp_path / "s"), check=False
     )
-    assert odd.returncode == 2 and "expected a folder of CDM tables" in odd.stdout
+    assert odd.returncode == 2 and "expected a folder of CDM tables" in odd.stderr
     missing = jumeau("timeline", "42", "--store", str(tmp_path / "s"), check=False)
-    assert missing.returncode == 2 and "not in" in missing.stdout
+    assert missing.returncode == 2 and "not in" in missing.stderr
 
 
 def test_signal_reads_the_channel_asked_for_in_whichever_record_holds_it(tmp_path):

@@ -65,7 +65,7 @@ def test_a_subject_unknown_at_the_date_is_a_clear_error(cli_store):  # noqa: F81
     result = jumeau(
         "twin", str(subject), "--store", str(cli_store), "--as-of", "1800-01-01", check=False
     )
-    assert result.returncode == 2 and "no events known" in result.stdout
+    assert result.returncode == 2 and "no events known" in result.stderr
 
 
 def test_ingest_brings_existing_twins_up_to_date(tmp_path, synthea_dir):

@@ -103,6 +103,71 @@ def test_identity_vault_reidentifies_only_with_the_key(synthea_store, synthea_di
         jumeau.open(store.root, key_file=wrong).identities()
 
 
+def _bundled_store(tmp_path: Path, synthea_dir: Path) -> tuple[jumeau.Store, dict]:
+    """A store of one Synthea bundle, and that bundle's Patient resource."""
+    bundle = sorted(synthea_dir.glob("*.json"))[0]
+    store = jumeau.init(tmp_path / "store")
+    ingest_fhir(store, bundle)
+    patient = next(r for r in iter_resources(bundle) if r["resourceType"] == "Patient")
+    return store, patient
+
+
+def test_reidentification_names_the_patient_and_is_recorded_first(tmp_path, synthea_dir):
+    from jumeau.store.audit import AuditError
+
+    store, patient = _bundled_store(tmp_path, synthea_dir)
+    subject = store.lookup("fhir", patient["id"])
+    (found,) = store.reidentify(subject, purpose="CHU data office: consent withdrawal #42")
+    assert (found["source"], found["source_id"]) == ("fhir", patient["id"])
+    assert found["identifiers"]["name"][0]["family"] == patient["name"][0]["family"]
+    assert store.reidentify(12345, purpose="a pseudonym nobody has") == []
+    (first, second) = store.audit_trail()
+    assert first["subject_id"] == subject and first["identities_found"] == 1
+    assert first["purpose"] == "CHU data office: consent withdrawal #42" and first["user"]
+    assert second["subject_id"] == 12345 and second["identities_found"] == 0
+    trail = (store.root / "audit" / "reidentifications.jsonl").read_text()
+    assert patient["id"] not in trail and patient["name"][0]["family"] not in trail
+    with pytest.raises(AuditError, match="purpose"):
+        store.reidentify(subject, purpose="  ")
+    assert len(store.audit_trail()) == 2
+
+
+def test_a_reidentification_that_cannot_be_recorded_is_refused(tmp_path, synthea_dir):
+    from jumeau.store.audit import AuditError
+
+    store, patient = _bundled_store(tmp_path, synthea_dir)
+    (store.root / "audit").write_text("a file where the audit folder belongs")
+    with pytest.raises(AuditError, match="refused"):
+        store.reidentify(store.lookup("fhir", patient["id"]), purpose="audit")
+
+
+def test_a_changed_or_removed_audit_entry_is_detected(tmp_path, synthea_dir):
+    from jumeau.store.audit import AuditError
+
+    store, patient = _bundled_store(tmp_path, synthea_dir)
+    subject = store.lookup("fhir", patient["id"])
+    for purpose in ("first request", "second request", "third request"):
+        store.reidentify(subject, purpose=purpose)
+    path = store.root / "audit" / "reidentifications.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[1:]) + "\n")  # the first request removed
+    with pytest.raises(AuditError, match="line 1"):
+        store.audit_trail()
+    path.write_text("\n".join([lines[0], lines[1].replace("second", "other"), lines[2]]) + "\n")
+    with pytest.raises(AuditError, match="line 2"):
+        store.audit_trail()
+    path.write_text("\n".join(lines) + "\n")
+    assert [e["purpose"] for e in store.audit_trail()] == [
+        "first request",
+        "second request",
+        "third request",
+    ]
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("00" * 32)
+    with pytest.raises(AuditError, match="line 1"):  # another key cannot vouch for the trail
+        jumeau.open(store.root, key_file=wrong).audit_trail()
+
+
 def test_the_key_lives_outside_the_store_and_is_required_to_ingest(tmp_path, synthea_dir):
     store = jumeau.init(tmp_path / "store")
     assert not store.key_path.is_relative_to(store.root)

@@ -3,6 +3,7 @@ signals, derive features, build and evaluate patient twins, export MEDS, run the
 
 from __future__ import annotations
 
+import json
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -68,7 +69,7 @@ SourceNameOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    render.console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    render.error_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -82,6 +83,7 @@ def _errors():
     from jumeau.ingest.omop_sources import OmopSourceError
     from jumeau.ingest.vcf import VcfError
     from jumeau.ingest.wfdb import WfdbError
+    from jumeau.store.audit import AuditError
     from jumeau.store.keys import StoreKeyError
 
     try:
@@ -96,6 +98,8 @@ def _errors():
         FhirError,
         MedsError,
         StoreKeyError,
+        AuditError,
+        PermissionError,
         FileNotFoundError,
         FileExistsError,
     ) as exc:
@@ -613,6 +617,37 @@ def lookup(
         print(subject, flush=True)
         if not s.has_subject(subject):
             print(f"note: subject {subject} has no events in {s.root}", file=sys.stderr)
+
+
+@app.command()
+def reidentify(
+    subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
+    store: StoreOpt,
+    purpose: Annotated[
+        str,
+        typer.Option(help="Who asks and why (kept in the store's audit trail with your user)."),
+    ],
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Print the source ids and direct identifiers the identity vault keeps for a pseudonym
+    (needs the store key); every call is first written to the store's audit trail."""
+    s = _open(store, key_file)
+    with _errors():
+        found = s.reidentify(subject, purpose=purpose)
+    if format is Format.json:
+        render.print_json(found)
+        return
+    if not found:
+        render.console.print(f"the identity vault of {s.root} holds nothing for subject {subject}")
+        return
+    for entry in found:
+        render.console.print(f"{entry['source']} patient {entry['source_id']}", markup=False)
+        for name, value in entry["identifiers"].items():
+            if value not in (None, [], {}, ""):
+                render.console.print(
+                    f"  {name}: {json.dumps(value, ensure_ascii=False)}", markup=False
+                )
 
 
 @app.command()

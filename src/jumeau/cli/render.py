@@ -14,6 +14,8 @@ from rich.table import Table
 from jumeau.store import IngestReport
 
 console = Console(width=None if sys.stdout.isatty() else 140)
+#: errors and notes go to standard error: standard output stays the result (JSON for machines)
+error_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def print_json(payload: object) -> None:

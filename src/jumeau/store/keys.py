@@ -186,6 +186,10 @@ class Pseudonymiser:
         finally:
             con.unregister("jumeau_key_pads")
 
+    def audit_key(self) -> bytes:
+        """The key that chains the audit trail's entries (:mod:`jumeau.store.audit`)."""
+        return hmac.new(self.key, b"audit", hashlib.sha256).digest()
+
     def vault_key(self) -> bytes:
         """The Fernet key that encrypts the identity vault."""
         import base64

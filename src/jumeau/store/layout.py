@@ -15,6 +15,7 @@
         report.json           the ingest report of the batch
       twins/<as_of>/          twin snapshots kept up to date by a registry (jumeau.twin.registry)
       twins/populations/      population models fitted for twins, by store state and cutoff
+      audit/                  the re-identifications made, chained by keyed MACs (jumeau.store.audit)
       .staging/               work in progress; never read, cleared on the next write
 
 A batch becomes visible only when ``manifest.json`` names it, and the manifest is replaced by an

@@ -463,6 +463,35 @@ class Store:
         """The pseudonym of a source patient id (needs the key)."""
         return self.pseudonymiser.subject_id(source, source_id)
 
+    def reidentify(self, subject_id: int, *, purpose: str) -> list[dict]:
+        """The source ids and direct identifiers the vault keeps for a pseudonym (needs the
+        key), one entry per source that knows the subject.
+
+        Each call is first recorded in the store's audit trail (user, time, subject, purpose;
+        :func:`audit_trail`): a re-identification that cannot be recorded is refused.
+        """
+        import json
+
+        from jumeau.store import audit
+
+        vault = self.identities()
+        rows = vault.filter(pl.col("subject_id") == subject_id).to_dicts() if vault.height else []
+        audit.record(
+            self.root,
+            self.pseudonymiser.audit_key(),
+            subject_id=subject_id,
+            purpose=purpose,
+            found=len(rows),
+        )
+        return [{**row, "identifiers": json.loads(row["identifiers"] or "{}")} for row in rows]
+
+    def audit_trail(self) -> list[dict]:
+        """Every re-identification of the store, oldest first, its chain of keyed MACs checked
+        (an entry changed, removed or inserted since is an :class:`~jumeau.store.audit.AuditError`)."""
+        from jumeau.store import audit
+
+        return audit.read_trail(self.root, self.pseudonymiser.audit_key())
+
     def identities(self) -> pl.DataFrame:
         """Decrypt the identity vault of every batch (needs the key)."""
         key = self.pseudonymiser.vault_key()
