@@ -376,6 +376,47 @@ def test_new_rows_in_a_grown_source_are_appended(tmp_path, eunomia):
     assert len(store.manifest.batches) == 2
 
 
+def test_a_warehouse_refresh_that_corrects_a_row_replaces_its_event(tmp_path, eunomia):
+    """The warehouse corrects one condition's start date: ingested again, the store shows the
+    corrected event in place of the old one (counts unchanged), the store as it was before the
+    refresh still shows the old date, and a twin reads the corrected history."""
+    import time
+
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "condition_occurrence"])
+    path = folder / "condition_occurrence.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].lower().split(",")  # Eunomia's columns are upper case
+    row = lines[1].split(",")
+    start = header.index("condition_start_date")
+    person = int(row[header.index("person_id")])
+    old_date = row[start]
+    store = jumeau.init(tmp_path / "store")
+    first = ingest_omop(store, folder)
+    before = datetime_of(store.manifest.batches[0]["committed_at"])
+    time.sleep(1.1)  # commit times have a resolution of a second
+    row[start] = "2019-06-30"
+    if "condition_start_datetime" in header:
+        row[header.index("condition_start_datetime")] = ""
+    path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    second = ingest_omop(store, folder)
+    assert (second.events_written, second.events_amended) == (1, 1)
+    assert second.events_already_present == first.events_written - 1
+    assert store.stats()["events"] == first.events_written
+    subject = store.lookup("omop", str(person))
+    code = store.timeline(subject, domains=["condition"])
+    dates = {t.date().isoformat() for t in code["time"].to_list()}
+    assert "2019-06-30" in dates
+    old = store.timeline(subject, domains=["condition"], known_at=before)
+    assert old_date in {t.date().isoformat() for t in old["time"].to_list()}
+    assert old.height == code.height
+    assert ingest_omop(store, folder).events_written == 0  # the refreshed source again: no-op
+
+
+def datetime_of(committed_at: str) -> dt.datetime:
+    return dt.datetime.strptime(committed_at, "%Y-%m-%dT%H:%M:%S%z").replace(tzinfo=None)
+
+
 def test_a_folder_without_a_person_table_is_refused(tmp_path):
     (tmp_path / "cdm").mkdir()
     (tmp_path / "cdm" / "measurement.csv").write_text("measurement_id,person_id\n1,2\n")

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +136,9 @@ def test_a_batch_sorted_one_subject_range_at_a_time_is_one_sorted_batch(new_stor
     rng = np.random.default_rng(11)
     subjects = rng.integers(0, 2**63 - 1, 2_000, dtype=np.int64)
     chosen = rng.choice(subjects, 40_000)
+    first_times = rng.integers(0, 10**15, len(chosen))
     with BatchWriter(new_store, "test", "gen") as w:
-        w.add_events(_events(chosen, rng.integers(0, 10**15, len(chosen))))
+        w.add_events(_events(chosen, first_times))
         report = w.commit()
     assert report.events_written == len(chosen)
     store = jumeau.open(new_store.root)
@@ -148,7 +149,7 @@ def test_a_batch_sorted_one_subject_range_at_a_time_is_one_sorted_batch(new_stor
     for sid in rng.choice(np.unique(chosen), 20):
         assert store.timeline_arrow(int(sid)).num_rows == int((chosen == sid).sum())
     # again, range by range: what is stored is recognised, only the new events are added
-    times = rng.integers(0, 10**15, len(chosen) + 3)
+    times = np.concatenate([first_times, rng.integers(0, 10**15, 3)])
     again = _events(np.concatenate([chosen, subjects[:3]]), times)
     with BatchWriter(new_store, "test", "gen") as w:
         w.add_events(again)
@@ -235,12 +236,13 @@ def test_init_refuses_an_existing_or_non_empty_directory(tmp_path):
 
 
 @pytest.mark.parametrize("range_events", [24_000_000, 700])
-def test_a_record_changed_at_the_source_is_reported_not_stored_twice(
+def test_a_record_changed_at_the_source_replaces_the_stored_version(
     new_store, monkeypatch, range_events
 ):
-    """The same records again, three of them amended (another value, another time): nothing
-    is stored twice, the store keeps the version it has, and the report says how many events
-    the source has changed (whether the batch is sorted in one range or several)."""
+    """The same records again, three of them amended (another value, another time): the new
+    versions replace the stored ones in timelines, scans and SQL, nothing is stored twice, the
+    store as it was before still shows the old versions, and the same source once more adds
+    nothing (whether the batch is sorted in one range or several)."""
     from jumeau.store import writer
 
     monkeypatch.setattr(writer, "SORT_RANGE_EVENTS", range_events)
@@ -250,6 +252,8 @@ def test_a_record_changed_at_the_source_is_reported_not_stored_twice(
     with BatchWriter(new_store, "test", "gen") as w:
         w.add_events(_events(subjects, times))
         w.commit()
+    first = datetime.strptime(new_store.manifest.batches[0]["committed_at"], "%Y-%m-%dT%H:%M:%S%z")
+    time.sleep(1.1)  # commit times have a resolution of a second
     amended = _events(subjects, times)
     values = amended.column("numeric_value").to_numpy().copy()
     values[[5, 17]] += 0.5
@@ -260,13 +264,43 @@ def test_a_record_changed_at_the_source_is_reported_not_stored_twice(
     with BatchWriter(new_store, "test", "gen") as w:
         w.add_events(amended)
         report = w.commit()
-    assert (report.events_written, report.events_already_present) == (0, len(subjects))
+    assert (report.events_written, report.events_already_present) == (3, len(subjects) - 3)
+    assert report.events_amended == 3
     assert report.warnings == [
-        "3 events already stored with other content (amended at the source since): the store "
-        "keeps the version it has; the new one is not applied"
+        "3 events amended at the source since they were stored: the new versions replace them "
+        "(the store as it was before this batch still shows the old ones)"
     ]
-    kept = jumeau.open(new_store.root).timeline_arrow(int(subjects[5]))
-    assert kept.column("numeric_value").to_pylist() == [5.0]
-    with BatchWriter(new_store, "test", "gen") as w:  # unchanged: nothing to say
+    store = jumeau.open(new_store.root)
+    assert store.timeline_arrow(int(subjects[5])).column("numeric_value").to_pylist() == [5.5]
+    moved_event = store.timeline(int(subjects[100]))
+    assert moved_event["time"].to_list() == [
+        datetime(1970, 1, 1) + timedelta(microseconds=int(moved[100]))
+    ]
+    untouched = store.timeline_arrow(int(subjects[6])).column("numeric_value").to_pylist()
+    assert untouched == [6.0]
+    then = first.replace(tzinfo=None)
+    assert store.timeline_arrow(int(subjects[5]), known_at=then).column(
+        "numeric_value"
+    ).to_pylist() == [5.0]
+    scanned = store.scan().collect()
+    assert scanned.height == len(subjects)
+    assert scanned.filter(pl.col("subject_id") == int(subjects[17]))["numeric_value"].to_list() == [
+        17.5
+    ]
+    assert store.scan(known_at=then).collect()["numeric_value"].sum() == float(values.sum() - 1.0)
+    con = store.connect()
+    n, total = con.execute("SELECT count(*), sum(numeric_value) FROM events").fetchall()[0]
+    assert (n, total) == (len(subjects), float(values.sum()))
+    con.close()
+    for again in (amended, amended):  # the amended source again: nothing new, nothing to say
+        with BatchWriter(new_store, "test", "gen") as w:
+            w.add_events(again)
+            repeat = w.commit()
+        assert (repeat.events_written, repeat.warnings) == (0, [])
+    with BatchWriter(new_store, "test", "gen") as w:  # the source put back as it was: amended again
         w.add_events(_events(subjects, times))
-        assert w.commit().warnings == []
+        back = w.commit()
+    assert back.events_amended == 3
+    store = jumeau.open(new_store.root)
+    assert store.timeline_arrow(int(subjects[5])).column("numeric_value").to_pylist() == [5.0]
+    assert store.scan().collect().height == len(subjects)

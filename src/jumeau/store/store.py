@@ -43,6 +43,8 @@ class _MappedBatch:
     #: whether the file has the current layout (a batch written before the dictionaries were
     #: stored is read as plain strings and encoded on the way out)
     current: bool = True
+    #: the records of earlier batches this batch amends, sorted by subject (None: none)
+    superseded: pa.Table | None = None
 
     def __post_init__(self) -> None:
         # the binary searches run on memoryviews of the same int64 buffers: ``bisect`` reads
@@ -58,6 +60,7 @@ class _MappedBatch:
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
         sizes = np.array([b.num_rows for b in batches], dtype=np.int64)
         index = pq.read_table(folder / layout.SUBJECTS_INDEX)
+        amended = folder / layout.SUPERSEDED_FILE
         return cls(
             id=folder.name,
             batches=batches,
@@ -66,6 +69,23 @@ class _MappedBatch:
             starts=index.column("start").to_numpy(),
             counts=index.column("count").to_numpy(),
             current=reader.schema.equals(STORED_EVENT_SCHEMA),
+            superseded=pq.read_table(amended) if amended.exists() else None,
+        )
+
+    def amends(self, subject_id: int) -> set[tuple[str, int]]:
+        """The (source, record key) of the subject's records of earlier batches this batch
+        brings new versions of."""
+        if self.superseded is None:
+            return set()
+        ids = self.superseded.column("subject_id").to_numpy()
+        lo, hi = np.searchsorted(ids, subject_id, "left"), np.searchsorted(ids, subject_id, "right")
+        part = self.superseded.slice(lo, hi - lo)
+        return set(
+            zip(
+                part.column("source").to_pylist(),
+                part.column("record_key").to_pylist(),
+                strict=True,
+            )
         )
 
     def position(self, subject_id: int) -> int | None:
@@ -111,6 +131,27 @@ def plain_strings(events: pa.Table) -> pa.Table:
 
 
 _DICTIONARY_POSITIONS = [STORED_EVENT_SCHEMA.get_field_index(c) for c in DICTIONARY_COLUMNS]
+
+
+def _latest_versions(batches: list[_MappedBatch], subject_id: int) -> list[pa.Table]:
+    """The subject's events of each batch, less those a later batch brings a new version of."""
+    parts = []
+    for i, batch in enumerate(batches):
+        part = batch.slice(subject_id)
+        if part is None:
+            continue
+        replaced = set().union(*(later.amends(subject_id) for later in batches[i + 1 :]))
+        if replaced:
+            keys = part.column("record_key").to_numpy()
+            sources = part.column("source").to_pylist()
+            keep = [
+                (source, key) not in replaced
+                for source, key in zip(sources, keys.tolist(), strict=True)
+            ]
+            part = part.filter(pa.array(keep))
+        if part.num_rows:
+            parts.append(part)
+    return parts
 
 
 def _sort_by_time(table: pa.Table) -> pa.Table:
@@ -254,6 +295,8 @@ class Store:
             if part is not None:
                 return plain_strings(part) if plain else part
         parts = [t for b in batches if (t := b.slice(subject_id)) is not None]
+        if any(b.superseded is not None for b in batches[1:]):
+            parts = _latest_versions(batches, subject_id)
         if not parts:
             return (EVENT_SCHEMA if plain else STORED_EVENT_SCHEMA).empty_table()
         if len(parts) == 1:
@@ -330,11 +373,13 @@ class Store:
         ):
             files = self.batch_files(filename)
             if files:
-                # one read per batch with its id as a constant: free, where a per-row file name
-                # would slow every scan
-                parts = " UNION ALL BY NAME ".join(
-                    f"SELECT *, '{f.parent.name}' AS batch FROM read_parquet({sql_string(f)})"
-                    for f in files
+                parts = (
+                    self.current_events_sql(with_batch=True)
+                    if view == "events"
+                    else " UNION ALL BY NAME ".join(
+                        f"SELECT *, '{f.parent.name}' AS batch FROM read_parquet({sql_string(f)})"
+                        for f in files
+                    )
                 )
                 run(con, f"CREATE VIEW {view} AS {parts}")
             else:
@@ -351,7 +396,51 @@ class Store:
         files = [str(p) for p in self.batch_files(layout.EVENTS_PARQUET, known_at=known_at)]
         if not files:
             return pl.LazyFrame(schema=pl.from_arrow(EVENT_SCHEMA.empty_table()).schema)
-        return pl.scan_parquet(files)
+        amended = self._amendments(known_at)
+        if not any(amended):
+            return pl.scan_parquet(files)
+        frames = []
+        for i, events in enumerate(files):
+            later = [f for f in amended[i + 1 :] if f]
+            frame = pl.scan_parquet(events)
+            if later:
+                replaced = pl.scan_parquet(later).select("source", "record_key")
+                frame = frame.join(
+                    replaced, on=["source", "record_key"], how="anti", maintain_order="left"
+                )
+            frames.append(frame)
+        return pl.concat(frames)
+
+    def _amendments(self, known_at: datetime | None = None) -> list[str | None]:
+        """Per batch (oldest first; with ``known_at``, of those committed by then), its file of
+        amended records, or None."""
+        return [
+            str(p) if p.exists() else None
+            for p in self.batch_files(layout.SUPERSEDED_FILE, known_at=known_at)
+        ]
+
+    def current_events_sql(self, *, with_batch: bool = False) -> str | None:
+        """A DuckDB query of the store's current events: every batch's, less the records a
+        later batch amends (each row with its ``batch`` id if asked); None for an empty store."""
+        files = self.batch_files(layout.EVENTS_PARQUET)
+        if not files:
+            return None
+        amended = self._amendments()
+        parts = []
+        for i, events in enumerate(files):
+            # one read per batch with its id as a constant: free, where a per-row file name
+            # would slow every scan
+            batch = f", '{events.parent.name}' AS batch" if with_batch else ""
+            part = f"SELECT *{batch} FROM read_parquet({sql_string(events)})"
+            later = [f for f in amended[i + 1 :] if f]
+            if later:
+                part = (
+                    f"SELECT e.* FROM ({part}) e ANTI JOIN (SELECT source, record_key FROM "
+                    f"read_parquet({later!r})) a ON a.source = e.source "
+                    "AND a.record_key = e.record_key"
+                )
+            parts.append(part)
+        return " UNION ALL BY NAME ".join(parts)
 
     def signal_records(self, subject_id: int | None = None) -> list:
         """Waveform records in the store (of one subject, if given), by start time."""

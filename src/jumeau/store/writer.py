@@ -256,7 +256,7 @@ class BatchWriter:
             FROM read_parquet({raw!r}, union_by_name=true) WHERE {valid}""",
         )
         total = scalar(con, "SELECT count(*) FROM incoming")
-        existing = self._existing(layout.EVENTS_PARQUET)
+        existing = self.store.current_events_sql()
         # The sort carries its rows' payload: the low-cardinality text columns travel as ENUMs
         # (a few bytes instead of a string each), which keeps a large batch's sort in memory far
         # longer, and come out as the Arrow dictionaries the batch's files store. The tiebreak is
@@ -270,7 +270,8 @@ class BatchWriter:
             )
         encoded = ", ".join(f"r.{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
         runs = _SubjectRuns()
-        written = changed = 0
+        written = 0
+        amended: list[pa.Table] = []
         arrow_path = self.dir / layout.EVENTS_ARROW
         with (
             pa.OSFile(str(arrow_path), "wb") as sink,
@@ -285,13 +286,14 @@ class BatchWriter:
                 # records already stored are skipped; a record's subject is its own, so only the
                 # stored events of the same subject range are read (their files are sorted by it).
                 # A stored record whose content the source has since changed (an amended result)
-                # comes through flagged, to be counted and reported, not stored twice.
+                # comes through flagged: its new version is stored and the batch says it
+                # supersedes the one stored.
                 flag = joined = kept = ""
                 if existing:
                     flag = ", e.record_key IS NOT NULL AS _stored"
                     joined = (
                         f" LEFT JOIN (SELECT source, record_key, {_content_digest('e')} AS digest "
-                        f"FROM read_parquet({existing!r}) e WHERE {theirs}) e "
+                        f"FROM ({existing}) e WHERE {theirs}) e "
                         "ON e.source = r.source AND e.record_key = r.record_key"
                     )
                     kept = f" AND (e.record_key IS NULL OR e.digest <> {_content_digest('r')})"
@@ -303,21 +305,33 @@ class BatchWriter:
                 for batch in arrow_reader(con, query, batch_size=ROW_GROUP_SIZE):
                     if existing:
                         stored = batch.column("_stored")
-                        changed += pc.sum(stored).as_py() or 0
-                        batch = batch.filter(pc.invert(stored)).drop_columns(["_stored"])
-                        if not batch.num_rows:
-                            continue
+                        if pc.any(stored).as_py():
+                            amended.append(
+                                pa.table(
+                                    {
+                                        c: batch.filter(stored).column(c).cast(pa.string())
+                                        if c == "source"
+                                        else batch.filter(stored).column(c)
+                                        for c in ("subject_id", "source", "record_key")
+                                    }
+                                )
+                            )
+                        batch = batch.drop_columns(["_stored"])
                     table = pa.Table.from_batches([batch]).cast(STORED_EVENT_SCHEMA)
                     ipc.write_table(table)
                     runs.add(table.column("subject_id").to_numpy(), written)
                     written += table.num_rows
                     parquet.add(table)
         pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
-        if changed:
+        if amended:
+            replaced = pa.concat_tables(amended)
+            pq.write_table(replaced, self.dir / layout.SUPERSEDED_FILE)
+            changed = replaced.num_rows
+            self.report.events_amended = changed
             events = f"{changed:,} event{'s' if changed != 1 else ''}"
             self.report.warnings.append(
-                f"{events} already stored with other content (amended at the source since): "
-                "the store keeps the version it has; the new one is not applied"
+                f"{events} amended at the source since they were stored: the new versions "
+                "replace them (the store as it was before this batch still shows the old ones)"
             )
         return written, total - written, runs.count
 
