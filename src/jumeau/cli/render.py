@@ -54,8 +54,10 @@ def report_table(report: IngestReport) -> None:
     for warning in report.warnings:
         console.print(f"  [yellow]warning:[/yellow] {escape(warning)}")
     if report.committed:
+        fresh = report.events_written - report.events_amended
+        amended = f" and {report.events_amended:,} amended" if report.events_amended else ""
         console.print(
-            f"[green]committed batch {report.batch}[/green]: {report.events_written:,} new events "
+            f"[green]committed batch {report.batch}[/green]: {fresh:,} new events{amended} "
             f"for {report.subjects:,} subjects, {report.rejects_written:,} rejects "
             f"({report.events_already_present:,} events already in the store) in {report.seconds:.2f}s"
         )
