@@ -181,3 +181,23 @@ def test_text_output_shows_bracketed_ucum_units_as_they_are(tmp_path):
     assert "98.6 [degF]" in jumeau("timeline", subject, "--store", store).stdout
     twin = jumeau("twin", subject, "--store", store, "--as-of", "2020-06-01").stdout
     assert "37 Cel" in twin  # converted from Fahrenheit, and the unit shown
+
+
+def test_forget_erases_a_subject_and_says_so(tmp_path, synthea_dir):
+    store = str(tmp_path / "store")
+    bundle = str(sorted(synthea_dir.glob("*.json"))[0])
+    jumeau("init", store)
+    jumeau("ingest", "fhir", bundle, "--store", store)
+    subject = jumeau("subjects", "--store", store, "--limit", "1").stdout.strip()
+    refused = jumeau("forget", subject, "--store", store, check=False)
+    assert refused.returncode == 2 and "--purpose" in refused.stderr
+    done = json.loads(
+        jumeau(
+            "forget", subject, "--store", store, "--purpose", "opt-out 17", "--format", "json"
+        ).stdout
+    )
+    assert done["subjects"] == 1 and done["events_removed"] > 0
+    stats = json.loads(jumeau("stats", "--store", store, "--format", "json").stdout)
+    assert stats["subjects"] == 0 and stats["events"] == 0
+    again = jumeau("ingest", "fhir", bundle, "--store", store)
+    assert "withdrew" in again.stdout

@@ -651,6 +651,31 @@ def reidentify(
 
 
 @app.command()
+def forget(
+    subjects: Annotated[list[int], typer.Argument(help="The pseudonyms of the subjects.")],
+    store: StoreOpt,
+    purpose: Annotated[
+        str,
+        typer.Option(help="Who asks and why (kept in the store's audit trail with your user)."),
+    ],
+    key_file: KeyOpt = None,
+    format: FormatOpt = Format.text,
+) -> None:
+    """Erase subjects who withdraw: their events, identities and waveforms leave every file of
+    the store, later ingests keep them out, and the request is written to the audit trail."""
+    s = _open(store, key_file)
+    with _errors():
+        result = s.forget(subjects, purpose=purpose)
+    if format is Format.json:
+        render.print_json(result)
+        return
+    render.console.print(
+        f"erased {result['subjects']} subject(s): {result['events_removed']:,} events removed, "
+        f"{result['batches_rewritten']} batch(es) written again; later ingests keep them out"
+    )
+
+
+@app.command()
 def rejects(store: StoreOpt, limit: int = 20, format: FormatOpt = Format.text) -> None:
     """Records that failed validation, with file, record and reason."""
     frame = _open(store).rejects()

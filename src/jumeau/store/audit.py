@@ -1,4 +1,5 @@
-"""The store's audit trail of re-identifications: who asked for whose identity, when and why.
+"""The store's audit trail of re-identifications and erasures: who asked for whose identity,
+or for whose data to be erased, when and why.
 
 Each entry is one JSON line of ``STORE/audit/reidentifications.jsonl`` carrying a keyed MAC of
 itself and of the entry before it, so a holder of the store key can tell that no entry was
@@ -36,10 +37,20 @@ def _mac(key: bytes, previous: str, entry: dict) -> str:
     return hmac.new(key, previous.encode() + body, hashlib.sha256).hexdigest()
 
 
-def record(root: Path, key: bytes, *, subject_id: int, purpose: str, found: int) -> dict:
-    """Append one re-identification to the trail (flushed to disk) and return the entry."""
+def record(
+    root: Path,
+    key: bytes,
+    *,
+    subject_id: int,
+    purpose: str,
+    found: int | None = None,
+    action: str = "reidentify",
+) -> dict:
+    """Append one request (``reidentify`` or ``forget``) to the trail, flushed to disk, and
+    return the entry."""
     if not purpose or not purpose.strip():
-        raise AuditError("a re-identification needs its purpose (who asked for it and why)")
+        what = "a re-identification" if action == "reidentify" else "an erasure"
+        raise AuditError(f"{what} needs its purpose (who asked for it and why)")
     path = trail_path(root)
     try:
         path.parent.mkdir(exist_ok=True)
@@ -49,19 +60,21 @@ def record(root: Path, key: bytes, *, subject_id: int, purpose: str, found: int)
             lines = [line for line in fh.read().splitlines() if line.strip()]
             previous = json.loads(lines[-1])["mac"] if lines else _GENESIS
             entry = {
+                "action": action,
                 "time": datetime.now(UTC).isoformat(timespec="seconds"),
                 "user": getpass.getuser(),
                 "subject_id": int(subject_id),
                 "purpose": purpose.strip(),
-                "identities_found": int(found),
             }
+            if found is not None:
+                entry["identities_found"] = int(found)
             entry["mac"] = _mac(key, previous, entry)
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
         raise AuditError(
-            f"{path}: the re-identification cannot be recorded in the audit trail ({exc}); "
+            f"{path}: the request ({action}) cannot be recorded in the audit trail ({exc}); "
             "it is refused"
         ) from exc
     return entry

@@ -16,7 +16,8 @@
         report.json           the ingest report of the batch
       twins/<as_of>/          twin snapshots kept up to date by a registry (jumeau.twin.registry)
       twins/populations/      population models fitted for twins, by store state and cutoff
-      audit/                  the re-identifications made, chained by keyed MACs (jumeau.store.audit)
+      audit/                  re-identifications and erasures, chained by keyed MACs (jumeau.store.audit)
+      withdrawn.parquet       pseudonyms of the subjects erased, kept out of later ingests
       .staging/               work in progress; never read, cleared on the next write
 
 A batch becomes visible only when ``manifest.json`` names it, and the manifest is replaced by an
@@ -81,6 +82,27 @@ def write_json_atomic(path: Path, payload: object, *, cache: bool = False) -> No
     os.replace(tmp, path)
     if not cache:
         fsync_dir(path.parent)
+
+
+def lock_store(root: Path, doing: str = "writing to") -> int:
+    """Take the store's write lock (one ingest or erasure at a time); return its descriptor
+    for :func:`unlock_store`."""
+    import fcntl
+
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise StoreError(f"{root}: another ingest is {doing} this store") from exc
+    return fd
+
+
+def unlock_store(fd: int) -> None:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -31,6 +31,8 @@ class IngestReport:
     events_already_present: int = 0
     #: events that are new versions of stored records the source has changed since
     events_amended: int = 0
+    #: events of subjects who withdrew from the store, not stored
+    events_withdrawn: int = 0
     rejects_written: int = 0
     subjects: int = 0
     unhandled: dict[str, int] = field(default_factory=dict)

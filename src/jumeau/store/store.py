@@ -574,6 +574,14 @@ class Store:
         )
         return [{**row, "identifiers": json.loads(row["identifiers"] or "{}")} for row in rows]
 
+    def forget(self, subject_ids: list[int], *, purpose: str) -> dict:
+        """Erase subjects who withdraw from every file of the store and keep them out of later
+        ingests (needs the key); each request is first written to the audit trail. See
+        :func:`jumeau.store.erasure.forget`."""
+        from jumeau.store.erasure import forget
+
+        return forget(self, subject_ids, purpose=purpose)
+
     def audit_trail(self) -> list[dict]:
         """Every re-identification of the store, oldest first, its chain of keyed MACs checked
         (an entry changed, removed or inserted since is an :class:`~jumeau.store.audit.AuditError`)."""

@@ -10,7 +10,6 @@ atomic manifest update.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import math
@@ -36,6 +35,7 @@ from jumeau.model import (
     STORED_EVENT_SCHEMA,
 )
 from jumeau.store import layout
+from jumeau.store.erasure import WITHDRAWN_FILE, withdrawn_subjects
 from jumeau.store.report import IngestReport
 from jumeau.store.vault import VAULT_SCHEMA, write_vault
 
@@ -82,14 +82,7 @@ class BatchWriter:
         self.store = store
         self.report = IngestReport(source_kind=source_kind, source=source)
         self._started = time.perf_counter()
-        self._lock_fd = os.open(store.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(self._lock_fd)
-            raise layout.StoreError(
-                f"{store.root}: another ingest is writing to this store"
-            ) from exc
+        self._lock_fd = layout.lock_store(store.root)
         staging = store.root / layout.STAGING_DIR
         shutil.rmtree(staging, ignore_errors=True)
         self._clear_orphan_batches()
@@ -200,15 +193,24 @@ class BatchWriter:
         for child in list(self.dir.iterdir()):
             if child.is_dir() and child.name != layout.SIGNALS_DIR:
                 shutil.rmtree(child)
-        if self._identities:
+        identities = self._kept_identities()
+        if identities is not None:
             write_vault(
-                self.dir / layout.VAULT_FILE,
-                pa.concat_tables(self._identities),
-                self.store.pseudonymiser.vault_key(),
+                self.dir / layout.VAULT_FILE, identities, self.store.pseudonymiser.vault_key()
             )
         (self.dir / layout.REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
         self._publish()
         return report
+
+    def _kept_identities(self) -> pa.Table | None:
+        """The batch's identities, less those of subjects who withdrew (None: nothing to keep)."""
+        if not self._identities:
+            return None
+        table = pa.concat_tables(self._identities)
+        gone = withdrawn_subjects(self.store.root)
+        if len(gone):
+            table = table.filter(pc.invert(pc.is_in(table.column("subject_id"), pa.array(gone))))
+        return table if table.num_rows else None
 
     def _drop_known_signals(self) -> None:
         """Waveform records already in the store (a record's folder is named by the keyed hash
@@ -216,6 +218,13 @@ class BatchWriter:
         staged = self.dir / layout.SIGNALS_DIR
         if not staged.is_dir():
             return
+        gone = set(withdrawn_subjects(self.store.root).tolist())
+        if gone:
+            from jumeau.signals.store import SignalRecord
+
+            for record in list(staged.iterdir()):
+                if SignalRecord(record).subject_id in gone:
+                    shutil.rmtree(record)
         for batch in self.store.manifest.batch_ids:
             known = self.store.root / layout.BATCHES_DIR / batch / layout.SIGNALS_DIR
             if not known.is_dir():
@@ -245,6 +254,20 @@ class BatchWriter:
             )
         }
         valid = f"{REJECT_REASON} IS NULL" if REJECT_REASON in columns else "true"
+        withdrawn = self.store.root / WITHDRAWN_FILE
+        if withdrawn.exists():  # subjects who withdrew are not stored again
+            out = f"CAST(subject_id AS BIGINT) IN (SELECT subject_id FROM read_parquet({str(withdrawn)!r}))"
+            left_out = scalar(
+                con,
+                f"SELECT count(*) FROM read_parquet({raw!r}, union_by_name=true) "
+                f"WHERE {valid} AND {out}",
+            )
+            if left_out:
+                self.report.events_withdrawn = left_out
+                self.report.warnings.append(
+                    f"{left_out:,} events of subjects who withdrew from the store are not stored"
+                )
+            valid = f"{valid} AND NOT ({out})"
         run(
             con,
             f"""CREATE TEMP VIEW incoming AS SELECT
@@ -398,8 +421,7 @@ class BatchWriter:
     def _release(self) -> None:
         if not self._closed:
             self._closed = True
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            layout.unlock_store(self._lock_fd)
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -536,3 +558,67 @@ class _SubjectRuns:
         starts = np.concatenate(self._starts)
         counts = np.diff(np.append(starts, self._end))
         return pa.table({"subject_id": ids, "start": starts, "count": counts}, schema=INDEX_SCHEMA)
+
+
+def copy_batch_without(source: Path, target: Path, subjects: np.ndarray, vault_key: bytes) -> int:
+    """Write the batch folder ``source`` again at ``target`` without anything of ``subjects``
+    (their events, identities, amendments and waveform records); return the events left out.
+
+    The events stream from the memory-mapped Arrow file into a new Arrow file, Parquet file and
+    subject index as a commit writes them; the files that hold nothing of a subject are linked,
+    not copied.
+    """
+    from jumeau.signals.store import SignalRecord
+    from jumeau.store.vault import read_vault
+
+    target.mkdir(parents=True)
+    unwanted = pa.array(np.asarray(subjects, dtype=np.int64))
+    reader = pa.ipc.open_file(pa.memory_map(str(source / layout.EVENTS_ARROW), "r"))
+    runs = _SubjectRuns()
+    written = removed = 0
+    with (
+        pa.OSFile(str(target / layout.EVENTS_ARROW), "wb") as sink,
+        pa.ipc.new_file(sink, STORED_EVENT_SCHEMA) as ipc,
+        _ParquetInBackground(target / layout.EVENTS_PARQUET) as parquet,
+    ):
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            kept = batch.filter(pc.invert(pc.is_in(batch.column("subject_id"), unwanted)))
+            removed += batch.num_rows - kept.num_rows
+            if not kept.num_rows:
+                continue
+            table = pa.Table.from_batches([kept]).cast(STORED_EVENT_SCHEMA)
+            ipc.write_table(table)
+            runs.add(table.column("subject_id").to_numpy(), written)
+            written += table.num_rows
+            parquet.add(table)
+    pq.write_table(runs.table(), target / layout.SUBJECTS_INDEX)
+    for name in (layout.SUPERSEDED_FILE,):
+        if (source / name).exists():
+            table = pq.read_table(source / name)
+            pq.write_table(
+                table.filter(pc.invert(pc.is_in(table.column("subject_id"), unwanted))),
+                target / name,
+            )
+    if (source / layout.VAULT_FILE).exists():
+        vault = read_vault(source / layout.VAULT_FILE, vault_key)
+        vault = vault.filter(pc.invert(pc.is_in(vault.column("subject_id"), unwanted)))
+        if vault.num_rows:
+            write_vault(target / layout.VAULT_FILE, vault, vault_key)
+    signals = source / layout.SIGNALS_DIR
+    if signals.is_dir():
+        gone = set(unwanted.to_pylist())
+        for record in sorted(signals.iterdir()):
+            if SignalRecord(record).subject_id not in gone:
+                shutil.copytree(
+                    record, target / layout.SIGNALS_DIR / record.name, copy_function=os.link
+                )
+    for child in source.iterdir():  # rejects, codes, the report: nothing of a subject in them
+        if child.is_file() and not (target / child.name).exists():
+            os.link(child, target / child.name)
+    for f in target.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    layout.fsync_dir(target)
+    return removed
