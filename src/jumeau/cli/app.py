@@ -43,6 +43,9 @@ KeyOpt = Annotated[
     Path | None,
     typer.Option("--key-file", help="The store's secret key, if not at its default place."),
 ]
+PurposeOpt = Annotated[
+    str, typer.Option(help="Who asks and why (kept in the store's audit trail with your user).")
+]
 SubjectOpt = Annotated[
     str | None, typer.Option(help="The patient's id in --subject-source (default: from the file).")
 ]
@@ -623,10 +626,7 @@ def lookup(
 def reidentify(
     subject: Annotated[int, typer.Argument(help="The subject's pseudonym.")],
     store: StoreOpt,
-    purpose: Annotated[
-        str,
-        typer.Option(help="Who asks and why (kept in the store's audit trail with your user)."),
-    ],
+    purpose: PurposeOpt,
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
@@ -654,10 +654,7 @@ def reidentify(
 def forget(
     subjects: Annotated[list[int], typer.Argument(help="The pseudonyms of the subjects.")],
     store: StoreOpt,
-    purpose: Annotated[
-        str,
-        typer.Option(help="Who asks and why (kept in the store's audit trail with your user)."),
-    ],
+    purpose: PurposeOpt,
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
