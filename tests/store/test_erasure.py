@@ -136,3 +136,39 @@ def test_erasure_keeps_batch_order_commit_times_and_amendments_of_others(tmp_pat
     assert 12345.0 not in then.to_list()
     assert not store.has_subject(gone)
     assert np.all(store.subjects() == np.array([kept]))
+
+
+def test_an_erasure_killed_before_it_is_published_leaves_the_store_readable_as_before(
+    tmp_path, synthea_dir
+):
+    """Killed after writing the new batches but before the manifest names them, an erasure
+    leaves the store reading as before (the subject still there); asked again, it finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for bundle in sorted(synthea_dir.glob("*.json"))[:2]:
+        (source / bundle.name).write_bytes(bundle.read_bytes())
+    store = jumeau.init(tmp_path / "store")
+    ingest_fhir(store, source)
+    subject = int(store.subjects()[0])
+    events = store.stats()["events"]
+    code = "import sys, jumeau; jumeau.open(sys.argv[1]).forget([int(sys.argv[2])], purpose='x')"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(store.root), str(subject)],
+        env={**os.environ, "JUMEAU_PAUSE_AT": "forget-before-manifest"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "paused at forget-before-manifest"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reopened = jumeau.open(store.root)
+    assert reopened.has_subject(subject) and reopened.stats()["events"] == events
+    reopened.forget([subject], purpose="asked again")
+    assert not reopened.has_subject(subject)
+    published = set(reopened.manifest.batch_ids)
+    assert {p.name for p in (store.root / layout.BATCHES_DIR).iterdir()} == published

@@ -52,7 +52,7 @@ def forget(store: Store, subject_ids: list[int], *, purpose: str) -> dict:
 
     Returns the subjects erased, the events removed and the batches written again.
     """
-    from jumeau.store.writer import copy_batch_without
+    from jumeau.store.writer import copy_batch_without, pause_for_tests
 
     subjects = np.unique(np.asarray(subject_ids, dtype=np.int64))
     if not len(subjects):
@@ -63,8 +63,8 @@ def forget(store: Store, subject_ids: list[int], *, purpose: str) -> dict:
     fd = layout.lock_store(store.root, "writing to")
     try:
         _add_withdrawn(store.root, subjects)
+        layout.clear_unpublished(store.root)
         staging = store.root / layout.STAGING_DIR
-        shutil.rmtree(staging, ignore_errors=True)
         store.refresh()
         manifest = layout.Manifest.read(store.root)
         base = store.root / layout.BATCHES_DIR
@@ -82,6 +82,7 @@ def forget(store: Store, subject_ids: list[int], *, purpose: str) -> dict:
         layout.fsync_dir(base)
         for entry in manifest.batches:  # committed_at is kept: known_at reads as before
             entry["id"] = replaced.get(entry["id"], entry["id"])
+        pause_for_tests("forget-before-manifest")
         manifest.write(store.root)
         for old in replaced:
             shutil.rmtree(base / old, ignore_errors=True)

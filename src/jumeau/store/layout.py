@@ -105,6 +105,21 @@ def unlock_store(fd: int) -> None:
     os.close(fd)
 
 
+def clear_unpublished(root: Path) -> None:
+    """Remove the staging folder and the batch folders no manifest names (what a killed
+    commit or erasure left); hold the store lock."""
+    import shutil
+
+    shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
+    batches = root / BATCHES_DIR
+    if not batches.exists():
+        return
+    published = set(Manifest.read(root).batch_ids)
+    for child in batches.iterdir():
+        if child.name not in published:
+            shutil.rmtree(child, ignore_errors=True)
+
+
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry so a rename survives a crash."""
     fd = os.open(path, os.O_RDONLY)

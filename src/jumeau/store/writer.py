@@ -83,11 +83,9 @@ class BatchWriter:
         self.report = IngestReport(source_kind=source_kind, source=source)
         self._started = time.perf_counter()
         self._lock_fd = layout.lock_store(store.root)
-        staging = store.root / layout.STAGING_DIR
-        shutil.rmtree(staging, ignore_errors=True)
-        self._clear_orphan_batches()
+        layout.clear_unpublished(store.root)
         self.batch_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        self.dir = staging / self.batch_id
+        self.dir = store.root / layout.STAGING_DIR / self.batch_id
         self.raw_dir = self.dir / "raw"
         self.raw_dir.mkdir(parents=True)
         self._events: pq.ParquetWriter | None = None
@@ -95,16 +93,6 @@ class BatchWriter:
         self._codes = pq.ParquetWriter(self.dir / "raw-codes.parquet", CODES_SCHEMA)
         self._identities: list[pa.Table] = []
         self._closed = False
-
-    def _clear_orphan_batches(self) -> None:
-        """Remove batch folders a killed commit renamed but never published."""
-        batches = self.store.root / layout.BATCHES_DIR
-        if not batches.exists():
-            return
-        published = set(layout.Manifest.read(self.store.root).batch_ids)
-        for child in batches.iterdir():
-            if child.name not in published:
-                shutil.rmtree(child, ignore_errors=True)
 
     @property
     def staging_dir(self) -> Path:
@@ -409,7 +397,7 @@ class BatchWriter:
                 "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         )
-        _pause_for_tests("before-manifest")
+        pause_for_tests("before-manifest")
         manifest.write(root)
         self._release()
         self.store.refresh()
@@ -460,7 +448,7 @@ def range_conditions(column: str, edges: list[int]) -> list[str]:
     return lower + middle + [f"{column} >= {edges[-1]}"]
 
 
-def _pause_for_tests(point: str) -> None:
+def pause_for_tests(point: str) -> None:
     """Let a crash test stop the process at a named point of a commit (``JUMEAU_PAUSE_AT``)."""
     if os.environ.get("JUMEAU_PAUSE_AT") == point:
         print(f"paused at {point}", flush=True)
