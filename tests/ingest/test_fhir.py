@@ -1019,3 +1019,29 @@ def test_a_death_without_its_date_is_kept_as_a_static_fact(tmp_path, new_store):
     assert deaths == {"d1": [None], "a1": [], "d2": [datetime(2015, 3, 4)]}
     twin = new_store.twin(new_store.lookup("fhir", "d1"), as_of=datetime(2020, 1, 1))
     assert twin.deceased is None and twin.age is not None
+
+
+def test_a_period_that_ends_a_day_before_it_starts_is_rejected(tmp_path, new_store):
+    def encounter(rid: str, start: str, end: str) -> dict:
+        return {
+            "resourceType": "Encounter",
+            "id": rid,
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": {"reference": "Patient/p1"},
+            "period": {"start": start, "end": end},
+        }
+
+    lines = [
+        {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"},
+        encounter("late", "2020-03-02T10:00:00Z", "2020-03-01T09:00:00Z"),
+        encounter("same-day", "2020-03-02T10:00:00Z", "2020-03-02"),  # a date: the whole day
+        encounter("fine", "2020-03-02T10:00:00Z", "2020-03-02T11:00:00Z"),
+    ]
+    path = tmp_path / "Encounter.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    report = ingest_fhir(new_store, path)
+    counts = report.tables["fhir/Encounter"]
+    assert (counts.read, counts.accepted, counts.rejected) == (3, 2, 1)
+    (reject,) = new_store.rejects().filter(pl.col("source") == "fhir/Encounter").to_dicts()
+    assert reject["record"].startswith("line 2") and "ends before it starts" in reject["reason"]

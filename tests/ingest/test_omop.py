@@ -395,7 +395,8 @@ def test_a_warehouse_refresh_that_corrects_a_row_replaces_its_event(tmp_path, eu
     first = ingest_omop(store, folder)
     before = datetime_of(store.manifest.batches[0]["committed_at"])
     time.sleep(1.1)  # commit times have a resolution of a second
-    row[start] = "2019-06-30"
+    corrected = (dt.date.fromisoformat(old_date) - dt.timedelta(days=1)).isoformat()
+    row[start] = corrected
     if "condition_start_datetime" in header:
         row[header.index("condition_start_datetime")] = ""
     path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
@@ -406,11 +407,29 @@ def test_a_warehouse_refresh_that_corrects_a_row_replaces_its_event(tmp_path, eu
     subject = store.lookup("omop", str(person))
     code = store.timeline(subject, domains=["condition"])
     dates = {t.date().isoformat() for t in code["time"].to_list()}
-    assert "2019-06-30" in dates
+    assert corrected in dates and old_date not in dates
     old = store.timeline(subject, domains=["condition"], known_at=before)
     assert old_date in {t.date().isoformat() for t in old["time"].to_list()}
     assert old.height == code.height
     assert ingest_omop(store, folder).events_written == 0  # the refreshed source again: no-op
+
+
+def test_a_row_that_ends_before_it_starts_is_rejected_with_the_reason(tmp_path, eunomia):
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "condition_occurrence"])
+    path = folder / "condition_occurrence.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].lower().split(",")
+    row = lines[1].split(",")
+    row[header.index("condition_end_date")] = "2001-01-01"
+    row[header.index("condition_end_datetime")] = ""
+    path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    counts = report.tables["omop/condition_occurrence"]
+    assert (counts.read, counts.rejected) == (len(lines) - 1, 1)
+    (reject,) = store.rejects().filter(pl.col("source") == "omop/condition_occurrence").to_dicts()
+    assert reject["record"] == "row 1" and "ends before it starts" in reject["reason"]
 
 
 def datetime_of(committed_at: str) -> dt.datetime:

@@ -38,6 +38,10 @@ _AGE_UNIT_DAYS = {
 _EPOCH = datetime(1970, 1, 1)
 
 
+#: microseconds a day: a period is out of order when it ends on a day before its start's
+_DAY_US = 86_400_000_000
+
+
 class FhirError(ValueError):
     """A FHIR record cannot be mapped; the message says why."""
 
@@ -592,6 +596,8 @@ class _FhirMapper:
             if isinstance(value, dict):
                 start = parse_fhir_time(value.get("start"))
                 end = parse_fhir_time(value.get("end"))
+                if start is not None and end is not None and end // _DAY_US < start // _DAY_US:
+                    raise FhirError(f"{name} ends before it starts (FHIR invariant per-1)")
                 if start is not None or end is not None:
                     return (start if start is not None else end), end
                 continue

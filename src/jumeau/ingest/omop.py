@@ -789,7 +789,9 @@ class _OmopMapper:
                   FROM src LEFT JOIN shared_ids ON shared_ids.id_raw = src."{id_col}")
             SELECT t.*, m.subject_id, m.shift_us, m.person_source_value,
               COALESCE(t.input_problem,
-                       CASE WHEN m.subject_id IS NULL THEN 'person_id not found in the person table' END
+                       CASE WHEN m.subject_id IS NULL THEN 'person_id not found in the person table'
+                            WHEN CAST(t.t1 AS DATE) < CAST(t.t0 AS DATE)
+                            THEN 'ends before it starts (end date before start date)' END
               ) AS reason
             FROM t LEFT JOIN subject_map m ON t.person_id = m.person_id""",
         )
