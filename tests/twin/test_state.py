@@ -157,6 +157,24 @@ def test_values_that_scatter_around_everyones_mean_are_forecast_from_the_populat
     assert np.mean(errors) < 0.8 * np.mean(errors_locf)  # E|x-mu| / E|x-x'| = 1/sqrt(2)
 
 
+def test_a_population_without_spread_between_people_still_leaves_each_level_uncertain():
+    """Values that scatter around one mean for everyone (no spread between people in the data)
+    drive the maximum-likelihood spread of true levels to zero, and with it the interval of
+    every patient's true value; the boundary-avoiding prior on that spread keeps the state's
+    interval open while the forecasts still come from the population."""
+    rng = np.random.default_rng(2)
+    people = [
+        (np.cumsum(rng.uniform(200, 400, 8)), rng.normal(6.0, 0.2, 8), None) for _ in range(20)
+    ]
+    model = fit_noise(CATALOGUE["hba1c"], people)
+    assert model.learnt and model.prior_sd > 0.01
+    days, values, _ = people[0]
+    estimate = LocalTrendFilter(model).estimate(days, values, days[-1] + 60)
+    low, high = estimate.interval(0.95)
+    assert high - low > 0.02
+    assert abs(estimate.mean - 6.0) < 0.1
+
+
 def test_a_large_population_is_fitted_on_a_bounded_sample():
     rng = np.random.default_rng(5)
     model = fit_noise(CATALOGUE["sbp"], _adults_around_their_own_level(rng, 6000))

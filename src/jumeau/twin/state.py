@@ -564,7 +564,11 @@ def _maximise_likelihood(base: NoiseModel, default: NoiseModel, batch: _Batch) -
         )
 
     def loss(theta: np.ndarray) -> float:
-        value = -one_step_log_likelihood(model(theta), batch)
+        # a Gamma(2) prior on the spread of true levels between people (Chung et al. 2013's
+        # boundary-avoiding prior: the log of that sd added to the log-likelihood): where the
+        # data cannot tell people's levels apart, the maximum-likelihood spread is zero and every
+        # patient's true value would be claimed known exactly
+        value = -one_step_log_likelihood(model(theta), batch) - float(np.clip(theta[3], -12, 6))
         return value if math.isfinite(value) else 1e300
 
     grid = [
