@@ -174,7 +174,7 @@ def twin_summary(twin: dict) -> None:
             f"{v['age_days']:g}" if v["age_days"] is not None else "",
             f"{v['estimate']:.4g}",
             f"{low:.4g} - {high:.4g}",
-            f"{v['trend_per_year']:+.3g}",
+            f"{v['trend_per_year']:+.3g}" if v["trend_per_year"] else "0",
             str(v["n_observations"]),
         )
     if twin["variables"]:
