@@ -412,6 +412,13 @@ def test_a_warehouse_refresh_that_corrects_a_row_replaces_its_event(tmp_path, eu
     assert old_date in {t.date().isoformat() for t in old["time"].to_list()}
     assert old.height == code.height
     assert ingest_omop(store, folder).events_written == 0  # the refreshed source again: no-op
+    from jumeau.export.meds import export_meds
+
+    export_meds(store, tmp_path / "meds")
+    exported = pl.read_parquet(tmp_path / "meds" / "data" / "**" / "*.parquet")
+    assert exported.height == first.events_written  # one version of the corrected record
+    mine = exported.filter(pl.col("code").is_in(code["code"].to_list()))
+    assert dt.datetime.fromisoformat(corrected) in mine["time"].to_list()
 
 
 def test_a_row_that_ends_before_it_starts_is_rejected_with_the_reason(tmp_path, eunomia):
