@@ -72,6 +72,11 @@ def test_a_withdrawn_subject_leaves_every_file_and_stays_out(tmp_path, synthea_d
     assert (entry["action"], entry["subject_id"]) == ("forget", gone)
     fresh = TwinRegistry(store, registry.as_of)
     assert fresh.snapshot(gone) is None and fresh.version == 0  # the others are rebuilt
+    from jumeau.twin.registry import update_registries
+
+    (rebuilt,) = update_registries(store)  # as after the next ingest
+    assert rebuilt["rebuilt"] == len(patients) - 1
+    assert TwinRegistry(store, registry.as_of).snapshot(gone) is None
 
     again = ingest_fhir(store, synthea_dir)  # the same export once more: the subject stays out
     assert again.events_withdrawn == removed and again.events_written == 0

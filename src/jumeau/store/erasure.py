@@ -10,6 +10,7 @@ it leaves the store readable as before or as after; asked again, it finishes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -119,9 +120,9 @@ def _holds_any(store: Store, folder: Path, subjects: np.ndarray, vault_key: byte
 
 
 def _forget_twins(root: Path, subjects: np.ndarray) -> None:
-    """Remove the subjects' twin snapshots and the population models fitted with their data; a
-    twin registry without its state is rebuilt whole, on a population fitted again, when next
-    updated."""
+    """Remove the subjects' twin snapshots and the population models fitted with their data;
+    every twin registry is rebuilt whole, on a population fitted again, at its next update
+    (after the next ingest, or ``jumeau twins``)."""
     twins = root / layout.TWINS_DIR
     if not twins.is_dir():
         return
@@ -130,7 +131,9 @@ def _forget_twins(root: Path, subjects: np.ndarray) -> None:
             path.unlink()
         for path in twins.glob(f"*/history/{subject}-v*.json"):
             path.unlink()
-    for name in ("state.json", "population.json"):
-        for path in twins.glob(f"*/{name}"):
-            path.unlink()
+    for path in twins.glob("*/population.json"):
+        path.unlink()
+    for path in twins.glob("*/state.json"):  # version 0: the next update rebuilds every twin
+        state = json.loads(path.read_text())
+        layout.write_json_atomic(path, {**state, "version": 0}, cache=True)
     shutil.rmtree(twins / layout.POPULATIONS_DIR, ignore_errors=True)
