@@ -61,6 +61,7 @@ def test_a_withdrawn_subject_leaves_every_file_and_stays_out(tmp_path, synthea_d
     assert gone not in _every_subject_id_stored(store.root)
     assert store.timeline(kept).equals(kept_before)  # everyone else exactly as before
     assert store.stats()["events"] == total - removed
+    assert store.stats()["withdrawn_subjects"] == 1
     assert store.scan().filter(pl.col("subject_id") == gone).collect().height == 0
     family = patients[0]["name"][0]["family"]
     stored = b"".join(

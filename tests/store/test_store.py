@@ -271,6 +271,7 @@ def test_a_record_changed_at_the_source_replaces_the_stored_version(
         "(the store as it was before this batch still shows the old ones)"
     ]
     store = jumeau.open(new_store.root)
+    assert store.stats()["amended_records"] == 3
     assert store.timeline_arrow(int(subjects[5])).column("numeric_value").to_pylist() == [5.5]
     moved_event = store.timeline(int(subjects[100]))
     assert moved_event["time"].to_list() == [

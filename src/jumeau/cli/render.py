@@ -73,6 +73,11 @@ def stats_table(stats: dict) -> None:
         f"({stats['first_time']} .. {stats['last_time']}), {stats['rejects']:,} rejects, "
         f"{stats['batches']} batch(es), {stats['signal_records']} waveform record(s)"
     )
+    if stats.get("amended_records") or stats.get("withdrawn_subjects"):
+        console.print(
+            f"{stats['amended_records']:,} record(s) amended at the source since first stored; "
+            f"{stats['withdrawn_subjects']:,} subject(s) erased on their withdrawal"
+        )
     table = Table(title="events by domain")
     table.add_column("domain")
     table.add_column("events", justify="right")

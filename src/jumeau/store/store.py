@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from jumeau._duck import connect, run, sql_string
 from jumeau.model import DICTIONARY_COLUMNS, EVENT_SCHEMA, REJECT_SCHEMA, STORED_EVENT_SCHEMA
 from jumeau.store import keys, layout
+from jumeau.store.erasure import withdrawn_subjects
 from jumeau.store.vault import read_vault
 
 
@@ -509,7 +510,8 @@ class Store:
         return pl.read_parquet(files)
 
     def stats(self) -> dict:
-        """Subjects, events, events by domain and source, rejects and batches."""
+        """Subjects, events, events by domain and source, rejects, batches, records amended
+        since first stored and subjects erased on their withdrawal."""
         con = self.connect()
         try:
             n_events, n_subjects = run(
@@ -535,6 +537,10 @@ class Store:
             "rejects_by_source": rejects,
             "batches": len(self.manifest.batches),
             "signal_records": len(self.signal_records()),
+            "amended_records": sum(
+                pq.read_metadata(p).num_rows for p in self._amendments() if p is not None
+            ),
+            "withdrawn_subjects": len(withdrawn_subjects(self.root)),
         }
 
     # ---- the twin ------------------------------------------------------------------------
