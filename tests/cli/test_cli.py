@@ -79,6 +79,15 @@ def test_reidentify_names_the_source_patient_and_needs_a_purpose(cli_store, synt
     assert refused.returncode == 2 and "--purpose" in refused.stderr
     blank = jumeau("reidentify", subject, "--store", store, "--purpose", " ", check=False)
     assert blank.returncode == 2 and "purpose" in blank.stderr
+    trail = json.loads(jumeau("audit", "--store", store, "--format", "json").stdout)
+    assert [e["purpose"] for e in trail][-2:] == ["recall of a device", "audit"]
+    assert "chain intact" in jumeau("audit", "--store", store).stdout
+    log = Path(store) / "audit" / "reidentifications.jsonl"
+    kept = log.read_text()
+    log.write_text(kept.replace("recall of a device", "nothing to see"))
+    tampered = jumeau("audit", "--store", store, check=False)
+    log.write_text(kept)  # the module's store, as it was
+    assert tampered.returncode == 2 and "was changed" in tampered.stderr
 
 
 def test_lookup_finds_the_pseudonym(cli_store, synthea_dir):

@@ -673,6 +673,25 @@ def forget(
 
 
 @app.command()
+def audit(store: StoreOpt, key_file: KeyOpt = None, format: FormatOpt = Format.text) -> None:
+    """The store's audit trail: every re-identification and erasure (time, user, pseudonym,
+    purpose), its chain of keyed MACs checked first (needs the store key)."""
+    s = _open(store, key_file)
+    with _errors():
+        trail = s.audit_trail()
+    if format is Format.json:
+        render.print_json(trail)
+        return
+    render.console.print(f"{len(trail)} request(s) in the audit trail of {s.root}; chain intact")
+    for entry in trail:
+        render.console.print(
+            f"{entry['time']}  {entry.get('action', 'reidentify'):<10} subject {entry['subject_id']}"
+            f"  by {entry['user']}: {entry['purpose']}",
+            markup=False,
+        )
+
+
+@app.command()
 def rejects(store: StoreOpt, limit: int = 20, format: FormatOpt = Format.text) -> None:
     """Records that failed validation, with file, record and reason."""
     frame = _open(store).rejects()
