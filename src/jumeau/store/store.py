@@ -70,7 +70,7 @@ class _MappedBatch:
             starts=index.column("start").to_numpy(),
             counts=index.column("count").to_numpy(),
             current=reader.schema.equals(STORED_EVENT_SCHEMA),
-            superseded=pq.read_table(amended) if amended.exists() else None,
+            superseded=pq.read_table(amended).combine_chunks() if amended.exists() else None,
         )
 
     def amends(self, subject_id: int) -> set[tuple[str, int]]:
@@ -143,11 +143,11 @@ def _latest_versions(batches: list[_MappedBatch], subject_id: int) -> list[pa.Ta
             continue
         replaced = set().union(*(later.amends(subject_id) for later in batches[i + 1 :]))
         if replaced:
-            keys = part.column("record_key").to_numpy()
+            record_keys = part.column("record_key").to_pylist()
             sources = part.column("source").to_pylist()
             keep = [
                 (source, key) not in replaced
-                for source, key in zip(sources, keys.tolist(), strict=True)
+                for source, key in zip(sources, record_keys, strict=True)
             ]
             part = part.filter(pa.array(keep))
         if part.num_rows:
