@@ -256,9 +256,11 @@ def backtest_table(result: dict) -> None:
         "95% CI (patients)",
         "80% cover",
         "95% cover",
-        "MAE seeing last 1/2/4/all obs",
+        "MAE seeing last 1/2/4/all",
     ):
-        table.add_column(col, justify="left" if col == "variable" else "right")
+        table.add_column(
+            col, justify="left" if col == "variable" else "right", no_wrap=col.startswith("MAE s")
+        )
     for name, v in result["variables"].items():
         improvement = v["improvement_vs_carry_forward"]
         table.add_row(
@@ -279,7 +281,7 @@ def backtest_table(result: dict) -> None:
 def _learning(curve: dict | None) -> str:
     if not curve:
         return ""
-    return " / ".join(f"{curve[k]:.3g}" for k in ("1", "2", "4", "all")) + f" (n={curve['n']})"
+    return "/".join(f"{curve[k]:.2g}" for k in ("1", "2", "4", "all"))
 
 
 def _interval(bounds: list[float] | None) -> str:
