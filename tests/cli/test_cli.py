@@ -200,6 +200,25 @@ def test_forget_erases_a_subject_and_says_so(tmp_path, synthea_dir):
     subject = jumeau("subjects", "--store", store, "--limit", "1").stdout.strip()
     refused = jumeau("forget", subject, "--store", store, check=False)
     assert refused.returncode == 2 and "--purpose" in refused.stderr
+    events = json.loads(jumeau("stats", "--store", store, "--format", "json").stdout)["events"]
+    planned = json.loads(
+        jumeau(
+            "forget",
+            subject,
+            "12345",
+            "--store",
+            store,
+            "--purpose",
+            "check",
+            "--dry-run",
+            "--format",
+            "json",
+        ).stdout
+    )
+    assert planned["subjects"] == {"12345": 0, subject: events} and len(planned["batches"]) == 1
+    assert (
+        json.loads(jumeau("stats", "--store", store, "--format", "json").stdout)["events"] == events
+    )
     done = json.loads(
         jumeau(
             "forget", subject, "--store", store, "--purpose", "opt-out 17", "--format", "json"

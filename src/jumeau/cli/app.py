@@ -656,11 +656,29 @@ def forget(
     store: StoreOpt,
     purpose: PurposeOpt,
     key_file: KeyOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Say what would be erased (events, batches) and erase nothing.")
+    ] = False,
     format: FormatOpt = Format.text,
 ) -> None:
     """Erase subjects who withdraw: their events, identities and waveforms leave every file of
     the store, later ingests keep them out, and the request is written to the audit trail."""
     s = _open(store, key_file)
+    if dry_run:
+        from jumeau.store.erasure import plan
+
+        planned = plan(s, subjects)
+        if format is Format.json:
+            render.print_json(planned)
+            return
+        for subject, n in planned["subjects"].items():
+            note = "" if n else " (not in the store: later ingests would keep it out)"
+            render.console.print(f"subject {subject}: {n:,} events{note}")
+        render.console.print(
+            f"would erase {planned['events']:,} events from {len(planned['batches'])} batch(es); "
+            "nothing erased"
+        )
+        return
     with _errors():
         result = s.forget(subjects, purpose=purpose)
     if format is Format.json:

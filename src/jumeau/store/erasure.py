@@ -48,6 +48,26 @@ def _add_withdrawn(root: Path, subjects: np.ndarray) -> None:
     layout.fsync_dir(root)
 
 
+def plan(store: Store, subject_ids: list[int]) -> dict:
+    """What :func:`forget` would erase, without erasing or recording anything: per subject its
+    events in the store (0 for a pseudonym the store does not hold yet, which an erasure still
+    keeps out of later ingests) and the batches that hold them."""
+    subjects = np.unique(np.asarray(subject_ids, dtype=np.int64))
+    events = dict.fromkeys(subjects.tolist(), 0)
+    batches: set[str] = set()
+    for batch in store._batches():
+        for subject in subjects.tolist():
+            i = batch.position(subject)
+            if i is not None:
+                events[subject] += int(batch.counts[i])
+                batches.add(batch.id)
+    return {
+        "subjects": {str(s): n for s, n in events.items()},
+        "events": sum(events.values()),
+        "batches": sorted(batches),
+    }
+
+
 def forget(store: Store, subject_ids: list[int], *, purpose: str) -> dict:
     """Erase ``subject_ids`` from ``store`` and keep them out of later ingests (needs the key).
 
