@@ -119,3 +119,15 @@ def test_a_registry_built_by_other_twin_code_is_rebuilt_whole_on_a_refitted_popu
     assert TwinRegistry(store, AS_OF).update()["rebuilt"] == 0
     subject = int(store.subjects()[0])
     assert registry.versions(subject) == [1, 1]  # the twin built by the old code is kept in history
+    latest = registry.dir / f"{subject}.json"
+    latest.write_text(json.dumps({**json.loads(latest.read_text()), "built": "second"}))
+    state = json.loads(registry.state_file.read_text())
+    registry.state_file.write_text(json.dumps({**state, "code": "yet another version"}))
+    TwinRegistry(store, AS_OF).update()  # built a third time at the same store version
+    assert registry.versions(subject) == [1, 1, 1]
+    history = registry.dir / "history"
+    first, second = (
+        json.loads((history / f"{subject}-{n}.json").read_text()) for n in ("v1", "v1.1")
+    )
+    assert "built" not in first and second["built"] == "second"  # neither written over
+    assert "built" not in registry.snapshot(subject, version=1)  # the latest built at version 1

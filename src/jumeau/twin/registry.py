@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,22 +72,42 @@ class TwinRegistry:
         return json.loads(self.state_file.read_text()).get("code") != twin_fingerprint()
 
     def snapshot(self, subject_id: int, version: int | None = None) -> dict | None:
-        """The subject's latest twin, or the one built at store ``version``."""
+        """The subject's latest twin, or the last one built at store ``version``."""
         path = self.dir / f"{subject_id}.json"
         if version is not None:
             latest = self.snapshot(subject_id)
             if latest is None or latest["version"] != version:
-                path = self.dir / HISTORY_DIR / f"{subject_id}-v{version}.json"
+                built = [p for v, _, p in self._history(subject_id) if v == version]
+                path = built[-1] if built else self.dir / HISTORY_DIR / "none"
         return json.loads(path.read_text()) if path.exists() else None
 
     def versions(self, subject_id: int) -> list[int]:
-        """Store versions at which this subject's twin was built, oldest first."""
-        history = sorted(
-            int(p.stem.rsplit("-v", 1)[1])
-            for p in (self.dir / HISTORY_DIR).glob(f"{subject_id}-v*.json")
-        )
+        """Store versions at which this subject's twin was built, oldest first (a version twice
+        when the twin was built again at it, after an upgrade of the code or an erasure)."""
         latest = self.snapshot(subject_id)
-        return history + ([latest["version"]] if latest else [])
+        return [v for v, _, _ in self._history(subject_id)] + (
+            [latest["version"]] if latest else []
+        )
+
+    def _history(self, subject_id: int) -> list[tuple[int, int, Path]]:
+        """The subject's earlier snapshots as (store version, rebuild at that version, file),
+        oldest first: ``<subject>-v<version>.json``, then ``-v<version>.<k>.json``."""
+        found = []
+        for path in (self.dir / HISTORY_DIR).glob(f"{subject_id}-v*.json"):
+            version, _, rebuild = path.name[: -len(".json")].rsplit("-v", 1)[1].partition(".")
+            found.append((int(version), int(rebuild or 0), path))
+        return sorted(found)
+
+    def _archive(self, subject_id: int, snapshot: dict) -> None:
+        """Keep a replaced snapshot in the history, never over an earlier one."""
+        (self.dir / HISTORY_DIR).mkdir(exist_ok=True)
+        version = snapshot["version"]
+        path = self.dir / HISTORY_DIR / f"{subject_id}-v{version}.json"
+        k = 0
+        while path.exists():
+            k += 1
+            path = self.dir / HISTORY_DIR / f"{subject_id}-v{version}.{k}.json"
+        layout.write_json_atomic(path, snapshot, cache=True)
 
     def _touched_since(self, version: int) -> np.ndarray:
         batches = self.store.manifest.batch_ids[version:]
@@ -121,12 +142,7 @@ class TwinRegistry:
             previous = self.snapshot(subject)
             if previous is not None:
                 diffs.append(twin.diff(previous))
-                (self.dir / HISTORY_DIR).mkdir(exist_ok=True)
-                layout.write_json_atomic(
-                    self.dir / HISTORY_DIR / f"{subject}-v{previous['version']}.json",
-                    previous,
-                    cache=True,
-                )
+                self._archive(subject, previous)
             layout.write_json_atomic(self.dir / f"{subject}.json", twin.to_dict(), cache=True)
         layout.write_json_atomic(
             self.state_file,
