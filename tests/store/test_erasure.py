@@ -178,3 +178,29 @@ def test_an_erasure_killed_before_it_is_published_leaves_the_store_readable_as_b
     assert not reopened.has_subject(subject)
     published = set(reopened.manifest.batch_ids)
     assert {p.name for p in (store.root / layout.BATCHES_DIR).iterdir()} == published
+
+
+def test_a_withdrawn_subjects_waveforms_go_and_the_others_stay(tmp_path):
+    """Two patients' ECG records in one batch: erasing one removes its record folder and its
+    events; the other's record is still read sample for sample."""
+    from datetime import datetime
+
+    from jumeau.ingest.wfdb import ingest_wfdb
+
+    data = Path(__file__).resolve().parents[1] / "data" / "wfdb"
+    folder = tmp_path / "records"
+    folder.mkdir()
+    for name in ("100.hea", "100.dat", "s0010_re_ii.hea", "s0010_re_ii.dat"):
+        (folder / name).write_bytes((data / name).read_bytes())
+    store = jumeau.init(tmp_path / "store")
+    ingest_wfdb(store, folder, start=datetime(2020, 1, 1))  # one batch, a subject a record
+    assert len(store.manifest.batches) == 1
+    gone, kept = store.lookup("wfdb", "100"), store.lookup("wfdb", "s0010_re_ii")
+    (kept_record,) = store.signal_records(kept)
+    samples = kept_record.digital(0, 0, 1000)
+    assert store.signal_records(gone)
+    store.forget([gone], purpose="withdrawal")
+    reopened = jumeau.open(store.root)
+    assert reopened.signal_records(gone) == [] and not reopened.has_subject(gone)
+    (still,) = reopened.signal_records(kept)
+    assert np.array_equal(still.digital(0, 0, 1000), samples)

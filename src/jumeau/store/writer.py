@@ -599,14 +599,22 @@ def copy_batch_without(source: Path, target: Path, subjects: np.ndarray, vault_k
         for record in sorted(signals.iterdir()):
             if SignalRecord(record).subject_id not in gone:
                 shutil.copytree(
-                    record, target / layout.SIGNALS_DIR / record.name, copy_function=os.link
+                    record, target / layout.SIGNALS_DIR / record.name, copy_function=_link_or_copy
                 )
     for child in source.iterdir():  # rejects, codes, the report: nothing of a subject in them
         if child.is_file() and not (target / child.name).exists():
-            os.link(child, target / child.name)
+            _link_or_copy(child, target / child.name)
     for f in target.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     layout.fsync_dir(target)
     return removed
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link where the file system allows one (the same bytes, no copy), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
