@@ -1045,3 +1045,57 @@ def test_a_period_that_ends_a_day_before_it_starts_is_rejected(tmp_path, new_sto
     assert (counts.read, counts.accepted, counts.rejected) == (3, 2, 1)
     (reject,) = new_store.rejects().filter(pl.col("source") == "fhir/Encounter").to_dicts()
     assert reject["record"].startswith("line 2") and "ends before it starts" in reject["reason"]
+
+
+def test_conditional_references_resolve_to_the_patient_with_that_identifier(tmp_path, new_store):
+    """A transaction bundle may name its patient by identifier (``Patient?identifier=
+    system|value``): resolved to the Patient of the bundle that carries it; one that matches
+    no Patient, or names another search, is rejected, and no reason repeats the identifier."""
+    mrn = "http://hospital.example/mrn|MRN-778812"
+
+    def observation(rid: str, subject: str) -> dict:
+        return {
+            "resource": {
+                "resourceType": "Observation",
+                "id": rid,
+                "status": "final",
+                "subject": {"reference": subject},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "effectiveDateTime": "2020-01-01T10:00:00Z",
+                "valueQuantity": {"value": 120, "unit": "mm[Hg]"},
+            },
+            "request": {"method": "POST", "url": "Observation"},
+        }
+
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            observation("o1", f"Patient?identifier={mrn}"),
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": "p1",
+                    "identifier": [
+                        {"system": "http://hospital.example/mrn", "value": "MRN-778812"}
+                    ],
+                    "birthDate": "1950-02-03",
+                },
+                "request": {"method": "PUT", "url": "Patient/p1"},
+            },
+            observation("o2", "Patient?identifier=MRN-778812"),
+            observation("o3", "Patient?identifier=http://hospital.example/mrn|MRN-000001"),
+            observation("o4", "Patient?name=Smith"),
+        ],
+    }
+    path = tmp_path / "tx.json"
+    path.write_text(json.dumps(bundle))
+    report = ingest_fhir(new_store, path)
+    counts = report.tables["fhir/Observation"]
+    assert (counts.read, counts.accepted, counts.rejected) == (4, 2, 2)
+    subject = new_store.lookup("fhir", "p1")
+    assert new_store.timeline(subject, codes=["LOINC/8480-6"]).height == 2
+    reasons = new_store.rejects()["reason"].to_list()
+    assert any("names an identifier no Patient" in r for r in reasons)
+    assert any("other than Patient?identifier" in r for r in reasons)
+    assert not any("MRN" in r for r in reasons)

@@ -230,6 +230,9 @@ class _FhirMapper:
         self.births: dict[str, int] = {}
         #: ids of the Patients read so far (an NDJSON file's are read ahead of its other lines)
         self.patients: set[str] = set()
+        #: Patient ids by identifier (``system|value`` and the bare value): what a conditional
+        #: reference (``Patient?identifier=system|value``) names
+        self.patients_by_identifier: dict[str, str] = {}
         #: Encounter periods (µs, unshifted) by reference (``Encounter/id``, bundle fullUrl):
         #: a record with no time of its own (MIMIC-IV's diagnoses) is dated by its encounter.
         self.encounters: dict[str, tuple[int | None, int | None]] = {}
@@ -369,9 +372,15 @@ class _FhirMapper:
             for part in [name.get("family"), *_strings(name.get("given"))]:
                 if isinstance(part, str):
                     names.update(part.split())
-        numbers = {
-            i["value"] for i in _objects(res.get("identifier")) if isinstance(i.get("value"), str)
-        }
+        numbers = set()
+        for identifier in _objects(res.get("identifier")):
+            value = identifier.get("value")
+            if isinstance(value, str):
+                numbers.add(value)
+                system = identifier.get("system")
+                for key in (value, f"{system}|{value}" if isinstance(system, str) else None):
+                    if key:
+                        self.patients_by_identifier.setdefault(key, res["id"])
         subject_id = self.p.subject_id(self.ns, res["id"])
         self.private[subject_id] = (names, numbers | {res["id"]})
         self.patients.add(res["id"])
@@ -508,6 +517,8 @@ class _FhirMapper:
         ref = target.get("reference")
         if not isinstance(ref, str) or not ref:
             raise FhirError("no subject/patient reference")
+        if "?" in ref:  # a conditional reference: the Patient with that identifier
+            return self._conditional_patient(ref)
         if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
             patient_id = fullurls.get(ref)
             if patient_id is None and ref[9:] in self.patients:
@@ -525,6 +536,25 @@ class _FhirMapper:
                     f"subject is a {parts[-2] if len(parts) > 1 else 'bare'} reference, not a Patient"
                 )
             patient_id = parts[-1]
+        return patient_id
+
+    def _conditional_patient(self, ref: str) -> str:
+        """The id of the Patient a conditional reference names by its identifier."""
+        from urllib.parse import parse_qsl
+
+        rtype, _, query = ref.partition("?")
+        params = dict(parse_qsl(query))
+        if rtype.rsplit("/", 1)[-1] != "Patient" or set(params) != {"identifier"}:
+            raise FhirError(
+                "subject is a conditional reference other than Patient?identifier=...: "
+                "it cannot be resolved"
+            )
+        patient_id = self.patients_by_identifier.get(params["identifier"])
+        if patient_id is None:
+            raise FhirError(
+                "subject's conditional reference names an identifier no Patient of this bundle "
+                "or export carries"
+            )
         return patient_id
 
     def _onset(self, res: dict, fullurls: dict[str, str], prefix: str, *fallbacks: str) -> int:
