@@ -121,7 +121,16 @@ def test_reidentification_names_the_patient_and_is_recorded_first(tmp_path, synt
     assert (found["source"], found["source_id"]) == ("fhir", patient["id"])
     assert found["identifiers"]["name"][0]["family"] == patient["name"][0]["family"]
     assert store.reidentify(12345, purpose="a pseudonym nobody has") == []
-    (first, second) = store.audit_trail()
+    grown = tmp_path / "grown.json"  # the same patient again, with one more observation
+    bundle = json.loads(next(iter(sorted(synthea_dir.glob("*.json")))).read_text())
+    extra = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
+    extra = json.loads(json.dumps(extra).replace(extra["resource"]["id"], "late-observation"))
+    bundle["entry"].append(extra)
+    grown.write_text(json.dumps(bundle))
+    assert ingest_fhir(store, grown).events_written >= 1
+    assert len(store.manifest.batches) == 2
+    assert len(store.reidentify(subject, purpose="after a second batch")) == 1
+    (first, second, _) = store.audit_trail()
     assert first["subject_id"] == subject and first["identities_found"] == 1
     assert first["purpose"] == "CHU data office: consent withdrawal #42" and first["user"]
     assert second["subject_id"] == 12345 and second["identities_found"] == 0
@@ -129,7 +138,7 @@ def test_reidentification_names_the_patient_and_is_recorded_first(tmp_path, synt
     assert patient["id"] not in trail and patient["name"][0]["family"] not in trail
     with pytest.raises(AuditError, match="purpose"):
         store.reidentify(subject, purpose="  ")
-    assert len(store.audit_trail()) == 2
+    assert len(store.audit_trail()) == 3
 
 
 def test_a_reidentification_that_cannot_be_recorded_is_refused(tmp_path, synthea_dir):

@@ -570,7 +570,11 @@ class Store:
         from jumeau.store import audit
 
         vault = self.identities()
-        rows = vault.filter(pl.col("subject_id") == subject_id).to_dicts() if vault.height else []
+        rows = (
+            vault.filter(pl.col("subject_id") == subject_id).unique(maintain_order=True).to_dicts()
+            if vault.height
+            else []
+        )  # a patient ingested again with new data is in the vault of each batch
         audit.record(
             self.root,
             self.pseudonymiser.audit_key(),
