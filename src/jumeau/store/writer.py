@@ -552,23 +552,25 @@ def copy_batch_without(source: Path, target: Path, subjects: np.ndarray, vault_k
     """Write the batch folder ``source`` again at ``target`` without anything of ``subjects``
     (their events, identities, amendments and waveform records); return the events left out.
 
-    The events stream from the memory-mapped Arrow file into a new Arrow file, Parquet file and
-    subject index as a commit writes them; the files that hold nothing of a subject are linked,
-    not copied.
+    The events stream from the Arrow file, a record batch at a time, into a new Arrow file,
+    Parquet file and subject index as a commit writes them; the files that hold nothing of a
+    subject are linked, not copied.
     """
     from jumeau.signals.store import SignalRecord
     from jumeau.store.vault import read_vault
 
     target.mkdir(parents=True)
     unwanted = pa.array(np.asarray(subjects, dtype=np.int64))
-    reader = pa.ipc.open_file(pa.memory_map(str(source / layout.EVENTS_ARROW), "r"))
+    # read batch by batch (not memory-mapped: a mapped file's pages would all stay resident)
     runs = _SubjectRuns()
     written = removed = 0
     with (
+        pa.OSFile(str(source / layout.EVENTS_ARROW), "rb") as stored,
         pa.OSFile(str(target / layout.EVENTS_ARROW), "wb") as sink,
         pa.ipc.new_file(sink, STORED_EVENT_SCHEMA) as ipc,
         _ParquetInBackground(target / layout.EVENTS_PARQUET) as parquet,
     ):
+        reader = pa.ipc.open_file(stored)
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             kept = batch.filter(pc.invert(pc.is_in(batch.column("subject_id"), unwanted)))
