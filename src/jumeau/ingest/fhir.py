@@ -38,10 +38,6 @@ _AGE_UNIT_DAYS = {
 _EPOCH = datetime(1970, 1, 1)
 
 
-#: microseconds a day: a period is out of order when it ends on a day before its start's
-_DAY_US = 86_400_000_000
-
-
 class FhirError(ValueError):
     """A FHIR record cannot be mapped; the message says why."""
 
@@ -374,13 +370,13 @@ class _FhirMapper:
                     names.update(part.split())
         numbers = set()
         for identifier in _objects(res.get("identifier")):
-            value = identifier.get("value")
-            if isinstance(value, str):
-                numbers.add(value)
-                system = identifier.get("system")
-                for key in (value, f"{system}|{value}" if isinstance(system, str) else None):
-                    if key:
-                        self.patients_by_identifier.setdefault(key, res["id"])
+            value, system = identifier.get("value"), identifier.get("system")
+            if not isinstance(value, str):
+                continue
+            numbers.add(value)
+            self.patients_by_identifier.setdefault(value, res["id"])
+            if isinstance(system, str):
+                self.patients_by_identifier.setdefault(f"{system}|{value}", res["id"])
         subject_id = self.p.subject_id(self.ns, res["id"])
         self.private[subject_id] = (names, numbers | {res["id"]})
         self.patients.add(res["id"])
@@ -626,7 +622,11 @@ class _FhirMapper:
             if isinstance(value, dict):
                 start = parse_fhir_time(value.get("start"))
                 end = parse_fhir_time(value.get("end"))
-                if start is not None and end is not None and end // _DAY_US < start // _DAY_US:
+                if (
+                    start is not None
+                    and end is not None
+                    and end // _US_PER_DAY < start // _US_PER_DAY
+                ):
                     raise FhirError(f"{name} ends before it starts (FHIR invariant per-1)")
                 if start is not None or end is not None:
                     return (start if start is not None else end), end
