@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jumeau.model import EVENT_COLUMNS
-from jumeau.store import layout
 from jumeau.store.store import Store
 
 if TYPE_CHECKING:
@@ -41,16 +40,14 @@ def events(
     from pyspark.sql import functions as F
 
     store = store if isinstance(store, Store) else Store(store)
-    batches = store.batch_files(layout.EVENTS_PARQUET, known_at=known_at)
+    batches = store.current_batch_files(known_at=known_at)
     if not batches:
         raise ValueError(f"{store.root}: the store has no committed batch to read")
-    amended = store.batch_files(layout.SUPERSEDED_FILE, known_at=known_at)
     frames = []
-    for i, path in enumerate(batches):
+    for path, amended in batches:
         frame = spark.read.parquet(str(path)).withColumn("batch", F.lit(path.parent.name))
-        later = [str(p) for p in amended[i + 1 :] if p.exists()]
-        if later:
-            replaced = spark.read.parquet(*later).select("source", "record_key")
+        if amended:
+            replaced = spark.read.parquet(*map(str, amended)).select("source", "record_key")
             frame = frame.join(replaced, on=["source", "record_key"], how="left_anti")
         frames.append(frame)
     out = frames[0]

@@ -135,14 +135,13 @@ _DICTIONARY_POSITIONS = [STORED_EVENT_SCHEMA.get_field_index(c) for c in DICTION
 
 
 def _latest_versions(batches: list[_MappedBatch], subject_id: int) -> list[pa.Table]:
-    """The subject's events of each batch, less those a later batch brings a new version of."""
-    parts = []
-    for i, batch in enumerate(batches):
+    """The subject's events of each batch (oldest first), less those a later batch brings a new
+    version of: the batches are read newest first, gathering what each amends."""
+    parts: list[pa.Table] = []
+    replaced: set[tuple[str, int]] = set()
+    for batch in reversed(batches):
         part = batch.slice(subject_id)
-        if part is None:
-            continue
-        replaced = set().union(*(later.amends(subject_id) for later in batches[i + 1 :]))
-        if replaced:
+        if part is not None and replaced:
             record_keys = part.column("record_key").to_pylist()
             sources = part.column("source").to_pylist()
             keep = [
@@ -150,9 +149,10 @@ def _latest_versions(batches: list[_MappedBatch], subject_id: int) -> list[pa.Ta
                 for source, key in zip(sources, record_keys, strict=True)
             ]
             part = part.filter(pa.array(keep))
-        if part.num_rows:
+        if part is not None and part.num_rows:
             parts.append(part)
-    return parts
+        replaced |= batch.amends(subject_id)
+    return parts[::-1]
 
 
 def _sort_by_time(table: pa.Table) -> pa.Table:
@@ -295,9 +295,7 @@ class Store:
             part = batches[0].slice(subject_id)
             if part is not None:
                 return plain_strings(part) if plain else part
-        parts = [t for b in batches if (t := b.slice(subject_id)) is not None]
-        if any(b.superseded is not None for b in batches[1:]):
-            parts = _latest_versions(batches, subject_id)
+        parts = _latest_versions(batches, subject_id)
         if not parts:
             return (EVENT_SCHEMA if plain else STORED_EVENT_SCHEMA).empty_table()
         if len(parts) == 1:
@@ -394,50 +392,50 @@ class Store:
     def scan(self, *, known_at: datetime | None = None) -> pl.LazyFrame:
         """Every event as a lazy Polars frame, for columnar queries (with ``known_at``, only the
         batches committed by then: the store as it was)."""
-        files = [str(p) for p in self.batch_files(layout.EVENTS_PARQUET, known_at=known_at)]
-        if not files:
+        batches = self.current_batch_files(known_at=known_at)
+        if not batches:
             return pl.LazyFrame(schema=pl.from_arrow(EVENT_SCHEMA.empty_table()).schema)
-        amended = self._amendments(known_at)
-        if not any(amended):
-            return pl.scan_parquet(files)
+        if not any(amended for _, amended in batches):
+            return pl.scan_parquet([str(events) for events, _ in batches])
         frames = []
-        for i, events in enumerate(files):
-            later = [f for f in amended[i + 1 :] if f]
+        for events, amended in batches:
             frame = pl.scan_parquet(events)
-            if later:
-                replaced = pl.scan_parquet(later).select("source", "record_key")
+            if amended:
+                replaced = pl.scan_parquet(amended).select("source", "record_key")
                 frame = frame.join(
                     replaced, on=["source", "record_key"], how="anti", maintain_order="left"
                 )
             frames.append(frame)
         return pl.concat(frames)
 
-    def _amendments(self, known_at: datetime | None = None) -> list[str | None]:
-        """Per batch (oldest first; with ``known_at``, of those committed by then), its file of
-        amended records, or None."""
-        return [
-            str(p) if p.exists() else None
-            for p in self.batch_files(layout.SUPERSEDED_FILE, known_at=known_at)
-        ]
+    def current_batch_files(
+        self, *, known_at: datetime | None = None
+    ) -> list[tuple[Path, list[Path]]]:
+        """Every committed batch's events file (oldest first; with ``known_at``, of the batches
+        committed by then) with the amendment files of the later batches: the batch's current
+        events are its events less the records those files name. Every reader of the store
+        (Polars, DuckDB, Spark) applies this one rule."""
+        events = self.batch_files(layout.EVENTS_PARQUET, known_at=known_at)
+        amended = self.batch_files(layout.SUPERSEDED_FILE, known_at=known_at)
+        present = [p if p.exists() else None for p in amended]
+        return [(e, [p for p in present[i + 1 :] if p]) for i, e in enumerate(events)]
 
     def current_events_sql(self, *, with_batch: bool = False) -> str | None:
         """A DuckDB query of the store's current events: every batch's, less the records a
         later batch amends (each row with its ``batch`` id if asked); None for an empty store."""
-        files = self.batch_files(layout.EVENTS_PARQUET)
-        if not files:
+        batches = self.current_batch_files()
+        if not batches:
             return None
-        amended = self._amendments()
         parts = []
-        for i, events in enumerate(files):
+        for events, amended in batches:
             # one read per batch with its id as a constant: free, where a per-row file name
             # would slow every scan
             batch = f", '{events.parent.name}' AS batch" if with_batch else ""
             part = f"SELECT *{batch} FROM read_parquet({sql_string(events)})"
-            later = [f for f in amended[i + 1 :] if f]
-            if later:
+            if amended:
                 part = (
                     f"SELECT e.* FROM ({part}) e ANTI JOIN (SELECT source, record_key FROM "
-                    f"read_parquet({later!r})) a ON a.source = e.source "
+                    f"read_parquet({[str(p) for p in amended]!r})) a ON a.source = e.source "
                     "AND a.record_key = e.record_key"
                 )
             parts.append(part)
@@ -538,7 +536,9 @@ class Store:
             "batches": len(self.manifest.batches),
             "signal_records": len(self.signal_records()),
             "amended_records": sum(
-                pq.read_metadata(p).num_rows for p in self._amendments() if p is not None
+                pq.read_metadata(p).num_rows
+                for p in self.batch_files(layout.SUPERSEDED_FILE)
+                if p.exists()
             ),
             "withdrawn_subjects": len(withdrawn_subjects(self.root)),
         }
