@@ -81,7 +81,7 @@ def forget(store: Store, subject_ids: list[int], *, purpose: str) -> dict:
     key = store.pseudonymiser.audit_key()
     for subject in subjects.tolist():  # the request is kept before anything is erased
         audit.record(store.root, key, subject_id=subject, purpose=purpose, action="forget")
-    fd = layout.lock_store(store.root, "writing to")
+    fd = layout.lock_store(store.root)
     try:
         _add_withdrawn(store.root, subjects)
         layout.clear_unpublished(store.root)
@@ -93,7 +93,7 @@ def forget(store: Store, subject_ids: list[int], *, purpose: str) -> dict:
         vault_key = store.pseudonymiser.vault_key()
         for entry in manifest.batches:
             folder = base / entry["id"]
-            if not _holds_any(store, folder, subjects, vault_key):
+            if not _holds_any(folder, subjects, vault_key):
                 continue
             new_id = f"{entry['id'].split('~')[0]}~{uuid.uuid4().hex[:8]}"
             removed += copy_batch_without(folder, staging / new_id, subjects, vault_key)
@@ -118,7 +118,7 @@ def forget(store: Store, subject_ids: list[int], *, purpose: str) -> dict:
     }
 
 
-def _holds_any(store: Store, folder: Path, subjects: np.ndarray, vault_key: bytes) -> bool:
+def _holds_any(folder: Path, subjects: np.ndarray, vault_key: bytes) -> bool:
     """Whether a batch has events, identities, amendments or waveforms of ``subjects``."""
     from jumeau.signals.store import SignalRecord
     from jumeau.store.vault import read_vault

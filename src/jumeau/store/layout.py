@@ -84,7 +84,7 @@ def write_json_atomic(path: Path, payload: object, *, cache: bool = False) -> No
         fsync_dir(path.parent)
 
 
-def lock_store(root: Path, doing: str = "writing to") -> int:
+def lock_store(root: Path) -> int:
     """Take the store's write lock (one ingest or erasure at a time); return its descriptor
     for :func:`unlock_store`."""
     import fcntl
@@ -94,7 +94,7 @@ def lock_store(root: Path, doing: str = "writing to") -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
-        raise StoreError(f"{root}: another ingest is {doing} this store") from exc
+        raise StoreError(f"{root}: another ingest is writing to this store") from exc
     return fd
 
 
@@ -118,6 +118,15 @@ def clear_unpublished(root: Path) -> None:
     for child in batches.iterdir():
         if child.name not in published:
             shutil.rmtree(child, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file below ``folder``, then the folder itself (before it is published)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(folder)
 
 
 def fsync_dir(path: Path) -> None:

@@ -30,7 +30,6 @@ from jumeau._duck import arrow_reader, connect, run, scalar
 from jumeau.model import (
     CONNECTOR_SCHEMA,
     DICTIONARY_COLUMNS,
-    EVENT_SCHEMA,
     REJECT_SCHEMA,
     STORED_EVENT_SCHEMA,
 )
@@ -194,10 +193,9 @@ class BatchWriter:
         """The batch's identities, less those of subjects who withdrew (None: nothing to keep)."""
         if not self._identities:
             return None
-        table = pa.concat_tables(self._identities)
-        gone = withdrawn_subjects(self.store.root)
-        if len(gone):
-            table = table.filter(pc.invert(pc.is_in(table.column("subject_id"), pa.array(gone))))
+        table = without_subjects(
+            pa.concat_tables(self._identities), withdrawn_subjects(self.store.root)
+        )
         return table if table.num_rows else None
 
     def _drop_known_signals(self) -> None:
@@ -227,13 +225,8 @@ class BatchWriter:
     def _write_events(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
         raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
         if not raw:  # a batch of rejects only still has (empty) event files
-            pq.write_table(EVENT_SCHEMA.empty_table(), self.dir / layout.EVENTS_PARQUET)
-            with (
-                pa.OSFile(str(self.dir / layout.EVENTS_ARROW), "wb") as sink,
-                pa.ipc.new_file(sink, STORED_EVENT_SCHEMA),
-            ):
+            with _EventFiles(self.dir):
                 pass
-            pq.write_table(INDEX_SCHEMA.empty_table(), self.dir / layout.SUBJECTS_INDEX)
             return 0, 0, 0
         columns = {
             r[0]
@@ -280,15 +273,8 @@ class BatchWriter:
                 f"(SELECT DISTINCT {column} FROM incoming WHERE {column} IS NOT NULL)",
             )
         encoded = ", ".join(f"r.{c}::jumeau_{c} AS {c}" for c in DICTIONARY_COLUMNS)
-        runs = _SubjectRuns()
-        written = 0
         amended: list[pa.Table] = []
-        arrow_path = self.dir / layout.EVENTS_ARROW
-        with (
-            pa.OSFile(str(arrow_path), "wb") as sink,
-            pa.ipc.new_file(sink, STORED_EVENT_SCHEMA) as ipc,
-            _ParquetInBackground(self.dir / layout.EVENTS_PARQUET) as parquet,
-        ):
+        with _EventFiles(self.dir) as files:
             for ours, theirs in zip(
                 _subject_ranges(total, "r.subject_id"),
                 _subject_ranges(total, "e.subject_id"),
@@ -317,23 +303,19 @@ class BatchWriter:
                     if existing:
                         stored = batch.column("_stored")
                         if pc.any(stored).as_py():
+                            replaces = batch.filter(stored)
                             amended.append(
                                 pa.table(
                                     {
-                                        c: batch.filter(stored).column(c).cast(pa.string())
-                                        if c == "source"
-                                        else batch.filter(stored).column(c)
-                                        for c in ("subject_id", "source", "record_key")
+                                        "subject_id": replaces.column("subject_id"),
+                                        "source": replaces.column("source").cast(pa.string()),
+                                        "record_key": replaces.column("record_key"),
                                     }
                                 )
                             )
                         batch = batch.drop_columns(["_stored"])
-                    table = pa.Table.from_batches([batch]).cast(STORED_EVENT_SCHEMA)
-                    ipc.write_table(table)
-                    runs.add(table.column("subject_id").to_numpy(), written)
-                    written += table.num_rows
-                    parquet.add(table)
-        pq.write_table(runs.table(), self.dir / layout.SUBJECTS_INDEX)
+                    files.add(pa.Table.from_batches([batch]))
+        written = files.written
         if amended:
             replaced = pa.concat_tables(amended)
             pq.write_table(replaced, self.dir / layout.SUPERSEDED_FILE)
@@ -344,7 +326,7 @@ class BatchWriter:
                 f"{events} amended at the source since they were stored: the new versions "
                 "replace them (the store as it was before this batch still shows the old ones)"
             )
-        return written, total - written, runs.count
+        return written, total - written, files.subjects
 
     def _write_rejects(self, con: duckdb.DuckDBPyConnection) -> int:
         raw = self.dir / "raw-rejects.parquet"
@@ -379,11 +361,7 @@ class BatchWriter:
         root = self.store.root
         target = root / layout.BATCHES_DIR / self.batch_id
         target.parent.mkdir(exist_ok=True)
-        for f in self.dir.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        layout.fsync_dir(self.dir)
+        layout.fsync_tree(self.dir)
         os.rename(self.dir, target)
         layout.fsync_dir(target.parent)
         manifest = layout.Manifest.read(root)
@@ -560,44 +538,26 @@ def copy_batch_without(source: Path, target: Path, subjects: np.ndarray, vault_k
     from jumeau.store.vault import read_vault
 
     target.mkdir(parents=True)
-    unwanted = pa.array(np.asarray(subjects, dtype=np.int64))
+    removed = 0
     # read batch by batch (not memory-mapped: a mapped file's pages would all stay resident)
-    runs = _SubjectRuns()
-    written = removed = 0
-    with (
-        pa.OSFile(str(source / layout.EVENTS_ARROW), "rb") as stored,
-        pa.OSFile(str(target / layout.EVENTS_ARROW), "wb") as sink,
-        pa.ipc.new_file(sink, STORED_EVENT_SCHEMA) as ipc,
-        _ParquetInBackground(target / layout.EVENTS_PARQUET) as parquet,
-    ):
+    with pa.OSFile(str(source / layout.EVENTS_ARROW), "rb") as stored, _EventFiles(target) as files:
         reader = pa.ipc.open_file(stored)
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
-            kept = batch.filter(pc.invert(pc.is_in(batch.column("subject_id"), unwanted)))
+            kept = without_subjects(batch, subjects)
             removed += batch.num_rows - kept.num_rows
-            if not kept.num_rows:
-                continue
-            table = pa.Table.from_batches([kept]).cast(STORED_EVENT_SCHEMA)
-            ipc.write_table(table)
-            runs.add(table.column("subject_id").to_numpy(), written)
-            written += table.num_rows
-            parquet.add(table)
-    pq.write_table(runs.table(), target / layout.SUBJECTS_INDEX)
-    for name in (layout.SUPERSEDED_FILE,):
-        if (source / name).exists():
-            table = pq.read_table(source / name)
-            pq.write_table(
-                table.filter(pc.invert(pc.is_in(table.column("subject_id"), unwanted))),
-                target / name,
-            )
+            if kept.num_rows:
+                files.add(pa.Table.from_batches([kept]))
+    if (source / layout.SUPERSEDED_FILE).exists():
+        amended = pq.read_table(source / layout.SUPERSEDED_FILE)
+        pq.write_table(without_subjects(amended, subjects), target / layout.SUPERSEDED_FILE)
     if (source / layout.VAULT_FILE).exists():
-        vault = read_vault(source / layout.VAULT_FILE, vault_key)
-        vault = vault.filter(pc.invert(pc.is_in(vault.column("subject_id"), unwanted)))
+        vault = without_subjects(read_vault(source / layout.VAULT_FILE, vault_key), subjects)
         if vault.num_rows:
             write_vault(target / layout.VAULT_FILE, vault, vault_key)
     signals = source / layout.SIGNALS_DIR
     if signals.is_dir():
-        gone = set(unwanted.to_pylist())
+        gone = set(np.asarray(subjects).tolist())
         for record in sorted(signals.iterdir()):
             if SignalRecord(record).subject_id not in gone:
                 shutil.copytree(
@@ -606,12 +566,50 @@ def copy_batch_without(source: Path, target: Path, subjects: np.ndarray, vault_k
     for child in source.iterdir():  # rejects, codes, the report: nothing of a subject in them
         if child.is_file() and not (target / child.name).exists():
             _link_or_copy(child, target / child.name)
-    for f in target.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    layout.fsync_dir(target)
+    layout.fsync_tree(target)
     return removed
+
+
+def without_subjects(table: pa.Table | pa.RecordBatch, subjects: np.ndarray) -> pa.Table:
+    """The rows of ``table`` whose ``subject_id`` is none of ``subjects``."""
+    unwanted = pa.array(np.asarray(subjects, dtype=np.int64))
+    return table.filter(pc.invert(pc.is_in(table.column("subject_id"), unwanted)))
+
+
+class _EventFiles:
+    """A batch's event files, written together from subject-sorted tables: the Arrow file
+    timelines are sliced from, the Parquet copy scans read, and the subject index of both
+    (written when the block ends without an error)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written = 0
+        self._runs = _SubjectRuns()
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _EventFiles:
+        sink = self._stack.enter_context(pa.OSFile(str(self.folder / layout.EVENTS_ARROW), "wb"))
+        self._ipc = self._stack.enter_context(pa.ipc.new_file(sink, STORED_EVENT_SCHEMA))
+        self._parquet = self._stack.enter_context(
+            _ParquetInBackground(self.folder / layout.EVENTS_PARQUET)
+        )
+        return self
+
+    def add(self, table: pa.Table) -> None:
+        table = table.cast(STORED_EVENT_SCHEMA)
+        self._ipc.write_table(table)
+        self._runs.add(table.column("subject_id").to_numpy(), self.written)
+        self.written += table.num_rows
+        self._parquet.add(table)
+
+    @property
+    def subjects(self) -> int:
+        return self._runs.count
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stack.__exit__(exc_type, *exc)
+        if exc_type is None:
+            pq.write_table(self._runs.table(), self.folder / layout.SUBJECTS_INDEX)
 
 
 def _link_or_copy(source: str | Path, target: str | Path) -> None:
