@@ -703,7 +703,7 @@ def audit(store: StoreOpt, key_file: KeyOpt = None, format: FormatOpt = Format.t
     render.console.print(f"{len(trail)} request(s) in the audit trail of {s.root}; chain intact")
     for entry in trail:
         render.console.print(
-            f"{entry['time']}  {entry.get('action', 'reidentify'):<10} subject {entry['subject_id']}"
+            f"{entry['time']}  {entry['action']:<10} subject {entry['subject_id']}"
             f"  by {entry['user']}: {entry['purpose']}",
             markup=False,
         )

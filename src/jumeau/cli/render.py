@@ -236,6 +236,10 @@ def twin_summary(twin: dict) -> None:
             )
 
 
+#: the back-test table's learning-curve column, kept on one line
+LEARNING_COLUMN = "MAE seeing last 1/2/4/all"
+
+
 def backtest_table(result: dict) -> None:
     if not result["variables"]:
         console.print(
@@ -256,10 +260,10 @@ def backtest_table(result: dict) -> None:
         "95% CI (patients)",
         "80% cover",
         "95% cover",
-        "MAE seeing last 1/2/4/all",
+        LEARNING_COLUMN,
     ):
         table.add_column(
-            col, justify="left" if col == "variable" else "right", no_wrap=col.startswith("MAE s")
+            col, justify="left" if col == "variable" else "right", no_wrap=col == LEARNING_COLUMN
         )
     for name, v in result["variables"].items():
         improvement = v["improvement_vs_carry_forward"]

@@ -4,9 +4,9 @@ or for whose data to be erased, when and why.
 Each entry is one JSON line of ``STORE/audit/reidentifications.jsonl`` carrying a keyed MAC of
 itself and of the entry before it, so a holder of the store key can tell that no entry was
 changed, removed or inserted since it was written (:func:`read_trail`); a trail cut short after
-an intact entry reads as a shorter intact trail (the count of entries, kept elsewhere, tells). An entry is written and
-flushed to disk before the identity it records is shown: a re-identification that cannot be
-recorded does not happen.
+an intact entry reads as a shorter intact trail (the count of entries, kept elsewhere, tells).
+An entry is written and flushed to disk before the identity it records is shown: a
+re-identification that cannot be recorded does not happen.
 """
 
 from __future__ import annotations

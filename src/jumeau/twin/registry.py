@@ -78,7 +78,9 @@ class TwinRegistry:
             latest = self.snapshot(subject_id)
             if latest is None or latest["version"] != version:
                 built = [p for v, _, p in self._history(subject_id) if v == version]
-                path = built[-1] if built else self.dir / HISTORY_DIR / "none"
+                if not built:
+                    return None
+                path = built[-1]
         return json.loads(path.read_text()) if path.exists() else None
 
     def versions(self, subject_id: int) -> list[int]:
