@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ import pyarrow as pa
 
 from jumeau.ingest.events import columns_table
 from jumeau.ingest.fhir_sampled import SampledDataError, SampledSignal, read_sampled_data
-from jumeau.ingest.redact import redact
+from jumeau.ingest.redact import redact, redact_patterns
 from jumeau.model import BIRTH_CODE, CONNECTOR_SCHEMA, DEATH_CODE, REJECT_SCHEMA, fhir_vocabulary
 from jumeau.signals.store import write_record
 from jumeau.store import BatchWriter, IngestReport, Store
@@ -28,6 +29,15 @@ from jumeau.store import BatchWriter, IngestReport, Store
 Progress = Callable[[str], None]
 _FLUSH_EVERY = 200_000
 _US_PER_DAY = 86_400_000_000
+#: Resource types read ahead of the others (see :meth:`_FhirMapper.collect_references`).
+_READ_AHEAD_TYPES = ("Patient", "Medication", "Encounter", "Specimen", "DiagnosticReport")
+#: What an NDJSON line read ahead names (a panel's Observation lists its members).
+_READ_AHEAD = (*(f'"{name}"'.encode() for name in _READ_AHEAD_TYPES), b'"hasMember"')
+#: Panels within panels followed up to this depth for a result's time.
+_LISTING_DEPTH = 8
+#: Bytes of a JSON file looked at for its resource type before it is read ahead.
+_HEAD_BYTES = 65_536
+_RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
 #: Days in an age unit (UCUM code or its usual spelling).
 _AGE_UNIT_DAYS = {
     **dict.fromkeys(("a", "yr", "year", "years"), 365.25),
@@ -36,6 +46,8 @@ _AGE_UNIT_DAYS = {
     **dict.fromkeys(("d", "day", "days"), 1.0),
 }
 _EPOCH = datetime(1970, 1, 1)
+#: Vocabularies preferred for a drug's code, in this order.
+_DRUG_VOCABULARIES = ("RxNorm", "ATC", "NDC")
 
 
 class FhirError(ValueError):
@@ -90,6 +102,27 @@ def concept_code(
     code = f"{fhir_vocabulary(chosen.get('system'))}/{chosen['code']}"
     if displays is not None and chosen.get("display") and code not in displays:
         displays[code] = chosen["display"]
+    return code
+
+
+#: Longest text kept as a text-only concept's code.
+_TEXT_CODE_LENGTH = 200
+
+
+def text_code(concept: dict | None, displays: dict[str, str] | None = None) -> str | None:
+    """``TEXT/<text>`` for a CodeableConcept with no coding, only its text (a problem or a drug
+    typed in free text, as many EHR exports hold): kept as a local code rather than lost. The
+    text is scrubbed of identifier patterns (a code is shared by every patient) and its spaces
+    collapsed."""
+    text = (concept or {}).get("text") if isinstance(concept, dict) else None
+    if not isinstance(text, str):
+        return None
+    text = " ".join(redact_patterns(text).split())[:_TEXT_CODE_LENGTH]
+    if not text:
+        return None
+    code = f"TEXT/{text}"
+    if displays is not None:
+        displays.setdefault(code, text)
     return code
 
 
@@ -189,8 +222,7 @@ def ingest_fhir(
     with BatchWriter(store, "fhir", str(source.resolve())) as writer:
         mapper = _FhirMapper(store, writer, source_name)
         for path in files:  # Medications and Patients first: other resources refer to them
-            if is_ndjson(path):  # (a Bundle's entries are read ahead as it is read)
-                mapper.collect_references(path)
+            mapper.collect_references(path)  # (a Bundle's entries are read ahead as it is read)
         for path in files:
             if progress:
                 progress(path.name)
@@ -221,7 +253,7 @@ class _FhirMapper:
         #: Display texts of the codes seen, kept as their descriptions.
         self.displays: dict[str, str] = {}
         #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
-        self.medications: dict[str, str] = {}
+        self.medications: dict[str, tuple[str, ...]] = {}
         #: Birth times (µs, unshifted) by patient id: an onset given as an age needs them.
         self.births: dict[str, int] = {}
         #: ids of the Patients read so far (an NDJSON file's are read ahead of its other lines)
@@ -232,6 +264,14 @@ class _FhirMapper:
         #: Encounter periods (µs, unshifted) by reference (``Encounter/id``, bundle fullUrl):
         #: a record with no time of its own (MIMIC-IV's diagnoses) is dated by its encounter.
         self.encounters: dict[str, tuple[int | None, int | None]] = {}
+        #: When each Specimen was collected (µs, unshifted), by reference.
+        self.specimens: dict[str, int] = {}
+        #: The report or panel (``DiagnosticReport/id``, ``Observation/id``) listing each
+        #: Observation among its results or members, and the lister's own time (µs,
+        #: unshifted; None if it has none): a laboratory's results often carry no time of
+        #: their own, their report or panel does.
+        self.listed_by: dict[str, str] = {}
+        self.listed_times: dict[str, int | None] = {}
         #: Names and identifier values by subject pseudonym, scrubbed from the subject's texts.
         self.private: dict[int, tuple[set[str], set[str]]] = {}
         self.handlers: dict[str, Callable[[dict, str, int], None]] = {
@@ -317,7 +357,8 @@ class _FhirMapper:
                 self._resource(res, path, f"{where}entry {i}", fullurls)
 
     def _code(self, concept: dict | None, prefer: tuple[str, ...] = ()) -> str | None:
-        return concept_code(concept, prefer, self.displays)
+        """A concept's code (see :func:`concept_code`), else its text as a local code."""
+        return concept_code(concept, prefer, self.displays) or text_code(concept, self.displays)
 
     def _remember(self, res: dict, full_url: str | None = None) -> bool:
         """Read ahead what other resources refer to (a Patient, a Medication, an Encounter);
@@ -330,15 +371,70 @@ class _FhirMapper:
             self._remember_medication(res, full_url)
         elif rtype == "Encounter":
             self._remember_encounter(res, full_url)
+        elif rtype == "Specimen":
+            self._remember_specimen(res, full_url)
+        elif rtype == "DiagnosticReport":
+            self._remember_listed(res, "result")
+        elif rtype == "Observation" and res.get("hasMember"):
+            self._remember_listed(res, "hasMember")
         return False
 
+    def _remember_specimen(self, res: dict, full_url: str | None = None) -> None:
+        collection = res.get("collection")
+        try:
+            start, _ = self._period(
+                collection if isinstance(collection, dict) else {},
+                "collectedDateTime",
+                "collectedPeriod",
+            )
+        except FhirError:
+            return
+        if start is None:
+            return
+        if res.get("id"):
+            self.specimens[f"Specimen/{res['id']}"] = start
+        if full_url:
+            self.specimens[full_url] = start
+
+    def _remember_listed(self, res: dict, field: str) -> None:
+        """A report's results (``field`` ``result``) or a panel's members (``hasMember``)."""
+        if not res.get("id"):
+            return
+        try:
+            start, _ = self._period(
+                res, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"
+            )
+        except FhirError:
+            start = None  # the lister itself is rejected, with the reason, when it is mapped
+        lister = f"{res['resourceType']}/{res['id']}"
+        self.listed_times[lister] = start
+        for listed in _objects(res.get(field)):
+            reference = listed.get("reference")
+            if isinstance(reference, str) and reference:
+                self.listed_by.setdefault(_observation_key(reference), lister)
+
     def _remember_medication(self, res: dict, full_url: str | None = None) -> None:
-        code = self._code(res.get("code"), ("RxNorm", "ATC", "NDC"))
-        if code and res.get("id"):
-            self.medications[f"Medication/{res['id']}"] = code
-            self.medications[res["id"]] = code
-        if code and full_url:
-            self.medications[full_url] = code
+        codes = self._medication_codes(res)
+        if codes and res.get("id"):
+            self.medications[f"Medication/{res['id']}"] = codes
+            self.medications[res["id"]] = codes
+        if codes and full_url:
+            self.medications[full_url] = codes
+
+    def _medication_codes(self, medication: dict) -> tuple[str, ...]:
+        """A Medication's code; without one (a compounded infusion), its ingredients' codes."""
+        code = self._code(medication.get("code"), _DRUG_VOCABULARIES)
+        if code:
+            return (code,)
+        codes = []
+        for ingredient in _objects(medication.get("ingredient")):
+            item = ingredient.get("itemCodeableConcept") or (ingredient.get("item") or {}).get(
+                "concept"  # R5: a CodeableReference
+            )
+            code = self._code(item, _DRUG_VOCABULARIES)
+            if code:
+                codes.append(code)
+        return tuple(codes)
 
     def _remember_encounter(self, res: dict, full_url: str | None = None) -> None:
         try:
@@ -383,14 +479,19 @@ class _FhirMapper:
         return subject_id
 
     def collect_references(self, path: Path) -> None:
-        """Read the Medication, Patient and Encounter resources of an NDJSON file ahead of the
-        rest: requests point to medications by reference, an onset given as an age needs the
-        patient's birth date, a note written before its Patient line must still be scrubbed of
-        the patient's names, and a diagnosis without a date is dated by its encounter. Only
-        lines naming those types are parsed."""
+        """Read the Medication, Patient, Encounter, Specimen and DiagnosticReport resources of
+        an NDJSON file ahead of the rest: requests point to medications by reference, an onset
+        given as an age needs the patient's birth date, a note written before its Patient line
+        must still be scrubbed of the patient's names, a diagnosis without a date is dated by
+        its encounter and a result without one by its specimen or its report. Only lines naming
+        those types are parsed. A file of one such resource (a folder of single resources,
+        as some servers export) is read ahead whole; a Bundle file is left to its reading."""
+        if not is_ndjson(path):
+            self._collect_resource(path)
+            return
         try:
             for _, line in _ndjson_lines(path):
-                if not (b'"Patient"' in line or b'"Medication"' in line or b'"Encounter"' in line):
+                if not any(name in line for name in _READ_AHEAD):
                     continue
                 try:
                     resource = orjson.loads(line)
@@ -400,6 +501,26 @@ class _FhirMapper:
                     self._remember(resource)
         except (OSError, EOFError):
             return  # the file is read again, and its errors reported, in the main pass
+
+    def _collect_resource(self, path: Path) -> None:
+        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(path, "rb") as stream:
+                head = stream.read(_HEAD_BYTES)
+        except (OSError, EOFError):
+            return  # reported when the file is read
+        first = _RESOURCE_TYPE.search(head)  # a resource's own type comes before its parts'
+        if first is None:
+            return
+        rtype = first.group(1).decode()
+        if rtype not in _READ_AHEAD_TYPES and not (rtype == "Observation" and b"hasMember" in head):
+            return
+        try:
+            doc = orjson.loads(_read_text(path))
+        except (FhirError, OSError, EOFError, orjson.JSONDecodeError):
+            return
+        if isinstance(doc, dict) and doc.get("resourceType") != "Bundle":
+            self._remember(doc)
 
     def _read_ndjson(self, path: Path) -> None:
         """Map an NDJSON file line by line: a bad line is rejected with its number, a file cut
@@ -636,7 +757,26 @@ class _FhirMapper:
             raise FhirError(f"{name} {value!r} is not a FHIR date, dateTime or Period")
         return None, None
 
-    def _timed(self, res: dict, *names: str) -> tuple[int, int | None]:
+    def _collected(self, res: dict) -> int | None:
+        """When an Observation without an effective time was sampled: its specimen's
+        collection, else the time of the panel or report listing it (the nearest that has
+        one)."""
+        specimen = (res.get("specimen") or {}).get("reference")
+        if isinstance(specimen, str):
+            collected = _referenced(self.specimens, specimen, "Specimen")
+            if collected is not None:
+                return collected
+        key = f"Observation/{res.get('id')}"
+        for _ in range(_LISTING_DEPTH):  # a result of a panel of a report...
+            lister = self.listed_by.get(key)
+            if lister is None:
+                return None
+            if self.listed_times.get(lister) is not None:
+                return self.listed_times[lister]
+            key = lister
+        return None
+
+    def _timed(self, res: dict, *names: str, also: str = "") -> tuple[int, int | None]:
         """The first present of ``names`` as (start, end); else, for a record made during an
         encounter, the encounter's end (its start if it has none): such a record is known for
         certain only once the encounter is over, and dating it earlier would let a twin see a
@@ -649,7 +789,7 @@ class _FhirMapper:
         if ended is not None or begun is not None:
             return (ended if ended is not None else begun), None
         known = " or its encounter's period" if reference else ""
-        raise FhirError(f"no time: none of {', '.join(names)}{known} is present")
+        raise FhirError(f"no time: none of {', '.join(names)}{also}{known} is present")
 
     def _encounter_period(self, reference: str) -> tuple[int | None, int | None]:
         """The period of the Encounter a reference names (``(None, None)`` if unknown)."""
@@ -785,9 +925,18 @@ class _FhirMapper:
 
     def _observation(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start, end = self._timed(
-            res, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"
-        )
+        start, end = self._period(res, "effectiveDateTime", "effectivePeriod", "effectiveInstant")
+        if start is None:
+            start = self._collected(res)
+        if start is None:
+            start, end = self._timed(
+                res,
+                "effectiveDateTime",
+                "effectivePeriod",
+                "effectiveInstant",
+                "issued",
+                also=", its specimen's collection, its report's time",
+            )
         categories = {c.get("code") for cat in res.get("category") or [] for c in _codings(cat)}
         domain = "measurement" if categories & {"vital-signs", "laboratory"} else "observation"
         code = self._code(res.get("code"), ("LOINC", "SNOMED"))
@@ -914,21 +1063,26 @@ class _FhirMapper:
             start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "dateAsserted")
         medication = res.get("medication") or {}  # R5: a CodeableReference
         code = self._code(
-            res.get("medicationCodeableConcept") or medication.get("concept"),
-            ("RxNorm", "ATC", "NDC"),
+            res.get("medicationCodeableConcept") or medication.get("concept"), _DRUG_VOCABULARIES
         )
+        codes: tuple[str, ...] = (code,) if code else ()
         reference = (res.get("medicationReference") or medication.get("reference") or {}).get(
             "reference", ""
         )
-        if code is None and reference.startswith("#"):
-            for contained in res.get("contained") or []:
+        if not codes and reference.startswith("#"):
+            for contained in _objects(res.get("contained")):
                 if (
                     contained.get("resourceType") == "Medication"
                     and contained.get("id") == reference[1:]
                 ):
-                    code = self._code(contained.get("code"), ("RxNorm", "ATC", "NDC"))
-        if code is None and reference:
-            code = _referenced(self.medications, reference, "Medication")
+                    codes = self._medication_codes(contained)
+        if not codes and reference:
+            codes = _referenced(self.medications, reference, "Medication") or ()
+        if not codes:
+            raise FhirError(
+                "no code: the medication has no code, no coded ingredient and no reference to "
+                "a Medication of this bundle or export"
+            )
         numeric = unit = None
         dose = (
             (res.get("dosage") or {}).get("dose")
@@ -937,19 +1091,21 @@ class _FhirMapper:
             if res["resourceType"] == "MedicationDispense"
             else None
         )
-        if isinstance(dose, dict):
+        if isinstance(dose, dict) and len(codes) == 1:  # a dose is of the whole medication
             numeric, unit = dose.get("value"), dose.get("code") or dose.get("unit")
-        self._emit(
-            res,
-            subject,
-            code=code,
-            domain="drug",
-            time=start,
-            end=end,
-            numeric=numeric,
-            unit=unit,
-            text=res.get("status"),
-        )
+        for i, code in enumerate(codes):
+            self._emit(
+                res,
+                subject,
+                code=code,
+                domain="drug",
+                time=start,
+                end=end,
+                part=f"#ingredient[{i}]" if len(codes) > 1 else "",
+                numeric=numeric,
+                unit=unit,
+                text=res.get("status"),
+            )
 
     def _procedure(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
@@ -1044,8 +1200,14 @@ class _FhirMapper:
             code = self._code(category, ("SNOMED",))
             if code and code.startswith("SNOMED/"):
                 break
-        self._emit(
-            res, subject, code=code, domain="care_plan", time=start, end=end, text=res.get("status")
+        self._emit(  # a plan without a category is still a plan, for its period
+            res,
+            subject,
+            code=code or "FHIR/CarePlan",
+            domain="care_plan",
+            time=start,
+            end=end,
+            text=res.get("status"),
         )
 
     def _claim(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
@@ -1129,6 +1291,14 @@ def _referenced(known: dict[str, Any], reference: str, rtype: str) -> Any:
     if reference.startswith("urn:uuid:"):
         return known.get(f"{rtype}/{reference[9:]}")
     return known.get("/".join(_reference_path(reference)[-2:]))
+
+
+def _observation_key(reference: str) -> str:
+    """``Observation/<id>`` of a reference to an Observation (relative, absolute or a
+    ``urn:uuid:`` that is its id)."""
+    if reference.startswith("urn:uuid:"):
+        return f"Observation/{reference[9:]}"
+    return "/".join(_reference_path(reference)[-2:])
 
 
 def _attachment_text(attachments: list | None) -> str | None:

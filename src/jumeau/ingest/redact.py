@@ -39,13 +39,20 @@ MIN_NAME_LENGTH = 3
 MIN_NUMBER_LENGTH = 5
 
 
+def redact_patterns(text: str) -> str:
+    """``text`` with what looks like an identifier (a phone number, an e-mail, a national id...)
+    replaced, whoever it belongs to."""
+    for label, pattern in _COMPILED:
+        text = pattern.sub(label, text)
+    return text
+
+
 def redact(text: str | None, names: Iterable[str] = (), numbers: Iterable[str] = ()) -> str | None:
     """``text`` with identifiers replaced: the patterns, then each of the patient's ``names``
     (whole words, any case) and record ``numbers`` (whole tokens, as written)."""
     if not text:
         return text
-    for label, pattern in _COMPILED:
-        text = pattern.sub(label, text)
+    text = redact_patterns(text)
     words = sorted({n for n in names if n and len(n) >= MIN_NAME_LENGTH}, key=len, reverse=True)
     if words:
         alternatives = "|".join(re.escape(w) for w in words)

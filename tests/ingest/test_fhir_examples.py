@@ -1,0 +1,167 @@
+"""FHIR R4 ingest of exports shaped otherwise than Synthea's, specified on HL7's own R4 examples
+(``tests/data/fhir-r4-examples``): laboratory results dated by their panel, report or specimen,
+medications defined in their own files or by their ingredients, and concepts given only as text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from jumeau.ingest.fhir import ingest_fhir
+
+EXAMPLES = Path(__file__).parent.parent / "data" / "fhir-r4-examples"
+
+
+def copy_examples(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(EXAMPLES / name, folder / name)
+    return folder
+
+
+def timeline(store, patient_id: str) -> pl.DataFrame:
+    return store.timeline(store.lookup("fhir", patient_id))
+
+
+def test_results_without_a_time_of_their_own_take_their_panels_time(tmp_path, new_store):
+    # a General Health Profile report of three panels, whose 40 results carry no time: each is
+    # measured when its panel's specimen was drawn, which the panel states
+    folder = copy_examples(tmp_path / "src", "Bundle-ghp.json", "Patient-pat2.json")
+    bundle = json.loads((folder / "Bundle-ghp.json").read_text())
+    observations = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
+    ]
+    untimed = [o for o in observations if not any(k.startswith("effective") for k in o)]
+    assert len(untimed) >= 30
+
+    report = ingest_fhir(new_store, folder)
+
+    counts = report.tables["fhir/Observation"]
+    assert counts.read == len(observations)
+    assert counts.rejected == len([o for o in observations if "subject" not in o])
+    events = timeline(new_store, "pat2")
+    haemoglobin = events.filter(pl.col("code") == "LOINC/718-7").row(0, named=True)
+    assert haemoglobin["time"] == datetime(2015, 8, 16, 6, 40, 17)  # panel p2's effective time
+    assert haemoglobin["numeric_value"] == 176 and haemoglobin["unit"] == "g/L"
+
+
+def test_results_listed_by_a_panel_of_a_report_take_the_reports_time(tmp_path, new_store):
+    # a microbiology report: the organism panel has no time, nor do its members (organism,
+    # susceptibilities); the report was issued at 2009-08-10T08:25:44+10:00
+    folder = copy_examples(tmp_path / "src", "Bundle-micro.json", "Patient-example.json")
+    report = ingest_fhir(new_store, folder)
+    counts = report.tables["fhir/Observation"]
+    assert counts.read == counts.accepted > 20
+    organism = timeline(new_store, "example").filter(pl.col("code").str.ends_with("/ORGANISM"))
+    assert organism["time"].to_list() == [datetime(2009, 8, 9, 22, 25, 44)]
+    assert organism["text_value"].to_list() == ["http://acme.org/lab/codes/organisms/Staaur"]
+
+
+def test_a_medication_in_its_own_file_names_the_request_whatever_the_file_order(
+    tmp_path, new_store
+):
+    folder = copy_examples(tmp_path / "src", "MedicationRequest-medrx002.json", "Patient-pat1.json")
+    # named to be read after the request that refers to it
+    shutil.copy(EXAMPLES / "Medication-med0316.json", folder / "z-Medication-med0316.json")
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/MedicationRequest"].accepted == 1
+    assert timeline(new_store, "pat1").filter(pl.col("domain") == "drug")["code"].to_list() == [
+        "SNOMED/317935006"
+    ]
+
+
+def test_a_compounded_medication_without_a_code_becomes_its_ingredients(tmp_path, new_store):
+    # dopamine 400 mg in 500 mL D5W: a contained Medication with two coded ingredients
+    folder = copy_examples(tmp_path / "src", "MedicationRequest-medrx0336.json")
+    report = ingest_fhir(new_store, folder)
+    counts = report.tables["fhir/MedicationRequest"]
+    assert (counts.accepted, counts.events) == (1, 2)
+    drugs = timeline(new_store, "pat1").filter(pl.col("domain") == "drug")
+    assert sorted(drugs["code"]) == ["NDC/0264751010", "RxNorm/1114879"]
+    assert drugs["time"].to_list() == [datetime(2015, 1, 15)] * 2
+
+
+def test_a_medication_naming_nothing_is_rejected_with_the_reason(tmp_path, new_store):
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "r1",
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2020-01-01",
+        "medicationReference": {"reference": "Medication/unknown"},
+    }
+    (tmp_path / "r.ndjson").write_text(json.dumps(request) + "\n")
+    report = ingest_fhir(new_store, tmp_path / "r.ndjson")
+    assert report.tables["fhir/MedicationRequest"].rejected == 1
+    reason = new_store.rejects()["reason"].to_list()[0]
+    assert "no reference to a Medication of this bundle or export" in reason
+
+
+def test_a_concept_given_only_as_text_is_kept_as_a_text_code(tmp_path, new_store):
+    folder = copy_examples(tmp_path / "src", "Observation-eye-color.json")
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/example"},
+        "onsetDateTime": "2016-05-18",
+        "code": {"text": "  Chest   pain, call 01 23 45 67 89 "},
+    }
+    (folder / "Condition-c1.json").write_text(json.dumps(condition))
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/Observation"].accepted == 1
+    events = timeline(new_store, "example")
+    eye = events.filter(pl.col("code") == "TEXT/eye color").row(0, named=True)
+    assert eye["text_value"] == "blue" and eye["time"] == datetime(2016, 5, 18)
+    # spaces collapsed, an identifier's shape scrubbed: the code is shared by every patient
+    assert events.filter(pl.col("domain") == "condition")["code"].to_list() == [
+        "TEXT/Chest pain, call [PHONE]"
+    ]
+    assert new_store.code_descriptions()["TEXT/eye color"] == "eye color"
+
+
+def test_an_export_dates_results_by_specimen_and_by_panels_listed_later(tmp_path, new_store):
+    loinc = "http://loinc.org"
+
+    def observation(oid: str, code: str, **extra) -> dict:
+        return {
+            "resourceType": "Observation",
+            "id": oid,
+            "status": "final",
+            "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": loinc, "code": code}]},
+            **extra,
+        }
+
+    lines = [
+        observation(
+            "k", "2823-3", specimen={"reference": "Specimen/s1"}, valueQuantity={"value": 4.1}
+        ),
+        observation("na", "2951-2", valueQuantity={"value": 140}),  # its panel comes later
+        observation(
+            "bmp",
+            "51990-0",
+            effectiveDateTime="2021-03-04T08:00:00Z",
+            hasMember=[{"reference": "Observation/na"}],
+        ),
+        observation("lost", "2345-7", valueQuantity={"value": 5.2}),  # nothing dates it
+    ]
+    specimen = {
+        "resourceType": "Specimen",
+        "id": "s1",
+        "subject": {"reference": "Patient/p1"},
+        "collection": {"collectedDateTime": "2021-03-01T07:30:00Z"},
+    }
+    (tmp_path / "Observation.ndjson").write_text("".join(json.dumps(o) + "\n" for o in lines))
+    (tmp_path / "Specimen.ndjson").write_text(json.dumps(specimen) + "\n")
+
+    report = ingest_fhir(new_store, tmp_path)
+
+    assert report.tables["fhir/Observation"].accepted == 3
+    times = dict(timeline(new_store, "p1").select("code", "time").iter_rows())
+    assert times["LOINC/2823-3"] == datetime(2021, 3, 1, 7, 30)
+    assert times["LOINC/2951-2"] == datetime(2021, 3, 4, 8)
+    reason = new_store.rejects()["reason"].to_list()[0]
+    assert "its specimen's collection, its report's time" in reason
