@@ -15,7 +15,7 @@ from jumeau.twin.state import (
     predict_new,
     recent_trend,
 )
-from jumeau.twin.variables import CATALOGUE
+from jumeau.twin.variables import CATALOGUE, code_index
 
 YEAR = DAYS_PER_YEAR
 
@@ -208,6 +208,28 @@ def test_unit_conversion_over_arrays_matches_one_value_at_a_time():
     ],
 )
 def test_the_units_exports_write_are_converted(variable, value, unit, expected):
+    assert CATALOGUE[variable].to_canonical(value, unit) == pytest.approx(expected, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "unit", "variable", "expected"),
+    [  # European laboratories report in SI units under LOINC codes of their own
+        ("LOINC/14682-9", 88.4, "umol/L", "creatinine", 88.4),
+        ("LOINC/14749-6", 5.5, "mmol/L", "glucose", 5.5),
+        ("LOINC/14647-2", 5.2, "mmol/L", "total_cholesterol", 5.2),
+        ("LOINC/14646-4", 1.3, "mmol/L", "hdl", 1.3),
+        ("LOINC/22748-8", 3.0, "mmol/L", "ldl", 3.0),
+        ("LOINC/14927-8", 1.7, "mmol/L", "triglycerides", 1.7),
+        ("LOINC/59260-0", 8.7, "mmol/L", "haemoglobin", 14.0),
+        ("LOINC/8459-0", 132, "mm[Hg]", "sbp", 132),  # sitting
+        ("LOINC/8453-3", 84, "mm[Hg]", "dbp", 84),
+        ("LOINC/8332-9", 38.2, "Cel", "temperature", 38.2),  # rectal
+    ],
+)
+def test_si_unit_and_position_specific_codes_measure_their_variable(
+    code, value, unit, variable, expected
+):
+    assert code_index(CATALOGUE)[code] == variable
     assert CATALOGUE[variable].to_canonical(value, unit) == pytest.approx(expected, abs=0.05)
 
 
