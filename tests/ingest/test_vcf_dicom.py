@@ -115,3 +115,15 @@ def test_dicom_without_required_tags_is_rejected(tmp_path, new_store):
     report = ingest_dicom(new_store, tmp_path / "in")
     assert report.tables["dicom/instance"].rejected == 1
     assert "StudyInstanceUID" in new_store.rejects()["reason"][0]
+
+
+def test_a_dicomdir_is_the_medium_index_not_a_rejected_instance(tmp_path, new_store):
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(get_testdata_file("DICOMDIR"), tmp_path / "in" / "DICOMDIR")  # bundled by pydicom
+    shutil.copy(DATA / "dicom" / "MR_small.dcm", tmp_path / "in" / "MR_small.dcm")
+    report = ingest_dicom(new_store, tmp_path / "in")
+    counts = report.tables["dicom/instance"]
+    assert (counts.read, counts.accepted, counts.rejected) == (1, 1, 0)
+    assert report.unhandled == {"DICOMDIR": 1}

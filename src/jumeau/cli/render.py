@@ -50,7 +50,7 @@ def report_table(report: IngestReport) -> None:
         )
     console.print(table)
     for rtype, n in sorted(report.unhandled.items()):
-        console.print(escape(f"  not mapped: {n} {rtype} resource(s)"))
+        console.print(escape(f"  not mapped: {n:,} × {rtype}"))
     for warning in report.warnings:
         console.print(f"  [yellow]warning:[/yellow] {escape(warning)}")
     if report.committed:

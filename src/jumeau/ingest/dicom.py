@@ -90,13 +90,17 @@ def ingest_dicom(
         for path in files:
             if progress:
                 progress(path.name)
-            counts.read += 1
             try:
                 ds = pydicom.dcmread(str(path), stop_before_pixels=False)
             except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+                counts.read += 1
                 counts.rejected += 1
                 _reject(writer, path, f"not a readable DICOM file ({type(exc).__name__})")
                 continue
+            if _is_dicomdir(ds):  # a medium's index: its instances are in their own files
+                writer.report.unhandled["DICOMDIR"] = writer.report.unhandled.get("DICOMDIR", 0) + 1
+                continue
+            counts.read += 1
             missing = [tag for tag in REQUIRED if not str(ds.get(tag, "") or "").strip()]
             when = _when(ds)
             if missing or when is None:
@@ -248,3 +252,14 @@ def _waveforms(
             )
         )
     return rows
+
+
+#: SOP Class of a DICOMDIR (Media Storage Directory Storage).
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+
+
+def _is_dicomdir(ds) -> bool:
+    """Whether a dataset is a DICOMDIR, the index of a DICOM medium, not an instance."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    return sop_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds
