@@ -158,3 +158,47 @@ def test_two_patients_recordings_of_the_same_file_name_are_both_kept(new_store):
             subject = new_store.lookup("lab", patient)
             assert new_store.timeline(subject, domains=[domain]).height > 0
     assert len(new_store.signal_records(new_store.lookup("lab", "b"))) >= 1
+
+
+def test_a_folder_keeps_bdf_recordings_and_rejects_an_unreadable_file_alone(tmp_path, new_store):
+    # a 24-bit BDF file written by pyedflib (the digital range an int16 cannot hold), an EDF+,
+    # and a corrupt file in the same folder
+    folder = tmp_path / "eeg"
+    folder.mkdir()
+    fs, t = 256, np.arange(256 * 4) / 256
+    bdf = pyedflib.EdfWriter(str(folder / "p1.bdf"), 1, file_type=pyedflib.FILETYPE_BDFPLUS)
+    bdf.setSignalHeaders(
+        [
+            {
+                "label": "Cz",
+                "dimension": "uV",
+                "sample_frequency": fs,
+                "physical_max": 262143.0,
+                "physical_min": -262144.0,
+                "digital_max": 8388607,
+                "digital_min": -8388608,
+            }
+        ]
+    )
+    bdf.setStartdatetime(datetime(2021, 5, 3, 22, 0))
+    samples = 150_000 * np.sin(2 * np.pi * 10 * t)  # beyond a 16-bit EDF's resolution
+    bdf.writeSamples([samples])
+    bdf.close()
+    _write_eeg(folder / "p2.edf", "Fz", fs, 500.0, datetime(2021, 5, 4, 9, 0), 40 * np.sin(t))
+    (folder / "p3.edf").write_bytes(b"0       " + b"garbage" * 40)
+
+    report = ingest_edf(new_store, folder)
+
+    counts = report.tables["edf/file"]
+    assert (counts.read, counts.accepted, counts.rejected) == (3, 2, 1)
+    reasons = new_store.rejects().select("file", "reason").rows()
+    assert len(reasons) == 1 and reasons[0][0].endswith("p3.edf") and "p3.edf" in reasons[0][1]
+    (record,) = new_store.signal_records(new_store.lookup("edf", "p1"))
+    reader = pyedflib.EdfReader(str(folder / "p1.bdf"))
+    try:
+        _, values = record.physical("Cz")
+        assert np.allclose(values, reader.readSignal(0), rtol=0, atol=1e-6)
+    finally:
+        reader.close()
+    assert np.abs(values - samples).max() < 0.05  # 24-bit resolution kept: 0.03 µV a step
+    assert len(new_store.signal_records()) == 2  # nothing of the corrupt file left behind

@@ -268,14 +268,14 @@ def ingest_wfdb_cmd(
 
 @ingest_app.command("edf")
 def ingest_edf_cmd(
-    source: Annotated[str, typer.Argument(help="An EDF/EDF+ file or a folder of them.")],
+    source: Annotated[str, typer.Argument(help="An EDF/EDF+ or BDF/BDF+ file, or a folder of them.")],
     store: StoreOpt,
     subject: SubjectOpt = None,
     subject_source: SubjectSourceOpt = "edf",
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
-    """Ingest EDF/EDF+ recordings (EEG, polysomnography) and their annotations or hypnograms."""
+    """Ingest EDF/EDF+ and BDF/BDF+ recordings (EEG, polysomnography) and their annotations or hypnograms."""
     _ingest("edf", source, store, key_file, format, subject=subject, subject_source=subject_source)
 
 
