@@ -261,3 +261,18 @@ def test_two_patients_records_of_the_same_name_are_both_kept(new_store):
         assert len(new_store.signal_records(subject)) == 1
         beats = new_store.timeline(subject, domains=["annotation"])
         assert beats.height > 2000
+
+
+def test_a_folder_keeps_its_readable_records_and_rejects_a_broken_one_alone(tmp_path):
+    for ext in ("hea", "dat", "atr"):
+        shutil.copy(f"{RECORD}.{ext}", tmp_path / f"100.{ext}")
+    # a header whose signal file is missing
+    (tmp_path / "lost.hea").write_text("lost 1 360 1000\nlost.dat 212 200 11 1024 995 0 0 MLII\n")
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_wfdb(store, tmp_path, start=START)
+    counts = report.tables["wfdb/record"]
+    assert (counts.read, counts.accepted, counts.rejected) == (2, 1, 1)
+    (reason,) = store.rejects()["reason"].to_list()
+    assert "lost" in reason and "cannot be read" in reason
+    assert [r.channels for r in store.signal_records()] == [["MLII", "V5"]]
+    assert report.tables["wfdb/annotation.atr"].accepted > 2000

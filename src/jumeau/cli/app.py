@@ -268,7 +268,9 @@ def ingest_wfdb_cmd(
 
 @ingest_app.command("edf")
 def ingest_edf_cmd(
-    source: Annotated[str, typer.Argument(help="An EDF/EDF+ or BDF/BDF+ file, or a folder of them.")],
+    source: Annotated[
+        str, typer.Argument(help="An EDF/EDF+ or BDF/BDF+ file, or a folder of them.")
+    ],
     store: StoreOpt,
     subject: SubjectOpt = None,
     subject_source: SubjectSourceOpt = "edf",

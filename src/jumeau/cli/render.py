@@ -57,9 +57,11 @@ def report_table(report: IngestReport) -> None:
         fresh = report.events_written - report.events_amended
         amended = f" and {report.events_amended:,} amended" if report.events_amended else ""
         console.print(
-            f"[green]committed batch {report.batch}[/green]: {fresh:,} new events{amended} "
-            f"for {report.subjects:,} subjects, {report.rejects_written:,} rejects "
-            f"({report.events_already_present:,} events already in the store) in {report.seconds:.2f}s"
+            f"[green]committed batch {report.batch}[/green]: {_count(fresh, 'new event')}"
+            f"{amended} for {_count(report.subjects, 'subject')}, "
+            f"{_count(report.rejects_written, 'reject')} "
+            f"({_count(report.events_already_present, 'event')} already in the store) "
+            f"in {report.seconds:.2f}s"
         )
     else:
         console.print(
@@ -304,3 +306,8 @@ def event_result(result: dict) -> None:
         f"/ {result['train'].get('censored', 0)} censored, "
         f"test {result['test']['subjects']} / {result['test']['events']}"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 subject``, ``2,694 subjects``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -86,119 +86,138 @@ def ingest_wfdb(
     start:
         The record's start time when its header has none (MIT-BIH headers carry no date).
     """
-    import wfdb
-
     source = Path(source)
     with BatchWriter(store, "wfdb", str(source.resolve())) as writer:
-        p = store.pseudonymiser
         counts = writer.report.table("wfdb/record")
         for path in _record_paths(source):
             if progress:
                 progress(path.name)
             counts.read += 1
             try:
-                record, channels, samples = _read_record(path)
-            except Exception as exc:  # noqa: BLE001 - wfdb raises many kinds for broken files
-                raise WfdbError(
-                    f"{path}.hea/.dat: cannot read the record ({type(exc).__name__}: {exc})"
-                ) from exc
-            record_start = record.base_datetime if getattr(record, "base_datetime", None) else None
-            if (
-                record_start is None
-                and record.base_date is not None
-                and record.base_time is not None
-            ):
-                record_start = datetime.combine(record.base_date, record.base_time)
-            record_start = record_start or start
-            if record_start is None:
-                raise WfdbError(
-                    f"{path}.hea: the header has no start date/time; give one with --start"
+                record_events = _ingest_record(writer, path, subject, subject_source, start)
+            except WfdbError as exc:
+                if not source.is_dir():
+                    raise
+                # one unreadable record of a folder is rejected; the others are kept
+                counts.rejected += 1
+                writer.add_rejects(
+                    reject_table("wfdb/record", f"{path}.hea", [("whole record", str(exc))])
                 )
-            patient = subject or path.name
-            subject_id = p.subject_id(subject_source, patient)
-            shift = timedelta(microseconds=p.shift_us(subject_source, patient))
-            record_start = record_start + shift
-            rows = []
-            for rate, members in _channels_by_rate(record):
-                # one signal record per sampling rate: a multi-frequency record (an ECG at
-                # 4 samples a frame beside a pressure at 1) keeps every channel's own samples
-                name = path.name if rate == record.fs else f"{path.name}@{rate:g}Hz"
-                # databases reuse record names (100, a01): a record is its patient's
-                name = f"{subject_source}:{patient}:{name}"
-                record_id = f"{p.record_key('wfdb/record', name)}"
-                write_record(
-                    writer.signal_folder(record_id),
-                    subject_id=subject_id,
-                    start=record_start,
-                    fs=rate,
-                    channels=[channels[i] for i in members],
-                    digital=np.column_stack([samples[i] for i in members]),
-                    source=f"wfdb/{path.name}",
-                )
-                duration = timedelta(seconds=record.sig_len / record.fs)
-                rows.append(
-                    event(
-                        subject_id,
-                        epoch_us(record_start),
-                        "WFDB/record",
-                        None,
-                        record_id,
-                        epoch_us(record_start + duration),
-                        "signal",
-                        "wfdb/record",
-                        p.record_key("wfdb/record", name),
-                    )
-                )
-            record_events = len(rows)
-            for ext in ANNOTATION_EXTENSIONS:
-                if not Path(f"{path}.{ext}").exists():
-                    continue
-                try:
-                    ann = wfdb.rdann(str(path), ext)
-                except Exception as exc:  # noqa: BLE001
-                    raise WfdbError(f"{path}.{ext}: cannot read the annotations ({exc})") from exc
-                acounts = writer.report.table(f"wfdb/annotation.{ext}")
-                annotation_fs = float(ann.fs or record.fs)
-                last_sample = round(record.sig_len * annotation_fs / record.fs)
-                for k, (sample, symbol) in enumerate(zip(ann.sample, ann.symbol, strict=True)):
-                    acounts.read += 1
-                    if sample < 0 or sample > last_sample:
-                        acounts.rejected += 1
-                        reason = f"sample {sample} outside the record (0-{last_sample})"
-                        writer.add_rejects(
-                            reject_table(
-                                f"wfdb/annotation.{ext}",
-                                f"{path}.{ext}",
-                                [(f"annotation {k}", reason)],
-                            )
-                        )
-                        continue
-                    note = (ann.aux_note[k] or "").strip("\x00").strip() if ann.aux_note else ""
-                    t = epoch_us(record_start) + int(round(sample / annotation_fs * 1_000_000))
-                    rhythm = symbol == "+" and note
-                    code = f"WFDB/rhythm/{note.lstrip('(')}" if rhythm else f"WFDB/{symbol}"
-                    rows.append(
-                        event(
-                            subject_id,
-                            t,
-                            code,
-                            None,
-                            note or None,
-                            None,
-                            "annotation",
-                            f"wfdb/annotation.{ext}",
-                            p.record_key(
-                                f"wfdb/annotation.{ext}",
-                                f"{subject_source}:{patient}:{path.name}#{k}",
-                            ),
-                        )
-                    )
-                    acounts.accepted += 1
-                    acounts.events += 1
-            writer.add_events(event_table(rows))
+                continue
             counts.accepted += 1
             counts.events += record_events
         return writer.commit()
+
+
+def _ingest_record(
+    writer: BatchWriter,
+    path: Path,
+    subject: str | None,
+    subject_source: str,
+    start: datetime | None,
+) -> int:
+    """One record's signals and annotations into ``writer``; the number of signal events. A
+    :class:`WfdbError` leaves nothing of the record in the batch."""
+    import wfdb
+
+    p = writer.store.pseudonymiser
+    try:
+        record, channels, samples = _read_record(path)
+    except Exception as exc:  # noqa: BLE001 - wfdb raises many kinds for broken files
+        raise WfdbError(
+            f"record {path} (its .hea header and signal files): cannot be read "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    annotations = {}  # read before anything of the record is written: a bad file stops it whole
+    for ext in ANNOTATION_EXTENSIONS:
+        if Path(f"{path}.{ext}").exists():
+            try:
+                annotations[ext] = wfdb.rdann(str(path), ext)
+            except Exception as exc:  # noqa: BLE001
+                raise WfdbError(f"{path}.{ext}: cannot read the annotations ({exc})") from exc
+    record_start = record.base_datetime if getattr(record, "base_datetime", None) else None
+    if record_start is None and record.base_date is not None and record.base_time is not None:
+        record_start = datetime.combine(record.base_date, record.base_time)
+    record_start = record_start or start
+    if record_start is None:
+        raise WfdbError(f"{path}.hea: the header has no start date/time; give one with --start")
+    patient = subject or path.name
+    subject_id = p.subject_id(subject_source, patient)
+    shift = timedelta(microseconds=p.shift_us(subject_source, patient))
+    record_start = record_start + shift
+    rows = []
+    for rate, members in _channels_by_rate(record):
+        # one signal record per sampling rate: a multi-frequency record (an ECG at
+        # 4 samples a frame beside a pressure at 1) keeps every channel's own samples
+        name = path.name if rate == record.fs else f"{path.name}@{rate:g}Hz"
+        # databases reuse record names (100, a01): a record is its patient's
+        name = f"{subject_source}:{patient}:{name}"
+        record_id = f"{p.record_key('wfdb/record', name)}"
+        write_record(
+            writer.signal_folder(record_id),
+            subject_id=subject_id,
+            start=record_start,
+            fs=rate,
+            channels=[channels[i] for i in members],
+            digital=np.column_stack([samples[i] for i in members]),
+            source=f"wfdb/{path.name}",
+        )
+        duration = timedelta(seconds=record.sig_len / record.fs)
+        rows.append(
+            event(
+                subject_id,
+                epoch_us(record_start),
+                "WFDB/record",
+                None,
+                record_id,
+                epoch_us(record_start + duration),
+                "signal",
+                "wfdb/record",
+                p.record_key("wfdb/record", name),
+            )
+        )
+    record_events = len(rows)
+    for ext, ann in annotations.items():
+        acounts = writer.report.table(f"wfdb/annotation.{ext}")
+        annotation_fs = float(ann.fs or record.fs)
+        last_sample = round(record.sig_len * annotation_fs / record.fs)
+        for k, (sample, symbol) in enumerate(zip(ann.sample, ann.symbol, strict=True)):
+            acounts.read += 1
+            if sample < 0 or sample > last_sample:
+                acounts.rejected += 1
+                reason = f"sample {sample} outside the record (0-{last_sample})"
+                writer.add_rejects(
+                    reject_table(
+                        f"wfdb/annotation.{ext}",
+                        f"{path}.{ext}",
+                        [(f"annotation {k}", reason)],
+                    )
+                )
+                continue
+            note = (ann.aux_note[k] or "").strip("\x00").strip() if ann.aux_note else ""
+            t = epoch_us(record_start) + int(round(sample / annotation_fs * 1_000_000))
+            rhythm = symbol == "+" and note
+            code = f"WFDB/rhythm/{note.lstrip('(')}" if rhythm else f"WFDB/{symbol}"
+            rows.append(
+                event(
+                    subject_id,
+                    t,
+                    code,
+                    None,
+                    note or None,
+                    None,
+                    "annotation",
+                    f"wfdb/annotation.{ext}",
+                    p.record_key(
+                        f"wfdb/annotation.{ext}",
+                        f"{subject_source}:{patient}:{path.name}#{k}",
+                    ),
+                )
+            )
+            acounts.accepted += 1
+            acounts.events += 1
+    writer.add_events(event_table(rows))
+    return record_events
 
 
 def _channels_by_rate(record) -> list[tuple[float, list[int]]]:
