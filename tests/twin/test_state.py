@@ -205,6 +205,11 @@ def test_unit_conversion_over_arrays_matches_one_value_at_a_time():
         ("height", 70, "[in_i]", 177.8),
         ("hba1c", 53, "mmol/mol", 7.0),
         ("creatinine", 1.0, "mg/dL", 88.42),
+        ("creatinine", 88.4, "micromol/L", 88.4),
+        ("hba1c", 7.0, "%{HbA1c}", 7.0),  # UCUM annotations name, they do not scale
+        ("hba1c", 53, "mmol/mol{Hb}", 7.0),
+        ("glucose", 90, "mg/dL{fasting}", 5.0),
+        ("heart_rate", 70, "/min{beats}", 70),
     ],
 )
 def test_the_units_exports_write_are_converted(variable, value, unit, expected):

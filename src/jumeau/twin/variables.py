@@ -10,6 +10,7 @@ override the catalogue with a JSON mapping file (:func:`load_catalogue`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,7 +50,13 @@ class Variable:
         key = _unit_key(unit)
         if key in ("", _unit_key(self.unit)):
             return _same
-        return self.conversions.get(key)
+        found = self.conversions.get(key)
+        bare = _UCUM_ANNOTATION.sub("", key)  # UCUM's {annotations} do not change a unit
+        if found is None and bare and bare != key:
+            if bare == _UCUM_ANNOTATION.sub("", _unit_key(self.unit)):
+                return _same
+            found = self.conversions.get(bare)
+        return found
 
     def to_canonical(self, value: float, unit: str | None) -> float | None:
         """The value in the canonical unit, or None when the unit is unknown for this variable."""
@@ -76,7 +83,12 @@ def _same(value):
 
 
 def _unit_key(unit: str | None) -> str:
-    return (unit or "").strip().lower().replace(" ", "").replace("µ", "u").replace("μ", "u")
+    key = (unit or "").strip().lower().replace(" ", "")
+    return key.replace("micro", "u").replace("µ", "u").replace("μ", "u")
+
+
+#: A UCUM annotation (``%{HbA1c}``, ``{beats}/min``): words in braces that name, not scale.
+_UCUM_ANNOTATION = re.compile(r"\{[^}]*\}")
 
 
 MG_DL_TO_MMOL_GLUCOSE = 1 / 18.016
