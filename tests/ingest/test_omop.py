@@ -525,6 +525,31 @@ def test_a_drug_exposure_without_an_end_date_ends_after_its_days_supply(tmp_path
     ]
 
 
+def test_text_datetimes_with_a_utc_offset_are_stored_at_their_utc_instant(tmp_path):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8507,1950\n")
+    (folder / "measurement.csv").write_text(
+        "measurement_id,person_id,measurement_concept_id,measurement_date,measurement_datetime,"
+        "value_as_number\n"
+        "1,1,3004249,2020-01-01,2020-01-01T10:20:30+02:00,120\n"
+        "2,1,3004249,2020-01-02,2020-01-02 10:20:30-0500,121\n"
+        "3,1,3004249,2020-01-03,2020-01-03T10:20:30Z,122\n"
+        "4,1,3004249,2020-01-04,2020-01-04 10:20:30,123\n"
+        "5,1,3004249,20200105,,124\n"
+    )
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, folder)
+    times = store.timeline(store.lookup("omop", "1")).filter(pl.col("domain") == "measurement")
+    assert times["time"].to_list() == [
+        dt.datetime(2020, 1, 1, 8, 20, 30),
+        dt.datetime(2020, 1, 2, 15, 20, 30),
+        dt.datetime(2020, 1, 3, 10, 20, 30),
+        dt.datetime(2020, 1, 4, 10, 20, 30),
+        dt.datetime(2020, 1, 5),
+    ]
+
+
 def _codes_by_source(store, sources: tuple[str, ...]) -> pl.DataFrame:
     return (
         store.scan()

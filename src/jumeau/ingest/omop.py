@@ -200,11 +200,14 @@ BUILTIN_CONCEPTS: dict[int, tuple[str, str]] = {
     9203: ("Visit", "ER"),
 }
 
+#: ``jts``: a CDM date or datetime written as text (``2020-01-31``, ``20200131``,
+#: ``2020-01-31 08:00:00``), one with a UTC offset (``2020-01-31T08:00:00+02:00``) taken at
+#: its UTC instant like every stored time (a plain cast would drop the offset).
 _MACROS = """
-CREATE OR REPLACE MACRO jts(x) AS COALESCE(
-    TRY_CAST(x AS TIMESTAMP),
-    TRY_STRPTIME(CAST(x AS VARCHAR), '%Y%m%d'),
-    TRY_STRPTIME(CAST(x AS VARCHAR), '%Y-%m-%d %H:%M:%S%z')::TIMESTAMP);
+CREATE OR REPLACE MACRO jts(x) AS CASE
+    WHEN regexp_matches(CAST(x AS VARCHAR), '[0-9]:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)? ?[+-][0-9]{2}(:?[0-9]{2})?$')
+    THEN TRY_CAST(CAST(x AS VARCHAR) AS TIMESTAMPTZ)::TIMESTAMP
+    ELSE COALESCE(TRY_CAST(x AS TIMESTAMP), TRY_STRPTIME(CAST(x AS VARCHAR), '%Y%m%d')) END;
 CREATE OR REPLACE MACRO blank(x) AS (x IS NULL OR trim(CAST(x AS VARCHAR)) = '');
 """
 
