@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -127,3 +128,36 @@ def test_a_dicomdir_is_the_medium_index_not_a_rejected_instance(tmp_path, new_st
     counts = report.tables["dicom/instance"]
     assert (counts.read, counts.accepted, counts.rejected) == (1, 1, 0)
     assert report.unhandled == {"DICOMDIR": 1}
+
+
+def test_dicom_times_with_an_offset_from_utc_are_stored_in_utc(tmp_path, new_store):
+    (tmp_path / "in").mkdir()
+    plain = pydicom.dcmread(DATA / "dicom" / "CT_small.dcm")  # says -0500 (US Eastern)
+    del plain.TimezoneOffsetFromUTC
+    plain.PatientID = "local"
+    plain.save_as(tmp_path / "in" / "local.dcm")
+    zoned = pydicom.dcmread(DATA / "dicom" / "CT_small.dcm")
+    zoned.PatientID = "zoned"
+    zoned.SOPInstanceUID = zoned.SOPInstanceUID + ".1"
+    zoned.TimezoneOffsetFromUTC = "+0200"  # a Paris summer acquisition
+    zoned.save_as(tmp_path / "in" / "zoned.dcm")
+    stamped = pydicom.dcmread(DATA / "dicom" / "CT_small.dcm")
+    stamped.PatientID = "stamped"
+    stamped.SOPInstanceUID = stamped.SOPInstanceUID + ".2"
+    stamped.TimezoneOffsetFromUTC = "+0200"
+    # a datetime's own offset wins over the dataset's
+    stamped.AcquisitionDateTime = "20040119071000.000000-0500"
+    stamped.save_as(tmp_path / "in" / "stamped.dcm")
+    shutil.copy(DATA / "dicom" / "CT_small.dcm", tmp_path / "in" / "eastern.dcm")
+    ingest_dicom(new_store, tmp_path / "in")
+
+    def image_time(patient: str):
+        events = new_store.timeline(new_store.lookup("dicom", patient))
+        return events.filter(pl.col("code") == "DICOM/CT")["time"][0]
+
+    assert image_time("local") == dt.datetime(1997, 4, 30, 11, 30, 8)  # as written
+    assert image_time("zoned") == dt.datetime(1997, 4, 30, 9, 30, 8)
+    assert image_time(str(pydicom.dcmread(DATA / "dicom" / "CT_small.dcm").PatientID)) == (
+        dt.datetime(1997, 4, 30, 16, 30, 8)
+    )
+    assert image_time("stamped") == dt.datetime(2004, 1, 19, 12, 10)

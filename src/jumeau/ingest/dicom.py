@@ -11,6 +11,7 @@ signal store like any other recording.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,22 +42,42 @@ _INSTANCE_TIMES = (
 
 
 def _when(ds, pairs=_INSTANCE_TIMES, with_acquisition_datetime: bool = True) -> datetime | None:
-    """The first present of the given (date, time) tag pairs, as a datetime."""
-    stamp = str(ds.get("AcquisitionDateTime", "") or "") if with_acquisition_datetime else ""
-    candidates = [stamp[:14]] if stamp else []
+    """The first present of the given (date, time) tag pairs, as a datetime in UTC when the
+    dataset says its offset (an AcquisitionDateTime's own ``+HHMM`` suffix, else Timezone
+    Offset From UTC (0008,0201)), else as written (the site's local time)."""
+    stamp = (
+        str(ds.get("AcquisitionDateTime", "") or "").strip() if with_acquisition_datetime else ""
+    )
+    dataset_offset = _utc_offset(str(ds.get("TimezoneOffsetFromUTC", "") or "").strip())
+    candidates = []
+    if stamp:
+        own = _DT_OFFSET.search(stamp)
+        offset = _utc_offset(own.group(0)) if own else dataset_offset
+        candidates.append((stamp[: own.start()] if own else stamp, offset))
     for date_tag, time_tag in pairs:
         date = str(ds.get(date_tag, "") or "").strip()
         if date:
-            candidates.append(
-                date + str(ds.get(time_tag, "") or "").strip().split(".")[0].ljust(6, "0")[:6]
-            )
-    for text in candidates:
+            clock = str(ds.get(time_tag, "") or "").strip().split(".")[0].ljust(6, "0")[:6]
+            candidates.append((date + clock, dataset_offset))
+    for text, offset in candidates:
         for fmt, size in (("%Y%m%d%H%M%S", 14), ("%Y%m%d", 8)):
             try:
-                return datetime.strptime(text[:size], fmt)
+                return datetime.strptime(text.split(".")[0][:size], fmt) - offset
             except ValueError:
                 continue
     return None
+
+
+#: A DICOM DT value's offset from UTC (``20200101083000.000+0200``).
+_DT_OFFSET = re.compile(r"[+-]\d{4}$")
+
+
+def _utc_offset(text: str) -> timedelta:
+    """``+0200`` as a timedelta (zero when absent or malformed)."""
+    if not re.fullmatch(r"[+-]\d{4}", text):
+        return timedelta(0)
+    sign = -1 if text[0] == "-" else 1
+    return sign * timedelta(hours=int(text[1:3]), minutes=int(text[3:5]))
 
 
 def _reject(writer: BatchWriter, path: Path, reason: str) -> None:
