@@ -598,7 +598,8 @@ class _OmopMapper:
         """The temp table ``shared_ids`` (``id_raw``): ids that more than one row carries.
 
         Integer ids (the CDM's type) of a table of up to :data:`_SORTED_IDS_LIMIT` rows are sorted
-        in NumPy, which is near linear for the mostly ascending ids a warehouse exports, and
+        in NumPy (not at all when they come in increasing order), which is near linear for the
+        mostly ascending ids a warehouse exports, and
         several times faster than a hash aggregate over tens of millions of distinct ids; other
         types, and larger tables (whose ids would not fit in memory), are grouped in DuckDB,
         which spills.
@@ -615,7 +616,12 @@ class _OmopMapper:
             )
             return
         ids = self.con.sql(f'SELECT "{id_col}" AS id FROM {rel} WHERE "{id_col}" IS NOT NULL')
-        ordered = np.sort(np.asarray(ids.fetchnumpy()["id"], dtype=np.int64), kind="stable")
+        ordered = np.asarray(ids.fetchnumpy()["id"], dtype=np.int64)
+        if len(ordered) > 1 and not (ordered[1:] > ordered[:-1]).all():
+            # ids exported in increasing order (a table clustered on its key) repeat none
+            if not ordered.flags.writeable:
+                ordered = ordered.copy()
+            ordered.sort(kind="stable")
         repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
         self.con.register("shared_id_array", pa.table({"id_raw": repeated}))
         run(
