@@ -165,3 +165,65 @@ def test_an_export_dates_results_by_specimen_and_by_panels_listed_later(tmp_path
     assert times["LOINC/2951-2"] == datetime(2021, 3, 4, 8)
     reason = new_store.rejects()["reason"].to_list()[0]
     assert "its specimen's collection, its report's time" in reason
+
+
+def test_a_contained_patient_is_one_patient_across_records_by_its_identifier(tmp_path, new_store):
+    # two Apgar scores, each containing the newborn (MRN 12345) as its subject ("#newborn")
+    folder = copy_examples(
+        tmp_path / "src",
+        "Observation-1minute-apgar-score.json",
+        "Observation-5minute-apgar-score.json",
+    )
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/Observation"].accepted == 2
+    patients = report.tables["fhir/Patient"]
+    assert (patients.read, patients.accepted) == (1, 1)  # mapped once
+    newborn = new_store.lookup("fhir", "identifier:http://acmehealthcare/org/mrns|12345")
+    events = new_store.timeline(newborn)
+    assert events.filter(pl.col("code") == "LOINC/9272-6")["numeric_value"].to_list() == [0.0]
+    assert set(events.filter(pl.col("domain") == "demographic")["code"]) >= {"Gender/M"}
+    assert events.filter(pl.col("code") == "MEDS_BIRTH")["time"].to_list() == [
+        datetime(2016, 5, 18)
+    ]
+
+
+def test_logical_and_contained_references_resolve_by_identifier_or_are_rejected(
+    tmp_path, new_store
+):
+    mrn = {"system": "urn:oid:1.2.3", "value": "A-0042"}
+    patient = {"resourceType": "Patient", "id": "p1", "identifier": [mrn], "gender": "female"}
+
+    def condition(cid: str, subject: dict, **extra) -> dict:
+        return {
+            "resourceType": "Condition",
+            "id": cid,
+            "subject": subject,
+            "onsetDateTime": "2020-01-01",
+            "code": {"text": "Asthma"},
+            **extra,
+        }
+
+    lines = [
+        patient,
+        condition("logical", {"identifier": mrn}),
+        # a contained copy of a Patient the export holds is that Patient
+        condition(
+            "copy",
+            {"reference": "#me"},
+            contained=[{"resourceType": "Patient", "id": "me", "identifier": [mrn]}],
+        ),
+        condition("unknown", {"identifier": {"system": "urn:oid:9", "value": "nobody"}}),
+        condition(
+            "anonymous",
+            {"reference": "#x"},
+            contained=[{"resourceType": "Patient", "id": "x", "name": [{"family": "Doe"}]}],
+        ),
+    ]
+    (tmp_path / "export.ndjson").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    report = ingest_fhir(new_store, tmp_path / "export.ndjson")
+    counts = report.tables["fhir/Condition"]
+    assert (counts.accepted, counts.rejected) == (2, 2)
+    assert timeline(new_store, "p1").filter(pl.col("domain") == "condition").height == 2
+    reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
+    assert "logical reference by an identifier no Patient" in reasons["line 4 (Condition)"]
+    assert "contained Patient (#x) without an identifier" in reasons["line 5 (Condition)"]

@@ -135,6 +135,11 @@ class _Events:
     def __len__(self) -> int:
         return len(self.cols["code"])
 
+    def __delitem__(self, rows: slice) -> None:
+        """Drop rows (the events of a record that is then rejected)."""
+        for column in self.cols.values():
+            del column[rows]
+
     def add(self, **values: Any) -> None:
         for name, column in self.cols.items():
             column.append(values.get(name))
@@ -272,6 +277,10 @@ class _FhirMapper:
         #: their own, their report or panel does.
         self.listed_by: dict[str, str] = {}
         self.listed_times: dict[str, int | None] = {}
+        #: Contained Patients (by the id their identifier gives them) mapped, and those named
+        #: by the record being mapped (mapped once it is accepted).
+        self.contained_mapped: set[str] = set()
+        self.contained_pending: dict[str, dict] = {}
         #: Names and identifier values by subject pseudonym, scrubbed from the subject's texts.
         self.private: dict[int, tuple[set[str], set[str]]] = {}
         self.handlers: dict[str, Callable[[dict, str, int], None]] = {
@@ -581,10 +590,8 @@ class _FhirMapper:
         except (FhirError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
             # a shape the standard does not allow (a string where an object belongs, text where
             # a number does) rejects the resource, never the file
-            del_count = len(self.events) - before
-            if del_count:
-                for column in self.events.cols.values():
-                    del column[before:]
+            del self.events[before:]
+            self.contained_pending.clear()
             counts.rejected += 1
             reason = (
                 str(exc)
@@ -597,6 +604,8 @@ class _FhirMapper:
             self.seen.add(identity)
         counts.accepted += 1
         counts.events += len(self.events) - before
+        if self.contained_pending:
+            self._map_contained_patients(path, where)
         if len(self.events) >= _FLUSH_EVERY:
             self.flush()
 
@@ -632,10 +641,14 @@ class _FhirMapper:
         if not isinstance(target, dict):
             raise FhirError("subject/patient is not a Reference (an object with a reference)")
         ref = target.get("reference")
+        if (not isinstance(ref, str) or not ref) and isinstance(target.get("identifier"), dict):
+            return self._identified_patient(target["identifier"])  # a logical reference
         if not isinstance(ref, str) or not ref:
             raise FhirError("no subject/patient reference")
         if "?" in ref:  # a conditional reference: the Patient with that identifier
             return self._conditional_patient(ref)
+        if ref.startswith("#"):
+            return self._contained_patient(res, ref[1:])
         if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
             patient_id = fullurls.get(ref)
             if patient_id is None and ref[9:] in self.patients:
@@ -654,6 +667,76 @@ class _FhirMapper:
                 )
             patient_id = parts[-1]
         return patient_id
+
+    def _identified_patient(self, identifier: dict) -> str:
+        """The id of the Patient carrying ``identifier`` (a logical reference)."""
+        value, system = identifier.get("value"), identifier.get("system")
+        found = None
+        if isinstance(value, str) and value:
+            key = f"{system}|{value}" if isinstance(system, str) else value
+            found = self.patients_by_identifier.get(key)
+        if found is None:
+            raise FhirError(
+                "subject is a logical reference by an identifier no Patient of this bundle or "
+                "export carries"
+            )
+        return found
+
+    def _contained_patient(self, res: dict, local_id: str) -> str:
+        """The patient of a Patient contained in ``res`` (``subject: {reference: "#p1"}``).
+
+        A contained Patient has no id of its own on the server: it is the Patient of this
+        bundle or export carrying one of its identifiers, else the patient its first identifier
+        names (so the same newborn's records, each containing it, stay one patient), mapped as
+        a Patient the first time it is met. Without an identifier it cannot be told apart from
+        anyone and the record is rejected."""
+        contained = next(
+            (
+                c
+                for c in _objects(res.get("contained"))
+                if c.get("resourceType") == "Patient" and c.get("id") == local_id
+            ),
+            None,
+        )
+        if contained is None:
+            raise FhirError(f"subject #{local_id} names no Patient contained in the resource")
+        keys = []
+        for identifier in _objects(contained.get("identifier")):
+            value, system = identifier.get("value"), identifier.get("system")
+            if isinstance(value, str) and value:
+                keys.append(f"{system}|{value}" if isinstance(system, str) else value)
+        for key in keys:
+            if key in self.patients_by_identifier:
+                return self.patients_by_identifier[key]
+        if not keys:
+            raise FhirError(
+                f"subject is a contained Patient (#{local_id}) without an identifier: it cannot "
+                "be told apart from other patients"
+            )
+        patient_id = f"identifier:{keys[0]}"
+        if patient_id not in self.patients:  # its names scrub the record's texts at once
+            self._remember_patient({**contained, "id": patient_id}, strict=False)
+        if patient_id not in self.contained_mapped:
+            self.contained_pending[patient_id] = {**contained, "id": patient_id}
+        return patient_id
+
+    def _map_contained_patients(self, path: Path, where: str) -> None:
+        """Map the contained Patients the record just accepted named for the first time."""
+        counts = self.report.table("fhir/Patient")
+        for patient_id, patient in self.contained_pending.items():
+            counts.read += 1
+            before = len(self.events)
+            try:
+                self._patient(patient, where, 0, {})
+            except FhirError as exc:
+                del self.events[before:]
+                counts.rejected += 1
+                self._reject("fhir/Patient", path, f"{where} (contained Patient)", str(exc))
+                continue
+            self.contained_mapped.add(patient_id)
+            counts.accepted += 1
+            counts.events += len(self.events) - before
+        self.contained_pending.clear()
 
     def _conditional_patient(self, ref: str) -> str:
         """The id of the Patient a conditional reference names by its identifier."""
