@@ -670,11 +670,8 @@ class _FhirMapper:
 
     def _identified_patient(self, identifier: dict) -> str:
         """The id of the Patient carrying ``identifier`` (a logical reference)."""
-        value, system = identifier.get("value"), identifier.get("system")
-        found = None
-        if isinstance(value, str) and value:
-            key = f"{system}|{value}" if isinstance(system, str) else value
-            found = self.patients_by_identifier.get(key)
+        key = _identifier_key(identifier)
+        found = self.patients_by_identifier.get(key) if key else None
         if found is None:
             raise FhirError(
                 "subject is a logical reference by an identifier no Patient of this bundle or "
@@ -700,11 +697,7 @@ class _FhirMapper:
         )
         if contained is None:
             raise FhirError(f"subject #{local_id} names no Patient contained in the resource")
-        keys = []
-        for identifier in _objects(contained.get("identifier")):
-            value, system = identifier.get("value"), identifier.get("system")
-            if isinstance(value, str) and value:
-                keys.append(f"{system}|{value}" if isinstance(system, str) else value)
+        keys = [k for k in map(_identifier_key, _objects(contained.get("identifier"))) if k]
         for key in keys:
             if key in self.patients_by_identifier:
                 return self.patients_by_identifier[key]
@@ -1374,6 +1367,15 @@ def _referenced(known: dict[str, Any], reference: str, rtype: str) -> Any:
     if reference.startswith("urn:uuid:"):
         return known.get(f"{rtype}/{reference[9:]}")
     return known.get("/".join(_reference_path(reference)[-2:]))
+
+
+def _identifier_key(identifier: dict) -> str | None:
+    """``system|value`` of an Identifier (its bare value when it names no system), as a
+    conditional reference writes it; None without a value."""
+    value, system = identifier.get("value"), identifier.get("system")
+    if not isinstance(value, str) or not value:
+        return None
+    return f"{system}|{value}" if isinstance(system, str) else value
 
 
 def _observation_key(reference: str) -> str:
