@@ -161,3 +161,35 @@ def test_dicom_times_with_an_offset_from_utc_are_stored_in_utc(tmp_path, new_sto
         dt.datetime(1997, 4, 30, 16, 30, 8)
     )
     assert image_time("stamped") == dt.datetime(2004, 1, 19, 12, 10)
+
+
+GVCF = """##fileformat=VCFv4.2
+##ALT=<ID=NON_REF,Description="Any other allele">
+##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">
+##INFO=<ID=END,Number=1,Type=Integer,Description="End of the reference block">
+##contig=<ID=chr1,length=248956422>
+#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tNA12878
+chr1\t10000\t.\tA\t<NON_REF>\t.\t.\tEND=10999\tGT\t0/0
+chr1\t11000\t.\tG\tT,<NON_REF>\t50\t.\t.\tGT\t0/1
+chr1\t11005\t.\tC\t*,<NON_REF>\t30\t.\t.\tGT\t1/2
+chr1\t12000\t.\tT\t<NON_REF>\t.\t.\tEND=12999\tGT\t0/0
+"""
+
+
+def test_a_gvcf_gives_its_called_variants_not_its_reference_blocks(tmp_path, new_store):
+    (tmp_path / "sample.g.vcf").write_text(GVCF)
+    report = ingest_vcf(new_store, tmp_path / "sample.g.vcf")
+    assert report.tables["vcf/variant"].read == 4
+    codes = new_store.scan().select("code").collect()["code"].to_list()
+    assert codes == ["VARIANT/chr1-11000-G-T"]  # no <NON_REF>, no upstream deletion's *
+
+
+def test_a_sites_only_vcf_is_refused_for_having_no_patient(tmp_path, new_store):
+    sites = "\n".join(
+        line.split("\tFORMAT")[0] if line.startswith("#CHROM") else line.rsplit("\t", 2)[0]
+        for line in GVCF.splitlines()
+        if not line.startswith("##FORMAT")
+    )
+    (tmp_path / "sites.vcf").write_text(sites + "\n")
+    with pytest.raises(VcfError, match="sites-only"):
+        ingest_vcf(new_store, tmp_path / "sites.vcf")

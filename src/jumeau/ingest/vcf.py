@@ -87,6 +87,11 @@ def _annotation_parser(vcf) -> Callable[[object], tuple[str | None, str | None]]
     return lambda variant: (None, None)
 
 
+#: ALT alleles that name no variant of the sample's: a gVCF's any-other-allele (``<NON_REF>``,
+#: ``<*>``) and the allele a deletion upstream spans (``*``).
+_NOT_A_VARIANT = frozenset({"<NON_REF>", "<*>", "*"})
+
+
 def ingest_vcf(
     store: Store,
     source: str | Path,
@@ -118,6 +123,10 @@ def ingest_vcf(
     with BatchWriter(store, "vcf", str(path.resolve())) as writer:
         p = store.pseudonymiser
         samples = list(vcf.samples)
+        if not samples:
+            raise VcfError(
+                f"{path}: a sites-only VCF (no sample columns): it holds no patient's genotypes"
+            )
         sample_map = sample_map or {}
         subjects = [p.subject_id(*sample_map.get(s, (subject_source, s))) for s in samples]
         annotate = _annotation_parser(vcf)
@@ -137,6 +146,8 @@ def ingest_vcf(
                     alleles = [a for a in genotype[:-1] if a is not None and a > 0]
                     for allele in sorted(set(alleles)):
                         alt = variant.ALT[allele - 1]
+                        if alt in _NOT_A_VARIANT:
+                            continue
                         copies = alleles.count(allele)
                         separator = "|" if genotype[-1] else "/"
                         gt = separator.join("." if a < 0 else str(a) for a in genotype[:-1])
