@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from jumeau.ingest.events import epoch_us, event, event_table
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -142,7 +144,13 @@ def ingest_vcf(
                 counts.read += 1
                 gene, consequence = annotate(variant)
                 filt = variant.FILTER or "PASS"
-                for k, genotype in enumerate(variant.genotypes):
+                # only the samples carrying an alternate allele are looked at one by one (a
+                # cohort's VCF is mostly reference calls)
+                calls = variant.genotype.array()[:, :-1]
+                carriers = np.flatnonzero((calls > 0).any(axis=1))
+                genotypes = variant.genotypes if len(carriers) else []
+                for k in carriers:
+                    genotype = genotypes[k]
                     alleles = [a for a in genotype[:-1] if a is not None and a > 0]
                     for allele in sorted(set(alleles)):
                         alt = variant.ALT[allele - 1]
