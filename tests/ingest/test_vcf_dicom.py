@@ -170,7 +170,7 @@ GVCF = """##fileformat=VCFv4.2
 ##contig=<ID=chr1,length=248956422>
 #CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tNA12878
 chr1\t10000\t.\tA\t<NON_REF>\t.\t.\tEND=10999\tGT\t0/0
-chr1\t11000\t.\tG\tT,<NON_REF>\t50\t.\t.\tGT\t0/1
+chr1\t11000\t.\tG\tT,<NON_REF>\t50\t.\t.\tGT\t0|1
 chr1\t11005\t.\tC\t*,<NON_REF>\t30\t.\t.\tGT\t1/2
 chr1\t12000\t.\tT\t<NON_REF>\t.\t.\tEND=12999\tGT\t0/0
 """
@@ -180,8 +180,9 @@ def test_a_gvcf_gives_its_called_variants_not_its_reference_blocks(tmp_path, new
     (tmp_path / "sample.g.vcf").write_text(GVCF)
     report = ingest_vcf(new_store, tmp_path / "sample.g.vcf")
     assert report.tables["vcf/variant"].read == 4
-    codes = new_store.scan().select("code").collect()["code"].to_list()
-    assert codes == ["VARIANT/chr1-11000-G-T"]  # no <NON_REF>, no upstream deletion's *
+    events = new_store.scan().select("code", "text_value").collect()
+    assert events["code"].to_list() == ["VARIANT/chr1-11000-G-T"]  # no <NON_REF>, no *
+    assert events["text_value"][0].startswith("GT=0|1;COPIES=1")  # phased
 
 
 def test_a_sites_only_vcf_is_refused_for_having_no_patient(tmp_path, new_store):

@@ -146,19 +146,19 @@ def ingest_vcf(
                 filt = variant.FILTER or "PASS"
                 # only the samples carrying an alternate allele are looked at one by one (a
                 # cohort's VCF is mostly reference calls)
-                calls = variant.genotype.array()[:, :-1]
+                calls = variant.genotype.array()[:, :-1]  # -1 missing, -2 past the ploidy
                 carriers = np.flatnonzero((calls > 0).any(axis=1))
-                genotypes = variant.genotypes if len(carriers) else []
+                phased = variant.gt_phases if len(carriers) else None
                 for k in carriers:
-                    genotype = genotypes[k]
-                    alleles = [a for a in genotype[:-1] if a is not None and a > 0]
+                    called = [int(a) for a in calls[k] if a >= -1]
+                    alleles = [a for a in called if a > 0]
                     for allele in sorted(set(alleles)):
                         alt = variant.ALT[allele - 1]
                         if alt in _NOT_A_VARIANT:
                             continue
                         copies = alleles.count(allele)
-                        separator = "|" if genotype[-1] else "/"
-                        gt = separator.join("." if a < 0 else str(a) for a in genotype[:-1])
+                        separator = "|" if phased[k] else "/"
+                        gt = separator.join("." if a < 0 else str(a) for a in called)
                         code = f"VARIANT/{variant.CHROM}-{variant.POS}-{variant.REF}-{alt}"
                         text = f"GT={gt};COPIES={copies};FILTER={filt}"
                         if gene:
