@@ -227,3 +227,31 @@ def test_logical_and_contained_references_resolve_by_identifier_or_are_rejected(
     reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
     assert "logical reference by an identifier no Patient" in reasons["line 4 (Condition)"]
     assert "contained Patient (#x) without an identifier" in reasons["line 5 (Condition)"]
+
+
+def test_an_immunization_dated_in_words_takes_that_date(tmp_path, new_store):
+    def immunization(iid: str, when: str) -> dict:
+        return {
+            "resourceType": "Immunization",
+            "id": iid,
+            "status": "completed",
+            "patient": {"reference": "Patient/p1"},
+            "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "141"}]},
+            "occurrenceString": when,
+        }
+
+    lines = [
+        immunization("a", "January 2012"),  # as HL7's "historical" example writes it
+        immunization("b", "3 mars 2019"),
+        immunization("c", "2015"),
+        immunization("d", "in childhood"),
+    ]
+    (tmp_path / "i.ndjson").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    report = ingest_fhir(new_store, tmp_path / "i.ndjson")
+    assert report.tables["fhir/Immunization"].rejected == 1
+    assert timeline(new_store, "p1")["time"].to_list() == [
+        datetime(2012, 1, 1),
+        datetime(2015, 1, 1),
+        datetime(2019, 3, 3),
+    ]
+    assert "a date in occurrenceString" in new_store.rejects()["reason"][0]

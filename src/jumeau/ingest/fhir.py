@@ -1202,7 +1202,13 @@ class _FhirMapper:
 
     def _immunization(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start, _ = self._timed(res, "occurrenceDateTime", "recorded")
+        start, _ = self._period(res, "occurrenceDateTime")
+        if start is None:  # a history given in words: "January 2012"
+            start = _date_in_words(res.get("occurrenceString"))
+        if start is None:
+            start, _ = self._timed(
+                res, "occurrenceDateTime", "recorded", also=", a date in occurrenceString"
+            )
         self._emit(
             res,
             subject,
@@ -1367,6 +1373,49 @@ def _referenced(known: dict[str, Any], reference: str, rtype: str) -> Any:
     if reference.startswith("urn:uuid:"):
         return known.get(f"{rtype}/{reference[9:]}")
     return known.get("/".join(_reference_path(reference)[-2:]))
+
+
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        (
+            "january janvier jan",
+            "february février fevrier feb fév fev",
+            "march mars mar",
+            "april avril apr avr",
+            "may mai",
+            "june juin jun",
+            "july juillet jul juil",
+            "august août aout aug",
+            "september septembre sep sept",
+            "october octobre oct",
+            "november novembre nov",
+            "december décembre decembre dec déc",
+        ),
+        start=1,
+    )
+    for name in names.split()
+}
+_DATE_IN_WORDS = re.compile(r"^(?:(\d{1,2})(?:st|nd|rd|th|er)?\s+)?([^\W\d_]+)\.?\s+(\d{4})$")
+
+
+def _date_in_words(text: Any) -> int | None:
+    """The first instant of a date written in words (``January 2012``, ``3 mars 2019``) or as
+    a FHIR date (``2012``, ``2012-01``); None for anything vaguer (``in childhood``)."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    if re.fullmatch(r"\d{4}(-\d{2}(-\d{2})?)?", text):
+        return parse_fhir_time(text)
+    match = _DATE_IN_WORDS.match(text.lower())
+    if not match or match.group(2) not in _MONTHS:
+        return None
+    day = int(match.group(1) or 1)
+    try:
+        moment = datetime(int(match.group(3)), _MONTHS[match.group(2)], day)
+    except ValueError:
+        return None
+    return parse_fhir_time(moment.date().isoformat())
 
 
 def _identifier_key(identifier: dict) -> str | None:
