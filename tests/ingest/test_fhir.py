@@ -720,8 +720,8 @@ def test_diagnoses_dated_only_by_their_encounter_take_its_end(tmp_path, new_stor
     assert report.tables["fhir/Condition"].rejected == 1
     reasons = new_store.rejects()["reason"].to_list()
     assert reasons == [
-        "no time: none of onsetDateTime, onsetPeriod, onsetAge, recordedDate "
-        "or its encounter's period is present"
+        "no time: none of onsetDateTime, onsetPeriod, onsetAge, recordedDate, a date in "
+        "onsetString or its encounter's period is present"
     ]
     rows = {
         r["source"]: r

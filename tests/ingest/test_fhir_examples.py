@@ -255,3 +255,16 @@ def test_an_immunization_dated_in_words_takes_that_date(tmp_path, new_store):
         datetime(2019, 3, 3),
     ]
     assert "a date in occurrenceString" in new_store.rejects()["reason"][0]
+
+
+def test_a_problem_begun_in_words_takes_that_date(tmp_path, new_store):
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"text": "Asthma"},
+        "onsetString": "March 2003",
+    }
+    (tmp_path / "c.ndjson").write_text(json.dumps(condition) + "\n")
+    ingest_fhir(new_store, tmp_path / "c.ndjson")
+    assert timeline(new_store, "p1")["time"].to_list() == [datetime(2003, 3, 1)]

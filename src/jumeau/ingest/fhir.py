@@ -753,7 +753,8 @@ class _FhirMapper:
     def _onset(self, res: dict, fullurls: dict[str, str], prefix: str, *fallbacks: str) -> int:
         """When something began: ``<prefix>DateTime`` or ``<prefix>Period``, else an age
         (``<prefix>Age``, or the low end of ``<prefix>Range``) after the patient's birth date,
-        else the first of ``fallbacks``."""
+        else a date written in ``<prefix>String`` (``January 2012``), else the first of
+        ``fallbacks``."""
         start, _ = self._period(res, f"{prefix}DateTime", f"{prefix}Period")
         if start is not None:
             return start
@@ -769,8 +770,16 @@ class _FhirMapper:
                     f"{prefix} is an age but the patient's birth date is not in this batch"
                 )
             return birth + round(float(age["value"]) * days * _US_PER_DAY)
+        in_words = _date_in_words(res.get(f"{prefix}String"))  # "January 2012"
+        if in_words is not None:
+            return in_words
         start, _ = self._timed(
-            res, f"{prefix}DateTime", f"{prefix}Period", f"{prefix}Age", *fallbacks
+            res,
+            f"{prefix}DateTime",
+            f"{prefix}Period",
+            f"{prefix}Age",
+            *fallbacks,
+            also=f", a date in {prefix}String",
         )
         return start
 
@@ -1202,13 +1211,7 @@ class _FhirMapper:
 
     def _immunization(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start, _ = self._period(res, "occurrenceDateTime")
-        if start is None:  # a history given in words: "January 2012"
-            start = _date_in_words(res.get("occurrenceString"))
-        if start is None:
-            start, _ = self._timed(
-                res, "occurrenceDateTime", "recorded", also=", a date in occurrenceString"
-            )
+        start = self._onset(res, fullurls, "occurrence", "recorded")
         self._emit(
             res,
             subject,
