@@ -166,3 +166,68 @@ def test_two_patients_watches_sampling_at_the_same_instants_are_both_kept(tmp_pa
     assert first.events_written == second.events_written == 2
     for patient in ("p1", "p2"):
         assert new_store.timeline(new_store.lookup("device", patient)).height == 2
+
+
+APPLE_HEALTH = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE HealthData [
+<!ELEMENT HealthData (ExportDate,Me,(Record|Correlation|Workout|ActivitySummary)*)>
+<!ATTLIST HealthData locale CDATA #REQUIRED>
+]>
+<HealthData locale="fr_FR">
+ <ExportDate value="2024-04-02 09:00:00 +0200"/>
+ <Me HKCharacteristicTypeIdentifierDateOfBirth="1961-05-04"
+     HKCharacteristicTypeIdentifierBiologicalSex="HKBiologicalSexFemale"/>
+ <Record type="HKQuantityTypeIdentifierHeartRate" sourceName="Montre de Marie"
+  sourceVersion="10.4" device="&lt;&lt;HKDevice: 0x28>, name:Apple Watch, manufacturer:Apple Inc.,
+  model:Watch, hardware:Watch6,2, software:10.4&gt;" unit="count/min"
+  creationDate="2024-04-01 08:01:10 +0200" startDate="2024-04-01 08:00:05 +0200"
+  endDate="2024-04-01 08:00:05 +0200" value="72">
+  <MetadataEntry key="HKMetadataKeyHeartRateMotionContext" value="0"/>
+ </Record>
+ <Record type="HKQuantityTypeIdentifierOxygenSaturation" sourceName="Montre de Marie"
+  unit="%" creationDate="2024-04-01 08:05:00 +0200" startDate="2024-04-01 08:04:00 +0200"
+  endDate="2024-04-01 08:04:00 +0200" value="0.97"/>
+ <Correlation type="HKCorrelationTypeIdentifierBloodPressure" sourceName="Tensiomètre"
+  creationDate="2024-04-01 09:00:00 +0200" startDate="2024-04-01 09:00:00 +0200"
+  endDate="2024-04-01 09:00:00 +0200">
+  <Record type="HKQuantityTypeIdentifierBloodPressureSystolic" sourceName="Tensiomètre"
+   unit="mmHg" startDate="2024-04-01 09:00:00 +0200" endDate="2024-04-01 09:00:00 +0200"
+   value="128"/>
+  <Record type="HKQuantityTypeIdentifierBloodPressureDiastolic" sourceName="Tensiomètre"
+   unit="mmHg" startDate="2024-04-01 09:00:00 +0200" endDate="2024-04-01 09:00:00 +0200"
+   value="82"/>
+ </Correlation>
+ <Record type="HKCategoryTypeIdentifierSleepAnalysis" sourceName="Montre de Marie"
+  startDate="2024-03-31 23:40:00 +0200" endDate="2024-04-01 01:10:00 +0200"
+  value="HKCategoryValueSleepAnalysisAsleepCore"/>
+ <Record type="HKQuantityTypeIdentifierHeartRate" sourceName="Montre de Marie"
+  unit="count/min" startDate="yesterday" endDate="yesterday" value="70"/>
+ <Workout workoutActivityType="HKWorkoutActivityTypeWalking" duration="30"
+  startDate="2024-04-01 18:00:00 +0200" endDate="2024-04-01 18:30:00 +0200"/>
+</HealthData>
+"""
+
+
+def test_an_apple_health_export_is_read_as_a_stream_in_utc(tmp_path, new_store):
+    export = tmp_path / "export.xml"
+    export.write_text(APPLE_HEALTH)
+    report = ingest_devices(new_store, export, subject="p1")
+    counts = report.tables["device/sample"]
+    assert (counts.read, counts.accepted, counts.rejected) == (6, 5, 1)
+    assert any("1 Workout" in w for w in report.warnings)
+    events = new_store.timeline(new_store.lookup("device", "p1"))
+    by_code = {r["code"]: r for r in events.iter_rows(named=True)}
+    hr = by_code["LOINC/8867-4"]
+    assert hr["time"] == datetime(2024, 4, 1, 6, 0, 5) and hr["numeric_value"] == 72
+    assert hr["text_value"] == "Apple Watch"  # the model, never "Montre de Marie"
+    assert by_code["LOINC/59408-5"]["numeric_value"] == pytest.approx(97)
+    assert by_code["LOINC/8480-6"]["numeric_value"] == 128  # inside the correlation
+    assert by_code["LOINC/8462-4"]["numeric_value"] == 82
+    sleep = by_code["DEVICE/sleep_analysis"]
+    assert sleep["text_value"] == "asleep_core"
+    assert (sleep["time"], sleep["end_time"]) == (
+        datetime(2024, 3, 31, 21, 40),
+        datetime(2024, 3, 31, 23, 10),
+    )
+    stored = " ".join(new_store.scan().collect()["text_value"].drop_nulls())
+    assert "Marie" not in stored

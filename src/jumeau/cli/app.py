@@ -335,7 +335,7 @@ def ingest_devices_cmd(
     source: Annotated[
         str,
         typer.Argument(
-            help="A CSV/JSON/NDJSON stream (time, metric, value[, unit, device]) or a folder."
+            help="A CSV/JSON/NDJSON stream (time, metric, value[, unit, device]), an Apple Health export.xml, or a folder."
         ),
     ],
     store: StoreOpt,

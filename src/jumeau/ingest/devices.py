@@ -16,7 +16,7 @@ rows with unreadable times or values are rejected with their row number.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -176,6 +176,67 @@ def _long_rows(rows: list[dict], default_metric: str | None = None) -> tuple[lis
     return out, ignored
 
 
+#: Samples held before they are handed to the batch.
+_FLUSH_EVERY = 200_000
+#: An Apple Health record's device (``<<HKDevice: 0x...>, name:Apple Watch, ...>``): its name.
+_HK_DEVICE_NAME = re.compile(r"name:([^,>]+)")
+
+
+def _apple_health_rows(path: Path, warnings: list[str]) -> Iterator[dict]:
+    """An Apple Health ``export.xml``'s ``Record`` elements as long rows, streamed (an export
+    holds years of samples): quantities with their value and unit, categories (sleep analysis,
+    ...) with their state and end. The record's device is named by its model (``Apple
+    Watch``), never by its ``sourceName``, which carries the owner's name ("Marie's iPhone").
+    Workouts, activity summaries and the owner's profile (``Me``) are not read."""
+    from xml.etree.ElementTree import ParseError, iterparse
+
+    skipped: dict[str, int] = {}
+    try:
+        context = iterparse(path, events=("start", "end"))
+        _, root = next(context)
+        for kind_of_event, element in context:
+            if kind_of_event != "end":
+                continue
+            tag = element.tag
+            if tag == "Record":
+                kind = element.get("type", "")
+                device = _HK_DEVICE_NAME.search(element.get("device") or "")
+                row = {
+                    "time": _healthkit_time(element.get("startDate")),
+                    "metric": kind,
+                    "value": element.get("value"),
+                    "unit": element.get("unit"),
+                    "device": device.group(1).strip() if device else None,
+                }
+                if kind.startswith("HKCategoryTypeIdentifier"):
+                    # HKCategoryValueSleepAnalysisAsleepCore -> asleep_core
+                    category = kind.removeprefix("HKCategoryTypeIdentifier")
+                    state = str(element.get("value") or "")
+                    state = state.removeprefix("HKCategoryValue").removeprefix(category)
+                    row["state"] = metric_name(state)[0] or "recorded"
+                    row["end"] = _healthkit_time(element.get("endDate"))
+                yield row
+            elif tag in ("Workout", "ActivitySummary", "ClinicalRecord", "Me"):
+                skipped[tag] = skipped.get(tag, 0) + 1
+            else:
+                continue
+            root.clear()  # what is read is let go: the stream's memory stays flat
+    except (ParseError, StopIteration) as exc:
+        raise DeviceError(f"{path}: not a readable Apple Health export ({exc})") from exc
+    if skipped:
+        warnings.append(
+            f"{path.name}: not read: "
+            + ", ".join(f"{n:,} {tag}" for tag, n in sorted(skipped.items()))
+        )
+
+
+def _healthkit_time(text: str | None) -> str | None:
+    """``2019-01-01 10:00:00 +0100`` (HealthKit's form) as ISO 8601."""
+    if not text:
+        return None
+    return re.sub(r"\s+([+-]\d{2}):?(\d{2})$", r"\1:\2", text.strip())
+
+
 def _parse_time(text: str, zone: ZoneInfo | None) -> datetime:
     raw = str(text).strip()
     if re.fullmatch(r"\d{9,13}(\.\d+)?", raw):  # epoch seconds, or milliseconds past 1e11
@@ -198,13 +259,14 @@ def ingest_devices(
     timezone: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> IngestReport:
-    """Ingest device stream files (a file or a folder of .csv/.json/.ndjson) for one subject."""
+    """Ingest device stream files (a file or a folder of .csv/.json/.ndjson, or an Apple Health
+    ``export.xml``) for one subject."""
     source = Path(source)
     files = (
         sorted(
             f
             for f in source.iterdir()
-            if f.suffix.lower() in (".csv", ".json", ".ndjson", ".jsonl")
+            if f.suffix.lower() in (".csv", ".json", ".ndjson", ".jsonl", ".xml")
         )
         if source.is_dir()
         else [source]
@@ -217,8 +279,11 @@ def ingest_devices(
         for path in files:
             if progress:
                 progress(path.name)
-            named = metric_name(path.stem)[0]  # heart_rate.csv holding time,value rows
-            rows, ignored = _long_rows(_read(path), named if named in METRICS else None)
+            if path.suffix.lower() == ".xml":  # an Apple Health export, read as a stream
+                rows, ignored = _apple_health_rows(path, writer.report.warnings), []
+            else:
+                named = metric_name(path.stem)[0]  # heart_rate.csv holding time,value rows
+                rows, ignored = _long_rows(_read(path), named if named in METRICS else None)
             if ignored:
                 writer.report.warnings.append(
                     f"{path.name}: column(s) not read (not a known metric): {', '.join(ignored)}"
@@ -237,9 +302,10 @@ def ingest_devices(
                     if row["time"] in (None, ""):
                         raise ValueError("no time")
                     when = _parse_time(row["time"], zone)
-                    value = float(row["value"])
-                    if metric == "spo2" and value <= 1.0:  # HealthKit gives a fraction
-                        value *= 100
+                    state = row.get("state")  # a category sample (asleep, in bed...)
+                    value = None if state else float(row["value"])
+                    if metric == "spo2" and value is not None and value <= 1.0:
+                        value *= 100  # HealthKit gives a fraction
                 except (KeyError, ValueError, TypeError) as exc:
                     counts.rejected += 1
                     rejects.append((f"row {i}", f"{type(exc).__name__}: {exc}"))
@@ -259,13 +325,15 @@ def ingest_devices(
                 code, default_unit = METRICS.get(metric, (f"DEVICE/{metric}", None))
                 unit = str(row.get("unit") or default_unit or "") or None
                 us = epoch_us(when) + shift
+                until = row.get("end")
+                end_us = epoch_us(_parse_time(until, zone)) + shift if state and until else None
                 sample = event(
                     subject_id,
                     us,
                     code,
                     value,
-                    device or None,
-                    None,
+                    state or device or None,
+                    end_us,
                     "device",
                     "device/sample",
                     p.record_key("device/sample", f"{subject_id}#{device}#{metric}#{us}"),
@@ -274,6 +342,9 @@ def ingest_devices(
                 events.append(sample)
                 counts.accepted += 1
                 counts.events += 1
+                if len(events) >= _FLUSH_EVERY:  # a phone's years of samples run to millions
+                    writer.add_events(event_table(events))
+                    events = []
             if events:
                 writer.add_events(event_table(events))
             if rejects:
