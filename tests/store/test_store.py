@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import jumeau
@@ -127,6 +128,44 @@ def test_timelines_across_batches_and_row_groups_are_exact(new_store):
         expected = pl.from_arrow(store.timeline_arrow(int(sid), plain=True))
         assert frame.schema == expected.schema and frame.equals(expected)
         assert frame.schema["code"] == pl.String
+
+
+def test_a_subject_whose_events_span_many_chunks_is_read_whole(new_store, monkeypatch):
+    """A year of a watch's samples is one subject's run across many of the commit's chunks:
+    the index keeps it one run (a split run once made reads return its first part only)."""
+    from jumeau.store import writer
+
+    monkeypatch.setattr(writer, "ROW_GROUP_SIZE", 1_000)
+    rng = np.random.default_rng(5)
+    subjects = np.concatenate([np.full(7_500, 42), rng.integers(43, 60, 2_000), [7, 7]])
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(_events(subjects, rng.integers(0, 10**15, len(subjects))))
+        report = w.commit()
+    assert report.subjects == len(np.unique(subjects))
+    store = jumeau.open(new_store.root)
+    for sid in (42, 7, int(subjects[-3])):
+        assert store.timeline_arrow(sid).num_rows == int((subjects == sid).sum())
+    index = pl.read_parquet(next(new_store.root.glob("batches/*/subjects.parquet")))
+    assert index["subject_id"].is_unique().all()
+
+
+def test_an_index_with_a_split_run_written_before_the_fix_still_reads_whole(new_store):
+    subjects = np.concatenate([np.full(3_000, 42), [50, 50]])
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(_events(subjects, np.arange(len(subjects)) * 10**6))
+        w.commit()
+    path = next(new_store.root.glob("batches/*/subjects.parquet"))
+    split = pa.table(  # as the earlier writer left a run spanning three chunks
+        {
+            "subject_id": [42, 42, 42, 50],
+            "start": [0, 1_000, 2_000, 3_000],
+            "count": [1_000] * 3 + [2],
+        }
+    )
+    pq.write_table(split.cast(pq.read_schema(path)), path)
+    store = jumeau.open(new_store.root)
+    assert store.timeline_arrow(42).num_rows == 3_000
+    assert store.timeline_arrow(50).num_rows == 2
 
 
 def test_a_batch_sorted_one_subject_range_at_a_time_is_one_sorted_batch(new_store, monkeypatch):

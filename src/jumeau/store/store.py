@@ -62,13 +62,18 @@ class _MappedBatch:
         sizes = np.array([b.num_rows for b in batches], dtype=np.int64)
         index = pq.read_table(folder / layout.SUBJECTS_INDEX)
         amended = folder / layout.SUPERSEDED_FILE
+        ids, starts, counts = _joined_runs(
+            index.column("subject_id").to_numpy(),
+            index.column("start").to_numpy(),
+            index.column("count").to_numpy(),
+        )
         return cls(
             id=folder.name,
             batches=batches,
             batch_starts=np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else sizes,
-            subject_ids=index.column("subject_id").to_numpy(),
-            starts=index.column("start").to_numpy(),
-            counts=index.column("count").to_numpy(),
+            subject_ids=ids,
+            starts=starts,
+            counts=counts,
             current=reader.schema.equals(STORED_EVENT_SCHEMA),
             superseded=pq.read_table(amended).combine_chunks() if amended.exists() else None,
         )
@@ -111,6 +116,19 @@ class _MappedBatch:
         if self.current:
             return pa.Table.from_batches(parts, schema=STORED_EVENT_SCHEMA)
         return pa.Table.from_batches(parts).cast(STORED_EVENT_SCHEMA)
+
+
+def _joined_runs(
+    ids: np.ndarray, starts: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A subject index with each subject's consecutive runs joined into one. Writers before
+    2026-12-02 split the run of a subject whose events spanned three or more of the commit's
+    chunks (a year of a watch's samples), and a read then found only the first part."""
+    if len(ids) < 2 or not (ids[1:] == ids[:-1]).any():
+        return ids, starts, counts
+    first = np.concatenate(([True], ids[1:] != ids[:-1]))
+    totals = np.add.reduceat(counts, np.flatnonzero(first))
+    return ids[first], starts[first], totals.astype(np.int64)
 
 
 _PA_MAJOR = int(pa.__version__.split(".")[0])

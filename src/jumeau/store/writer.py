@@ -501,14 +501,15 @@ class _SubjectRuns:
         if len(subject_ids) == 0:
             return
         steps = np.diff(subject_ids)
-        if (steps < 0).any() or (self._last is not None and subject_ids[0] < self._last):
+        previous = self._last
+        if (steps < 0).any() or (previous is not None and subject_ids[0] < previous):
             raise layout.StoreError("internal error: events reached the batch out of subject order")
         self._last = subject_ids[-1]
         change = np.flatnonzero(steps) + 1
         starts = np.concatenate(([0], change))
         ids = subject_ids[starts]
-        if self._ids and len(self._ids[-1]) and self._ids[-1][-1] == ids[0]:
-            ids, starts = ids[1:], starts[1:]
+        if previous is not None and previous == ids[0]:  # the last subject goes on (a subject
+            ids, starts = ids[1:], starts[1:]  # of many chunks: each continues the run)
         self._ids.append(ids)
         self._starts.append(starts + offset)
         self._end = offset + len(subject_ids)
