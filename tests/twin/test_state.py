@@ -210,6 +210,9 @@ def test_unit_conversion_over_arrays_matches_one_value_at_a_time():
         ("hba1c", 53, "mmol/mol{Hb}", 7.0),
         ("glucose", 90, "mg/dL{fasting}", 5.0),
         ("heart_rate", 70, "/min{beats}", 70),
+        ("heart_rate", 72, "count/min", 72),  # HealthKit's unit
+        ("respiratory_rate", 14, "count/min", 14),
+        ("glucose", 5.5, "mmol<180.1558800000541>/L", 5.5),  # HealthKit's molar glucose
     ],
 )
 def test_the_units_exports_write_are_converted(variable, value, unit, expected):

@@ -87,10 +87,13 @@ def _unit_key(unit: str | None) -> str:
     return key.replace("micro", "u").replace("µ", "u").replace("μ", "u")
 
 
-#: A UCUM annotation (``%{HbA1c}``, ``{beats}/min``): words in braces that name, not scale.
-_UCUM_ANNOTATION = re.compile(r"\{[^}]*\}")
+#: A UCUM annotation (``%{HbA1c}``, ``{beats}/min``): words in braces that name, not scale;
+#: and HealthKit's molar mass of a unit (``mmol<180.1558800000541>/L``, blood glucose).
+_UCUM_ANNOTATION = re.compile(r"\{[^}]*\}|<[0-9.]+>")
 
 
+#: A rate per minute as exports write it (HealthKit's ``count/min``, UCUM's ``{beats}/min``).
+_PER_MINUTE = ("bpm", "{beats}/min", "beats/min", "1/min", "{bpm}", "count/min", "breaths/min")
 MG_DL_TO_MMOL_GLUCOSE = 1 / 18.016
 MG_DL_TO_MMOL_CHOLESTEROL = 1 / 38.67
 MG_DL_TO_MMOL_TRIGLYCERIDES = 1 / 88.57
@@ -155,7 +158,7 @@ CATALOGUE: dict[str, Variable] = {
             ["LOINC/8867-4", "LOINC/8889-8", "LOINC/8893-0", "SNOMED/364075005", "OMOP/3027018"],
             20,
             250,
-            dict.fromkeys(("bpm", "{beats}/min", "beats/min", "1/min", "{bpm}"), _scale(1)),
+            dict.fromkeys(_PER_MINUTE, _scale(1)),
             8,
             4,
             75,
@@ -249,7 +252,7 @@ CATALOGUE: dict[str, Variable] = {
             ["LOINC/9279-1", "OMOP/3024171"],
             4,
             60,
-            {},
+            dict.fromkeys(_PER_MINUTE, _scale(1)),
             2,
             1,
             15,
