@@ -231,3 +231,13 @@ def test_an_apple_health_export_is_read_as_a_stream_in_utc(tmp_path, new_store):
     )
     stored = " ".join(new_store.scan().collect()["text_value"].drop_nulls())
     assert "Marie" not in stored
+
+
+def test_a_watchs_samples_feed_the_twin_in_healthkits_units(tmp_path, new_store):
+    export = tmp_path / "export.xml"
+    export.write_text(APPLE_HEALTH)
+    ingest_devices(new_store, export, subject="p1")
+    twin = new_store.twin(new_store.lookup("device", "p1"), as_of=datetime(2024, 4, 2))
+    assert twin.variables["heart_rate"].values.tolist() == [72.0]  # count/min
+    assert twin.variables["spo2"].values.tolist() == [97.0]
+    assert twin.variables["sbp"].values.tolist() == [128.0]
