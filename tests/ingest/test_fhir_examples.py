@@ -268,3 +268,24 @@ def test_a_problem_begun_in_words_takes_that_date(tmp_path, new_store):
     (tmp_path / "c.ndjson").write_text(json.dumps(condition) + "\n")
     ingest_fhir(new_store, tmp_path / "c.ndjson")
     assert timeline(new_store, "p1")["time"].to_list() == [datetime(2003, 3, 1)]
+
+
+def test_a_text_concept_naming_its_patient_is_scrubbed_of_the_name(tmp_path, new_store):
+    patient = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "name": [{"family": "Dupont", "given": ["Marie"]}],
+    }
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "onsetDateTime": "2020-01-01",
+        "code": {"text": "Chest pain, Marie Dupont's own words"},
+    }
+    (tmp_path / "e.ndjson").write_text(json.dumps(condition) + "\n" + json.dumps(patient) + "\n")
+    ingest_fhir(new_store, tmp_path / "e.ndjson")
+    codes = timeline(new_store, "p1").filter(pl.col("domain") == "condition")["code"].to_list()
+    assert codes == ["TEXT/Chest pain, [NAME] [NAME]'s own words"]
+    stored = " ".join(new_store.code_descriptions().values()) + " ".join(codes)
+    assert "Dupont" not in stored and "Marie" not in stored

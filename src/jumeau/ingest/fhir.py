@@ -802,9 +802,14 @@ class _FhirMapper:
         rtype = res["resourceType"]
         subject_id, shift = subject
         record = f"{rtype}/{res.get('id', '')}{part}"
+        names, numbers = self.private.get(subject_id, ((), ()))
         if text:
-            names, numbers = self.private.get(subject_id, ((), ()))
             text = redact(text, names, numbers)
+        if code.startswith("TEXT/"):  # a concept typed in free text may name the patient
+            scrubbed = redact(code, names, numbers)
+            if scrubbed != code:
+                code = scrubbed
+                self.displays.setdefault(code, code.removeprefix("TEXT/"))
         self.events.add(
             subject_id=subject_id,
             time=None if time is None else time + shift,
