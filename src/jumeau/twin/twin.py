@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -471,6 +472,7 @@ def observations(
     codes read through their ``ancestors``, see :func:`code_index`)."""
     index = code_index(catalogue, ancestors)
     out: dict[str, tuple[list, list, list]] = {}
+    converters: dict[tuple[str, str | None], Callable[[float], float] | None] = {}
     for r in rows:
         name = index.get(r["code"])
         if name is None or r["numeric_value"] is None or r["time"] is None:
@@ -480,7 +482,10 @@ def observations(
         var = catalogue[name]
         times, values, flagged = out.setdefault(name, ([], [], []))
         value, unit, time = r["numeric_value"], r["unit"], r["time"]
-        converted = var.to_canonical(value, unit)
+        if (name, unit) not in converters:  # a watch's million samples share one unit
+            converters[name, unit] = var.converter(unit)
+        convert = converters[name, unit]
+        converted = None if convert is None else convert(value)
         if converted is None:
             flagged.append(
                 {
