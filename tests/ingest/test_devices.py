@@ -241,3 +241,23 @@ def test_a_watchs_samples_feed_the_twin_in_healthkits_units(tmp_path, new_store)
     assert twin.variables["heart_rate"].values.tolist() == [72.0]  # count/min
     assert twin.variables["spo2"].values.tolist() == [97.0]
     assert twin.variables["sbp"].values.tolist() == [128.0]
+
+
+def test_an_export_cut_short_keeps_the_samples_before_the_cut(tmp_path, new_store):
+    export = tmp_path / "export.xml"
+    export.write_text(APPLE_HEALTH[: APPLE_HEALTH.index(" <Correlation")] + ' <Record type="HKQ')
+    report = ingest_devices(new_store, export, subject="p1")
+    assert report.tables["device/sample"].accepted == 2  # the heart rate and the SpO2
+    (reject,) = new_store.rejects().select("record", "reason").rows()
+    assert reject[0] == "after sample 2" and "cannot be read further" in reject[1]
+
+
+def test_a_folder_keeps_its_readable_streams_and_rejects_a_broken_file_alone(tmp_path, new_store):
+    folder = tmp_path / "streams"
+    folder.mkdir()
+    (folder / "heart_rate.csv").write_text("time,value\n2024-03-01T08:00:00Z,61\n")
+    (folder / "broken.json").write_text('{"data": [{"time": ')
+    report = ingest_devices(new_store, folder, subject="p1")
+    assert report.tables["device/sample"].accepted == 1
+    (reject,) = new_store.rejects().select("file", "reason").rows()
+    assert reject[0].endswith("broken.json") and "invalid JSON" in reject[1]

@@ -176,6 +176,8 @@ def _long_rows(rows: list[dict], default_metric: str | None = None) -> tuple[lis
     return out, ignored
 
 
+#: The key of the row that ends a stream cut short, with the reason.
+_CUT_SHORT = "cut_short"
 #: Samples held before they are handed to the batch.
 _FLUSH_EVERY = 200_000
 #: An Apple Health record's device (``<<HKDevice: 0x...>, name:Apple Watch, ...>``): its name.
@@ -187,7 +189,8 @@ def _apple_health_rows(path: Path, warnings: list[str]) -> Iterator[dict]:
     holds years of samples): quantities with their value and unit, categories (sleep analysis,
     ...) with their state and end. The record's device is named by its model (``Apple
     Watch``), never by its ``sourceName``, which carries the owner's name ("Marie's iPhone").
-    Workouts, activity summaries and the owner's profile (``Me``) are not read."""
+    Workouts, activity summaries and the owner's profile (``Me``) are not read. An export cut
+    short ends with a row naming the problem (``cut_short``)."""
     from xml.etree.ElementTree import ParseError, iterparse
 
     skipped: dict[str, int] = {}
@@ -222,7 +225,7 @@ def _apple_health_rows(path: Path, warnings: list[str]) -> Iterator[dict]:
                 continue
             root.clear()  # what is read is let go: the stream's memory stays flat
     except (ParseError, StopIteration) as exc:
-        raise DeviceError(f"{path}: not a readable Apple Health export ({exc})") from exc
+        yield {_CUT_SHORT: f"the export cannot be read further ({exc or 'empty file'})"}
     if skipped:
         warnings.append(
             f"{path.name}: not read: "
@@ -283,7 +286,17 @@ def ingest_devices(
                 rows, ignored = _apple_health_rows(path, writer.report.warnings), []
             else:
                 named = metric_name(path.stem)[0]  # heart_rate.csv holding time,value rows
-                rows, ignored = _long_rows(_read(path), named if named in METRICS else None)
+                try:
+                    read = _read(path)
+                except DeviceError as exc:
+                    if not source.is_dir():
+                        raise
+                    # one unreadable file of a folder is rejected; the others are kept
+                    writer.add_rejects(
+                        reject_table("device/file", str(path), [("whole file", str(exc))])
+                    )
+                    continue
+                rows, ignored = _long_rows(read, named if named in METRICS else None)
             if ignored:
                 writer.report.warnings.append(
                     f"{path.name}: column(s) not read (not a known metric): {', '.join(ignored)}"
@@ -293,6 +306,9 @@ def ingest_devices(
             last: dict[tuple, datetime] = {}
             events, rejects, duplicates, jumps = [], [], 0, []
             for i, row in enumerate(rows, start=1):
+                if _CUT_SHORT in row:  # an export cut short keeps the samples before the cut
+                    rejects.append((f"after sample {i - 1}", row[_CUT_SHORT]))
+                    break
                 counts.read += 1
                 metric = metric_name(row.get("metric") or "")[0]
                 device = str(row.get("device") or "")
