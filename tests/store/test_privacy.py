@@ -215,3 +215,24 @@ def test_date_shifting_is_consistent_per_patient(tmp_path, eunomia):
     assert per_subject["n"].max() == 1
     assert per_subject["delta"].abs().max() <= 365
     assert per_subject["delta"].n_unique() > 100
+
+
+def test_a_rejected_file_named_after_its_patient_leaves_no_name_in_the_store(
+    tmp_path, synthea_dir, new_store
+):
+    """Synthea names each bundle after its patient (``Elsa_Vargas_<patient id>.json``): the
+    rejects keep the file's path sealed, the reasons name no path, and a key holder reads the
+    path back."""
+    folder = tmp_path / "Dupont_cohort"
+    folder.mkdir()
+    bundle = sorted(synthea_dir.glob("*.json"))[0]
+    broken = folder / bundle.name
+    broken.write_bytes(bundle.read_bytes()[:4000])  # cut short: not JSON
+    report = ingest_fhir(new_store, folder)
+    assert report.rejects_written == 1
+    (path,) = new_store.rejects()["file"].to_list()
+    assert path == str(broken)
+    stem, patient_id = bundle.stem, bundle.stem.rsplit("_", 1)[-1]
+    raw = b"".join(p.read_bytes() for p in new_store.root.rglob("*") if p.is_file())
+    for secret in (stem, patient_id, "Dupont_cohort"):
+        assert secret.encode() not in raw

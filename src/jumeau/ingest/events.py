@@ -67,8 +67,17 @@ def reject_table(source: str, file: str, rejects: list[tuple[str, str]]) -> pa.T
             "source": [source] * len(rejects),
             "file": [file] * len(rejects),
             "record": [r for r, _ in rejects],
-            "reason": [m for _, m in rejects],
+            "reason": [_without_path(m, file) for _, m in rejects],
             "record_key": pa.nulls(len(rejects), pa.int64()),
         },
         schema=REJECT_SCHEMA,
     )
+
+
+def _without_path(reason: str, file: str) -> str:
+    """A reason without the file's path (the reject's ``file`` holds it, sealed: a path may
+    carry a patient's name, a reason is kept readable)."""
+    stem = file.rsplit(".", 1)[0] if "." in file.rsplit("/", 1)[-1] else file
+    for named in (f"{file}: ", f"{stem}: "):
+        reason = reason.removeprefix(named)
+    return reason.replace(file, "the file").replace(stem, "the record")

@@ -7,6 +7,7 @@ user gives. Whoever holds it can recompute a subject's pseudonym from a source i
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -20,6 +21,8 @@ import pyarrow as pa
 from jumeau._duck import sql_string
 
 _SUBJECT_MASK = (1 << 63) - 1
+#: The prefix of a text sealed by :meth:`Pseudonymiser.seal`.
+SEALED = "sealed:"
 _US_PER_DAY = 86_400_000_000
 
 
@@ -85,12 +88,18 @@ class Pseudonymiser:
     #: pseudonyms already computed: a FHIR export names the same few patients in every resource
     _subjects: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _shifts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _siv: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # copying the keyed state skips re-deriving the padded keys for every id
         object.__setattr__(self, "_keyed", hmac.new(self.key, digestmod=hashlib.sha256))
         salt = hmac.new(self.key, b"record-salt", hashlib.sha256).hexdigest()[:24]
         object.__setattr__(self, "_salt", salt)
+        from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+        object.__setattr__(
+            self, "_siv", AESSIV(hmac.new(self.key, b"seal", hashlib.sha512).digest())
+        )
 
     def _mac(self, label: str, source: str, source_id: str) -> bytes:
         mac = self._keyed.copy()
@@ -189,6 +198,28 @@ class Pseudonymiser:
     def audit_key(self) -> bytes:
         """The key that chains the audit trail's entries (:mod:`jumeau.store.audit`)."""
         return hmac.new(self.key, b"audit", hashlib.sha256).digest()
+
+    def seal(self, text: str | None) -> str | None:
+        """``text`` (a source file's path, which may carry a patient's name: Synthea names its
+        bundles after their patient) encrypted deterministically under the store secret
+        (AES-SIV): the same path seals the same way, so rejects still compare across batches,
+        and only a key holder reads it back (:meth:`unseal`)."""
+        if text is None or text.startswith(SEALED):
+            return text
+        token = base64.urlsafe_b64encode(self._siv.encrypt(text.encode(), None)).decode()
+        return SEALED + token
+
+    def unseal(self, text: str | None) -> str | None:
+        """The text :meth:`seal` sealed (other text unchanged)."""
+        if text is None or not text.startswith(SEALED):
+            return text
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            data = self._siv.decrypt(base64.urlsafe_b64decode(text[len(SEALED) :]), None)
+        except (InvalidTag, ValueError) as exc:
+            raise PermissionError("the store key does not open this sealed text") from exc
+        return data.decode()
 
     def vault_key(self) -> bytes:
         """The Fernet key that encrypts the identity vault."""

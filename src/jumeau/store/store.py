@@ -519,11 +519,20 @@ class Store:
             con.close()
 
     def rejects(self) -> pl.DataFrame:
-        """Every rejected record with its reason."""
+        """Every rejected record with its reason and its file (the store keeps file paths sealed;
+        reading them back needs the store's key)."""
         files = [str(p) for p in self.batch_files(layout.REJECTS_PARQUET)]
         if not files:
             return pl.from_arrow(REJECT_SCHEMA.empty_table())  # type: ignore[return-value]
-        return pl.read_parquet(files)
+        rejects = pl.read_parquet(files)
+        # the file paths are sealed in the store (a file may be named after its patient); without
+        # the key they stay sealed
+        try:
+            unseal = self.pseudonymiser.unseal
+        except keys.StoreKeyError:
+            return rejects
+        paths = {f: unseal(f) for f in rejects["file"].unique().to_list()}
+        return rejects.with_columns(pl.col("file").replace_strict(paths, return_dtype=pl.String))
 
     def stats(self) -> dict:
         """Subjects, events, events by domain and source, rejects, batches, records amended

@@ -185,9 +185,18 @@ class BatchWriter:
             write_vault(
                 self.dir / layout.VAULT_FILE, identities, self.store.pseudonymiser.vault_key()
             )
-        (self.dir / layout.REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+        (self.dir / layout.REPORT_FILE).write_text(json.dumps(self._stored_report(), indent=2))
         self._publish()
         return report
+
+    def _stored_report(self) -> dict:
+        """The report as the store keeps it: the source's path and the warnings (which name
+        files) sealed, since a file may be named after its patient."""
+        seal = self.store.pseudonymiser.seal
+        stored = self.report.to_dict()
+        stored["source"] = seal(stored["source"])
+        stored["warnings"] = [seal(w) for w in stored["warnings"]]
+        return stored
 
     def _kept_identities(self) -> pa.Table | None:
         """The batch's identities, less those of subjects who withdrew (None: nothing to keep)."""
@@ -339,12 +348,23 @@ class BatchWriter:
                 "AND e.reason = r.reason)"
             )
         out = self.dir / layout.REJECTS_PARQUET
+        con.register("raw_rejects", self._sealed_files(pq.read_table(raw)))
         run(
             con,
-            f"COPY (SELECT r.* FROM read_parquet('{raw}') r {new_filter}) TO '{out}' "
+            f"COPY (SELECT r.* FROM raw_rejects r {new_filter}) TO '{out}' "
             "(FORMAT parquet, COMPRESSION zstd)",
         )
+        con.unregister("raw_rejects")
         return scalar(con, f"SELECT count(*) FROM read_parquet('{out}')")
+
+    def _sealed_files(self, rejects: pa.Table) -> pa.Table:
+        """Rejects with their file paths sealed (see :meth:`Pseudonymiser.seal`): one seal per
+        distinct file, however many of its records were rejected."""
+        files = rejects.column("file").combine_chunks().dictionary_encode()
+        seal = self.store.pseudonymiser.seal
+        sealed = pa.array([seal(f) for f in files.dictionary.to_pylist()], pa.string())
+        column = pa.DictionaryArray.from_arrays(files.indices, sealed).cast(pa.string())
+        return rejects.set_column(rejects.schema.get_field_index("file"), "file", column)
 
     def _write_codes(self, con: duckdb.DuckDBPyConnection) -> None:
         events = self.dir / layout.EVENTS_PARQUET
@@ -369,7 +389,7 @@ class BatchWriter:
             {
                 "id": self.batch_id,
                 "source_kind": self.report.source_kind,
-                "source": self.report.source,
+                "source": self.store.pseudonymiser.seal(self.report.source),
                 "events": self.report.events_written,
                 "rejects": self.report.rejects_written,
                 "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
