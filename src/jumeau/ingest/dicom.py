@@ -152,7 +152,7 @@ def ingest_dicom(
                     ds.get("SeriesDescription", "") or ds.get("StudyDescription", "") or ""
                 ).strip(),
                 "body_part": str(ds.get("BodyPartExamined", "") or "").strip(),
-                "path": str(path.relative_to(base)),
+                "path": p.seal(str(path.relative_to(base))),  # a folder may name its patient
                 "sha256": digest,
             }
             text = ";".join(f"{k}={v}" for k, v in details.items() if v)
@@ -257,7 +257,7 @@ def _waveforms(
             fs=fs,
             channels=channels,
             digital=raw.astype(np.int32),
-            source=f"dicom/{path.name}#{g}",
+            source=f"dicom/{p.seal(path.name)}#{g}",
         )
         rows.append(
             event(

@@ -136,7 +136,7 @@ def _ingest_file(writer: BatchWriter, path: Path, subject: str | None, subject_s
                     fs=fs,
                     channels=channels,
                     digital=np.column_stack([c[lo:hi] for c in columns]),
-                    source=f"edf/{path.name}",
+                    source=f"edf/{p.seal(path.name)}",  # a file may be named after its patient
                 )
                 rows.append(
                     event(

@@ -160,7 +160,7 @@ def _ingest_record(
             fs=rate,
             channels=[channels[i] for i in members],
             digital=np.column_stack([samples[i] for i in members]),
-            source=f"wfdb/{path.name}",
+            source=f"wfdb/{p.seal(path.name)}",  # a record may be named after its patient
         )
         duration = timedelta(seconds=record.sig_len / record.fs)
         rows.append(
