@@ -1,5 +1,5 @@
 """Connected-device streams (heart rate, steps, SpO2, glucose, blood-pressure cuffs...) from CSV,
-JSON or NDJSON, at second-to-minute scale.
+JSON or NDJSON, or an Apple Health ``export.xml`` (streamed), at second-to-minute scale.
 
 A stream is long-format rows ``time, metric, value[, unit][, device]``, or a wide export with
 one column per metric (a blood-pressure cuff's ``Date, Systolic, Diastolic, Pulse``, a CGM's
