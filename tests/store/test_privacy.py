@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -236,3 +237,34 @@ def test_a_rejected_file_named_after_its_patient_leaves_no_name_in_the_store(
     raw = b"".join(p.read_bytes() for p in new_store.root.rglob("*") if p.is_file())
     for secret in (stem, patient_id, "Dupont_cohort"):
         assert secret.encode() not in raw
+
+
+def test_paths_a_store_kept_plain_before_are_sealed_at_the_next_commit(
+    tmp_path, synthea_dir, new_store
+):
+    folder = tmp_path / "Dupont_cohort"
+    folder.mkdir()
+    bundle = sorted(synthea_dir.glob("*.json"))[0]
+    (folder / bundle.name).write_bytes(bundle.read_bytes()[:4000])
+    ingest_fhir(new_store, folder)
+    # the batch as the writer left it before paths were sealed
+    unseal = new_store.pseudonymiser.unseal
+    (batch,) = new_store.root.glob("batches/*")
+    rejects = pq.read_table(batch / "rejects.parquet")
+    plain = pa.array([unseal(f) for f in rejects.column("file").to_pylist()])
+    pq.write_table(rejects.set_column(1, "file", plain), batch / "rejects.parquet")
+    manifest = json.loads((new_store.root / "manifest.json").read_text())
+    manifest["batches"][0]["source"] = str(folder)
+    (new_store.root / "manifest.json").write_text(json.dumps(manifest))
+    report = json.loads((batch / "report.json").read_text())
+    (batch / "report.json").write_text(json.dumps({**report, "source": str(folder)}))
+    assert b"Dupont_cohort" in (new_store.root / "manifest.json").read_bytes()
+
+    second = tmp_path / "second"
+    second.mkdir()
+    shutil.copy(sorted(synthea_dir.glob("*.json"))[1], second / "b.json")
+    ingest_fhir(jumeau.open(new_store.root), second)
+
+    raw = b"".join(p.read_bytes() for p in new_store.root.rglob("*") if p.is_file())
+    assert b"Dupont_cohort" not in raw and bundle.stem.encode() not in raw
+    assert jumeau.open(new_store.root).rejects()["file"].to_list() == [str(folder / bundle.name)]

@@ -159,6 +159,7 @@ class BatchWriter:
         """Deduplicate, sort and publish the batch; a batch that adds nothing is dropped."""
         self._close_writers()
         self._drop_known_signals()
+        self._seal_earlier_batches()
         con = connect(self.dir / "tmp")
         try:
             written, present, subjects = self._write_events(con)
@@ -188,6 +189,34 @@ class BatchWriter:
         (self.dir / layout.REPORT_FILE).write_text(json.dumps(self._stored_report(), indent=2))
         self._publish()
         return report
+
+    def _seal_earlier_batches(self) -> None:
+        """Seal the file paths of batches committed before paths were sealed (their rejects,
+        report and manifest entry), once, under the store's lock. Each file is replaced whole;
+        sealing what is sealed changes nothing, so a commit killed half-way is finished by the
+        next."""
+        root, seal = self.store.root, self.store.pseudonymiser.seal
+        manifest = layout.Manifest.read(root)
+        legacy = [
+            b for b in manifest.batches if b.get("source") and b["source"] != seal(b["source"])
+        ]
+        for entry in legacy:
+            folder = root / layout.BATCHES_DIR / entry["id"]
+            rejects = folder / layout.REJECTS_PARQUET
+            if rejects.exists():
+                tmp = rejects.with_name(f".{rejects.name}.tmp")
+                pq.write_table(self._sealed_files(pq.read_table(rejects)), tmp, compression="zstd")
+                os.replace(tmp, rejects)
+            report = folder / layout.REPORT_FILE
+            if report.exists():
+                stored = json.loads(report.read_text())
+                stored["source"] = seal(stored.get("source"))
+                stored["warnings"] = [seal(w) for w in stored.get("warnings", [])]
+                layout.write_json_atomic(report, stored)
+            entry["source"] = seal(entry["source"])
+        if legacy:
+            manifest.write(root)
+            self.store.refresh()
 
     def _stored_report(self) -> dict:
         """The report as the store keeps it: the source's path and the warnings (which name
