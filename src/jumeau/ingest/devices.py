@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import polars as pl
 
-from jumeau.ingest.events import epoch_us, event, event_table, reject_table
+from jumeau.ingest.events import epoch_us, event, event_table, reject_file, reject_table
 from jumeau.store import BatchWriter, IngestReport, Store
 
 METRICS: dict[str, tuple[str, str]] = {
@@ -292,9 +292,7 @@ def ingest_devices(
                     if not source.is_dir():
                         raise
                     # one unreadable file of a folder is rejected; the others are kept
-                    writer.add_rejects(
-                        reject_table("device/file", str(path), [("whole file", str(exc))])
-                    )
+                    reject_file(writer, "device/file", path, str(exc))
                     continue
                 rows, ignored = _long_rows(read, named if named in METRICS else None)
             if ignored:

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from jumeau.ingest.events import epoch_us, event, event_table, reject_table
+from jumeau.ingest.events import epoch_us, event, event_table, reject_file
 from jumeau.signals.store import Channel, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -80,10 +80,6 @@ def _utc_offset(text: str) -> timedelta:
     return sign * timedelta(hours=int(text[1:3]), minutes=int(text[3:5]))
 
 
-def _reject(writer: BatchWriter, path: Path, reason: str) -> None:
-    writer.add_rejects(reject_table("dicom/file", str(path), [("whole file", reason)]))
-
-
 def ingest_dicom(
     store: Store,
     source: str | Path,
@@ -116,7 +112,9 @@ def ingest_dicom(
             except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
                 counts.read += 1
                 counts.rejected += 1
-                _reject(writer, path, f"not a readable DICOM file ({type(exc).__name__})")
+                reject_file(
+                    writer, "dicom/file", path, f"not a readable DICOM file ({type(exc).__name__})"
+                )
                 continue
             if _is_dicomdir(ds):  # a medium's index: its instances are in their own files
                 writer.report.unhandled["DICOMDIR"] = writer.report.unhandled.get("DICOMDIR", 0) + 1
@@ -126,8 +124,9 @@ def ingest_dicom(
             when = _when(ds)
             if missing or when is None:
                 counts.rejected += 1
-                _reject(
+                reject_file(
                     writer,
+                    "dicom/file",
                     path,
                     f"missing required tag(s) {', '.join(missing)}"
                     if missing

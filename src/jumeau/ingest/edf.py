@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jumeau.ingest.edf_records import DiscontinuousReader, EdfRecordError, segments
-from jumeau.ingest.events import epoch_us, event, event_table, reject_table
+from jumeau.ingest.events import epoch_us, event, event_table, reject_file
 from jumeau.signals.store import Channel, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -64,7 +64,7 @@ def ingest_edf(
                     raise
                 # one unreadable recording of a folder is rejected; the others are kept
                 counts.rejected += 1
-                writer.add_rejects(reject_table("edf/file", str(path), [("whole file", str(exc))]))
+                reject_file(writer, "edf/file", path, str(exc))
         return writer.commit()
 
 

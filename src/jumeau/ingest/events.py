@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from jumeau.model import CONNECTOR_SCHEMA, REJECT_SCHEMA
+
+if TYPE_CHECKING:
+    from jumeau.store import BatchWriter
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -72,6 +77,14 @@ def reject_table(source: str, file: str, rejects: list[tuple[str, str]]) -> pa.T
         },
         schema=REJECT_SCHEMA,
     )
+
+
+def reject_file(
+    writer: BatchWriter, source: str, path: str | Path, reason: str, record: str = "whole file"
+) -> None:
+    """Reject a whole file (or record) of a source that could not be read at all: the batch
+    keeps the rest."""
+    writer.add_rejects(reject_table(source, str(path), [(record, reason)]))
 
 
 def _without_path(reason: str, file: str) -> str:

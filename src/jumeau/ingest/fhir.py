@@ -33,6 +33,8 @@ _US_PER_DAY = 86_400_000_000
 _READ_AHEAD_TYPES = ("Patient", "Medication", "Encounter", "Specimen", "DiagnosticReport")
 #: What an NDJSON line read ahead names (a panel's Observation lists its members).
 _READ_AHEAD = (*(f'"{name}"'.encode() for name in _READ_AHEAD_TYPES), b'"hasMember"')
+#: When an Observation was made: its effective[x].
+_EFFECTIVE = ("effectiveDateTime", "effectivePeriod", "effectiveInstant")
 #: Panels within panels followed up to this depth for a result's time.
 _LISTING_DEPTH = 8
 #: Bytes of a JSON file looked at for its resource type before it is read ahead.
@@ -410,9 +412,7 @@ class _FhirMapper:
         if not res.get("id"):
             return
         try:
-            start, _ = self._period(
-                res, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"
-            )
+            start, _ = self._period(res, *_EFFECTIVE, "issued")
         except FhirError:
             start = None  # the lister itself is rejected, with the reason, when it is mapped
         lister = f"{res['resourceType']}/{res['id']}"
@@ -475,13 +475,12 @@ class _FhirMapper:
                     names.update(part.split())
         numbers = set()
         for identifier in _objects(res.get("identifier")):
-            value, system = identifier.get("value"), identifier.get("system")
-            if not isinstance(value, str):
+            key = _identifier_key(identifier)
+            if key is None:
                 continue
-            numbers.add(value)
-            self.patients_by_identifier.setdefault(value, res["id"])
-            if isinstance(system, str):
-                self.patients_by_identifier.setdefault(f"{system}|{value}", res["id"])
+            numbers.add(identifier["value"])  # a reference may name the value alone
+            self.patients_by_identifier.setdefault(identifier["value"], res["id"])
+            self.patients_by_identifier.setdefault(key, res["id"])
         subject_id = self.p.subject_id(self.ns, res["id"])
         self.private[subject_id] = (names, numbers | {res["id"]})
         self.patients.add(res["id"])
@@ -1015,17 +1014,12 @@ class _FhirMapper:
 
     def _observation(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start, end = self._period(res, "effectiveDateTime", "effectivePeriod", "effectiveInstant")
+        start, end = self._period(res, *_EFFECTIVE)
         if start is None:
             start = self._collected(res)
         if start is None:
             start, end = self._timed(
-                res,
-                "effectiveDateTime",
-                "effectivePeriod",
-                "effectiveInstant",
-                "issued",
-                also=", its specimen's collection, its report's time",
+                res, *_EFFECTIVE, "issued", also=", its specimen's collection, its report's time"
             )
         categories = {c.get("code") for cat in res.get("category") or [] for c in _codings(cat)}
         domain = "measurement" if categories & {"vital-signs", "laboratory"} else "observation"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jumeau.ingest.events import epoch_us, event, event_table, reject_table
+from jumeau.ingest.events import epoch_us, event, event_table, reject_file, reject_table
 from jumeau.signals.store import MISSING, Channel, digitize, write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -100,9 +100,7 @@ def ingest_wfdb(
                     raise
                 # one unreadable record of a folder is rejected; the others are kept
                 counts.rejected += 1
-                writer.add_rejects(
-                    reject_table("wfdb/record", f"{path}.hea", [("whole record", str(exc))])
-                )
+                reject_file(writer, "wfdb/record", f"{path}.hea", str(exc), "whole record")
                 continue
             counts.accepted += 1
             counts.events += record_events

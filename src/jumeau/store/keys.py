@@ -223,8 +223,6 @@ class Pseudonymiser:
 
     def vault_key(self) -> bytes:
         """The Fernet key that encrypts the identity vault."""
-        import base64
-
         return base64.urlsafe_b64encode(hmac.new(self.key, b"vault", hashlib.sha256).digest())
 
 

@@ -186,7 +186,9 @@ class BatchWriter:
             write_vault(
                 self.dir / layout.VAULT_FILE, identities, self.store.pseudonymiser.vault_key()
             )
-        (self.dir / layout.REPORT_FILE).write_text(json.dumps(self._stored_report(), indent=2))
+        (self.dir / layout.REPORT_FILE).write_text(
+            json.dumps(self._sealed_report(report.to_dict()), indent=2)
+        )
         self._publish()
         return report
 
@@ -209,23 +211,23 @@ class BatchWriter:
                 os.replace(tmp, rejects)
             report = folder / layout.REPORT_FILE
             if report.exists():
-                stored = json.loads(report.read_text())
-                stored["source"] = seal(stored.get("source"))
-                stored["warnings"] = [seal(w) for w in stored.get("warnings", [])]
-                layout.write_json_atomic(report, stored)
+                layout.write_json_atomic(
+                    report, self._sealed_report(json.loads(report.read_text()))
+                )
             entry["source"] = seal(entry["source"])
         if legacy:
             manifest.write(root)
             self.store.refresh()
 
-    def _stored_report(self) -> dict:
-        """The report as the store keeps it: the source's path and the warnings (which name
-        files) sealed, since a file may be named after its patient."""
+    def _sealed_report(self, report: dict) -> dict:
+        """A report as the store keeps it: the source's path and the warnings (which name files)
+        sealed, since a file may be named after its patient."""
         seal = self.store.pseudonymiser.seal
-        stored = self.report.to_dict()
-        stored["source"] = seal(stored["source"])
-        stored["warnings"] = [seal(w) for w in stored["warnings"]]
-        return stored
+        return {
+            **report,
+            "source": seal(report.get("source")),
+            "warnings": [seal(w) for w in report.get("warnings", [])],
+        }
 
     def _kept_identities(self) -> pa.Table | None:
         """The batch's identities, less those of subjects who withdrew (None: nothing to keep)."""
