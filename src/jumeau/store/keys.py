@@ -95,11 +95,6 @@ class Pseudonymiser:
         object.__setattr__(self, "_keyed", hmac.new(self.key, digestmod=hashlib.sha256))
         salt = hmac.new(self.key, b"record-salt", hashlib.sha256).hexdigest()[:24]
         object.__setattr__(self, "_salt", salt)
-        from cryptography.hazmat.primitives.ciphers.aead import AESSIV
-
-        object.__setattr__(
-            self, "_siv", AESSIV(hmac.new(self.key, b"seal", hashlib.sha512).digest())
-        )
 
     def _mac(self, label: str, source: str, source_id: str) -> bytes:
         mac = self._keyed.copy()
@@ -206,7 +201,7 @@ class Pseudonymiser:
         and only a key holder reads it back (:meth:`unseal`)."""
         if text is None or text.startswith(SEALED):
             return text
-        token = base64.urlsafe_b64encode(self._siv.encrypt(text.encode(), None)).decode()
+        token = base64.urlsafe_b64encode(self._sealer().encrypt(text.encode(), None)).decode()
         return SEALED + token
 
     def unseal(self, text: str | None) -> str | None:
@@ -216,10 +211,20 @@ class Pseudonymiser:
         from cryptography.exceptions import InvalidTag
 
         try:
-            data = self._siv.decrypt(base64.urlsafe_b64decode(text[len(SEALED) :]), None)
+            data = self._sealer().decrypt(base64.urlsafe_b64decode(text[len(SEALED) :]), None)
         except (InvalidTag, ValueError) as exc:
             raise PermissionError("the store key does not open this sealed text") from exc
         return data.decode()
+
+    def _sealer(self):
+        """The AES-SIV cipher of :meth:`seal`, made when first needed (its import costs a store
+        opened only to read ~20 ms)."""
+        if self._siv is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+            key = hmac.new(self.key, b"seal", hashlib.sha512).digest()
+            object.__setattr__(self, "_siv", AESSIV(key))
+        return self._siv
 
     def vault_key(self) -> bytes:
         """The Fernet key that encrypts the identity vault."""
