@@ -58,13 +58,16 @@ def ingest_edf(
             counts = writer.report.table("edf/file")
             counts.read += 1
             try:
-                _ingest_file(writer, path, subject, subject_source)
+                events = _ingest_file(writer, path, subject, subject_source)
             except EdfError as exc:
                 if not source.is_dir():
                     raise
                 # one unreadable recording of a folder is rejected; the others are kept
                 counts.rejected += 1
                 reject_file(writer, "edf/file", path, str(exc))
+                continue
+            counts.accepted += 1
+            counts.events += events
         return writer.commit()
 
 
@@ -72,10 +75,9 @@ def ingest_edf(
 _SUFFIXES = (".edf", ".bdf")
 
 
-def _ingest_file(writer: BatchWriter, path: Path, subject: str | None, subject_source: str) -> None:
-    """One recording's signals and annotations into ``writer``; on an :class:`EdfError`, nothing
-    of the file is left in the batch."""
-    counts = writer.report.table("edf/file")
+def _ingest_file(writer: BatchWriter, path: Path, subject: str | None, subject_source: str) -> int:
+    """One recording's signals and annotations into ``writer``; the number of its events. On an
+    :class:`EdfError`, nothing of the file is left in the batch."""
     ann_counts = writer.report.table("edf/annotation")
     p = writer.store.pseudonymiser
     try:
@@ -173,8 +175,7 @@ def _ingest_file(writer: BatchWriter, path: Path, subject: str | None, subject_s
             ann_counts.accepted += 1
             ann_counts.events += 1
         writer.add_events(event_table(rows))
-        counts.accepted += 1
-        counts.events += len(rows)
+        return len(rows)
     except (EdfError, OSError, ValueError) as exc:
         for folder in written:
             shutil.rmtree(folder, ignore_errors=True)
