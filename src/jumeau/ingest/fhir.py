@@ -749,11 +749,18 @@ class _FhirMapper:
             )
         return patient_id
 
-    def _onset(self, res: dict, fullurls: dict[str, str], prefix: str, *fallbacks: str) -> int:
+    def _onset(
+        self,
+        res: dict,
+        fullurls: dict[str, str],
+        prefix: str,
+        *fallbacks: str,
+        required: bool = True,
+    ) -> int | None:
         """When something began: ``<prefix>DateTime`` or ``<prefix>Period``, else an age
         (``<prefix>Age``, or the low end of ``<prefix>Range``) after the patient's birth date,
         else a date written in ``<prefix>String`` (``January 2012``), else the first of
-        ``fallbacks``."""
+        ``fallbacks``; else None for a fact that may be undated (``required=False``)."""
         start, _ = self._period(res, f"{prefix}DateTime", f"{prefix}Period")
         if start is not None:
             return start
@@ -779,6 +786,7 @@ class _FhirMapper:
             f"{prefix}Age",
             *fallbacks,
             also=f", a date in {prefix}String",
+            required=required,
         )
         return start
 
@@ -865,11 +873,16 @@ class _FhirMapper:
             key = lister
         return None
 
-    def _timed(self, res: dict, *names: str, also: str = "") -> tuple[int, int | None]:
+    def _timed(
+        self, res: dict, *names: str, also: str = "", required: bool = True
+    ) -> tuple[int | None, int | None]:
         """The first present of ``names`` as (start, end); else, for a record made during an
         encounter, the encounter's end (its start if it has none): such a record is known for
         certain only once the encounter is over, and dating it earlier would let a twin see a
-        discharge diagnosis at admission."""
+        discharge diagnosis at admission. Without any of them, ``(None, None)`` if the record
+        may be undated and names no encounter, else an error (a record of an encounter this
+        export lacks has a date, only not known here: undated, it would reach the twins of the
+        days before it)."""
         start, end = self._period(res, *names)
         if start is not None:
             return start, end
@@ -877,6 +890,8 @@ class _FhirMapper:
         begun, ended = self._encounter_period(reference) if reference else (None, None)
         if ended is not None or begun is not None:
             return (ended if ended is not None else begun), None
+        if not required and not reference:
+            return None, None
         known = " or its encounter's period" if reference else ""
         raise FhirError(f"no time: none of {', '.join(names)}{also}{known} is present")
 
@@ -994,22 +1009,15 @@ class _FhirMapper:
 
     def _condition(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
-        start = self._onset(res, fullurls, "onset", "recordedDate")
+        start = self._onset(res, fullurls, "onset", "recordedDate", required=False)
         end, _ = self._period(res, "abatementDateTime", "abatementPeriod")
-        if end is None and _ENDED_STATUSES.intersection(
-            c.get("code") for c in _codings(res.get("clinicalStatus"))
-        ):
-            # resolved with no date: it was over by the time the record last changed (an EHR's
-            # problem list), and not known to be over before
-            updated = parse_fhir_time((res.get("meta") or {}).get("lastUpdated"))
-            end = updated if updated is not None and updated >= start else None
         self._emit(
             res,
             subject,
             code=self._code(res.get("code"), ("SNOMED", "ICD10", "ICD10CM")),
             domain="condition",
             time=start,
-            end=end,
+            end=_ended(res, start, end),
         )
 
     def _observation(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
@@ -1140,7 +1148,20 @@ class _FhirMapper:
     def _medication(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
         if res["resourceType"] == "MedicationRequest":
-            start, end = self._timed(res, "authoredOn")
+            # without authoredOn, when the prescription may first be dispensed, else when its
+            # dosage starts
+            validity = (res.get("dispenseRequest") or {}).get("validityPeriod")
+            bounds = [
+                ((d.get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
+                for d in res.get("dosageInstruction") or []
+                if isinstance(d, dict)
+            ]
+            dated = {
+                **res,
+                "validityPeriod": validity,
+                "boundsPeriod": next(filter(None, bounds), None),
+            }
+            start, end = self._timed(dated, "authoredOn", "validityPeriod", "boundsPeriod")
         elif res["resourceType"] == "MedicationDispense":
             start, end = self._timed(res, "whenHandedOver", "whenPrepared")
         else:
@@ -1196,7 +1217,12 @@ class _FhirMapper:
         start, end = self._period(res, "performedDateTime", "performedPeriod")
         if start is None:  # an age, or R5's occurrence[x]
             start = self._onset(
-                res, fullurls, "performed", "occurrenceDateTime", "occurrencePeriod"
+                res,
+                fullurls,
+                "performed",
+                "occurrenceDateTime",
+                "occurrencePeriod",
+                required=False,  # a patient summary's past surgery, its date unknown
             )
             end = self._period(res, "occurrencePeriod")[1]
         self._emit(
@@ -1221,14 +1247,22 @@ class _FhirMapper:
         )
 
     def _allergy(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """An allergy or intolerance, undated if nothing dates it (a patient summary's allergy
+        list), ending when it is resolved (the abatement extension's date, else the record's
+        last update)."""
         subject = self._subject(res, fullurls)
-        start = self._onset(res, fullurls, "onset", "recordedDate")
+        start = self._onset(res, fullurls, "onset", "recordedDate", required=False)
+        abatement = next(
+            (x for x in res.get("extension") or [] if x.get("url") == _ALLERGY_ABATEMENT), {}
+        )
+        end, _ = self._period(abatement, "valueDateTime", "valuePeriod", "valueDate")
         self._emit(
             res,
             subject,
             code=self._code(res.get("code"), ("SNOMED", "RxNorm")),
             domain="allergy",
             time=start,
+            end=_ended(res, start, end),
             text=res.get("criticality"),
         )
 
@@ -1318,7 +1352,16 @@ class _FhirMapper:
         event and one ``DICOM/<modality>`` event a series (body site, description and instance
         count as text); the images stay where the study's endpoint keeps them."""
         subject = self._subject(res, fullurls)
-        start, _ = self._timed(res, "started")
+        series_starts = [
+            t
+            for t in (self._period(x, "started")[0] for x in res.get("series") or [])
+            if t is not None
+        ]
+        start, _ = self._period(res, "started")
+        if start is None and series_starts:
+            start = min(series_starts)  # a study begins with its first series
+        elif start is None:  # a patient summary's past study, its date unknown
+            start, _ = self._timed(res, "started", required=False)
         procedures = [self._code(_as_concept(c)) for c in res.get("procedureCode") or []]
         study = {
             "procedure": next((c for c in procedures if c), None),
@@ -1473,6 +1516,23 @@ def _details(values: dict) -> str | None:
 
 #: Condition clinical statuses of a problem that is over.
 _ENDED_STATUSES = frozenset({"resolved", "inactive", "remission"})
+_ALLERGY_ABATEMENT = "http://hl7.org/fhir/StructureDefinition/allergyintolerance-abatement"
+
+
+def _ended(res: dict, start: int | None, end: int | None) -> int | None:
+    """When a condition or allergy ended: its abatement ``end``; else, once its clinical status
+    says it is over, the time the record last changed (an EHR's problem list: not known to be
+    over before); else None (still active)."""
+    if end is not None or not _ENDED_STATUSES.intersection(
+        c.get("code") for c in _codings(res.get("clinicalStatus"))
+    ):
+        return end
+    updated = parse_fhir_time((res.get("meta") or {}).get("lastUpdated"))
+    if updated is None or (start is not None and updated < start):
+        return None
+    return updated
+
+
 #: Statuses saying a resource is not a fact of the patient's record, and why it is kept out.
 _VOID_STATUSES = {
     "entered-in-error": "not part of the patient's record",

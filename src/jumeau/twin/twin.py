@@ -40,6 +40,35 @@ if TYPE_CHECKING:
 
 US_PER_DAY = 86_400_000_000
 ACTIVE_DRUG_WINDOW = timedelta(days=90)
+#: Domains whose undated events are true at every date (any other undated event is known
+#: from the day its batch was stored).
+STATIC_DOMAINS = frozenset({"demographic", "genomic"})
+#: Codes that state an absence ("no known allergy", as patient summaries record it): kept in
+#: the timeline, never listed as a problem, medication or allergy of the patient.
+ABSENT_CODES = frozenset(
+    {
+        "SNOMED/716186003",  # no known allergy
+        "SNOMED/409137002",  # no known drug allergy
+        "SNOMED/429625007",  # no known food allergy
+        "SNOMED/428607008",  # no known environmental allergy
+        "SNOMED/160245001",  # no current problems or disability
+        "SNOMED/787483001",  # no known device use
+    }
+)
+#: The International Patient Summary's code system of absent and unknown data (IPS 1.x).
+ABSENT_SYSTEM = "http://hl7.org/fhir/uv/ips/CodeSystem/absent-unknown-uv-ips/"
+
+
+def _static(row: dict) -> bool:
+    """A fact true at every date of the patient's life (sex, a genotype): undated demographics."""
+    return row["time"] is None and row["domain"] in STATIC_DOMAINS
+
+
+def _stated(rows: list[dict]) -> list[dict]:
+    """The rows that state something present, not an absence."""
+    return [
+        r for r in rows if r["code"] not in ABSENT_CODES and not r["code"].startswith(ABSENT_SYSTEM)
+    ]
 
 
 def day_number(moment: datetime) -> float:
@@ -317,12 +346,18 @@ def build_twin(
 ) -> Twin:
     """Build a subject's twin from the store (see :class:`Twin`)."""
     population = population or PopulationModel()
+    stored_by = known_at if as_of is None else min(as_of, known_at or as_of)
     as_of = as_of or datetime.now()
-    rows = [
-        r
-        for r in store.timeline_arrow(subject_id, known_at=known_at, plain=True).to_pylist()
-        if r["time"] is None or r["time"] <= as_of
-    ]
+    timeline = store.timeline_arrow(subject_id, known_at=known_at, plain=True).to_pylist()
+    rows = [r for r in timeline if r["time"] is not None and r["time"] <= as_of or _static(r)]
+    if any(r["time"] is None and not _static(r) for r in timeline):
+        # an undated fact (a patient summary's allergy) is known from when it was stored: a
+        # twin as of an earlier day must not see it
+        rows += [
+            r
+            for r in store.timeline_arrow(subject_id, known_at=stored_by, plain=True).to_pylist()
+            if r["time"] is None and not _static(r)
+        ]
     if not any(r["time"] is not None for r in rows):
         raise KeyError(f"subject {subject_id} has no events known at {as_of.isoformat()}")
     descriptions = store.code_descriptions() if descriptions is None else descriptions
@@ -353,7 +388,7 @@ def build_twin(
         version=len(store.manifest.batches),
     )
     twin.population = population
-    conditions = by_domain.get("condition", [])
+    conditions = _stated(by_domain.get("condition", []))
     # a local diagnosis code is scored by the standard codes above it (ICD10CM/I10 over a MEDS
     # DIAGNOSIS//ICD//10//I10)
     twin._all_conditions = [  # type: ignore[attr-defined]
@@ -361,12 +396,12 @@ def build_twin(
     ]
     active = [r for r in conditions if r["end_time"] is None or r["end_time"] > as_of]
     twin.problems = [
-        {"code": code, "description": descriptions.get(code), "since": since.isoformat()}
+        {"code": code, "description": descriptions.get(code), "since": _since(since)}
         for code, since, _ in _first_by_code(active)
     ]
     on_drug = [
         r
-        for r in by_domain.get("drug", [])
+        for r in _stated(by_domain.get("drug", []))
         if (r["end_time"] is not None and r["end_time"] >= as_of)
         or (
             r["end_time"] is None
@@ -378,14 +413,19 @@ def build_twin(
         {
             "code": code,
             "description": descriptions.get(code),
-            "since": since.isoformat(),
-            "until": until.isoformat() if until else None,
+            "since": _since(since),
+            "until": _since(until),
         }
         for code, since, until in _first_by_code(on_drug)
     ]
+    allergies = [
+        r
+        for r in _stated(by_domain.get("allergy", []))
+        if r["end_time"] is None or r["end_time"] > as_of  # a resolved allergy is past
+    ]
     twin.allergies = [
-        {"code": code, "description": descriptions.get(code), "since": since.isoformat()}
-        for code, since, _ in _first_by_code(by_domain.get("allergy", []))
+        {"code": code, "description": descriptions.get(code), "since": _since(since)}
+        for code, since, _ in _first_by_code(allergies)
     ]
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
@@ -439,17 +479,24 @@ def _signal_features(rows: list[dict]) -> dict[str, dict]:
     }
 
 
-def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime, datetime | None]]:
-    """(code, first time, latest end) per code, ordered by first time then code."""
+def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime | None, datetime | None]]:
+    """(code, first time, latest end) per code, ordered by first time then code; a code only
+    ever recorded undated (a patient summary's allergy) has no first time and comes last."""
     first: dict[str, list] = {}
     for r in rows:
-        if r["time"] is None:
-            continue
         entry = first.setdefault(r["code"], [r["time"], r["end_time"]])
-        entry[0] = min(entry[0], r["time"])
+        if r["time"] is not None and (entry[0] is None or r["time"] < entry[0]):
+            entry[0] = r["time"]
         if r["end_time"] is not None and (entry[1] is None or r["end_time"] > entry[1]):
             entry[1] = r["end_time"]
-    return sorted(((c, t, e) for c, (t, e) in first.items()), key=lambda x: (x[1], x[0]))
+    return sorted(
+        ((c, t, e) for c, (t, e) in first.items()),
+        key=lambda x: (x[1] is None, x[1] or datetime.min, x[0]),
+    )
+
+
+def _since(time: datetime | None) -> str | None:
+    return time.isoformat() if time is not None else None
 
 
 def _smoking(rows: list[dict], ancestors: dict[str, tuple[str, ...]]) -> str | None:

@@ -1,0 +1,121 @@
+"""FHIR R4 patient summaries (HL7's International Patient Summary, `tests/data/fhir-ips-examples`):
+a summary lists what is known of a patient, often without a date (an allergy, a past surgery);
+those facts are kept undated, not rejected, and reach twins only from the day they were stored."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from jumeau.ingest.fhir import ingest_fhir
+
+EXAMPLES = Path(__file__).parent.parent / "data" / "fhir-ips-examples"
+
+
+def ingest_examples(store, folder: Path, *names: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names or [p.name for p in EXAMPLES.glob("*.json")]:
+        shutil.copy(EXAMPLES / name, folder / name)
+    return ingest_fhir(store, folder)
+
+
+def timeline(store, patient_id: str) -> pl.DataFrame:
+    return store.timeline(store.lookup("fhir", patient_id))
+
+
+def test_every_example_of_the_summary_is_kept_none_rejected(tmp_path, new_store):
+    report = ingest_examples(new_store, tmp_path / "ips")
+    assert new_store.rejects().height == 0
+    for table in ("fhir/AllergyIntolerance", "fhir/Procedure", "fhir/ImagingStudy"):
+        assert report.tables[table].accepted == report.tables[table].read > 0
+
+
+def test_an_allergy_without_a_date_is_an_undated_fact_and_a_resolved_one_ends(tmp_path, new_store):
+    ingest_examples(
+        new_store,
+        tmp_path / "ips",
+        "Patient-66033.json",
+        "AllergyIntolerance-allergyintolerance-with-abatement.json",
+    )
+    allergy = timeline(new_store, "66033").filter(pl.col("domain") == "allergy")
+    assert allergy.height == 1
+    ragweed = allergy.row(0, named=True)
+    assert ragweed["code"] == "SNOMED/256303006"
+    # onset unknown (data-absent-reason), resolved in 2010 (the abatement extension)
+    assert ragweed["time"] is None
+    assert ragweed["end_time"] == datetime(2010, 1, 1)
+
+
+def test_a_past_procedure_of_unknown_date_is_kept_undated(tmp_path, new_store):
+    ingest_examples(
+        new_store,
+        tmp_path / "ips",
+        "Patient-eumfh-39-07.json",
+        "Procedure-procedure-missing-performed.json",
+    )
+    stent = timeline(new_store, "eumfh-39-07").filter(pl.col("domain") == "procedure")
+    assert stent["code"].to_list() == ["SNOMED/36969009"]
+    assert stent["time"].to_list() == [None]
+
+
+def test_a_prescription_without_authored_date_is_dated_by_its_validity_and_a_study_by_its_series(
+    tmp_path, new_store
+):
+    ingest_examples(
+        new_store,
+        tmp_path / "ips",
+        "Patient-eumfh-39-07.json",
+        "Medication-eumfh-39-07-1.json",
+        "MedicationRequest-eumfh-39-07-1-request.json",
+        "ImagingStudy-TII-ImagingStudy-5-1.json",
+    )
+    events = timeline(new_store, "eumfh-39-07")
+    simvastatin = events.filter(pl.col("domain") == "drug").row(0, named=True)
+    assert simvastatin["time"] == datetime(2021, 1, 1)  # dispenseRequest.validityPeriod.start
+    imaging = events.filter(pl.col("domain") == "imaging")
+    # neither the study nor its series has a start: both undated, the series' modality kept
+    assert sorted(imaging["code"].to_list()) == ["DICOM/NM", "DICOM/study"]
+    assert imaging["time"].to_list() == [None, None]
+
+
+def test_undated_facts_reach_twins_from_the_day_they_were_stored(tmp_path, new_store):
+    ingest_examples(
+        new_store,
+        tmp_path / "ips",
+        "Patient-eumfh-39-07.json",
+        "Condition-eumfh-39-07-1.json",
+        "AllergyIntolerance-eumfh-39-07-1.json",
+        "Procedure-procedure-missing-performed.json",
+    )
+    subject = new_store.lookup("fhir", "eumfh-39-07")
+    now = new_store.twin(subject)
+    assert [p["code"] for p in now.problems] == ["SNOMED/91861009"]  # onset 2014
+    # "no known allergy" is kept in the timeline but is no allergy of the patient
+    assert now.allergies == []
+    assert "SNOMED/716186003" in timeline(new_store, "eumfh-39-07")["code"].to_list()
+    (batch,) = new_store.manifest.batches
+    stored = datetime.strptime(batch["committed_at"], "%Y-%m-%dT%H:%M:%S%z").replace(tzinfo=None)
+    before = new_store.twin(subject, as_of=stored - timedelta(days=1))
+    assert before.events_used < now.events_used  # the undated procedure was not known yet
+    assert [p["code"] for p in before.problems] == ["SNOMED/91861009"]
+
+
+def test_an_active_undated_allergy_is_listed_without_a_since_date_a_resolved_one_not(
+    tmp_path, new_store
+):
+    ingest_examples(
+        new_store,
+        tmp_path / "ips",
+        "Patient-66033.json",
+        "AllergyIntolerance-allergyintolerance-multiple-codings.json",
+        "AllergyIntolerance-allergyintolerance-with-abatement.json",
+    )
+    twin = new_store.twin(new_store.lookup("fhir", "66033"))
+    # penicillin (active, onset unknown) is listed; ragweed pollen (resolved in 2010) is not
+    assert twin.allergies == [
+        {"code": "SNOMED/764146007", "description": "Penicillin", "since": None}
+    ]
+    assert twin.to_dict()["allergies"] == twin.allergies
