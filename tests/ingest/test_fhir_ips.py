@@ -13,6 +13,9 @@ import polars as pl
 from jumeau.ingest.fhir import ingest_fhir
 
 EXAMPLES = Path(__file__).parent.parent / "data" / "fhir-ips-examples"
+AU_MEDICATION_LIST = (
+    Path(__file__).parent.parent / "data" / "fhir-au-examples" / "Bundle-example0.json"
+)
 
 
 def ingest_examples(store, folder: Path, *names: str):
@@ -28,6 +31,7 @@ def timeline(store, patient_id: str) -> pl.DataFrame:
 
 def test_every_example_of_the_summary_is_kept_none_rejected(tmp_path, new_store):
     report = ingest_examples(new_store, tmp_path / "ips")
+    assert report.tables["fhir/Observation"].accepted > 0
     assert new_store.rejects().height == 0
     for table in ("fhir/AllergyIntolerance", "fhir/Procedure", "fhir/ImagingStudy"):
         assert report.tables[table].accepted == report.tables[table].read > 0
@@ -119,3 +123,29 @@ def test_an_active_undated_allergy_is_listed_without_a_since_date_a_resolved_one
         {"code": "SNOMED/764146007", "description": "Penicillin", "since": None}
     ]
     assert twin.to_dict()["allergies"] == twin.allergies
+
+
+def test_entries_of_a_patient_summary_without_a_date_take_the_summarys(tmp_path, new_store):
+    # IPS document Bundle: its Composition (dated 2017-12-11T14:30+01:00) lists a "no known food
+    # allergy" with no onset nor recorded date
+    ingest_examples(new_store, tmp_path / "ips", "Bundle-IPS-examples-Bundle-01.json")
+    subject = new_store.subjects()[0]
+    allergies = new_store.timeline(subject).filter(pl.col("domain") == "allergy")
+    times = dict(zip(allergies["code"], allergies["time"], strict=True))
+    assert times["SNOMED/429625007"] == datetime(2017, 12, 11, 13, 30)
+
+
+def test_statements_of_a_medication_list_without_a_date_take_the_lists(tmp_path, new_store):
+    # HL7 Australia's discharge medication list (a List dated 2019-03-19 naming eight
+    # MedicationStatements, none dated); one statement says the drug is not taken
+    folder = tmp_path / "au"
+    folder.mkdir()
+    shutil.copy(AU_MEDICATION_LIST, folder / AU_MEDICATION_LIST.name)
+    report = ingest_fhir(new_store, folder)
+    counts = report.tables["fhir/MedicationStatement"]
+    assert (counts.read, counts.accepted, counts.rejected) == (8, 7, 1)
+    assert new_store.rejects()["reason"].to_list() == [
+        "status not-taken: the patient does not take it"
+    ]
+    drugs = new_store.timeline(new_store.subjects()[0]).filter(pl.col("domain") == "drug")
+    assert drugs.height == 7 and set(drugs["time"]) == {datetime(2019, 3, 19)}

@@ -30,7 +30,15 @@ Progress = Callable[[str], None]
 _FLUSH_EVERY = 200_000
 _US_PER_DAY = 86_400_000_000
 #: Resource types read ahead of the others (see :meth:`_FhirMapper.collect_references`).
-_READ_AHEAD_TYPES = ("Patient", "Medication", "Encounter", "Specimen", "DiagnosticReport")
+_READ_AHEAD_TYPES = (
+    "Patient",
+    "Medication",
+    "Encounter",
+    "Specimen",
+    "DiagnosticReport",
+    "List",
+    "Composition",
+)
 #: What an NDJSON line read ahead names (a panel's Observation lists its members).
 _READ_AHEAD = (*(f'"{name}"'.encode() for name in _READ_AHEAD_TYPES), b'"hasMember"')
 #: When an Observation was made: its effective[x].
@@ -279,6 +287,10 @@ class _FhirMapper:
         #: their own, their report or panel does.
         self.listed_by: dict[str, str] = {}
         self.listed_times: dict[str, int | None] = {}
+        #: The earliest date of a List or patient-summary Composition naming each record (µs,
+        #: unshifted), by ``Type/id`` or, for a ``urn:uuid:`` reference, the uuid: a medication
+        #: list's statements, a summary's allergies were known by then.
+        self.listed_on: dict[str, int] = {}
         #: Contained Patients (by the id their identifier gives them) mapped, and those named
         #: by the record being mapped (mapped once it is accepted).
         self.contained_mapped: set[str] = set()
@@ -388,7 +400,41 @@ class _FhirMapper:
             self._remember_listed(res, "result")
         elif rtype == "Observation" and res.get("hasMember"):
             self._remember_listed(res, "hasMember")
+        elif rtype in ("List", "Composition"):
+            self._remember_list(res)
         return False
+
+    def _remember_list(self, res: dict) -> None:
+        """A List's items (a medication list, a problem list) or a Composition's section
+        entries (a patient summary), known by the list's date."""
+        try:
+            listed, _ = self._period(res, "date")
+        except FhirError:
+            return
+        if listed is None:
+            return
+        if res["resourceType"] == "List":
+            references = [
+                (e.get("item") or {}).get("reference") for e in _objects(res.get("entry"))
+            ]
+        else:
+            references, sections = [], list(_objects(res.get("section")))
+            while sections:  # sections within sections
+                section = sections.pop()
+                references += [e.get("reference") for e in _objects(section.get("entry"))]
+                sections += _objects(section.get("section"))
+        for reference in references:
+            if isinstance(reference, str) and reference:
+                key = _listed_key(reference)
+                self.listed_on[key] = min(listed, self.listed_on.get(key, listed))
+
+    def _listed_date(self, res: dict) -> int | None:
+        """The earliest date of a List or Composition naming ``res``, if any."""
+        rid = res.get("id")
+        if not rid or not self.listed_on:
+            return None
+        dates = [self.listed_on.get(f"{res['resourceType']}/{rid}"), self.listed_on.get(rid)]
+        return min((d for d in dates if d is not None), default=None)
 
     def _remember_specimen(self, res: dict, full_url: str | None = None) -> None:
         collection = res.get("collection")
@@ -890,6 +936,9 @@ class _FhirMapper:
         begun, ended = self._encounter_period(reference) if reference else (None, None)
         if ended is not None or begun is not None:
             return (ended if ended is not None else begun), None
+        listed = self._listed_date(res)
+        if listed is not None:  # known when a list or summary naming it was made
+            return listed, None
         if not required and not reference:
             return None, None
         known = " or its encounter's period" if reference else ""
@@ -1472,6 +1521,13 @@ def _identifier_key(identifier: dict) -> str | None:
     return f"{system}|{value}" if isinstance(system, str) else value
 
 
+def _listed_key(reference: str) -> str:
+    """``Type/id`` of a relative or absolute reference; the uuid of a ``urn:uuid:`` one."""
+    if reference.startswith("urn:uuid:"):
+        return reference[9:]
+    return "/".join(_reference_path(reference)[-2:])
+
+
 def _observation_key(reference: str) -> str:
     """``Observation/<id>`` of a reference to an Observation (relative, absolute or a
     ``urn:uuid:`` that is its id)."""
@@ -1538,6 +1594,7 @@ _VOID_STATUSES = {
     "entered-in-error": "not part of the patient's record",
     "cancelled": "it did not take place",
     "not-done": "it did not take place",
+    "not-taken": "the patient does not take it",  # a MedicationStatement's
 }
 #: Verification statuses (Condition, AllergyIntolerance) saying the patient does not have it.
 _VOID_VERIFICATIONS = {
