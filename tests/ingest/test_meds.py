@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -201,3 +202,44 @@ def test_meds_birth_and_death_keep_their_domains_whatever_table_they_came_from(t
     ingest_meds(new_store, tmp_path / "d")
     events = new_store.timeline(new_store.lookup("meds", "3"))
     assert events["domain"].to_list() == ["demographic", "death"]
+
+
+MEDS_SAMPLE = Path(__file__).parent.parent / "data" / "meds-sample"
+
+
+def test_the_meds_reference_sample_imports_and_its_twins_read_its_local_codes(new_store):
+    # MEDS's own sample dataset (meds-testing-helpers): shards by split, static HEIGHT and eye
+    # colour, local HR and TEMP codes whose parents are LOINC, temperatures in °F with no unit
+    report = ingest_meds(new_store, MEDS_SAMPLE)
+    assert report.tables["meds/data"].accepted == report.tables["meds/data"].read == 62
+    assert len(new_store.subjects()) == 6
+    subject = new_store.lookup("meds", "239684")
+    events = new_store.timeline(subject)
+    static = events.filter(pl.col("time").is_null())
+    assert sorted(static["code"]) == ["EYE_COLOR//BROWN", "HEIGHT"]
+    twin = new_store.twin(subject, as_of=datetime(2010, 5, 12))
+    assert twin.variables["heart_rate"].last_value == pytest.approx(112.6, abs=1e-4)
+    temperature = twin.variables["temperature"]
+    assert temperature.units_inferred == 4 and not temperature.flagged
+    assert temperature.last_value == pytest.approx((95.5 - 32) * 5 / 9, abs=1e-4)
+
+
+def test_parent_codes_written_as_one_string_are_one_parent(tmp_path, new_store):
+    dataset = tmp_path / "meds"
+    shutil.copytree(MEDS_SAMPLE, dataset)
+    codes = pl.read_parquet(dataset / "metadata" / "codes.parquet")
+    codes.with_columns(pl.col("parent_codes").list.first()).write_parquet(
+        dataset / "metadata" / "codes.parquet"
+    )
+    ingest_meds(new_store, dataset)
+    assert new_store.code_ancestors()["HR"] == ("LOINC/8867-4",)
+
+
+def test_parent_codes_of_another_type_are_refused_naming_the_file(tmp_path, new_store):
+    dataset = tmp_path / "meds"
+    shutil.copytree(MEDS_SAMPLE, dataset)
+    pl.DataFrame({"code": ["HR"], "parent_codes": [8867]}).write_parquet(
+        dataset / "metadata" / "codes.parquet"
+    )
+    with pytest.raises(Exception, match=r"codes\.parquet: parent_codes is BIGINT"):
+        ingest_meds(new_store, dataset)

@@ -6,6 +6,7 @@ import json
 import time
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -15,7 +16,7 @@ from jumeau.model import EVENT_SCHEMA
 from jumeau.store import BatchWriter
 from jumeau.twin import PopulationModel
 from jumeau.twin.series import measurement_frame
-from jumeau.twin.variables import MG_DL_TO_MMOL_CHOLESTEROL, load_catalogue
+from jumeau.twin.variables import MG_DL_TO_MMOL_CHOLESTEROL, MG_DL_TO_MMOL_GLUCOSE, load_catalogue
 
 AS_OF = datetime(2015, 1, 1)
 
@@ -296,3 +297,18 @@ def test_a_store_that_cannot_be_written_to_still_gets_its_population_fitted(
     assert not (store.root / "twins" / "populations").exists() or not any(
         (store.root / "twins" / "populations").iterdir()
     )
+
+
+def test_a_value_without_unit_is_read_in_the_one_unit_that_makes_it_plausible():
+    catalogue = load_catalogue()
+    temperature, glucose, weight = (catalogue[n] for n in ("temperature", "glucose", "weight"))
+    values, inferred = temperature.read_unitless(np.array([37.2, 98.6, 300.0]))
+    assert values[:2] == pytest.approx([37.2, 37.0]) and np.isnan(values[2])
+    assert inferred.tolist() == [False, True, False]
+    values, inferred = glucose.read_unitless(np.array([5.5, 95.0]))
+    assert values == pytest.approx([5.5, 95 * MG_DL_TO_MMOL_GLUCOSE]) and inferred.tolist() == [
+        False,
+        True,
+    ]
+    # 154 is a plausible weight in kg: an unspoken unit is the canonical one when it can be
+    assert weight.read_unitless(np.array([154.0]))[0] == pytest.approx([154.0])

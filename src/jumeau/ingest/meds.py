@@ -141,11 +141,24 @@ def _readable(files: list[str], writer: BatchWriter) -> list[str]:
 
 def _code_metadata(con, path: Path) -> pa.Table:
     """The dataset's code metadata: description and parent codes, each optional in MEDS."""
-    cols = {r[0] for r in run(con, f"DESCRIBE SELECT * FROM read_parquet({sql_string(path)})")}
+    cols = {
+        r[0]: r[1] for r in run(con, f"DESCRIBE SELECT * FROM read_parquet({sql_string(path)})")
+    }
     if "code" not in cols:
         raise MedsError(f"{path}: MEDS code metadata lacks the code column")
     description = "CAST(description AS VARCHAR)" if "description" in cols else "NULL::VARCHAR"
-    parents = "CAST(parent_codes AS VARCHAR[])" if "parent_codes" in cols else "NULL::VARCHAR[]"
+    parents = "NULL::VARCHAR[]"
+    if "parent_codes" in cols:
+        kind = cols["parent_codes"]
+        if kind.endswith("[]"):
+            parents = "CAST(parent_codes AS VARCHAR[])"
+        elif kind == "VARCHAR":  # one parent written as a plain string, not a list of them
+            parents = "CASE WHEN parent_codes IS NULL OR parent_codes = '' THEN NULL "
+            parents += "ELSE [parent_codes] END"
+        else:
+            raise MedsError(
+                f"{path}: parent_codes is {kind}; the MEDS schema makes it a list of strings"
+            )
     return arrow_table(
         con,
         f"SELECT CAST(code AS VARCHAR) AS code, {description} AS description, "

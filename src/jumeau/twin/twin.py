@@ -40,9 +40,11 @@ if TYPE_CHECKING:
 
 US_PER_DAY = 86_400_000_000
 ACTIVE_DRUG_WINDOW = timedelta(days=90)
-#: Domains whose undated events are true at every date (any other undated event is known
-#: from the day its batch was stored).
-STATIC_DOMAINS = frozenset({"demographic", "genomic"})
+#: Domains of events that happened at some date: one stored undated (a patient summary's
+#: allergy or past surgery, its date unknown) is known from the day its batch was stored. An
+#: undated event of any other domain is a static fact, true at every date (sex, a genotype,
+#: MEDS's static measurements).
+HAPPENED_DOMAINS = frozenset({"condition", "allergy", "procedure", "imaging", "drug"})
 #: Codes that state an absence ("no known allergy", as patient summaries record it): kept in
 #: the timeline, never listed as a problem, medication or allergy of the patient.
 ABSENT_CODES = frozenset(
@@ -60,8 +62,8 @@ ABSENT_SYSTEM = "http://hl7.org/fhir/uv/ips/CodeSystem/absent-unknown-uv-ips/"
 
 
 def _static(row: dict) -> bool:
-    """A fact true at every date of the patient's life (sex, a genotype): undated demographics."""
-    return row["time"] is None and row["domain"] in STATIC_DOMAINS
+    """A fact true at every date of the patient's life (see :data:`HAPPENED_DOMAINS`)."""
+    return row["time"] is None and row["domain"] not in HAPPENED_DOMAINS
 
 
 def _stated(rows: list[dict]) -> list[dict]:
@@ -89,6 +91,8 @@ class VariableState:
     values: np.ndarray
     flagged: list[dict] = field(default_factory=list)
     bounds: tuple[float, float] = (-np.inf, np.inf)
+    #: values recorded without a unit and read in another unit than the canonical one
+    units_inferred: int = 0
 
     def to_dict(self, as_of: datetime) -> dict:
         return {
@@ -107,6 +111,7 @@ class VariableState:
             "trend_sd_per_year": round(self.estimate.slope_sd_per_year, 3),
             "n_observations": self.estimate.n_observations,
             "flagged": self.flagged,
+            "units_inferred": self.units_inferred,
         }
 
 
@@ -514,11 +519,13 @@ def observations(
     rows: list[dict],
     catalogue: dict[str, Variable],
     ancestors: dict[str, tuple[str, ...]] | None = None,
-) -> dict[str, tuple[list, list, list]]:
+) -> dict[str, tuple[list, list, list, int]]:
     """Per variable: (times, canonical values, flagged problems) of a subject's events (local
-    codes read through their ``ancestors``, see :func:`code_index`)."""
+    codes read through their ``ancestors``, see :func:`code_index`), and how many values
+    without a unit were read in another unit than the canonical one."""
     index = code_index(catalogue, ancestors)
     out: dict[str, tuple[list, list, list]] = {}
+    unit_inferred: dict[str, int] = {}
     converters: dict[tuple[str, str | None], Callable[[float], float] | None] = {}
     for r in rows:
         name = index.get(r["code"])
@@ -529,10 +536,15 @@ def observations(
         var = catalogue[name]
         times, values, flagged = out.setdefault(name, ([], [], []))
         value, unit, time = r["numeric_value"], r["unit"], r["time"]
-        if (name, unit) not in converters:  # a watch's million samples share one unit
-            converters[name, unit] = var.converter(unit)
-        convert = converters[name, unit]
-        converted = None if convert is None else convert(value)
+        if not unit:  # no unit: the canonical one, else the one unit that makes it plausible
+            read, inferred = var.read_unitless(np.array([value]))
+            converted = float(read[0]) if not np.isnan(read[0]) else var.to_canonical(value, None)
+            unit_inferred[name] = unit_inferred.get(name, 0) + int(inferred[0])
+        else:
+            if (name, unit) not in converters:  # a watch's million samples share one unit
+                converters[name, unit] = var.converter(unit)
+            convert = converters[name, unit]
+            converted = None if convert is None else convert(value)
         if converted is None:
             flagged.append(
                 {
@@ -554,7 +566,7 @@ def observations(
         else:
             times.append(time)
             values.append(converted)
-    return out
+    return {name: (*series, unit_inferred.get(name, 0)) for name, series in out.items()}
 
 
 def _variable_states(
@@ -567,7 +579,9 @@ def _variable_states(
     states = {}
     at = day_number(as_of)
     catalogue = population.catalogue
-    for name, (times, values, flagged) in observations(rows, catalogue, ancestors).items():
+    for name, (times, values, flagged, inferred) in observations(
+        rows, catalogue, ancestors
+    ).items():
         days = np.array([day_number(t) for t in times], dtype=float)
         vals = np.array(values, dtype=float)
         estimate = (
@@ -587,5 +601,6 @@ def _variable_states(
             vals,
             flagged,
             (population.catalogue[name].low, population.catalogue[name].high),
+            inferred,
         )
     return states

@@ -64,18 +64,46 @@ class Variable:
         return None if convert is None else convert(value)
 
     def to_canonical_array(self, values: np.ndarray, units: list[str | None]) -> np.ndarray:
-        """:meth:`to_canonical` over many values at once (NaN where the unit is unknown)."""
+        """:meth:`to_canonical` over many values at once (NaN where the unit is unknown); values
+        without a unit are read by :meth:`read_unitless`."""
         out = np.full(len(values), np.nan)
         units_array = np.array(units, dtype=object)
         for unit in set(units):
+            chosen = units_array == unit
+            if not _unit_key(unit):
+                out[chosen] = self.read_unitless(values[chosen])[0]
+                continue
             convert = self.converter(unit)
             if convert is not None:
-                chosen = units_array == unit
                 out[chosen] = convert(values[chosen])
         return out
 
     def plausible(self, value: float) -> bool:
         return self.low <= value <= self.high
+
+    def read_unitless(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values recorded without a unit, in the canonical unit, and which of them were read in
+        another unit: a value plausible in the canonical unit is taken as it is; one that is
+        not, but is plausible in exactly one of the variable's other units (a temperature of 98.6
+        is in °F, a glucose of 95 in mg/dL), is read in that unit; any other is NaN."""
+        values = np.asarray(values, dtype=float)
+        as_is = (values >= self.low) & (values <= self.high)
+        out = np.where(as_is, values, np.nan)
+        todo = np.flatnonzero(~as_is & ~np.isnan(values))
+        if not len(todo) or not self.conversions:
+            return out, np.zeros(len(values), dtype=bool)
+        read = np.array([convert(values[todo]) for convert in self.conversions.values()])
+        read = np.where((read >= self.low) & (read <= self.high), read, np.nan)
+        with np.errstate(invalid="ignore"):
+            low, high = (
+                np.nanmin(read, axis=0, initial=np.inf),
+                np.nanmax(read, axis=0, initial=-np.inf),
+            )
+        one = np.isfinite(low) & np.isclose(low, high, rtol=1e-6)  # every plausible reading agrees
+        out[todo[one]] = low[one]
+        inferred = np.zeros(len(values), dtype=bool)
+        inferred[todo[one]] = True
+        return out, inferred
 
 
 def _same(value):
