@@ -243,3 +243,13 @@ def test_parent_codes_of_another_type_are_refused_naming_the_file(tmp_path, new_
     )
     with pytest.raises(Exception, match=r"codes\.parquet: parent_codes is BIGINT"):
         ingest_meds(new_store, dataset)
+
+
+def test_an_icu_stays_heart_rate_is_forecast_hours_ahead(new_store):
+    ingest_meds(new_store, MEDS_SAMPLE)
+    subject = new_store.lookup("meds", "1195293")  # six heart rates over 80 minutes
+    twin = new_store.twin(subject, as_of=datetime(2010, 6, 20, 20, 45))
+    (in_one_hour,) = twin.forecast("heart_rate", horizons=["1h"])
+    assert in_one_hour["date"] == "2010-06-20T21:45"
+    low, high = in_one_hour["interval_95"]
+    assert low < in_one_hour["median"] < high and 60 < in_one_hour["median"] < 160

@@ -18,6 +18,8 @@ def test_horizons_parse():
     assert horizon_days("3mo") == pytest.approx(91.3, abs=0.1)
     assert horizon_days("1y") == pytest.approx(365.25)
     assert horizon_days("90d") == 90
+    assert horizon_days("6h") == pytest.approx(0.25)
+    assert horizon_days("30 min") == pytest.approx(30 / 1440)
     with pytest.raises(ValueError, match="horizon"):
         horizon_days("soon")
 

@@ -25,17 +25,27 @@ if TYPE_CHECKING:
     from jumeau.twin.state import NoiseModel
     from jumeau.twin.twin import PopulationModel, Twin
 
-_HORIZON = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|day|days|w|wk|weeks?|mo|months?|y|yr|years?)\s*$")
+_HORIZON = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(min|mins|minutes?|h|hr|hrs|hours?|d|day|days|w|wk|weeks?|mo|months?"
+    r"|y|yr|years?)\s*$"
+)
 
 
 def horizon_days(text: str | float | int) -> float:
-    """``"3mo"``, ``"6 months"``, ``"1y"``, ``"90d"`` or a number of days."""
+    """``"3mo"``, ``"6 months"``, ``"1y"``, ``"90d"``, ``"6h"`` (an ICU stay's), ``"30min"`` or a
+    number of days."""
     if isinstance(text, int | float):
         return float(text)
     match = _HORIZON.match(text.lower())
     if not match:
-        raise ValueError(f"horizon {text!r}: use a number with d, w, mo or y (e.g. 3mo, 1y)")
+        raise ValueError(
+            f"horizon {text!r}: use a number with min, h, d, w, mo or y (e.g. 6h, 3mo, 1y)"
+        )
     value, unit = float(match.group(1)), match.group(2)
+    if unit.startswith("mi"):
+        return value / (24 * 60)
+    if unit.startswith("h"):
+        return value / 24
     if unit.startswith("d"):
         return value
     if unit.startswith("w"):
@@ -43,6 +53,13 @@ def horizon_days(text: str | float | int) -> float:
     if unit.startswith("m"):
         return value * DAYS_PER_YEAR / 12
     return value * DAYS_PER_YEAR
+
+
+def _when(moment: datetime, ahead_days: float) -> str:
+    """The forecast's date; its time of day too for a horizon within the day (``6h``)."""
+    if ahead_days >= 1:
+        return moment.date().isoformat()
+    return moment.isoformat(timespec="minutes")
 
 
 def _quantiles(predictive: Predictive, low: float = -math.inf, high: float = math.inf) -> dict:
@@ -73,7 +90,7 @@ def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list
         out.append(
             {
                 "horizon": horizon,
-                "date": (twin.as_of + timedelta(days=ahead)).date().isoformat(),
+                "date": _when(twin.as_of + timedelta(days=ahead), ahead),
                 "unit": state.unit,
                 "sd": predictive.sd,
                 **_quantiles(predictive, variable_spec.low, variable_spec.high),
