@@ -4,6 +4,7 @@ those facts are kept undated, not rejected, and reach twins only from the day th
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -149,3 +150,18 @@ def test_statements_of_a_medication_list_without_a_date_take_the_lists(tmp_path,
     ]
     drugs = new_store.timeline(new_store.subjects()[0]).filter(pl.col("domain") == "drug")
     assert drugs.height == 7 and set(drugs["time"]) == {datetime(2019, 3, 19)}
+
+
+def test_a_prescription_with_no_date_anywhere_is_rejected_naming_where_it_was_looked_for(
+    tmp_path, new_store
+):
+    folder = tmp_path / "ips"
+    ingest_examples(new_store, folder, "Patient-eumfh-39-07.json", "Medication-eumfh-39-07-1.json")
+    request = json.loads((EXAMPLES / "MedicationRequest-eumfh-39-07-1-request.json").read_text())
+    del request["dispenseRequest"]
+    (folder / "request.json").write_text(json.dumps(request))
+    ingest_fhir(new_store, folder)
+    assert new_store.rejects()["reason"].to_list() == [
+        "no time: none of authoredOn, dispenseRequest.validityPeriod, "
+        "dosageInstruction.timing.repeat.boundsPeriod is present"
+    ]

@@ -1207,10 +1207,10 @@ class _FhirMapper:
             ]
             dated = {
                 **res,
-                "validityPeriod": validity,
-                "boundsPeriod": next(filter(None, bounds), None),
+                _VALIDITY: validity,
+                _DOSAGE_BOUNDS: next(filter(None, bounds), None),
             }
-            start, end = self._timed(dated, "authoredOn", "validityPeriod", "boundsPeriod")
+            start, end = self._timed(dated, "authoredOn", _VALIDITY, _DOSAGE_BOUNDS)
         elif res["resourceType"] == "MedicationDispense":
             start, end = self._timed(res, "whenHandedOver", "whenPrepared")
         else:
@@ -1571,6 +1571,10 @@ def _details(values: dict) -> str | None:
 
 
 #: Condition clinical statuses of a problem that is over.
+#: Where a prescription without authoredOn is dated: when it may first be dispensed, else when
+#: its dosage starts (the paths, as an error names them).
+_VALIDITY = "dispenseRequest.validityPeriod"
+_DOSAGE_BOUNDS = "dosageInstruction.timing.repeat.boundsPeriod"
 _ENDED_STATUSES = frozenset({"resolved", "inactive", "remission"})
 _ALLERGY_ABATEMENT = "http://hl7.org/fhir/StructureDefinition/allergyintolerance-abatement"
 
