@@ -165,3 +165,14 @@ def test_a_prescription_with_no_date_anywhere_is_rejected_naming_where_it_was_lo
         "no time: none of authoredOn, dispenseRequest.validityPeriod, "
         "dosageInstruction.timing.repeat.boundsPeriod is present"
     ]
+
+
+def test_a_medication_a_summary_says_is_taken_is_active_on_the_summarys_date(tmp_path, new_store):
+    # anastrozole, taken since March 2015 (no end), in a summary dated 2020-12-11
+    ingest_examples(new_store, tmp_path / "ips", "Bundle-bundle-minimal.json")
+    subject = new_store.subjects()[0]
+    (drug,) = new_store.timeline(subject).filter(pl.col("domain") == "drug").iter_rows(named=True)
+    assert drug["time"] == datetime(2015, 3, 1)
+    assert drug["end_time"] == datetime(2020, 12, 11, 13, 30)  # known taken until then
+    on_the_day = new_store.twin(subject, as_of=datetime(2020, 12, 11, 13, 30))
+    assert [m["code"] for m in on_the_day.medications] == [drug["code"]]

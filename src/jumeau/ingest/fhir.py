@@ -428,6 +428,18 @@ class _FhirMapper:
                 key = _listed_key(reference)
                 self.listed_on[key] = min(listed, self.listed_on.get(key, listed))
 
+    def _still_taken(self, res: dict, start: int | None) -> int | None:
+        """Until when an active MedicationStatement with no end is known to be taken: the
+        latest of the dates it was asserted on (``dateAsserted``, a List or summary naming it,
+        its record's last update), if after its start; None if none is."""
+        asserted = [
+            parse_fhir_time(res.get("dateAsserted")),
+            self._listed_date(res),
+            parse_fhir_time((res.get("meta") or {}).get("lastUpdated")),
+        ]
+        latest = max((t for t in asserted if t is not None), default=None)
+        return latest if latest is not None and (start is None or latest > start) else None
+
     def _listed_date(self, res: dict) -> int | None:
         """The earliest date of a List or Composition naming ``res``, if any."""
         rid = res.get("id")
@@ -1215,6 +1227,8 @@ class _FhirMapper:
             start, end = self._timed(res, "whenHandedOver", "whenPrepared")
         else:
             start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "dateAsserted")
+            if end is None and res.get("status") == "active":
+                end = self._still_taken(res, start)
         medication = res.get("medication") or {}  # R5: a CodeableReference
         code = self._code(
             res.get("medicationCodeableConcept") or medication.get("concept"), _DRUG_VOCABULARIES
