@@ -289,3 +289,49 @@ def test_a_text_concept_naming_its_patient_is_scrubbed_of_the_name(tmp_path, new
     assert codes == ["TEXT/Chest pain, [NAME] [NAME]'s own words"]
     stored = " ".join(new_store.code_descriptions().values()) + " ".join(codes)
     assert "Dupont" not in stored and "Marie" not in stored
+
+
+def test_a_relatives_condition_is_family_history_never_the_patients_own(tmp_path, new_store):
+    # HL7's father example: a myocardial infarction at 74, recorded 2011-03-18; the mother's
+    # stroke at 56 is undated
+    folder = copy_examples(
+        tmp_path / "src",
+        "Patient-example.json",
+        "FamilyMemberHistory-father.json",
+        "FamilyMemberHistory-mother.json",
+    )
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/FamilyMemberHistory"].accepted == 2
+    events = timeline(new_store, "example")
+    (father,) = events.filter(pl.col("code").str.starts_with("FAMILY_HISTORY//")).iter_rows(
+        named=True
+    )
+    assert father["code"] == "FAMILY_HISTORY//SNOMED/315619001"
+    assert father["domain"] == "observation" and father["time"] == datetime(2011, 3, 18)
+    assert father["numeric_value"] == 74 and father["unit"] == "a"
+    assert "SNOMED/315619001" not in events["code"].to_list()  # not the patient's infarction
+    twin = new_store.twin(new_store.lookup("fhir", "example"))
+    assert twin.problems == [] and not twin.condition_flags()["vascular"]
+    assert twin.family_history == [
+        {
+            "code": "SNOMED/315619001",
+            "description": "Myocardial Infarction",
+            "relative": "father",
+            "onset_age": 74.0,
+            "recorded": "2011-03-18T00:00:00",
+        }
+    ]
+    mother = timeline(new_store, "100").filter(pl.col("domain") == "observation")
+    assert mother["code"].to_list() == ["FAMILY_HISTORY//SNOMED/371041009"]
+    assert mother["time"].to_list() == [None]
+
+
+def test_an_insurance_cover_is_a_sociodemographic_fact_over_its_period(tmp_path, new_store):
+    folder = copy_examples(tmp_path / "src", "Coverage-9876B1.json")
+    ingest_fhir(new_store, folder)
+    (cover,) = timeline(new_store, "4").iter_rows(named=True)
+    assert cover["domain"] == "demographic"
+    assert (cover["time"], cover["end_time"]) == (datetime(2011, 5, 23), datetime(2012, 5, 23))
+    assert cover["text_value"] == "subscriber=self"
+    kept = f"{cover['code']} {cover['text_value']}"
+    assert not any(v in kept for v in ("12345", "CB135", "B37FC"))  # ids never kept

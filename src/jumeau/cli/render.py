@@ -214,6 +214,20 @@ def twin_summary(twin: dict) -> None:
             + escape("; ".join(f"{i.get('description') or i['code']}" for i in items[:12]))
             + (" ..." if len(items) > 12 else "")
         )
+    family = twin.get("family_history") or []
+    if family:
+        console.print(
+            f"[bold]family history[/bold] ({len(family)}): "
+            + escape(
+                "; ".join(
+                    f"{f.get('description') or f['code']}"
+                    + (f" ({f['relative']}" if f.get("relative") else " (")
+                    + (f", at {f['onset_age']:g}" if f.get("onset_age") is not None else "")
+                    + ")"
+                    for f in family[:12]
+                )
+            )
+        )
     signals = twin.get("signal_features") or {}
     if signals:
         shown = [

@@ -316,6 +316,8 @@ class _FhirMapper:
             "ExplanationOfBenefit": self._claim,
             "ImagingStudy": self._imaging_study,
             "DocumentReference": self._document,
+            "FamilyMemberHistory": self._family_history,
+            "Coverage": self._coverage,
         }
 
     # -- files -----------------------------------------------------------------------------
@@ -1362,6 +1364,67 @@ class _FhirMapper:
             text=_attachment_text([c.get("attachment") for c in res.get("content") or []]),
         )
 
+    def _family_history(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """Each condition of a relative as a ``FAMILY_HISTORY//<condition code>`` observation
+        of the patient (never the patient's own diagnosis), dated when it was recorded (else
+        undated), with the relative's age at onset in years and who the relative is (never
+        their name)."""
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "date", required=False)
+        conditions = list(_objects(res.get("condition")))
+        if not conditions:
+            raise FhirError("no condition of the relative is recorded")
+        relationship = res.get("relationship") or {}
+        relative = next(iter(_codings(relationship)), {})
+        details = _details(
+            {
+                "relative": relative.get("code"),
+                "relationship": relative.get("display") or relationship.get("text"),
+            }
+        )
+        for k, condition in enumerate(conditions):
+            code = self._code(condition.get("code"), ("SNOMED", "ICD10", "ICD10CM"))
+            if not code:
+                raise FhirError(f"condition {k + 1} of the relative has no code")
+            family = f"FAMILY_HISTORY//{code}"
+            self.displays.setdefault(family, f"Family history: {self.displays.get(code, code)}")
+            age = condition.get("onsetAge") or (condition.get("onsetRange") or {}).get("low")
+            years = None
+            if isinstance(age, dict) and age.get("value") is not None:
+                days = _AGE_UNIT_DAYS.get(str(age.get("code") or age.get("unit") or "").lower())
+                if days is None:
+                    raise FhirError(f"condition {k + 1}: onset age unit is not a, mo, wk or d")
+                years = float(age["value"]) * days / _AGE_UNIT_DAYS["a"]
+            died = "contributed_to_death" if condition.get("contributedToDeath") is True else None
+            self._emit(
+                res,
+                subject,
+                code=family,
+                domain="observation",
+                time=start,
+                part=f"#condition[{k}]",
+                numeric=years,
+                unit="a" if years is not None else None,
+                text=";".join(filter(None, (details, died))) or None,
+            )
+
+    def _coverage(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A health insurance cover of the patient (a sociodemographic fact): its type over its
+        period, undated when it has none; subscriber ids and payors are never kept."""
+        subject = self._subject(res, fullurls)  # the beneficiary
+        start, end = self._period(res, "period")
+        code = self._code(res.get("type")) or "FHIR/Coverage"
+        relationship = next(iter(_codings(res.get("relationship"))), {})
+        self._emit(
+            res,
+            subject,
+            code=code,
+            domain="demographic",
+            time=start,
+            end=end,
+            text=_details({"subscriber": relationship.get("code")}),
+        )
+
     def _device(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
         start, _ = self._period(res, "manufactureDate")
@@ -1584,11 +1647,11 @@ def _details(values: dict) -> str | None:
     return text or None
 
 
-#: Condition clinical statuses of a problem that is over.
 #: Where a prescription without authoredOn is dated: when it may first be dispensed, else when
 #: its dosage starts (the paths, as an error names them).
 _VALIDITY = "dispenseRequest.validityPeriod"
 _DOSAGE_BOUNDS = "dosageInstruction.timing.repeat.boundsPeriod"
+#: Condition clinical statuses of a problem that is over.
 _ENDED_STATUSES = frozenset({"resolved", "inactive", "remission"})
 _ALLERGY_ABATEMENT = "http://hl7.org/fhir/StructureDefinition/allergyintolerance-abatement"
 

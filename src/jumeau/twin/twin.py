@@ -41,10 +41,13 @@ if TYPE_CHECKING:
 US_PER_DAY = 86_400_000_000
 ACTIVE_DRUG_WINDOW = timedelta(days=90)
 #: Domains of events that happened at some date: one stored undated (a patient summary's
-#: allergy or past surgery, its date unknown) is known from the day its batch was stored. An
+#: allergy or past surgery, a relative's illness, its date unknown) is known from the day its
+#: batch was stored. An
 #: undated event of any other domain is a static fact, true at every date (sex, a genotype,
 #: MEDS's static measurements).
-HAPPENED_DOMAINS = frozenset({"condition", "allergy", "procedure", "imaging", "drug"})
+HAPPENED_DOMAINS = frozenset(
+    {"condition", "allergy", "procedure", "imaging", "drug", "observation"}
+)
 #: Codes that state an absence ("no known allergy", as patient summaries record it): kept in
 #: the timeline, never listed as a problem, medication or allergy of the patient.
 ABSENT_CODES = frozenset(
@@ -232,6 +235,7 @@ class Twin:
     allergies: list[dict]
     encounters: list[dict]
     events_used: int
+    family_history: list[dict] = field(default_factory=list)
     descriptions: dict[str, str] = field(repr=False, default_factory=dict)
     risks: dict[str, RiskResult] = field(default_factory=dict)
     signal_features: dict[str, dict] = field(default_factory=dict)
@@ -278,6 +282,7 @@ class Twin:
             "problems": self.problems,
             "medications": self.medications,
             "allergies": self.allergies,
+            "family_history": self.family_history,
             "recent_encounters": self.encounters,
             "risks": {n: r.to_dict() for n, r in self.risks.items()},
             "signal_features": self.signal_features,
@@ -432,6 +437,7 @@ def build_twin(
         {"code": code, "description": descriptions.get(code), "since": _since(since)}
         for code, since, _ in _first_by_code(allergies)
     ]
+    twin.family_history = _family_history(by_domain.get("observation", []), descriptions)
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
         key=lambda r: (r["time"], r["code"]),
@@ -498,6 +504,34 @@ def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime | None, datetim
         ((c, t, e) for c, (t, e) in first.items()),
         key=lambda x: (x[1] is None, x[1] or datetime.min, x[0]),
     )
+
+
+#: Prefix of a relative's condition recorded as the patient's family history.
+FAMILY_HISTORY = "FAMILY_HISTORY//"
+
+
+def _family_history(rows: list[dict], descriptions: dict[str, str]) -> list[dict]:
+    """A relative's conditions: the condition's code, the relative, the age at onset."""
+    out = []
+    for r in rows:
+        if not r["code"].startswith(FAMILY_HISTORY):
+            continue
+        details = dict(
+            part.split("=", 1) for part in (r["text_value"] or "").split(";") if "=" in part
+        )
+        code = r["code"].removeprefix(FAMILY_HISTORY)
+        out.append(
+            {
+                "code": code,
+                "description": descriptions.get(code)
+                or (descriptions.get(r["code"]) or "").removeprefix("Family history: ")
+                or None,
+                "relative": details.get("relationship") or details.get("relative"),
+                "onset_age": r["numeric_value"],
+                "recorded": _since(r["time"]),
+            }
+        )
+    return out
 
 
 def _since(time: datetime | None) -> str | None:
