@@ -197,3 +197,80 @@ def test_a_sites_only_vcf_is_refused_for_having_no_patient(tmp_path, new_store):
     (tmp_path / "sites.vcf").write_text(sites + "\n")
     with pytest.raises(VcfError, match="sites-only"):
         ingest_vcf(new_store, tmp_path / "sites.vcf")
+
+
+def _echo_report(path: Path, patient: str, when: str, ejection_fraction: float) -> None:
+    """An echocardiography Comprehensive SR (TID 5200's shape, cut down): a finding container
+    holding the left ventricle's ejection fraction (LOINC 18043-0, in %) and a text remark."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def coded(scheme: str, value: str, meaning: str) -> Sequence:
+        item = Dataset()
+        item.CodingSchemeDesignator, item.CodeValue, item.CodeMeaning = scheme, value, meaning
+        return Sequence([item])
+
+    measured = Dataset()
+    measured.NumericValue = str(ejection_fraction)
+    measured.MeasurementUnitsCodeSequence = coded("UCUM", "%", "percent")
+    ef = Dataset()
+    ef.RelationshipType, ef.ValueType = "CONTAINS", "NUM"
+    ef.ConceptNameCodeSequence = coded("LN", "18043-0", "Left Ventricular Ejection Fraction")
+    ef.MeasuredValueSequence = Sequence([measured])
+    remark = Dataset()
+    remark.RelationshipType, remark.ValueType = "CONTAINS", "TEXT"
+    remark.ConceptNameCodeSequence = coded("DCM", "121106", "Comment")
+    remark.TextValue = "Reviewed by Dr Jane Doe"
+    finding = Dataset()
+    finding.RelationshipType, finding.ValueType = "CONTAINS", "CONTAINER"
+    finding.ConceptNameCodeSequence = coded("DCM", "121070", "Findings")
+    finding.ContentSequence = Sequence([ef, remark])
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = "SR", patient, "Doe^John"
+    ds.ContentDate, ds.ContentTime = when, "101500"
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = coded("LN", "59282-4", "Stress cardiac echo study report")
+    ds.ContentSequence = Sequence([finding])
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_structured_reports_measurements_are_events_the_twin_tracks(tmp_path, new_store):
+    (tmp_path / "in").mkdir()
+    _echo_report(tmp_path / "in" / "echo1.dcm", "HF-1", "20200110", 38.0)
+    _echo_report(tmp_path / "in" / "echo2.dcm", "HF-1", "20200710", 45.0)
+    report = ingest_dicom(new_store, tmp_path / "in")
+    assert report.tables["dicom/instance"].accepted == 2
+    subject = new_store.lookup("dicom", "HF-1")
+    events = new_store.timeline(subject).filter(pl.col("domain") == "measurement")
+    assert events["code"].to_list() == ["LOINC/18043-0", "LOINC/18043-0"]
+    assert events["numeric_value"].to_list() == [38.0, 45.0]
+    assert events["unit"].to_list() == ["%", "%"]
+    assert events["time"].to_list() == [
+        dt.datetime(2020, 1, 10, 10, 15),
+        dt.datetime(2020, 7, 10, 10, 15),
+    ]
+    assert new_store.code_descriptions()["LOINC/18043-0"] == "Left Ventricular Ejection Fraction"
+    # the report's prose is not stored: it may name people
+    assert "Jane" not in str(new_store.timeline(subject).to_dicts())
+    twin = new_store.twin(subject, as_of=dt.datetime(2020, 8, 1))
+    assert twin.variables["lvef"].last_value == 45.0
+
+
+def test_pydicoms_sr_demonstration_gives_its_diameters_with_a_subject_given(tmp_path, new_store):
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(get_testdata_file("test-SR.dcm"), tmp_path / "in" / "sr.dcm")  # no PatientID
+    ingest_dicom(new_store, tmp_path / "in", subject="P1")
+    events = new_store.timeline(new_store.lookup("dicom", "P1"))
+    diameters = events.filter(pl.col("domain") == "measurement")
+    assert diameters["numeric_value"].to_list() == [3.0, 3.0]
+    assert set(diameters["unit"]) == {"cm"}
+    assert new_store.code_descriptions()[diameters["code"][0]] == "Diameter"

@@ -90,7 +90,8 @@ def ingest_dicom(
 ) -> IngestReport:
     """Ingest a DICOM file or a folder (walked recursively) as one atomic batch.
 
-    ``subject`` overrides the files' PatientID (then looked up under ``subject_source``).
+    ``subject`` overrides the files' PatientID (then looked up under ``subject_source``), and
+    files without one are then read too.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -104,6 +105,7 @@ def ingest_dicom(
         p = store.pseudonymiser
         counts = writer.report.table("dicom/instance")
         rows, identities, studies = [], {}, set()
+        descriptions: dict[str, str] = {}  # a report's concepts, by their code meanings
         for path in files:
             if progress:
                 progress(path.name)
@@ -120,7 +122,11 @@ def ingest_dicom(
                 writer.report.unhandled["DICOMDIR"] = writer.report.unhandled.get("DICOMDIR", 0) + 1
                 continue
             counts.read += 1
-            missing = [tag for tag in REQUIRED if not str(ds.get(tag, "") or "").strip()]
+            missing = [
+                tag
+                for tag in REQUIRED
+                if not str(ds.get(tag, "") or "").strip() and not (tag == "PatientID" and subject)
+            ]
             when = _when(ds)
             if missing or when is None:
                 counts.rejected += 1
@@ -191,10 +197,16 @@ def ingest_dicom(
                 )
             if "WaveformSequence" in ds:
                 rows += _waveforms(writer, ds, path, subject_id, when, p)
+            measured = _report_measurements(ds, subject_id, epoch_us(when), p, descriptions)
+            rows += measured
             counts.accepted += 1
-            counts.events += 1
+            counts.events += 1 + len(measured)
         if rows:
             writer.add_events(event_table(rows))
+        if descriptions:
+            writer.add_codes(
+                pa.table({"code": list(descriptions), "description": list(descriptions.values())})
+            )
         if identities:
             writer.add_identities(
                 pa.table(
@@ -207,6 +219,64 @@ def ingest_dicom(
                 )
             )
         return writer.commit()
+
+
+#: DICOM coding scheme designators and the vocabularies they are (PS3.16 section 8).
+_SCHEMES = {"LN": "LOINC", "SRT": "SNOMED", "SCT": "SNOMED", "DCM": "DICOM", "UCUM": "UCUM"}
+
+
+def _concept(item, sequence: str = "ConceptNameCodeSequence") -> str | None:
+    """``<vocabulary>/<code>`` of a content item's coded concept (None without one)."""
+    codes = item.get(sequence)
+    if not codes:
+        return None
+    scheme = str(codes[0].get("CodingSchemeDesignator", "") or "").strip()
+    value = str(codes[0].get("CodeValue", "") or codes[0].get("LongCodeValue", "") or "").strip()
+    return f"{_SCHEMES.get(scheme, scheme or 'DICOM')}/{value}" if value else None
+
+
+def _report_measurements(
+    ds, subject_id: int, when_us: int, p, descriptions: dict[str, str]
+) -> list[dict]:
+    """The numeric measurements of a structured report (an echocardiogram's ejection fraction,
+    a lesion's diameter): each ``NUM`` content item, wherever it sits in the report's tree, as a
+    ``measurement`` event coded by its concept name (``LN`` codes are LOINC) in its UCUM unit,
+    at the report's content time; ``descriptions`` collects the concepts' code meanings. Text
+    items are left out: a report's prose may name people."""
+    if "ContentSequence" not in ds:
+        return []
+    out, stack = [], [(item, str(k)) for k, item in enumerate(ds.ContentSequence)]
+    uid = str(ds.SOPInstanceUID)
+    while stack:
+        item, path = stack.pop()
+        stack += [(c, f"{path}.{k}") for k, c in enumerate(item.get("ContentSequence") or [])]
+        measured = item.get("MeasuredValueSequence")
+        code = _concept(item)
+        if str(item.get("ValueType", "")) != "NUM" or not measured or code is None:
+            continue
+        try:
+            value = float(measured[0].get("NumericValue"))
+        except (TypeError, ValueError):
+            continue  # a NUM item whose value is absent (its NumericValueQualifier says why)
+        unit = _concept(measured[0], "MeasurementUnitsCodeSequence")
+        meaning = str(item.ConceptNameCodeSequence[0].get("CodeMeaning", "") or "").strip()
+        if meaning:
+            descriptions.setdefault(code, meaning)
+        out.append(
+            event(
+                subject_id,
+                when_us,
+                code,
+                value,
+                None,
+                None,
+                "measurement",
+                "dicom/sr",
+                p.record_key("dicom/sr", f"{uid}#{path}"),
+                unit.split("/", 1)[1] if unit else None,
+            )
+        )
+    return out
 
 
 def _waveforms(

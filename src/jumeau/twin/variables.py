@@ -479,6 +479,19 @@ CATALOGUE: dict[str, Variable] = {
             420,
             25,
         ),
+        _v(
+            "lvef",
+            "Left ventricular ejection fraction",
+            "%",
+            ["LOINC/10230-1", "LOINC/8806-2", "LOINC/18043-0"],
+            5,
+            95,
+            {"1": _scale(100)},  # written as a fraction
+            5,
+            3,
+            60,
+            10,
+        ),
     )
 }
 
