@@ -205,3 +205,72 @@ def test_an_icd9_occlusion_without_infarction_is_no_stroke():
     from jumeau.twin.conditions import matches
 
     assert not matches("ICD9CM/433.10", "stroke") and matches("ICD9CM/433.11", "stroke")
+
+
+def test_an_ejection_fraction_of_40_or_less_scores_the_c_of_cha2ds2_vasc(tmp_path, new_store):
+    # ESC 2020: C is clinical heart failure or objective evidence of moderate-to-severe LV
+    # systolic dysfunction; a 70-year-old woman with atrial fibrillation, no heart failure coded
+    import json
+    from datetime import datetime
+
+    from jumeau.ingest.fhir import ingest_fhir
+
+    def bundle(ejection_fraction: float, patient: str) -> dict:
+        ref = {"reference": f"Patient/{patient}"}
+        return {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "Patient",
+                        "id": patient,
+                        "gender": "female",
+                        "birthDate": "1950-01-01",
+                    }
+                },
+                {
+                    "resource": {
+                        "resourceType": "Condition",
+                        "id": f"af-{patient}",
+                        "subject": ref,
+                        "onsetDateTime": "2019-06-01",
+                        "code": {
+                            "coding": [{"system": "http://snomed.info/sct", "code": "49436004"}]
+                        },
+                    }
+                },
+                {
+                    "resource": {
+                        "resourceType": "Observation",
+                        "id": f"ef-{patient}",
+                        "status": "final",
+                        "subject": ref,
+                        "effectiveDateTime": "2020-01-10",
+                        "code": {"coding": [{"system": "http://loinc.org", "code": "10230-1"}]},
+                        "valueQuantity": {
+                            "value": ejection_fraction,
+                            "unit": "%",
+                            "system": "http://unitsofmeasure.org",
+                            "code": "%",
+                        },
+                    }
+                },
+            ],
+        }
+
+    (tmp_path / "in").mkdir()
+    for patient, ef in (("reduced", 35.0), ("preserved", 60.0)):
+        (tmp_path / "in" / f"{patient}.json").write_text(json.dumps(bundle(ef, patient)))
+    ingest_fhir(new_store, tmp_path / "in")
+    as_of = datetime(2020, 2, 1)
+    scores = {
+        patient: new_store.twin(new_store.lookup("fhir", patient), as_of=as_of).risks[
+            "cha2ds2_vasc"
+        ]
+        for patient in ("reduced", "preserved")
+    }
+    # female 1 + age 65-74 1, and C for the reduced ejection fraction
+    assert scores["preserved"].value == 2
+    assert scores["reduced"].value == 3
+    assert scores["reduced"].inputs["lvef"]["last_value"] == 35.0

@@ -346,11 +346,15 @@ def compute_risks(twin, region: str = DEFAULT_REGION, draws: int = 2000) -> dict
             note,
         )
 
+    # C: clinical heart failure, or objective evidence of moderate-to-severe left ventricular
+    # dysfunction (ESC 2020 AF guidelines), taken here as an ejection fraction of 40% or less
+    lvef = state.get("lvef")
+    lv_dysfunction = lvef is not None and lvef.last_value is not None and lvef.last_value <= 40
     if age is not None and sex is not None:
         out["cha2ds2_vasc"] = RiskResult(
             "CHA2DS2-VASc",
             cha2ds2_vasc(
-                chf=conditions["heart_failure"],
+                chf=conditions["heart_failure"] or lv_dysfunction,
                 hypertension=conditions["hypertension"],
                 age=age,
                 diabetes=conditions["diabetes"],
@@ -366,6 +370,7 @@ def compute_risks(twin, region: str = DEFAULT_REGION, draws: int = 2000) -> dict
                     k: conditions[k]
                     for k in ("heart_failure", "hypertension", "diabetes", "stroke", "vascular")
                 },
+                **used("lvef"),
             },
             note=""
             if conditions["atrial_fibrillation"]
