@@ -176,3 +176,9 @@ def test_a_medication_a_summary_says_is_taken_is_active_on_the_summarys_date(tmp
     assert drug["end_time"] == datetime(2020, 12, 11, 13, 30)  # known taken until then
     on_the_day = new_store.twin(subject, as_of=datetime(2020, 12, 11, 13, 30))
     assert [m["code"] for m in on_the_day.medications] == [drug["code"]]
+
+
+def test_a_device_of_no_patient_is_equipment_not_a_rejected_record(tmp_path, new_store):
+    report = ingest_examples(new_store, tmp_path / "ips", "Device-ips-example-imaging-1.json")
+    assert new_store.rejects().height == 0
+    assert report.unhandled == {"Device of no patient (equipment)": 1}

@@ -623,6 +623,8 @@ class _FhirMapper:
             self._reject("fhir/unknown", path, where, "resource has no resourceType")
             return
         handler = self.handlers.get(rtype)
+        if rtype == "Device" and not res.get("patient"):
+            rtype, handler = "Device of no patient (equipment)", None
         if handler is None:
             self.report.unhandled[rtype] = self.report.unhandled.get(rtype, 0) + 1
             return
