@@ -89,6 +89,10 @@ REJECT_SCHEMA = pa.schema(
 BIRTH_CODE = "MEDS_BIRTH"
 DEATH_CODE = "MEDS_DEATH"
 
+#: The ``text_value`` of a result given as a bound ("< 5", FHIR's ``comparator``, OMOP's
+#: ``operator_concept_id``): its ``numeric_value`` is a limit, not the measured value.
+BOUND_COMPARATORS = frozenset({"<", "<=", ">", ">="})
+
 
 def make_code(vocabulary: str, code: str) -> str:
     """Return a canonical code string ``VOCABULARY/code`` (e.g. ``LOINC/8480-6``)."""

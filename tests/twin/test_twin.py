@@ -312,3 +312,42 @@ def test_a_value_without_unit_is_read_in_the_one_unit_that_makes_it_plausible():
     ]
     # 154 is a plausible weight in kg: an unspoken unit is the canonical one when it can be
     assert weight.read_unitless(np.array([154.0]))[0] == pytest.approx([154.0])
+
+
+def test_a_result_given_as_a_bound_is_flagged_and_left_out_of_the_series(tmp_path, new_store):
+    from jumeau.ingest.fhir import ingest_fhir
+
+    def hba1c(k: int, day: str, value: float, comparator: str | None = None) -> dict:
+        quantity = {"value": value, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+        if comparator:
+            quantity["comparator"] = comparator
+        return {
+            "resource": {
+                "resourceType": "Observation",
+                "id": f"a1c-{k}",
+                "status": "final",
+                "subject": {"reference": "Patient/p1"},
+                "effectiveDateTime": day,
+                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                "valueQuantity": quantity,
+            }
+        }
+
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"}},
+            hba1c(1, "2020-01-10", 7.1),
+            hba1c(2, "2020-04-10", 14.0, ">"),  # above the assay's range
+        ],
+    }
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "p1.json").write_text(json.dumps(bundle))
+    ingest_fhir(new_store, tmp_path / "in")
+    subject = new_store.lookup("fhir", "p1")
+    state = new_store.twin(subject, as_of=datetime(2020, 5, 1)).variables["hba1c"]
+    assert state.last_value == pytest.approx(7.1) and state.estimate.n_observations == 1
+    assert [f["problem"] for f in state.flagged] == ["a bound (> 14), not an exact value"]
+    frame = measurement_frame(new_store, load_catalogue())
+    assert frame.filter(pl.col("variable") == "hba1c")["value"].to_list() == pytest.approx([7.1])

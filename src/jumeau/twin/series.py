@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from jumeau.model import BIRTH_CODE
+from jumeau.model import BIRTH_CODE, BOUND_COMPARATORS
 from jumeau.signals.codes import series_observations
 from jumeau.twin.variables import Variable, code_index
 
@@ -31,6 +31,7 @@ def measurement_frame(
             pl.col("code").is_in(list(index))
             & pl.col("numeric_value").is_not_null()
             & pl.col("time").is_not_null()
+            & ~pl.col("text_value").is_in(list(BOUND_COMPARATORS)).fill_null(False)
             & series_observations()
         )
         .select("subject_id", "time", "code", "numeric_value", "unit")

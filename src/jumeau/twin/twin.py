@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jumeau.model import BIRTH_CODE, DEATH_CODE
+from jumeau.model import BIRTH_CODE, BOUND_COMPARATORS, DEATH_CODE
 from jumeau.signals.codes import is_series_observation
 from jumeau.store import layout
 from jumeau.twin import conditions as cond
@@ -570,6 +570,16 @@ def observations(
         var = catalogue[name]
         times, values, flagged = out.setdefault(name, ([], [], []))
         value, unit, time = r["numeric_value"], r["unit"], r["time"]
+        if r["text_value"] in BOUND_COMPARATORS:  # "< 5": a limit, not a measured value
+            flagged.append(
+                {
+                    "time": time.isoformat(),
+                    "value": value,
+                    "unit": unit,
+                    "problem": f"a bound ({r['text_value']} {value:g}), not an exact value",
+                }
+            )
+            continue
         if not unit:  # no unit: the canonical one, else the one unit that makes it plausible
             read, inferred = var.read_unitless(np.array([value]))
             converted = float(read[0]) if not np.isnan(read[0]) else var.to_canonical(value, None)
