@@ -826,18 +826,14 @@ class _FhirMapper:
         start, _ = self._period(res, f"{prefix}DateTime", f"{prefix}Period")
         if start is not None:
             return start
-        age = res.get(f"{prefix}Age") or (res.get(f"{prefix}Range") or {}).get("low")
-        if isinstance(age, dict) and age.get("value") is not None:
-            unit = str(age.get("code") or age.get("unit") or "").lower()
-            days = _AGE_UNIT_DAYS.get(unit)
-            if days is None:
-                raise FhirError(f"{prefix} age unit {unit!r} is not a, mo, wk or d")
+        days = _age_days(res, prefix)
+        if days is not None:
             birth = self.births.get(self._patient_id(res, fullurls))
             if birth is None:
                 raise FhirError(
                     f"{prefix} is an age but the patient's birth date is not in this batch"
                 )
-            return birth + round(float(age["value"]) * days * _US_PER_DAY)
+            return birth + round(days * _US_PER_DAY)
         in_words = _date_in_words(res.get(f"{prefix}String"))  # "January 2012"
         if in_words is not None:
             return in_words
@@ -1390,13 +1386,8 @@ class _FhirMapper:
                 raise FhirError(f"condition {k + 1} of the relative has no code")
             family = f"FAMILY_HISTORY//{code}"
             self.displays.setdefault(family, f"Family history: {self.displays.get(code, code)}")
-            age = condition.get("onsetAge") or (condition.get("onsetRange") or {}).get("low")
-            years = None
-            if isinstance(age, dict) and age.get("value") is not None:
-                days = _AGE_UNIT_DAYS.get(str(age.get("code") or age.get("unit") or "").lower())
-                if days is None:
-                    raise FhirError(f"condition {k + 1}: onset age unit is not a, mo, wk or d")
-                years = float(age["value"]) * days / _AGE_UNIT_DAYS["a"]
+            days = _age_days(condition, "onset")
+            years = None if days is None else days / _AGE_UNIT_DAYS["a"]
             died = "contributed_to_death" if condition.get("contributedToDeath") is True else None
             self._emit(
                 res,
@@ -1598,6 +1589,18 @@ def _identifier_key(identifier: dict) -> str | None:
     if not isinstance(value, str) or not value:
         return None
     return f"{system}|{value}" if isinstance(system, str) else value
+
+
+def _age_days(res: dict, prefix: str) -> float | None:
+    """``<prefix>Age`` (or the low end of ``<prefix>Range``) in days; None without one."""
+    age = res.get(f"{prefix}Age") or (res.get(f"{prefix}Range") or {}).get("low")
+    if not isinstance(age, dict) or age.get("value") is None:
+        return None
+    unit = str(age.get("code") or age.get("unit") or "").lower()
+    days = _AGE_UNIT_DAYS.get(unit)
+    if days is None:
+        raise FhirError(f"{prefix} age unit {unit!r} is not a, mo, wk or d")
+    return float(age["value"]) * days
 
 
 def _listed_key(reference: str) -> str:
