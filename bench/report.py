@@ -3,7 +3,8 @@
     python bench/report.py > /tmp/section.md     # then paste it into README.md
 
 Reads ``bench/results_x372.json``, ``bench/twin_results.json``, ``bench/signal_results.json`` (copies
-of the latest ``bench/out`` results) and ``bench/backtest_results.json`` (``jumeau evaluate forecasts
+of the latest ``bench/out`` results), ``bench/backtest_ceiling.json`` and
+``bench/backtest_results.json`` (``jumeau evaluate forecasts
 --format json``), so no figure in the README is typed by hand.
 """
 
@@ -196,6 +197,22 @@ def backtest_table(result: dict) -> None:
         + ", ".join(n for n in main if n not in met)
         + "."
     )
+    ceiling_file = HERE / "backtest_ceiling.json"
+    if ceiling_file.exists():
+        ceiling = json.loads(ceiling_file.read_text())
+        unmet = [n for n in main if n not in met and n in ceiling]
+        if unmet:
+            print(
+                "Their ceiling (`python bench/backtest_ceiling.py`, `bench/backtest_ceiling.json`): "
+                "the best this model reaches when its noise, drift, slope and stacking weights are "
+                f"chosen with hindsight on the very outcomes scored ({ceiling[unmet[0]]['settings_tried']} "
+                "settings a variable: up to the grid's resolution, more than any fit, which never "
+                "sees them, can reach) is "
+                + ", ".join(f"{ceiling[n]['ceiling_improvement']:+.1%} for {n}" for n in unmet)
+                + " (fitted: "
+                + ", ".join(f"{ceiling[n]['fitted_improvement']:+.1%}" for n in unmet)
+                + ")."
+            )
     variables = result["variables"].values()
     total = sum(v["n"] for v in variables)
     pooled = {
