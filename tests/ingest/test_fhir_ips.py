@@ -99,7 +99,7 @@ def test_undated_facts_reach_twins_from_the_day_they_were_stored(tmp_path, new_s
     now = new_store.twin(subject)
     assert [p["code"] for p in now.problems] == ["SNOMED/91861009"]  # onset 2014
     # "no known allergy" is kept in the timeline but is no allergy of the patient
-    assert now.allergies == []
+    assert now.allergies == [] and now.allergy_status == "No known allergy (situation)"
     assert "SNOMED/716186003" in timeline(new_store, "eumfh-39-07")["code"].to_list()
     (batch,) = new_store.manifest.batches
     stored = datetime.strptime(batch["committed_at"], "%Y-%m-%dT%H:%M:%S%z").replace(tzinfo=None)
@@ -124,6 +124,7 @@ def test_an_active_undated_allergy_is_listed_without_a_since_date_a_resolved_one
         {"code": "SNOMED/764146007", "description": "Penicillin", "since": None}
     ]
     assert twin.to_dict()["allergies"] == twin.allergies
+    assert twin.allergy_status is None  # an allergy is listed: nothing to say of its absence
 
 
 def test_entries_of_a_patient_summary_without_a_date_take_the_summarys(tmp_path, new_store):

@@ -209,9 +209,12 @@ def twin_summary(twin: dict) -> None:
         ("allergies", "allergies"),
     ):
         items = twin[key]
+        status = twin.get("allergy_status") if key == "allergies" and not items else None
         console.print(
             f"[bold]{title}[/bold] ({len(items)}): "
-            + escape("; ".join(f"{i.get('description') or i['code']}" for i in items[:12]))
+            + escape(
+                status or "; ".join(f"{i.get('description') or i['code']}" for i in items[:12])
+            )
             + (" ..." if len(items) > 12 else "")
         )
     family = twin.get("family_history") or []

@@ -236,6 +236,8 @@ class Twin:
     encounters: list[dict]
     events_used: int
     family_history: list[dict] = field(default_factory=list)
+    #: what the record says of absent allergies ("No known allergy") when none is listed
+    allergy_status: str | None = None
     descriptions: dict[str, str] = field(repr=False, default_factory=dict)
     risks: dict[str, RiskResult] = field(default_factory=dict)
     signal_features: dict[str, dict] = field(default_factory=dict)
@@ -282,6 +284,7 @@ class Twin:
             "problems": self.problems,
             "medications": self.medications,
             "allergies": self.allergies,
+            "allergy_status": self.allergy_status,
             "family_history": self.family_history,
             "recent_encounters": self.encounters,
             "risks": {n: r.to_dict() for n, r in self.risks.items()},
@@ -437,6 +440,13 @@ def build_twin(
         {"code": code, "description": descriptions.get(code), "since": _since(since)}
         for code, since, _ in _first_by_code(allergies)
     ]
+    stated = {id(r) for r in _stated(by_domain.get("allergy", []))}
+    absences = {
+        descriptions.get(r["code"]) or r["code"]
+        for r in by_domain.get("allergy", [])
+        if id(r) not in stated
+    }
+    twin.allergy_status = "; ".join(sorted(absences)) if absences and not twin.allergies else None
     twin.family_history = _family_history(by_domain.get("observation", []), descriptions)
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
