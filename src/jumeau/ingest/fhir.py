@@ -39,8 +39,11 @@ _READ_AHEAD_TYPES = (
     "List",
     "Composition",
 )
-#: What an NDJSON line read ahead names (a panel's Observation lists its members).
-_READ_AHEAD = (*(f'"{name}"'.encode() for name in _READ_AHEAD_TYPES), b'"hasMember"')
+#: What an NDJSON line read ahead names (a panel's Observation lists its members): one search
+#: a line, not one a name.
+_READ_AHEAD = re.compile(
+    b'"(?:' + b"|".join(n.encode() for n in (*_READ_AHEAD_TYPES, "hasMember")) + b')"'
+)
 #: When an Observation was made: its effective[x].
 _EFFECTIVE = ("effectiveDateTime", "effectivePeriod", "effectiveInstant")
 #: Panels within panels followed up to this depth for a result's time.
@@ -559,7 +562,7 @@ class _FhirMapper:
             return
         try:
             for _, line in _ndjson_lines(path):
-                if not any(name in line for name in _READ_AHEAD):
+                if _READ_AHEAD.search(line) is None:
                     continue
                 try:
                     resource = orjson.loads(line)
