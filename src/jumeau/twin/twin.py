@@ -42,9 +42,8 @@ US_PER_DAY = 86_400_000_000
 ACTIVE_DRUG_WINDOW = timedelta(days=90)
 #: Domains of events that happened at some date: one stored undated (a patient summary's
 #: allergy or past surgery, a relative's illness, its date unknown) is known from the day its
-#: batch was stored. An
-#: undated event of any other domain is a static fact, true at every date (sex, a genotype,
-#: MEDS's static measurements).
+#: batch was stored. An undated event of any other domain is a static fact, true at every date
+#: (sex, a genotype, MEDS's static measurements).
 HAPPENED_DOMAINS = frozenset(
     {"condition", "allergy", "procedure", "imaging", "drug", "observation"}
 )
@@ -409,7 +408,7 @@ def build_twin(
     ]
     active = [r for r in conditions if r["end_time"] is None or r["end_time"] > as_of]
     twin.problems = [
-        {"code": code, "description": descriptions.get(code), "since": _since(since)}
+        {"code": code, "description": descriptions.get(code), "since": _iso(since)}
         for code, since, _ in _first_by_code(active)
     ]
     on_drug = [
@@ -426,8 +425,8 @@ def build_twin(
         {
             "code": code,
             "description": descriptions.get(code),
-            "since": _since(since),
-            "until": _since(until),
+            "since": _iso(since),
+            "until": _iso(until),
         }
         for code, since, until in _first_by_code(on_drug)
     ]
@@ -437,7 +436,7 @@ def build_twin(
         if r["end_time"] is None or r["end_time"] > as_of  # a resolved allergy is past
     ]
     twin.allergies = [
-        {"code": code, "description": descriptions.get(code), "since": _since(since)}
+        {"code": code, "description": descriptions.get(code), "since": _iso(since)}
         for code, since, _ in _first_by_code(allergies)
     ]
     stated = {id(r) for r in _stated(by_domain.get("allergy", []))}
@@ -538,13 +537,13 @@ def _family_history(rows: list[dict], descriptions: dict[str, str]) -> list[dict
                 or None,
                 "relative": details.get("relationship") or details.get("relative"),
                 "onset_age": r["numeric_value"],
-                "recorded": _since(r["time"]),
+                "recorded": _iso(r["time"]),
             }
         )
     return out
 
 
-def _since(time: datetime | None) -> str | None:
+def _iso(time: datetime | None) -> str | None:
     return time.isoformat() if time is not None else None
 
 
