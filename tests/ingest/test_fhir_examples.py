@@ -335,3 +335,17 @@ def test_an_insurance_cover_is_a_sociodemographic_fact_over_its_period(tmp_path,
     assert cover["text_value"] == "subscriber=self"
     kept = f"{cover['code']} {cover['text_value']}"
     assert not any(v in kept for v in ("12345", "CB135", "B37FC"))  # ids never kept
+
+
+def test_a_relative_named_in_free_text_is_not_stored(tmp_path, new_store):
+    history = json.loads((EXAMPLES / "FamilyMemberHistory-father.json").read_text())
+    history["relationship"] = {"text": "Uncle Bartholomew"}
+    history["name"] = "Bartholomew Patient"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "uncle.json").write_text(json.dumps(history))
+    ingest_fhir(new_store, tmp_path / "src")
+    (event,) = timeline(new_store, "example").iter_rows(named=True)
+    assert event["code"] == "FAMILY_HISTORY//SNOMED/315619001"
+    assert "Bartholomew" not in str(event["text_value"])
+    stored = b"".join(p.read_bytes() for p in new_store.root.rglob("*") if p.is_file())
+    assert b"Bartholomew" not in stored

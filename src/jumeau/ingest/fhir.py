@@ -1375,13 +1375,10 @@ class _FhirMapper:
         conditions = list(_objects(res.get("condition")))
         if not conditions:
             raise FhirError("no condition of the relative is recorded")
-        relationship = res.get("relationship") or {}
-        relative = next(iter(_codings(relationship)), {})
+        # the relationship as coded (RoleCode FTH, "father"): a typed text may name the relative
+        relative = next(iter(_codings(res.get("relationship"))), {})
         details = _details(
-            {
-                "relative": relative.get("code"),
-                "relationship": relative.get("display") or relationship.get("text"),
-            }
+            {"relative": relative.get("code"), "relationship": relative.get("display")}
         )
         for k, condition in enumerate(conditions):
             code = self._code(condition.get("code"), ("SNOMED", "ICD10", "ICD10CM"))
