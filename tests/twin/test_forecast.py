@@ -8,8 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+import jumeau
+from jumeau.ingest.fhir import ingest_fhir
 from jumeau.twin import PopulationModel
-from jumeau.twin.forecast import backtest, horizon_days, pool
+from jumeau.twin.forecast import backtest, horizon_days, pool, published
 
 CUTOFFS = [datetime(y, 1, 1) for y in range(2012, 2020)]
 
@@ -152,3 +154,22 @@ def test_pooled_back_tests_count_a_patient_once_in_the_interval(pooled):
     low, high = sbp["improvement_ci95"]
     assert low < sbp["improvement_vs_carry_forward"] < high
     assert SUBJECT_SUMS not in published(pooled)["variables"]["sbp"]
+
+
+def test_the_same_patients_give_the_same_back_test_whatever_the_stores_key(
+    tmp_path, synthea_full_store, synthea_dir
+):
+    # pseudonyms and the order of events of the same time follow each store's secret; the
+    # population model and the forecasts must follow the data alone
+    store, _ = synthea_full_store
+    other = jumeau.init(tmp_path / "other")
+    ingest_fhir(other, synthea_dir)
+    assert set(store.subjects().tolist()).isdisjoint(other.subjects().tolist())
+    cutoff = datetime(2019, 1, 1)
+    ours, theirs = (published(backtest(s, cutoff)) for s in (store, other))
+    assert ours["population"] == theirs["population"]
+    for name, v in ours["variables"].items():
+        other_v = theirs["variables"][name]
+        assert v["coverage_80"] == other_v["coverage_80"], name
+        assert v["mae"] == pytest.approx(other_v["mae"], rel=1e-12), name  # a sum's last digit
+        assert v["improvement_ci95"] == pytest.approx(other_v["improvement_ci95"], abs=1e-9), name

@@ -251,7 +251,8 @@ def improvement_interval(sums: dict, level: float = 0.95, seed: int = 0) -> list
     patients as clusters. None with fewer than 2 patients."""
     if len(sums) < 2:
         return None
-    totals = np.array(list(sums.values()), dtype=float)
+    # in an order of the data, not of the pseudonyms: the same patients, the same interval
+    totals = np.array(sorted(sums.values()), dtype=float)
     if len(totals) > BOOTSTRAP_MAX_PATIENTS:
         return _delta_interval(totals[:, 1], totals[:, 2], level)
     rng = np.random.default_rng(seed)

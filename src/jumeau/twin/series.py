@@ -64,8 +64,10 @@ def measurement_frame(
             }
         )
     out = pl.concat(parts).with_columns(day=(pl.col("time").dt.epoch("us") / 86_400_000_000))
+    # same-day values in value order: the data's order, not the store key's (which orders
+    # events of the same time), so the same patients give the same series in any store
     return out.select("subject_id", "variable", "day", "value", "time").sort(
-        "subject_id", "variable", "day"
+        "subject_id", "variable", "day", "value"
     )
 
 

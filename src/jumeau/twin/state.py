@@ -500,7 +500,12 @@ def fit_noise(
     every series; interval scales make the population's own forecasts cover as claimed.
     """
     default = NoiseModel.default(variable)
-    series = [s for s in series if len(s[1])]
+    # in an order set by the data alone, not by the subjects' pseudonyms: the same patients give
+    # the same model whatever the store's key (a sum's order moves the optimiser's path)
+    series = sorted(
+        (s for s in series if len(s[1])),
+        key=lambda s: (float(s[0][0]), len(s[1]), *np.asarray(s[1], dtype=float)[:3].tolist()),
+    )
     if len(series) < 5:
         return default
     packed = _Packed(series)

@@ -619,6 +619,11 @@ def observations(
         else:
             times.append(time)
             values.append(converted)
+    # values of the same time in value order, as the population's series have them: the data's
+    # order, not the store key's
+    for name, (times, values, flagged) in out.items():
+        order = sorted(range(len(times)), key=lambda i: (times[i], values[i]))
+        out[name] = ([times[i] for i in order], [values[i] for i in order], flagged)
     return {name: (*series, unit_inferred.get(name, 0)) for name, series in out.items()}
 
 
