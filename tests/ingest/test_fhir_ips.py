@@ -183,3 +183,16 @@ def test_a_device_of_no_patient_is_equipment_not_a_rejected_record(tmp_path, new
     report = ingest_examples(new_store, tmp_path / "ips", "Device-ips-example-imaging-1.json")
     assert new_store.rejects().height == 0
     assert report.unhandled == {"Device of no patient (equipment)": 1}
+
+
+def test_a_device_the_summary_says_the_patient_uses_is_the_twins(tmp_path, new_store):
+    # IPS's all-sections summary: a DeviceUseStatement (date unknown) naming a hip prosthesis,
+    # a Device of no patient of its own
+    ingest_examples(new_store, tmp_path / "ips", "Bundle-bundle-ips-all-sections.json")
+    assert new_store.rejects().height == 0
+    subject = new_store.subjects()[0]
+    devices = new_store.timeline(subject).filter(pl.col("domain") == "device")
+    assert devices["code"].to_list() == ["SNOMED/67270000"]
+    twin = new_store.twin(subject)
+    assert [d["code"] for d in twin.devices] == ["SNOMED/67270000"]
+    assert twin.to_dict()["devices"] == twin.devices

@@ -207,8 +207,9 @@ def twin_summary(twin: dict) -> None:
         ("active problems", "problems"),
         ("active medications", "medications"),
         ("allergies", "allergies"),
+        ("devices", "devices"),
     ):
-        items = twin[key]
+        items = twin.get(key) or []
         status = twin.get("allergy_status") if key == "allergies" and not items else None
         console.print(
             f"[bold]{title}[/bold] ({len(items)}): "

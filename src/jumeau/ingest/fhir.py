@@ -38,6 +38,7 @@ _READ_AHEAD_TYPES = (
     "DiagnosticReport",
     "List",
     "Composition",
+    "Device",
 )
 #: What an NDJSON line read ahead names (a panel's Observation lists its members): one search
 #: a line, not one a name.
@@ -272,6 +273,9 @@ class _FhirMapper:
         self.displays: dict[str, str] = {}
         #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
         self.medications: dict[str, tuple[str, ...]] = {}
+        #: Device type codes by reference (``Device/id``, bundle fullUrl): a device use
+        #: statement names its device by reference.
+        self.devices: dict[str, str] = {}
         #: Birth times (µs, unshifted) by patient id: an onset given as an age needs them.
         self.births: dict[str, int] = {}
         #: ids of the Patients read so far (an NDJSON file's are read ahead of its other lines)
@@ -320,6 +324,7 @@ class _FhirMapper:
             "ImagingStudy": self._imaging_study,
             "DocumentReference": self._document,
             "FamilyMemberHistory": self._family_history,
+            "DeviceUseStatement": self._device_use,
             "Coverage": self._coverage,
         }
 
@@ -407,6 +412,12 @@ class _FhirMapper:
             self._remember_listed(res, "hasMember")
         elif rtype in ("List", "Composition"):
             self._remember_list(res)
+        elif rtype == "Device":
+            code = self._code(res.get("type"), ("SNOMED",))
+            if code and res.get("id"):
+                self.devices[f"Device/{res['id']}"] = code
+            if code and full_url:
+                self.devices[full_url] = code
         return False
 
     def _remember_list(self, res: dict) -> None:
@@ -1428,6 +1439,21 @@ class _FhirMapper:
             domain="device",
             time=start,
         )
+
+    def _device_use(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A device the patient uses (an implant, a pacemaker: a patient summary's devices),
+        coded by the Device it names, over its timing; undated when nothing dates it."""
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(
+            res, "timingPeriod", "timingDateTime", "recordedOn", required=False
+        )
+        reference = (res.get("device") or {}).get("reference")
+        code = (
+            _referenced(self.devices, reference, "Device") if isinstance(reference, str) else None
+        )
+        if code is None:
+            raise FhirError("the device it names is not in this batch or has no type")
+        self._emit(res, subject, code=code, domain="device", time=start, end=end)
 
     def _care_plan(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)

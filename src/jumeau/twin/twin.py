@@ -45,7 +45,7 @@ ACTIVE_DRUG_WINDOW = timedelta(days=90)
 #: batch was stored. An undated event of any other domain is a static fact, true at every date
 #: (sex, a genotype, MEDS's static measurements).
 HAPPENED_DOMAINS = frozenset(
-    {"condition", "allergy", "procedure", "imaging", "drug", "observation"}
+    {"condition", "allergy", "procedure", "imaging", "drug", "observation", "device"}
 )
 #: Codes that state an absence ("no known allergy", as patient summaries record it): kept in
 #: the timeline, never listed as a problem, medication or allergy of the patient.
@@ -235,6 +235,8 @@ class Twin:
     encounters: list[dict]
     events_used: int
     family_history: list[dict] = field(default_factory=list)
+    #: devices the patient uses (implants, a pacemaker), with their start when known
+    devices: list[dict] = field(default_factory=list)
     #: what the record says of absent allergies ("No known allergy") when none is listed
     allergy_status: str | None = None
     descriptions: dict[str, str] = field(repr=False, default_factory=dict)
@@ -285,6 +287,7 @@ class Twin:
             "allergies": self.allergies,
             "allergy_status": self.allergy_status,
             "family_history": self.family_history,
+            "devices": self.devices,
             "recent_encounters": self.encounters,
             "risks": {n: r.to_dict() for n, r in self.risks.items()},
             "signal_features": self.signal_features,
@@ -447,6 +450,15 @@ def build_twin(
     }
     twin.allergy_status = "; ".join(sorted(absences)) if absences and not twin.allergies else None
     twin.family_history = _family_history(by_domain.get("observation", []), descriptions)
+    in_use = [
+        r
+        for r in _stated(by_domain.get("device", []))
+        if r["end_time"] is None or r["end_time"] > as_of
+    ]
+    twin.devices = [
+        {"code": code, "description": descriptions.get(code), "since": _iso(since)}
+        for code, since, _ in _first_by_code(in_use)
+    ]
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
         key=lambda r: (r["time"], r["code"]),
