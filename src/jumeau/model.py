@@ -93,6 +93,10 @@ DEATH_CODE = "MEDS_DEATH"
 #: ``operator_concept_id``): its ``numeric_value`` is a limit, not the measured value.
 BOUND_COMPARATORS = frozenset({"<", "<=", ">", ">="})
 
+#: How a diagnosis's ``text_value`` says it is not established (``verification=provisional``,
+#: ``unconfirmed``, ``differential``: FHIR's verificationStatus).
+TENTATIVE_PREFIX = "verification="
+
 
 def make_code(vocabulary: str, code: str) -> str:
     """Return a canonical code string ``VOCABULARY/code`` (e.g. ``LOINC/8480-6``)."""

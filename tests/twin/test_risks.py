@@ -274,3 +274,56 @@ def test_an_ejection_fraction_of_40_or_less_scores_the_c_of_cha2ds2_vasc(tmp_pat
     assert scores["preserved"].value == 2
     assert scores["reduced"].value == 3
     assert scores["reduced"].inputs["lvef"]["last_value"] == 35.0
+
+
+def test_a_differential_diagnosis_is_listed_as_such_and_never_scored(tmp_path, new_store):
+    # a 70-year-old woman with atrial fibrillation; "stroke" is only a differential diagnosis
+    import json
+    from datetime import datetime
+
+    from jumeau.ingest.fhir import ingest_fhir
+
+    def condition(cid: str, code: str, verification: str) -> dict:
+        return {
+            "resource": {
+                "resourceType": "Condition",
+                "id": cid,
+                "subject": {"reference": "Patient/w"},
+                "onsetDateTime": "2019-06-01",
+                "verificationStatus": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                            "code": verification,
+                        }
+                    ]
+                },
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
+            }
+        }
+
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": "w",
+                    "gender": "female",
+                    "birthDate": "1950-01-01",
+                }
+            },
+            condition("af", "49436004", "confirmed"),
+            condition("stroke", "230690007", "differential"),
+        ],
+    }
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "w.json").write_text(json.dumps(bundle))
+    ingest_fhir(new_store, tmp_path / "in")
+    twin = new_store.twin(new_store.lookup("fhir", "w"), as_of=datetime(2020, 1, 1))
+    stroke = next(p for p in twin.problems if p["code"] == "SNOMED/230690007")
+    assert stroke["verification"] == "differential"
+    assert "verification" not in next(p for p in twin.problems if p["code"] == "SNOMED/49436004")
+    assert not twin.condition_flags()["stroke"]
+    assert twin.risks["cha2ds2_vasc"].value == 2  # female 1, age 65-74 1; no stroke points

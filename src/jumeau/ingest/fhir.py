@@ -22,7 +22,14 @@ import pyarrow as pa
 from jumeau.ingest.events import columns_table
 from jumeau.ingest.fhir_sampled import SampledDataError, SampledSignal, read_sampled_data
 from jumeau.ingest.redact import redact, redact_patterns
-from jumeau.model import BIRTH_CODE, CONNECTOR_SCHEMA, DEATH_CODE, REJECT_SCHEMA, fhir_vocabulary
+from jumeau.model import (
+    BIRTH_CODE,
+    CONNECTOR_SCHEMA,
+    DEATH_CODE,
+    REJECT_SCHEMA,
+    TENTATIVE_PREFIX,
+    fhir_vocabulary,
+)
 from jumeau.signals.store import write_record
 from jumeau.store import BatchWriter, IngestReport, Store
 
@@ -1086,6 +1093,9 @@ class _FhirMapper:
         subject = self._subject(res, fullurls)
         start = self._onset(res, fullurls, "onset", "recordedDate", required=False)
         end, _ = self._period(res, "abatementDateTime", "abatementPeriod")
+        tentative = _TENTATIVE.intersection(
+            c.get("code") for c in _codings(res.get("verificationStatus"))
+        )
         self._emit(
             res,
             subject,
@@ -1093,6 +1103,8 @@ class _FhirMapper:
             domain="condition",
             time=start,
             end=_ended(res, start, end),
+            # a working or differential diagnosis is in the record, not established
+            text=f"{TENTATIVE_PREFIX}{min(tentative)}" if tentative else None,
         )
 
     def _observation(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
@@ -1713,6 +1725,9 @@ _VOID_VERIFICATIONS = {
     "entered-in-error": "not part of the patient's record",
     "refuted": "the patient does not have it",
 }
+#: Verification statuses of a diagnosis not established (a working or differential diagnosis):
+#: kept, its ``text_value`` saying so (``verification=provisional``).
+_TENTATIVE = frozenset({"unconfirmed", "provisional", "differential"})
 
 
 def _void_reason(res: dict) -> str | None:

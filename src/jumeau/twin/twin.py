@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jumeau.model import BIRTH_CODE, BOUND_COMPARATORS, DEATH_CODE
+from jumeau.model import BIRTH_CODE, BOUND_COMPARATORS, DEATH_CODE, TENTATIVE_PREFIX
 from jumeau.signals.codes import is_series_observation
 from jumeau.store import layout
 from jumeau.twin import conditions as cond
@@ -406,12 +406,26 @@ def build_twin(
     conditions = _stated(by_domain.get("condition", []))
     # a local diagnosis code is scored by the standard codes above it (ICD10CM/I10 over a MEDS
     # DIAGNOSIS//ICD//10//I10)
+    # a working or differential diagnosis is listed, said tentative, and never scored (a code
+    # recorded once as established is established)
+    established = {
+        r["code"] for r in conditions if not (r["text_value"] or "").startswith(TENTATIVE_PREFIX)
+    }
+    tentative = {
+        r["code"]: r["text_value"].removeprefix(TENTATIVE_PREFIX)
+        for r in conditions
+        if r["code"] not in established
+    }
     twin._all_conditions = [  # type: ignore[attr-defined]
-        {"code": c} for r in conditions for c in (r["code"], *ancestors.get(r["code"], ()))
+        {"code": c}
+        for r in conditions
+        if r["code"] in established
+        for c in (r["code"], *ancestors.get(r["code"], ()))
     ]
     active = [r for r in conditions if r["end_time"] is None or r["end_time"] > as_of]
     twin.problems = [
         {"code": code, "description": descriptions.get(code), "since": _iso(since)}
+        | ({} if code in established else {"verification": tentative[code]})
         for code, since, _ in _first_by_code(active)
     ]
     on_drug = [
