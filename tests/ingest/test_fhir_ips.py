@@ -196,19 +196,3 @@ def test_a_device_the_summary_says_the_patient_uses_is_the_twins(tmp_path, new_s
     twin = new_store.twin(subject)
     assert [d["code"] for d in twin.devices] == ["SNOMED/67270000"]
     assert twin.to_dict()["devices"] == twin.devices
-
-
-def test_a_prescription_still_active_at_its_last_update_is_taken_until_then(tmp_path, new_store):
-    # an EHR's export: a statin prescribed in 2021, still active when its record last changed
-    folder = tmp_path / "ips"
-    ingest_examples(new_store, folder, "Patient-eumfh-39-07.json", "Medication-eumfh-39-07-1.json")
-    request = json.loads((EXAMPLES / "MedicationRequest-eumfh-39-07-1-request.json").read_text())
-    request["authoredOn"] = "2021-01-05"
-    request["meta"]["lastUpdated"] = "2023-06-01T09:00:00Z"
-    (folder / "request.json").write_text(json.dumps(request))
-    ingest_fhir(new_store, folder)
-    subject = new_store.lookup("fhir", "eumfh-39-07")
-    (drug,) = new_store.timeline(subject).filter(pl.col("domain") == "drug").iter_rows(named=True)
-    assert (drug["time"], drug["end_time"]) == (datetime(2021, 1, 5), datetime(2023, 6, 1, 9))
-    two_years_on = new_store.twin(subject, as_of=datetime(2023, 1, 1))
-    assert [m["code"] for m in two_years_on.medications] == [drug["code"]]

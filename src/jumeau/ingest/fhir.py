@@ -452,10 +452,9 @@ class _FhirMapper:
                 self.listed_on[key] = min(listed, self.listed_on.get(key, listed))
 
     def _still_taken(self, res: dict, start: int | None) -> int | None:
-        """Until when an active MedicationStatement or MedicationRequest with no end is known
-        to be taken: the latest of the dates it was asserted on (``dateAsserted``, a List or
-        summary naming it, its record's last update, a chronic prescription still active when
-        an EHR exported it), if after its start; None if none is."""
+        """Until when an active MedicationStatement with no end is known to be taken: the
+        latest of the dates it was asserted on (``dateAsserted``, a List or summary naming it,
+        its record's last update), if after its start; None if none is."""
         asserted = [
             parse_fhir_time(res.get("dateAsserted")),
             self._listed_date(res),
@@ -1254,12 +1253,8 @@ class _FhirMapper:
             start, end = self._timed(res, "whenHandedOver", "whenPrepared")
         else:
             start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "dateAsserted")
-        if (
-            end is None
-            and res.get("status") == "active"
-            and res["resourceType"] in ("MedicationStatement", "MedicationRequest")
-        ):
-            end = self._still_taken(res, start)
+            if end is None and res.get("status") == "active":
+                end = self._still_taken(res, start)
         medication = res.get("medication") or {}  # R5: a CodeableReference
         code = self._code(
             res.get("medicationCodeableConcept") or medication.get("concept"), _DRUG_VOCABULARIES
