@@ -68,11 +68,14 @@ def _static(row: dict) -> bool:
     return row["time"] is None and row["domain"] not in HAPPENED_DOMAINS
 
 
+def _absent(row: dict) -> bool:
+    """Whether a row states an absence (:data:`ABSENT_CODES`, the IPS absent/unknown codes)."""
+    return row["code"] in ABSENT_CODES or row["code"].startswith(ABSENT_SYSTEM)
+
+
 def _stated(rows: list[dict]) -> list[dict]:
     """The rows that state something present, not an absence."""
-    return [
-        r for r in rows if r["code"] not in ABSENT_CODES and not r["code"].startswith(ABSENT_SYSTEM)
-    ]
+    return [r for r in rows if not _absent(r)]
 
 
 def day_number(moment: datetime) -> float:
@@ -368,11 +371,12 @@ def build_twin(
     if any(r["time"] is None and not _static(r) for r in timeline):
         # an undated fact (a patient summary's allergy) is known from when it was stored: a
         # twin as of an earlier day must not see it
-        rows += [
-            r
-            for r in store.timeline_arrow(subject_id, known_at=stored_by, plain=True).to_pylist()
-            if r["time"] is None and not _static(r)
-        ]
+        stored = (
+            timeline
+            if stored_by == known_at  # the read above is the store as it was then
+            else store.timeline_arrow(subject_id, known_at=stored_by, plain=True).to_pylist()
+        )
+        rows += [r for r in stored if r["time"] is None and not _static(r)]
     if not any(r["time"] is not None for r in rows):
         raise KeyError(f"subject {subject_id} has no events known at {as_of.isoformat()}")
     descriptions = store.code_descriptions() if descriptions is None else descriptions
@@ -404,8 +408,6 @@ def build_twin(
     )
     twin.population = population
     conditions = _stated(by_domain.get("condition", []))
-    # a local diagnosis code is scored by the standard codes above it (ICD10CM/I10 over a MEDS
-    # DIAGNOSIS//ICD//10//I10)
     # a working or differential diagnosis is listed, said tentative, and never scored (a code
     # recorded once as established is established)
     established = {
@@ -416,6 +418,8 @@ def build_twin(
         for r in conditions
         if r["code"] not in established
     }
+    # a local diagnosis code is scored by the standard codes above it (ICD10CM/I10 over a MEDS
+    # DIAGNOSIS//ICD//10//I10)
     twin._all_conditions = [  # type: ignore[attr-defined]
         {"code": c}
         for r in conditions
@@ -456,11 +460,8 @@ def build_twin(
         {"code": code, "description": descriptions.get(code), "since": _iso(since)}
         for code, since, _ in _first_by_code(allergies)
     ]
-    stated = {id(r) for r in _stated(by_domain.get("allergy", []))}
     absences = {
-        descriptions.get(r["code"]) or r["code"]
-        for r in by_domain.get("allergy", [])
-        if id(r) not in stated
+        descriptions.get(r["code"]) or r["code"] for r in by_domain.get("allergy", []) if _absent(r)
     }
     twin.allergy_status = "; ".join(sorted(absences)) if absences and not twin.allergies else None
     twin.family_history = _family_history(by_domain.get("observation", []), descriptions)
