@@ -596,6 +596,7 @@ def observations(
     index = code_index(catalogue, ancestors)
     out: dict[str, tuple[list, list, list]] = {}
     unit_inferred: dict[str, int] = {}
+    unitless: dict[str, tuple[list, list, str | None]] = {}
     converters: dict[tuple[str, str | None], Callable[[float], float] | None] = {}
     for r in rows:
         name = index.get(r["code"])
@@ -616,15 +617,15 @@ def observations(
                 }
             )
             continue
-        if not unit:  # no unit: the canonical one, else the one unit that makes it plausible
-            read, inferred = var.read_unitless(np.array([value]))
-            converted = float(read[0]) if not np.isnan(read[0]) else var.to_canonical(value, None)
-            unit_inferred[name] = unit_inferred.get(name, 0) + int(inferred[0])
-        else:
-            if (name, unit) not in converters:  # a watch's million samples share one unit
-                converters[name, unit] = var.converter(unit)
-            convert = converters[name, unit]
-            converted = None if convert is None else convert(value)
+        if not unit:  # read together below, each variable's at once
+            unitless.setdefault(name, ([], [], unit))
+            unitless[name][0].append(time)
+            unitless[name][1].append(value)
+            continue
+        if (name, unit) not in converters:  # a watch's million samples share one unit
+            converters[name, unit] = var.converter(unit)
+        convert = converters[name, unit]
+        converted = None if convert is None else convert(value)
         if converted is None:
             flagged.append(
                 {
@@ -635,23 +636,34 @@ def observations(
                 }
             )
         elif not var.plausible(converted):
-            flagged.append(
-                {
-                    "time": time.isoformat(),
-                    "value": value,
-                    "unit": unit,
-                    "problem": f"implausible ({converted:g} {var.unit} outside {var.low:g}-{var.high:g})",
-                }
-            )
+            flagged.append(_implausible(var, time, value, unit, converted))
         else:
             times.append(time)
             values.append(converted)
-    # values of the same time in value order, as the population's series have them: the data's
-    # order, not the store key's
-    for name, (times, values, flagged) in out.items():
-        order = sorted(range(len(times)), key=lambda i: (times[i], values[i]))
-        out[name] = ([times[i] for i in order], [values[i] for i in order], flagged)
+    # values without a unit: the canonical one, else the one unit that makes them plausible
+    for name, (unit_times, unit_values, unit) in unitless.items():
+        var = catalogue[name]
+        times, values, flagged = out[name]
+        read, inferred = var.read_unitless(np.array(unit_values, dtype=float))
+        unit_inferred[name] = int(inferred.sum())
+        for time, value, converted in zip(unit_times, unit_values, read.tolist(), strict=True):
+            if np.isnan(converted):
+                flagged.append(_implausible(var, time, value, unit, value))
+            else:
+                times.append(time)
+                values.append(converted)
+        flagged.sort(key=lambda f: f["time"])  # in time order, as the rows came
     return {name: (*series, unit_inferred.get(name, 0)) for name, series in out.items()}
+
+
+def _implausible(var: Variable, time: datetime, value: float, unit, converted: float) -> dict:
+    """The flag of a value implausible for ``var`` once in its unit."""
+    return {
+        "time": time.isoformat(),
+        "value": value,
+        "unit": unit,
+        "problem": f"implausible ({converted:g} {var.unit} outside {var.low:g}-{var.high:g})",
+    }
 
 
 def _variable_states(
@@ -669,6 +681,11 @@ def _variable_states(
     ).items():
         days = np.array([day_number(t) for t in times], dtype=float)
         vals = np.array(values, dtype=float)
+        # values of the same time in value order, as the population's series have them: the
+        # data's order, not the store key's (an ordered series, the usual one, is left as it is)
+        if not ((days[1:] > days[:-1]) | ((days[1:] == days[:-1]) & (vals[1:] >= vals[:-1]))).all():
+            order = np.lexsort((vals, days))
+            days, vals, times = days[order], vals[order], [times[i] for i in order]
         estimate = (
             population.filter(name, birth).estimate(days, vals, at)
             if len(vals)
