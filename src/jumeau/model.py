@@ -93,6 +93,12 @@ DEATH_CODE = "MEDS_DEATH"
 #: ``operator_concept_id``): its ``numeric_value`` is a limit, not the measured value.
 BOUND_COMPARATORS = frozenset({"<", "<=", ">", ">="})
 
+#: The code of a relative's condition recorded as the patient's family history:
+#: ``FAMILY_HISTORY//<condition code>`` (never the patient's own diagnosis), described as
+#: ``Family history: <the condition's description>``.
+FAMILY_HISTORY_PREFIX = "FAMILY_HISTORY//"
+FAMILY_HISTORY_DESCRIPTION = "Family history: "
+
 #: How a diagnosis's ``text_value`` says it is not established (``verification=provisional``,
 #: ``unconfirmed``, ``differential``: FHIR's verificationStatus).
 TENTATIVE_PREFIX = "verification="

@@ -26,6 +26,8 @@ from jumeau.model import (
     BIRTH_CODE,
     CONNECTOR_SCHEMA,
     DEATH_CODE,
+    FAMILY_HISTORY_DESCRIPTION,
+    FAMILY_HISTORY_PREFIX,
     REJECT_SCHEMA,
     TENTATIVE_PREFIX,
     fhir_vocabulary,
@@ -1407,8 +1409,10 @@ class _FhirMapper:
             code = self._code(condition.get("code"), ("SNOMED", "ICD10", "ICD10CM"))
             if not code:
                 raise FhirError(f"condition {k + 1} of the relative has no code")
-            family = f"FAMILY_HISTORY//{code}"
-            self.displays.setdefault(family, f"Family history: {self.displays.get(code, code)}")
+            family = f"{FAMILY_HISTORY_PREFIX}{code}"
+            self.displays.setdefault(
+                family, f"{FAMILY_HISTORY_DESCRIPTION}{self.displays.get(code, code)}"
+            )
             days = _age_days(condition, "onset")
             years = None if days is None else days / _AGE_UNIT_DAYS["a"]
             died = "contributed_to_death" if condition.get("contributedToDeath") is True else None

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jumeau.model import BIRTH_CODE, BOUND_COMPARATORS, DEATH_CODE, TENTATIVE_PREFIX
+from jumeau.model import (
+    BIRTH_CODE,
+    BOUND_COMPARATORS,
+    DEATH_CODE,
+    FAMILY_HISTORY_DESCRIPTION,
+    FAMILY_HISTORY_PREFIX,
+    TENTATIVE_PREFIX,
+)
 from jumeau.signals.codes import is_series_observation
 from jumeau.store import layout
 from jumeau.twin import conditions as cond
@@ -542,25 +549,21 @@ def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime | None, datetim
     )
 
 
-#: Prefix of a relative's condition recorded as the patient's family history.
-FAMILY_HISTORY = "FAMILY_HISTORY//"
-
-
 def _family_history(rows: list[dict], descriptions: dict[str, str]) -> list[dict]:
     """A relative's conditions: the condition's code, the relative, the age at onset."""
     out = []
     for r in rows:
-        if not r["code"].startswith(FAMILY_HISTORY):
+        if not r["code"].startswith(FAMILY_HISTORY_PREFIX):
             continue
         details = dict(
             part.split("=", 1) for part in (r["text_value"] or "").split(";") if "=" in part
         )
-        code = r["code"].removeprefix(FAMILY_HISTORY)
+        code = r["code"].removeprefix(FAMILY_HISTORY_PREFIX)
         out.append(
             {
                 "code": code,
                 "description": descriptions.get(code)
-                or (descriptions.get(r["code"]) or "").removeprefix("Family history: ")
+                or (descriptions.get(r["code"]) or "").removeprefix(FAMILY_HISTORY_DESCRIPTION)
                 or None,
                 "relative": details.get("relationship") or details.get("relative"),
                 "onset_age": r["numeric_value"],
