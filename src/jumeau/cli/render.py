@@ -222,15 +222,7 @@ def twin_summary(twin: dict) -> None:
     if family:
         console.print(
             f"[bold]family history[/bold] ({len(family)}): "
-            + escape(
-                "; ".join(
-                    f"{f.get('description') or f['code']}"
-                    + (f" ({f['relative']}" if f.get("relative") else " (")
-                    + (f", at {f['onset_age']:g}" if f.get("onset_age") is not None else "")
-                    + ")"
-                    for f in family[:12]
-                )
-            )
+            + escape("; ".join(_family_member(f) for f in family[:12]))
         )
     signals = twin.get("signal_features") or {}
     if signals:
@@ -329,3 +321,12 @@ def event_result(result: dict) -> None:
 def _count(n: int, noun: str) -> str:
     """``1 subject``, ``2,694 subjects``."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _family_member(history: dict) -> str:
+    """``Myocardial Infarction (father, at 74)``: a relative's condition, who, at what age."""
+    age = history.get("onset_age")
+    said = [history.get("relative"), None if age is None else f"at {age:g}"]
+    details = ", ".join(filter(None, said))
+    name = history.get("description") or history["code"]
+    return f"{name} ({details})" if details else name

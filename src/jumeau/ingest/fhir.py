@@ -1513,15 +1513,11 @@ class _FhirMapper:
         event and one ``DICOM/<modality>`` event a series (body site, description and instance
         count as text); the images stay where the study's endpoint keeps them."""
         subject = self._subject(res, fullurls)
-        series_starts = [
-            t
-            for t in (self._period(x, "started")[0] for x in res.get("series") or [])
-            if t is not None
-        ]
         start, _ = self._period(res, "started")
-        if start is None and series_starts:
-            start = min(series_starts)  # a study begins with its first series
-        elif start is None:  # a patient summary's past study, its date unknown
+        if start is None:  # a study begins with its first series
+            series_starts = (self._period(x, "started")[0] for x in res.get("series") or [])
+            start = min((t for t in series_starts if t is not None), default=None)
+        if start is None:  # its encounter, a list naming it; else undated (a summary's past study)
             start, _ = self._timed(res, "started", required=False)
         procedures = [self._code(_as_concept(c)) for c in res.get("procedureCode") or []]
         study = {
