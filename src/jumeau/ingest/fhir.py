@@ -423,10 +423,8 @@ class _FhirMapper:
             self._remember_list(res)
         elif rtype == "Device":
             code = self._code(res.get("type"), ("SNOMED",))
-            if code and res.get("id"):
-                self.devices[f"Device/{res['id']}"] = code
-            if code and full_url:
-                self.devices[full_url] = code
+            if code:
+                _keep(self.devices, res, full_url, code)
         return False
 
     def _remember_list(self, res: dict) -> None:
@@ -483,12 +481,8 @@ class _FhirMapper:
             )
         except FhirError:
             return
-        if start is None:
-            return
-        if res.get("id"):
-            self.specimens[f"Specimen/{res['id']}"] = start
-        if full_url:
-            self.specimens[full_url] = start
+        if start is not None:
+            _keep(self.specimens, res, full_url, start)
 
     def _remember_listed(self, res: dict, field: str) -> None:
         """A report's results (``field`` ``result``) or a panel's members (``hasMember``)."""
@@ -507,11 +501,11 @@ class _FhirMapper:
 
     def _remember_medication(self, res: dict, full_url: str | None = None) -> None:
         codes = self._medication_codes(res)
-        if codes and res.get("id"):
-            self.medications[f"Medication/{res['id']}"] = codes
-            self.medications[res["id"]] = codes
-        if codes and full_url:
-            self.medications[full_url] = codes
+        if not codes:
+            return
+        _keep(self.medications, res, full_url, codes)
+        if res.get("id"):
+            self.medications[res["id"]] = codes  # a request may name it by its bare id
 
     def _medication_codes(self, medication: dict) -> tuple[str, ...]:
         """A Medication's code; without one (a compounded infusion), its ingredients' codes."""
@@ -533,10 +527,7 @@ class _FhirMapper:
             period = self._period(res, "period", "actualPeriod")
         except FhirError:
             return  # the Encounter itself is rejected, with the reason, when it is mapped
-        if res.get("id"):
-            self.encounters[f"Encounter/{res['id']}"] = period
-        if full_url:
-            self.encounters[full_url] = period
+        _keep(self.encounters, res, full_url, period)
 
     def _remember_patient(self, res: dict, *, strict: bool = True) -> int:
         """Keep a Patient's birth date (for onsets given as ages) and its names and identifier
@@ -1627,6 +1618,15 @@ def _identifier_key(identifier: dict) -> str | None:
     if not isinstance(value, str) or not value:
         return None
     return f"{system}|{value}" if isinstance(system, str) else value
+
+
+def _keep(known: dict, res: dict, full_url: str | None, value: Any) -> None:
+    """Keep what is read ahead of a resource under the references that may name it: its
+    ``Type/id`` and its bundle fullUrl (see :func:`_referenced`)."""
+    if res.get("id"):
+        known[f"{res['resourceType']}/{res['id']}"] = value
+    if full_url:
+        known[full_url] = value
 
 
 def _age_days(res: dict, prefix: str) -> float | None:
