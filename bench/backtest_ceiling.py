@@ -42,15 +42,15 @@ def forecasts(store) -> dict[str, list[tuple]]:
     """Per variable, every back-test forecast: (fitted noise model, history days, values, birth
     day, target days, target values)."""
     from jumeau.twin.series import birth_days, each_series, measurement_frame
-    from jumeau.twin.twin import PopulationModel, day_number
+    from jumeau.twin.twin import CATALOGUE, PopulationModel, day_number
 
     births = birth_days(store)
+    series = list(each_series(measurement_frame(store, CATALOGUE)))  # the same at every cutoff
     out: dict[str, list[tuple]] = {}
     for cutoff in CUTOFFS:
         population = PopulationModel.fit_cached(store, cutoff)
-        frame = measurement_frame(store, population.catalogue)
         cut = day_number(cutoff)
-        for variable, subject, days, values in each_series(frame):
+        for variable, subject, days, values in series:
             past, future = days <= cut, (days > cut) & (days <= cut + HORIZON_DAYS)
             if past.any() and future.any():
                 out.setdefault(variable, []).append(
@@ -71,12 +71,20 @@ def improvement(cases: list[tuple], adjust=lambda noise: noise) -> float:
     from jumeau.twin.state import predict_new
 
     error = carried = 0.0
-    for noise, days, values, birth, target_days, targets in cases:
+    by_model: dict[int, list[tuple]] = {}  # a cutoff's forecasts share its fitted model
+    for case in cases:
+        by_model.setdefault(id(case[0]), []).append(case)
+    for group in by_model.values():
+        rows = np.repeat(np.arange(len(group)), [len(c[5]) for c in group])
+        targets = np.concatenate([c[5] for c in group])
         mean, _ = predict_new(
-            adjust(noise), [(days, values, birth)], [0] * len(targets), target_days
+            adjust(group[0][0]),
+            [(days, values, birth) for _, days, values, birth, _, _ in group],
+            rows,
+            np.concatenate([c[4] for c in group]),
         )
         error += float(np.abs(targets - mean).sum())
-        carried += float(np.abs(targets - values[-1]).sum())
+        carried += float(np.abs(targets - np.array([c[2][-1] for c in group])[rows]).sum())
     return 1 - error / carried if carried else float("nan")
 
 
