@@ -185,7 +185,10 @@ def init(
 @ingest_app.command("omop")
 def ingest_omop_cmd(
     source: Annotated[
-        str, typer.Argument(help="CDM folder (CSV/Parquet), .duckdb file or postgresql:// URL.")
+        str,
+        typer.Argument(
+            help="CDM folder (CSV/Parquet), DuckDB or SQLite file, or postgresql:// URL."
+        ),
     ],
     store: StoreOpt,
     schema: Annotated[str | None, typer.Option(help="Database schema of the CDM tables.")] = None,

@@ -274,6 +274,26 @@ class _Typed:
             return f'CAST("{name}" AS TIMESTAMP)'
         return f'jts("{name}")'
 
+    def moment(self, datetime_name: str | None, date_name: str | None) -> str:
+        """A record's datetime, or its date where it has none or where the datetime falls more
+        than a day off that date: the date is the CDM's required field, and ETLs fill the
+        optional datetime with placeholders (SynPUF's ``1900-01-01``); within a day of it, the
+        gap is a time zone's."""
+        moment, day = self.time(datetime_name), self.time(date_name)
+        if moment == "NULL::TIMESTAMP" or day == "NULL::TIMESTAMP":
+            return f"COALESCE({moment}, {day})"
+        return (
+            f"CASE WHEN date_diff('hour', {day}, {moment}) NOT BETWEEN -24 AND 48 THEN {day} "
+            f"ELSE COALESCE({moment}, {day}) END"
+        )
+
+    def text(self, name: str | None) -> str:
+        """A text column, blank (``''``, spaces) read as missing."""
+        if not name or name not in self.types:
+            return "NULL::VARCHAR"
+        value = f'CAST("{name}" AS VARCHAR)'
+        return f"CASE WHEN trim({value}) <> '' THEN {value} END"
+
     def integer(self, name: str | None) -> str:
         if not name or name not in self.types:
             return "NULL::BIGINT"
@@ -325,7 +345,8 @@ def ingest_omop(
     store:
         The target store (its key must be available).
     source:
-        A folder of CDM tables (CSV or Parquet), a DuckDB file, or a ``postgresql://`` URL.
+        A folder of CDM tables (CSV or Parquet), a DuckDB or SQLite file, or a
+        ``postgresql://`` URL.
     schema:
         The database schema holding the CDM tables (default ``main`` for DuckDB, ``public`` for
         PostgreSQL).
@@ -385,11 +406,16 @@ def _open_source(
                 f"{source}: a folder has no schemas; give its vocabulary as a vocabulary folder"
             )
         tables = omop_sources.from_folder(path, con)
+    elif omop_sources.is_sqlite(path):
+        if schema is not None or vocabulary_schema is not None:
+            raise OmopSourceError(f"{source}: a SQLite database has no schemas")
+        tables = omop_sources.from_sqlite(path, con, writer.staging_dir / "sqlite-snapshot")
     elif path.suffix.lower() in (".duckdb", ".db", ".ddb"):
         tables = omop_sources.from_duckdb(path, con, schema, vocabulary_schema)
     else:
         raise OmopSourceError(
-            f"{source}: expected a folder of CDM tables, a .duckdb file or a postgresql:// URL"
+            f"{source}: expected a folder of CDM tables, a DuckDB or SQLite file or a "
+            "postgresql:// URL"
         )
     if "person" not in tables.relations:
         raise OmopSourceError(f"{source}: no person table found; is this an OMOP CDM?")
@@ -740,7 +766,7 @@ class _OmopMapper:
             x.bad_time(col)
             for col in (spec.start_date, spec.start_datetime, spec.end_date, spec.end_datetime)
         )
-        start = f"COALESCE({x.time(spec.start_datetime)}, {x.time(spec.start_date)})"
+        start = x.moment(spec.start_datetime, spec.start_date)
         supplied = ""
         if spec.supply_days and spec.supply_days in cols:
             days = x.integer(spec.supply_days)
@@ -776,15 +802,15 @@ class _OmopMapper:
                     END AS rid,
                     {x.integer("person_id")} AS person_id,
                     {start} AS t0,
-                    COALESCE({x.time(spec.end_datetime)}, {x.time(spec.end_date)}{supplied}) AS t1,
+                    COALESCE({x.moment(spec.end_datetime, spec.end_date)}{supplied}) AS t1,
                     {x.integer(spec.concept)} AS concept_id,
                     {x.integer(spec.source_concept)} AS source_concept_id,
                     {x.number(spec.number)} AS number,
-                    CAST({x.ref(spec.string)} AS VARCHAR) AS string,
+                    {x.text(spec.string)} AS string,
                     {x.integer(spec.value_concept)} AS value_concept_id,
                     {x.integer(spec.unit_concept)} AS unit_concept_id,
                     {x.integer(spec.operator_concept)} AS operator_concept_id,
-                    CAST({x.ref(spec.unit_source)} AS VARCHAR) AS unit_source,
+                    {x.text(spec.unit_source)} AS unit_source,
                     CASE WHEN {x.blank(id_col)} THEN '{id_col} is missing'
                          WHEN {x.blank("person_id")} THEN 'person_id is missing'
                          {x.bad_integer("person_id")}

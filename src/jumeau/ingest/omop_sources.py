@@ -1,4 +1,5 @@
-"""Where OMOP CDM tables come from: a folder of CSV/Parquet files, a DuckDB file, PostgreSQL.
+"""Where OMOP CDM tables come from: a folder of CSV/Parquet files, a DuckDB or SQLite file,
+PostgreSQL.
 
 Each source exposes the CDM tables it holds as DuckDB relations on one connection, so the mapping
 to canonical events is written once, in SQL, whatever the origin.
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jumeau._duck import run, sql_string
@@ -271,6 +273,107 @@ def from_postgres(
     finally:
         conn.close()
     return tables
+
+
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Numbers a SQLite date column may hold, by what they count: ``20200131`` (an Athena-style
+#: date), a Julian day (SQLite's own ``julianday()``, 1800-2200), else seconds since 1970 (R's
+#: DatabaseConnector, which writes OHDSI's Eunomia files) or, beyond 10^11, milliseconds.
+_YYYYMMDD = (18000101, 22001231)
+_JULIAN_DAYS = (2378496.5, 2524594.5)
+_SQLITE_ROWS = 65_536
+
+
+def is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is a SQLite database (told by its header, whatever its suffix)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def from_sqlite(path: Path, con: duckdb.DuckDBPyConnection, snapshot_dir: Path) -> OmopTables:
+    """CDM tables of a SQLite database (OHDSI's Eunomia and SynPUF samples, small CDMs), read
+    once into Parquet snapshots.
+
+    A SQLite column holds whatever each row put in it (an INT column with ``''`` in some rows,
+    ids written as reals, dates as text, day numbers or seconds), so every value is snapshot as
+    text: dates as ISO text (each column's numbers read by what they count, see
+    :data:`_JULIAN_DAYS`), whole reals as integers, ``''`` as missing. The mapping then parses and checks them as it
+    does a CSV's, and a value that is not what its column needs rejects its row, naming it.
+    """
+    import sqlite3
+
+    path = path.resolve()
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        listed = db.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise OmopSourceError(f"{path}: cannot open as a SQLite database ({exc})") from exc
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    tables = OmopTables(con, str(path))
+    try:
+        for (name,) in listed:
+            table = name.lower()
+            if table not in CDM_TABLES or table in tables.relations:
+                continue
+            out = snapshot_dir / f"{table}.parquet"
+            try:
+                _snapshot_sqlite_table(db, name, out)
+            except sqlite3.DatabaseError as exc:
+                raise OmopSourceError(f"{path}: cannot read table {name} ({exc})") from exc
+            tables.relations[table] = f"read_parquet({sql_string(out)})"
+            tables.files[table] = f"{path}:{name}"
+            tables.numbered_relations[table] = _numbered_parquet([out])
+    finally:
+        db.close()
+    return tables
+
+
+def _snapshot_sqlite_table(db, name: str, out: Path) -> None:
+    columns = [row[1] for row in db.execute(f"PRAGMA table_info({_sqlite_name(name)})")]
+    lowered = [c.lower() for c in columns]
+    if len(set(lowered)) != len(lowered):
+        raise OmopSourceError(f"table {name}: column names differ only by case ({columns})")
+    select = ", ".join(_sqlite_text(db, name, c) for c in columns)
+    schema = pa.schema([(c, pa.string()) for c in lowered])
+    cursor = db.execute(f"SELECT {select} FROM {_sqlite_name(name)}")
+    with pq.ParquetWriter(out, schema) as writer:
+        while rows := cursor.fetchmany(_SQLITE_ROWS):
+            values = zip(*rows, strict=True)
+            writer.write_table(pa.table([pa.array(v, pa.string()) for v in values], schema=schema))
+
+
+def _sqlite_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sqlite_text(db, table: str, column: str) -> str:
+    """SQLite SQL reading ``column`` as text (see :func:`from_sqlite`)."""
+    c = _sqlite_name(column)
+    number = f"typeof({c}) IN ('integer', 'real')"
+    whole = (
+        f"CASE WHEN typeof({c}) = 'real' AND {c} = CAST({c} AS INTEGER) "
+        f"THEN CAST(CAST({c} AS INTEGER) AS TEXT) ELSE NULLIF(CAST({c} AS TEXT), '') END"
+    )
+    if not column.lower().endswith(("_date", "_datetime")):
+        return f"{whole} AS {c}"
+    low, high = db.execute(
+        f"SELECT min({c}), max({c}) FROM {_sqlite_name(table)} WHERE {number}"
+    ).fetchone()
+    if low is None or (_YYYYMMDD[0] <= low and high <= _YYYYMMDD[1]):
+        return f"{whole} AS {c}"
+    if _JULIAN_DAYS[0] <= low and high <= _JULIAN_DAYS[1]:
+        as_date = f"datetime({c})"
+    elif max(abs(low), abs(high)) >= 1e11:
+        as_date = f"datetime({c} / 1000.0, 'unixepoch')"
+    else:
+        as_date = f"datetime({c}, 'unixepoch')"
+    return f"CASE WHEN {number} THEN {as_date} ELSE NULLIF(CAST({c} AS TEXT), '') END AS {c}"
 
 
 def _redact(url: str) -> str:
