@@ -58,7 +58,9 @@ def run_demo(root: Path) -> jumeau.Store:
     twin = store.twin(subject, as_of, population=population)
     payload = twin.to_dict()
     payload["forecasts"] = {
-        v: twin.forecast(v) for v in ("sbp", "bmi", "qtc") if v in twin.variables
+        v: twin.forecast(v)
+        for v in ("sbp", "bmi", "qtc")
+        if v in twin.variables and twin.deceased is None
     }
     render.console.rule(f"The twin of subject {subject} as of {as_of.date()}")
     render.twin_summary(payload)

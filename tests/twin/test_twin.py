@@ -351,3 +351,43 @@ def test_a_result_given_as_a_bound_is_flagged_and_left_out_of_the_series(tmp_pat
     assert [f["problem"] for f in state.flagged] == ["a bound (> 14), not an exact value"]
     frame = measurement_frame(new_store, load_catalogue())
     assert frame.filter(pl.col("variable") == "hba1c")["value"].to_list() == pytest.approx([7.1])
+
+
+def _omop_patient_who_died(folder) -> jumeau.Store:
+    cdm = folder / "cdm"
+    cdm.mkdir()
+    (cdm / "person.csv").write_text(
+        "person_id,gender_concept_id,year_of_birth,month_of_birth,day_of_birth\n16,8507,1934,1,1\n"
+    )
+    (cdm / "death.csv").write_text("person_id,death_date\n16,2010-12-01\n")
+    (cdm / "concept.csv").write_text(
+        "concept_id,vocabulary_id,concept_code\n3004249,LOINC,8480-6\n8876,UCUM,mm[Hg]\n"
+    )
+    (cdm / "measurement.csv").write_text(
+        "measurement_id,person_id,measurement_concept_id,measurement_date,value_as_number,"
+        "unit_concept_id\n"
+        + "".join(f"{i},16,3004249,{2005 + i}-03-01,{140 + i},8876\n" for i in range(1, 6))
+    )
+    from jumeau.ingest.omop import ingest_omop
+
+    store = jumeau.init(folder / "store")
+    ingest_omop(store, cdm)
+    return store
+
+
+def test_a_patient_who_died_is_aged_at_death_and_not_forecast(tmp_path):
+    store = _omop_patient_who_died(tmp_path)
+    subject = store.lookup("omop", "16")
+    alive = store.twin(subject, datetime(2009, 1, 1))
+    assert alive.deceased is None and alive.age == pytest.approx(75.0, abs=0.01)
+    assert alive.forecast("sbp", ["6mo"])[0]["median"] > 100
+    twin = store.twin(subject, datetime(2026, 12, 1))
+    assert twin.deceased == datetime(2010, 12, 1)
+    assert twin.age == pytest.approx(76.92, abs=0.02)  # not the 92 he would be now
+    assert twin.to_dict()["demographics"]["deceased"].startswith("2010-12-01")
+    with pytest.raises(ValueError, match="died on 2010-12-01: nothing to forecast"):
+        twin.forecast("sbp")
+    from tests.cli.test_cli import jumeau as cli
+
+    shown = cli("twin", str(subject), "--store", str(store.root), "--forecast", "sbp").stdout
+    assert "died 2010-12-01, aged 76.9" in shown

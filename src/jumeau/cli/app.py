@@ -782,7 +782,7 @@ def twin(
         for variable in forecast:
             try:
                 payload["forecasts"][variable] = result.forecast(variable)
-            except KeyError as exc:
+            except (KeyError, ValueError) as exc:
                 payload["forecasts"][variable] = {"error": str(exc.args[0])}
     if format is Format.json:
         render.print_json(payload)

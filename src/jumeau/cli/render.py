@@ -156,11 +156,18 @@ def sleep_agreement(summary: dict) -> None:
         )
 
 
+def _lifetime(demographics: dict) -> str:
+    """``age 63.2``, or ``died 2010-12-01, aged 76.92``."""
+    if demographics.get("deceased"):
+        return f"died {demographics['deceased'][:10]}, aged {demographics['age']}"
+    return f"age {demographics['age']}"
+
+
 def twin_summary(twin: dict) -> None:
     demo = twin["demographics"]
     console.print(
         f"[bold]subject {twin['subject_id']}[/bold] as of {twin['as_of']}: {demo['sex'] or 'sex unknown'}, "
-        f"age {demo['age']}, smoking {demo['smoking_status'] or 'unknown'}; {twin['events_used']} events used"
+        f"{_lifetime(demo)}, smoking {demo['smoking_status'] or 'unknown'}; {twin['events_used']} events used"
     )
     table = Table(title="state (filtered estimate with 95% interval)")
     for col in (

@@ -73,6 +73,10 @@ def _quantiles(predictive: Predictive, low: float = -math.inf, high: float = mat
 
 def forecast(twin: Twin, variable: str, horizons=("3mo", "6mo", "12mo")) -> list[dict]:
     """The predictive distribution of a new measurement of ``variable`` at each horizon."""
+    if twin.deceased is not None:
+        raise ValueError(
+            f"subject {twin.subject_id} died on {twin.deceased.date()}: nothing to forecast"
+        )
     state = twin.variables.get(variable)
     if state is None or len(state.values) == 0:
         raise KeyError(

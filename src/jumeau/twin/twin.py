@@ -263,10 +263,11 @@ class Twin:
 
     @property
     def age(self) -> float | None:
-        """Age in years at ``as_of``."""
+        """Age in years at ``as_of``, or at death for a patient who died before it."""
         if self.birth is None:
             return None
-        return round((self.as_of - self.birth).days / DAYS_PER_YEAR, 2)
+        until = self.deceased or self.as_of  # a death is known only up to as_of
+        return round((until - self.birth).days / DAYS_PER_YEAR, 2)
 
     def condition_flags(self) -> dict[str, bool]:
         """Whether any recorded problem (active or past) belongs to each scored condition."""
