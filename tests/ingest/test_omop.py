@@ -499,19 +499,29 @@ def test_a_malformed_csv_row_is_rejected_alone_in_a_file_or_a_part_folder(tmp_pa
     assert "year_of_birth" in rejected["reason"][0]
 
 
-def test_a_drug_exposure_without_an_end_date_ends_after_its_days_supply(tmp_path):
-    """OHDSI's convention (THEMIS): an empty end date is the start + days_supply - 1 day; an
-    end date given is kept; without a supply there is no end."""
+def _one_person_cdm(tmp_path: Path, **tables: str) -> Path:
+    """A CSV CDM folder of person 1 (a man born in 1950) and the given tables' CSV texts."""
     folder = tmp_path / "cdm"
     folder.mkdir()
     (folder / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8507,1950\n")
-    (folder / "drug_exposure.csv").write_text(
-        "drug_exposure_id,person_id,drug_concept_id,drug_exposure_start_date,"
-        "drug_exposure_end_date,days_supply\n"
-        "1,1,1112807,2020-01-01,,30\n"
-        "2,1,1112807,2020-03-01,2020-03-10,30\n"
-        "3,1,1112807,2020-05-01,,0\n"
-        "4,1,1112807,2020-06-01,,thirty\n"
+    for table, text in tables.items():
+        (folder / f"{table}.csv").write_text(text)
+    return folder
+
+
+def test_a_drug_exposure_without_an_end_date_ends_after_its_days_supply(tmp_path):
+    """OHDSI's convention (THEMIS): an empty end date is the start + days_supply - 1 day; an
+    end date given is kept; without a supply there is no end."""
+    folder = _one_person_cdm(
+        tmp_path,
+        drug_exposure=(
+            "drug_exposure_id,person_id,drug_concept_id,drug_exposure_start_date,"
+            "drug_exposure_end_date,days_supply\n"
+            "1,1,1112807,2020-01-01,,30\n"
+            "2,1,1112807,2020-03-01,2020-03-10,30\n"
+            "3,1,1112807,2020-05-01,,0\n"
+            "4,1,1112807,2020-06-01,,thirty\n"
+        ),
     )
     store = jumeau.init(tmp_path / "store")
     report = ingest_omop(store, folder)
@@ -525,18 +535,35 @@ def test_a_drug_exposure_without_an_end_date_ends_after_its_days_supply(tmp_path
     ]
 
 
+def test_datetimes_a_day_off_their_date_are_placeholders_in_any_source(tmp_path):
+    folder = _one_person_cdm(
+        tmp_path,
+        condition_occurrence=(
+            "condition_occurrence_id,person_id,condition_concept_id,condition_start_date,"
+            "condition_start_datetime,condition_end_date,condition_end_datetime\n"
+            "1,1,201826,2019-05-01,1900-01-01 00:00:00,2019-05-03,2019-05-03 10:00:00\n"
+            "2,1,201826,2019-06-01,2019-05-31 22:30:00,,\n"
+        ),
+    )
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, folder)
+    events = store.scan().filter(pl.col("domain") == "condition").sort("time").collect()
+    assert events["time"].to_list() == [dt.datetime(2019, 5, 1), dt.datetime(2019, 5, 31, 22, 30)]
+    assert events["end_time"].to_list() == [dt.datetime(2019, 5, 3, 10), None]
+
+
 def test_text_datetimes_with_a_utc_offset_are_stored_at_their_utc_instant(tmp_path):
-    folder = tmp_path / "cdm"
-    folder.mkdir()
-    (folder / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8507,1950\n")
-    (folder / "measurement.csv").write_text(
-        "measurement_id,person_id,measurement_concept_id,measurement_date,measurement_datetime,"
-        "value_as_number\n"
-        "1,1,3004249,2020-01-01,2020-01-01T10:20:30+02:00,120\n"
-        "2,1,3004249,2020-01-02,2020-01-02 10:20:30-0500,121\n"
-        "3,1,3004249,2020-01-03,2020-01-03T10:20:30Z,122\n"
-        "4,1,3004249,2020-01-04,2020-01-04 10:20:30,123\n"
-        "5,1,3004249,20200105,,124\n"
+    folder = _one_person_cdm(
+        tmp_path,
+        measurement=(
+            "measurement_id,person_id,measurement_concept_id,measurement_date,measurement_datetime,"
+            "value_as_number\n"
+            "1,1,3004249,2020-01-01,2020-01-01T10:20:30+02:00,120\n"
+            "2,1,3004249,2020-01-02,2020-01-02 10:20:30-0500,121\n"
+            "3,1,3004249,2020-01-03,2020-01-03T10:20:30Z,122\n"
+            "4,1,3004249,2020-01-04,2020-01-04 10:20:30,123\n"
+            "5,1,3004249,20200105,,124\n"
+        ),
     )
     store = jumeau.init(tmp_path / "store")
     ingest_omop(store, folder)

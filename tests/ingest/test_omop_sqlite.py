@@ -168,23 +168,6 @@ def test_sqlites_loose_columns_are_read_by_what_they_hold(tmp_path):
     assert births["time"].to_list() == [dt.datetime(1950, 3, 2), dt.datetime(1961, 1, 1)]
 
 
-def test_datetimes_a_day_off_their_date_are_placeholders_in_any_source(tmp_path):
-    folder = tmp_path / "cdm"
-    folder.mkdir()
-    (folder / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8507,1950\n")
-    (folder / "condition_occurrence.csv").write_text(
-        "condition_occurrence_id,person_id,condition_concept_id,condition_start_date,"
-        "condition_start_datetime,condition_end_date,condition_end_datetime\n"
-        "1,1,201826,2019-05-01,1900-01-01 00:00:00,2019-05-03,2019-05-03 10:00:00\n"
-        "2,1,201826,2019-06-01,2019-05-31 22:30:00,,\n"
-    )
-    store = jumeau.init(tmp_path / "store")
-    ingest_omop(store, folder)
-    events = store.scan().filter(pl.col("domain") == "condition").sort("time").collect()
-    assert events["time"].to_list() == [dt.datetime(2019, 5, 1), dt.datetime(2019, 5, 31, 22, 30)]
-    assert events["end_time"].to_list() == [dt.datetime(2019, 5, 3, 10), None]
-
-
 def test_a_file_that_is_no_database_is_refused_naming_it(tmp_path):
     fake = tmp_path / "cdm.sqlite"
     fake.write_text("person_id\n1\n")
