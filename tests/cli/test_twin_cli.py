@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-import polars as pl
-
 import jumeau as api
 from tests.cli.test_cli import cli_store, jumeau  # noqa: F401 - the fixture is shared
+from tests.subjects import living_subject_with
 
 
 def test_twin_json_has_state_risks_and_forecasts(cli_store):  # noqa: F811
-    measured = (
-        api.open(cli_store)
-        .scan()
-        .filter((pl.col("code") == "LOINC/8480-6") & (pl.col("time") < datetime(2019, 6, 1)))
-    )
-    subject = int(measured.select("subject_id").collect()["subject_id"].min())
+    subject = living_subject_with(api.open(cli_store), "LOINC/8480-6", datetime(2019, 6, 1))
     result = jumeau(
         "twin",
         str(subject),

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 
 import numpy as np
-import polars as pl
 import pytest
 
 import jumeau
 from jumeau.ingest.fhir import ingest_fhir
 from jumeau.twin import PopulationModel
 from jumeau.twin.forecast import backtest, horizon_days, pool, published
+from tests.subjects import living_subject_with
 
 CUTOFFS = [datetime(y, 1, 1) for y in range(2012, 2020)]
 
@@ -29,10 +29,7 @@ def test_horizons_parse():
 def test_forecast_gives_nested_intervals_that_widen_with_horizon(synthea_store):
     store, _ = synthea_store
     population = PopulationModel.fit(store, datetime(2018, 1, 1))
-    with_sbp = store.scan().filter(
-        (pl.col("code") == "LOINC/8480-6") & (pl.col("time") < datetime(2018, 1, 1))
-    )
-    subject = int(with_sbp.select("subject_id").collect()["subject_id"].min())
+    subject = living_subject_with(store, "LOINC/8480-6", datetime(2018, 1, 1))
     twin = store.twin(subject, datetime(2018, 1, 1), population=population)
     forecasts = twin.forecast("sbp", ["3mo", "12mo"])
     for f in forecasts:
@@ -101,10 +98,7 @@ def test_the_population_is_learnt_only_before_the_cutoff(synthea_full_store):
 
 def test_intervals_stay_within_the_physiological_range(synthea_store):
     store, _ = synthea_store
-    with_tg = store.scan().filter(
-        (pl.col("code") == "LOINC/2571-8") & (pl.col("time") < datetime(2020, 1, 1))
-    )
-    subject = int(with_tg.select("subject_id").collect()["subject_id"].min())
+    subject = living_subject_with(store, "LOINC/2571-8", datetime(2020, 1, 1))
     twin = store.twin(subject, datetime(2020, 1, 1))
     low = twin.population.catalogue["triglycerides"].low
     assert twin.to_dict()["variables"]["triglycerides"]["interval_95"][0] >= low
