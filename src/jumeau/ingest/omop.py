@@ -677,7 +677,7 @@ class _OmopMapper:
         c = lambda name: self._col(cols, name)  # noqa: E731
         run(
             self.con,
-            f"""CREATE OR REPLACE TEMP VIEW staged AS
+            f"""CREATE OR REPLACE TEMP TABLE staged_persons AS
             WITH src AS (SELECT * FROM {self.tables.numbered("person")}),
             t AS (SELECT _row, CAST(person_id AS VARCHAR) AS rid,
                     TRY_CAST(person_id AS BIGINT) AS person_id,
@@ -705,13 +705,13 @@ class _OmopMapper:
             self.con,
             "person_pseudonyms",
             self.source_name,
-            "SELECT rid AS source_id FROM staged WHERE reason IS NULL",
+            "SELECT rid AS source_id FROM staged_persons WHERE reason IS NULL",
         )
         run(
             self.con,
             """CREATE OR REPLACE TEMP TABLE subject_map AS
             SELECT s.person_id, p.subject_id, p.shift_us, s.rid, s.person_source_value
-            FROM staged s JOIN person_pseudonyms p ON p.source_id = s.rid
+            FROM staged_persons s JOIN person_pseudonyms p ON p.source_id = s.rid
             WHERE s.reason IS NULL""",
         )
         self.writer.add_identities(
@@ -732,7 +732,7 @@ class _OmopMapper:
                     'demographic'::omop_domain AS domain, 'omop/person'::omop_source AS source,
                     {self._record_key("person", f"s.rid || '#{suffix}'")} AS record_key,
                     NULL AS reject_reason, s._row, NULL AS _rid, false AS _primary, false AS _shared
-                FROM staged s JOIN subject_map m USING (person_id)
+                FROM staged_persons s JOIN subject_map m USING (person_id)
                 LEFT JOIN concepts c ON c.concept_id = s.{column}
                 WHERE s.reason IS NULL AND s.{column} IS NOT NULL AND s.{column} <> 0"""
             )
@@ -742,7 +742,7 @@ class _OmopMapper:
                 'omop/person'::omop_source AS source,
                 {self._record_key("person", "s.rid || '#birth'")} AS record_key,
                 s.reason AS reject_reason, s._row, CASE WHEN s.reason IS NOT NULL THEN s.rid END AS _rid, true AS _primary, false AS _shared
-            FROM staged s LEFT JOIN subject_map m USING (person_id)"""
+            FROM staged_persons s LEFT JOIN subject_map m USING (person_id)"""
         self._write("person", " UNION ALL ".join([birth, *static]))
 
     # -- event tables ----------------------------------------------------------------------
