@@ -552,6 +552,32 @@ def test_datetimes_a_day_off_their_date_are_placeholders_in_any_source(tmp_path)
     assert events["end_time"].to_list() == [dt.datetime(2019, 5, 3, 10), None]
 
 
+def test_a_birth_datetime_off_the_year_of_birth_is_a_placeholder(tmp_path):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(
+        "person_id,gender_concept_id,year_of_birth,month_of_birth,day_of_birth,birth_datetime\n"
+        "1,8507,1950,3,2,1900-01-01 00:00:00\n"
+        "2,8532,1961,,,1961-07-04 10:30:00\n"
+        "3,8507,1970,5,6,1970-05-06 08:00:00\n"
+        "4,8532,1980,,,1900-01-01 00:00:00\n"
+    )
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, folder)
+    births = {
+        person: store.timeline(store.lookup("omop", person))
+        .filter(pl.col("code") == "MEDS_BIRTH")["time"]
+        .item()
+        for person in "1234"
+    }
+    assert births == {
+        "1": dt.datetime(1950, 3, 2),
+        "2": dt.datetime(1961, 7, 4, 10, 30),
+        "3": dt.datetime(1970, 5, 6, 8),
+        "4": dt.datetime(1980, 1, 1),
+    }
+
+
 def test_text_datetimes_with_a_utc_offset_are_stored_at_their_utc_instant(tmp_path):
     folder = _one_person_cdm(
         tmp_path,

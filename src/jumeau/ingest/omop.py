@@ -684,6 +684,8 @@ class _OmopMapper:
                     TRY_CAST(year_of_birth AS INTEGER) AS y,
                     COALESCE(TRY_CAST({c("month_of_birth")} AS INTEGER), 1) AS m,
                     COALESCE(TRY_CAST({c("day_of_birth")} AS INTEGER), 1) AS d,
+                    TRY_CAST({c("month_of_birth")} AS INTEGER) IS NOT NULL
+                        AND TRY_CAST({c("day_of_birth")} AS INTEGER) IS NOT NULL AS has_day,
                     jts({c("birth_datetime")}) AS birth_dt,
                     year_of_birth AS y_raw,
                     TRY_CAST({c("gender_concept_id")} AS BIGINT) AS gender,
@@ -692,14 +694,21 @@ class _OmopMapper:
                     CAST({c("person_source_value")} AS VARCHAR) AS person_source_value,
                     row_number() OVER (PARTITION BY person_id ORDER BY _row) AS dup
                   FROM src)
-            SELECT *, COALESCE(birth_dt, TRY_CAST(make_timestamp(y, m, d, 0, 0, 0) AS TIMESTAMP)) AS birth,
+            SELECT *, CASE
+                -- birth_datetime is optional, year_of_birth required: a datetime more than a
+                -- day off the birth day (or year, where no day is given) is a placeholder
+                WHEN birth_dt IS NULL OR born IS NULL THEN COALESCE(birth_dt, born)
+                WHEN has_day AND date_diff('hour', born, birth_dt) NOT BETWEEN -24 AND 48 THEN born
+                WHEN NOT has_day AND year(birth_dt + INTERVAL 1 DAY) <> y
+                     AND year(birth_dt - INTERVAL 1 DAY) <> y THEN born
+                ELSE birth_dt END AS birth,
               CASE WHEN blank(rid) THEN 'person_id is missing'
                    WHEN person_id IS NULL THEN 'person_id is not an integer'
                    WHEN dup > 1 THEN 'duplicate person_id (row ' || _row || ')'
                    WHEN blank(y_raw) THEN 'year_of_birth is missing'
                    WHEN y IS NULL OR y < 1850 OR y > 2200 THEN 'year_of_birth ' || shown(y_raw) || ' is not a plausible year'
               END AS reason
-            FROM t""",
+            FROM (SELECT *, TRY_CAST(make_timestamp(y, m, d, 0, 0, 0) AS TIMESTAMP) AS born FROM t)""",
         )
         self.store.pseudonymiser.register_pseudonyms(
             self.con,
