@@ -624,11 +624,10 @@ class _OmopMapper:
         """The temp table ``shared_ids`` (``id_raw``): ids that more than one row carries.
 
         Integer ids (the CDM's type) of a table of up to :data:`_SORTED_IDS_LIMIT` rows are sorted
-        in NumPy (not at all when they come in increasing order), which is near linear for the
-        mostly ascending ids a warehouse exports, and
-        several times faster than a hash aggregate over tens of millions of distinct ids; other
-        types, and larger tables (whose ids would not fit in memory), are grouped in DuckDB,
-        which spills.
+        in NumPy (not at all when they come in increasing order), several times faster than a
+        hash aggregate over tens of millions of distinct ids (NumPy's default sort: 20 M ids in
+        0.15-0.2 s, shuffled or mostly ascending, against 0.4-1.9 s stable); other types, and
+        larger tables (whose ids would not fit in memory), are grouped in DuckDB, which spills.
         """
         in_memory = (
             id_type.upper() in _INT64_TYPES
@@ -647,7 +646,7 @@ class _OmopMapper:
             # ids exported in increasing order (a table clustered on its key) repeat none
             if not ordered.flags.writeable:
                 ordered = ordered.copy()
-            ordered.sort(kind="stable")
+            ordered.sort()
         repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
         self.con.register("shared_id_array", pa.table({"id_raw": repeated}))
         run(
