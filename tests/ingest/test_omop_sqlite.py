@@ -104,8 +104,8 @@ def test_a_sqlite_cdm_gives_the_very_events_of_the_same_cdm_in_duckdb(tmp_path, 
 
 
 def _quirky_cdm(path: Path) -> Path:
-    """A CDM as SQLite lets one be written: dates as Julian days, YYYYMMDD integers, seconds
-    since 1970 or text, blank strings in integer and text columns, a placeholder datetime, a
+    """A CDM as SQLite lets one be written: dates as Julian days, YYYYMMDD integers, seconds or
+    milliseconds since 1970 or text, blank strings in integer and text columns, a placeholder datetime, a
     date that is none."""
     lite = sqlite3.connect(path)
     lite.executescript(
@@ -130,9 +130,10 @@ def _quirky_cdm(path: Path) -> Path:
         INSERT INTO measurement VALUES (3, 2, 3004249, 2458882.5, '1900-01-01', 0, '', 8876, '', '');
         INSERT INTO measurement VALUES (4, 2, 3004249, 'last spring', NULL, '', 131, 8876, '', '131');
         CREATE TABLE condition_occurrence (condition_occurrence_id INT, person_id INT,
-            condition_concept_id INT, condition_start_date INT, condition_end_date REAL);
-        INSERT INTO condition_occurrence VALUES (1, 1, 201826, 20190501, 1556841600.0);
-        INSERT INTO condition_occurrence VALUES (2, 2, 201826, '2019-06-01', NULL);
+            condition_concept_id INT, condition_start_date INT, condition_start_datetime,
+            condition_end_date REAL);
+        INSERT INTO condition_occurrence VALUES (1, 1, 201826, 20190501, 1556701200123, 1556841600.0);
+        INSERT INTO condition_occurrence VALUES (2, 2, 201826, '2019-06-01', NULL, NULL);
         """
     )
     lite.commit()
@@ -162,7 +163,10 @@ def test_sqlites_loose_columns_are_read_by_what_they_hold(tmp_path):
         and "measurement_date 'last spring' is not a date" in (reject["reason"])
     )
     conditions = store.scan().filter(pl.col("domain") == "condition").sort("time").collect()
-    assert conditions["time"].to_list() == [dt.datetime(2019, 5, 1), dt.datetime(2019, 6, 1)]
+    assert conditions["time"].to_list() == [  # YYYYMMDD; milliseconds since 1970; text
+        dt.datetime(2019, 5, 1, 9, 0, 0, 123000),
+        dt.datetime(2019, 6, 1),
+    ]
     assert conditions["end_time"].to_list() == [dt.datetime(2019, 5, 3), None]
     births = store.scan().filter(pl.col("code") == "MEDS_BIRTH").sort("time").collect()
     assert births["time"].to_list() == [dt.datetime(1950, 3, 2), dt.datetime(1961, 1, 1)]

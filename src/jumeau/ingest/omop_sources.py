@@ -301,8 +301,9 @@ def from_sqlite(path: Path, con: duckdb.DuckDBPyConnection, snapshot_dir: Path) 
     A SQLite column holds whatever each row put in it (an INT column with ``''`` in some rows,
     ids written as reals, dates as text, day numbers or seconds), so every value is snapshot as
     text: dates as ISO text (each column's numbers read by what they count, see
-    :data:`_JULIAN_DAYS`), whole reals as integers, ``''`` as missing. The mapping then parses and checks them as it
-    does a CSV's, and a value that is not what its column needs rejects its row, naming it.
+    :data:`_JULIAN_DAYS`), whole reals as integers, ``''`` as missing. The mapping then parses
+    and checks them as it does a CSV's, and a value that is not what its column needs rejects
+    its row, naming it.
     """
     import sqlite3
 
@@ -324,7 +325,7 @@ def from_sqlite(path: Path, con: duckdb.DuckDBPyConnection, snapshot_dir: Path) 
             out = snapshot_dir / f"{table}.parquet"
             try:
                 _snapshot_sqlite_table(db, name, out)
-            except sqlite3.DatabaseError as exc:
+            except (sqlite3.DatabaseError, ValueError) as exc:
                 raise OmopSourceError(f"{path}: cannot read table {name} ({exc})") from exc
             tables.relations[table] = f"read_parquet({sql_string(out)})"
             tables.files[table] = f"{path}:{name}"
@@ -338,7 +339,7 @@ def _snapshot_sqlite_table(db, name: str, out: Path) -> None:
     columns = [row[1] for row in db.execute(f"PRAGMA table_info({_sqlite_name(name)})")]
     lowered = [c.lower() for c in columns]
     if len(set(lowered)) != len(lowered):
-        raise OmopSourceError(f"table {name}: column names differ only by case ({columns})")
+        raise ValueError(f"column names differ only by case: {columns}")
     select = ", ".join(_sqlite_text(db, name, c) for c in columns)
     schema = pa.schema([(c, pa.string()) for c in lowered])
     cursor = db.execute(f"SELECT {select} FROM {_sqlite_name(name)}")
@@ -367,12 +368,13 @@ def _sqlite_text(db, table: str, column: str) -> str:
     ).fetchone()
     if low is None or (_YYYYMMDD[0] <= low and high <= _YYYYMMDD[1]):
         return f"{whole} AS {c}"
+    iso = "'%Y-%m-%d %H:%M:%f'"  # to the millisecond
     if _JULIAN_DAYS[0] <= low and high <= _JULIAN_DAYS[1]:
-        as_date = f"datetime({c})"
+        as_date = f"strftime({iso}, {c})"
     elif max(abs(low), abs(high)) >= 1e11:
-        as_date = f"datetime({c} / 1000.0, 'unixepoch')"
+        as_date = f"strftime({iso}, {c} / 1000.0, 'unixepoch')"
     else:
-        as_date = f"datetime({c}, 'unixepoch')"
+        as_date = f"strftime({iso}, {c}, 'unixepoch')"
     return f"CASE WHEN {number} THEN {as_date} ELSE NULLIF(CAST({c} AS TEXT), '') END AS {c}"
 
 
