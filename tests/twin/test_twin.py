@@ -391,3 +391,30 @@ def test_a_patient_who_died_is_aged_at_death_and_not_forecast(tmp_path):
 
     shown = cli("twin", str(subject), "--store", str(store.root), "--forecast", "sbp").stdout
     assert "died 2010-12-01, aged 76.9" in shown
+
+
+def test_problems_no_longer_active_are_the_past_problems_latest_first(tmp_path):
+    from jumeau.ingest.omop import ingest_omop
+
+    cdm = tmp_path / "cdm"
+    cdm.mkdir()
+    (cdm / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8532,1950\n")
+    (cdm / "condition_occurrence.csv").write_text(
+        "condition_occurrence_id,person_id,condition_concept_id,condition_start_date,"
+        "condition_end_date\n"
+        "1,1,201826,2005-01-01,\n"  # active
+        "2,1,201826,2004-01-01,2004-01-02\n"  # an earlier claim of the same: it is active
+        "3,1,4329847,2006-01-01,2006-01-02\n"
+        "4,1,4329847,2008-05-01,2008-05-02\n"
+        "5,1,80502,2007-01-01,2007-01-02\n"
+        "6,1,80502,2010-01-01,2010-01-02\n"  # after as_of: not known yet
+    )
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, cdm)
+    twin = store.twin(store.lookup("omop", "1"), datetime(2009, 1, 1))
+    assert [p["code"] for p in twin.problems] == ["OMOP/201826"]
+    assert [(p["code"], p["first"], p["last"], p["times"]) for p in twin.past_problems] == [
+        ("OMOP/4329847", "2006-01-01T00:00:00", "2008-05-01T00:00:00", 2),
+        ("OMOP/80502", "2007-01-01T00:00:00", "2007-01-01T00:00:00", 1),
+    ]
+    assert twin.to_dict()["past_problems"] == twin.past_problems

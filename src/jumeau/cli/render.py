@@ -212,6 +212,7 @@ def twin_summary(twin: dict) -> None:
     console.print(risks)
     for title, key in (
         ("active problems", "problems"),
+        ("past problems, latest first", "past_problems"),
         ("active medications", "medications"),
         ("allergies", "allergies"),
         ("devices", "devices"),

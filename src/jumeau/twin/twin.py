@@ -245,6 +245,9 @@ class Twin:
     encounters: list[dict]
     events_used: int
     family_history: list[dict] = field(default_factory=list)
+    #: established problems no longer active (resolved, or a claim's diagnosis, which ends with
+    #: its claim), each with when it was first and last recorded, the latest first
+    past_problems: list[dict] = field(default_factory=list)
     #: devices the patient uses (implants, a pacemaker), with their start when known
     devices: list[dict] = field(default_factory=list)
     #: what the record says of absent allergies ("No known allergy") when none is listed
@@ -294,6 +297,7 @@ class Twin:
             },
             "variables": {n: v.to_dict(self.as_of) for n, v in sorted(self.variables.items())},
             "problems": self.problems,
+            "past_problems": self.past_problems,
             "medications": self.medications,
             "allergies": self.allergies,
             "allergy_status": self.allergy_status,
@@ -435,11 +439,16 @@ def build_twin(
         for c in (r["code"], *ancestors.get(r["code"], ()))
     ]
     active = [r for r in conditions if r["end_time"] is None or r["end_time"] > as_of]
+    active_codes = {r["code"] for r in active}
     twin.problems = [
         {"code": code, "description": descriptions.get(code), "since": _iso(since)}
         | ({} if code in established else {"verification": tentative[code]})
         for code, since, _ in _first_by_code(active)
     ]
+    twin.past_problems = _past_problems(
+        [r for r in conditions if r["code"] in established and r["code"] not in active_codes],
+        descriptions,
+    )
     on_drug = [
         r
         for r in _stated(by_domain.get("drug", []))
@@ -548,6 +557,33 @@ def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime | None, datetim
         ((c, t, e) for c, (t, e) in first.items()),
         key=lambda x: (x[1] is None, x[1] or datetime.min, x[0]),
     )
+
+
+def _past_problems(rows: list[dict], descriptions: dict[str, str]) -> list[dict]:
+    """Per code: first and last time recorded and how many times, the latest recorded first
+    (a claims history lists every diagnosis billed, each ending with its claim)."""
+    seen: dict[str, list] = {}
+    for r in rows:
+        entry = seen.setdefault(r["code"], [r["time"], r["time"], 0])
+        if r["time"] is not None:
+            entry[0] = r["time"] if entry[0] is None else min(entry[0], r["time"])
+            entry[1] = r["time"] if entry[1] is None else max(entry[1], r["time"])
+        entry[2] += 1
+    ordered = sorted(
+        seen.items(),
+        key=lambda x: (x[1][1] is not None, x[1][1] or datetime.min, x[0]),
+        reverse=True,
+    )
+    return [
+        {
+            "code": code,
+            "description": descriptions.get(code),
+            "first": _iso(first),
+            "last": _iso(last),
+            "times": times,
+        }
+        for code, (first, last, times) in ordered
+    ]
 
 
 def _family_history(rows: list[dict], descriptions: dict[str, str]) -> list[dict]:
