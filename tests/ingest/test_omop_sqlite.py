@@ -144,7 +144,9 @@ def _quirky_cdm(path: Path) -> Path:
 def test_sqlites_loose_columns_are_read_by_what_they_hold(tmp_path):
     source = _quirky_cdm(tmp_path / "cdm.db")  # a .db suffix: told SQLite by its header
     store = jumeau.init(tmp_path / "store")
-    report = ingest_omop(store, source)
+    said: list[str] = []
+    report = ingest_omop(store, source, progress=said.append)
+    assert "reading measurement from SQLite" in said  # a large file's copy is shown as it goes
     counts = report.tables["omop/measurement"]
     assert (counts.read, counts.accepted, counts.rejected) == (4, 3, 1)
     events = store.scan().filter(pl.col("source") == "omop/measurement").sort("time").collect()

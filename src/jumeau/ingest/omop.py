@@ -376,7 +376,9 @@ def ingest_omop(
         try:
             run(con, _MACROS)
             run(con, _CONSTANT_TYPES)
-            tables = _open_source(source_str, is_url, con, writer, schema, vocabulary_schema)
+            tables = _open_source(
+                source_str, is_url, con, writer, schema, vocabulary_schema, progress
+            )
             if vocabulary_folder is not None:
                 omop_sources.use_vocabulary_folder(tables, Path(vocabulary_folder))
             _OmopMapper(store, tables, writer, progress, source_name).run()
@@ -392,6 +394,7 @@ def _open_source(
     writer: BatchWriter,
     schema: str | None,
     vocabulary_schema: str | None = None,
+    progress: Progress | None = None,
 ) -> OmopTables:
     if is_url:
         return omop_sources.from_postgres(
@@ -409,7 +412,9 @@ def _open_source(
     elif omop_sources.is_sqlite(path):
         if schema is not None or vocabulary_schema is not None:
             raise OmopSourceError(f"{source}: a SQLite database has no schemas")
-        tables = omop_sources.from_sqlite(path, con, writer.staging_dir / "sqlite-snapshot")
+        tables = omop_sources.from_sqlite(
+            path, con, writer.staging_dir / "sqlite-snapshot", progress
+        )
     elif path.suffix.lower() in (".duckdb", ".db", ".ddb"):
         tables = omop_sources.from_duckdb(path, con, schema, vocabulary_schema)
     else:

@@ -7,6 +7,7 @@ to canonical events is written once, in SQL, whatever the origin.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,7 +295,12 @@ def is_sqlite(path: Path) -> bool:
         return False
 
 
-def from_sqlite(path: Path, con: duckdb.DuckDBPyConnection, snapshot_dir: Path) -> OmopTables:
+def from_sqlite(
+    path: Path,
+    con: duckdb.DuckDBPyConnection,
+    snapshot_dir: Path,
+    progress: Callable[[str], None] | None = None,
+) -> OmopTables:
     """CDM tables of a SQLite database (OHDSI's Eunomia and SynPUF samples, small CDMs), read
     once into Parquet snapshots.
 
@@ -323,6 +329,8 @@ def from_sqlite(path: Path, con: duckdb.DuckDBPyConnection, snapshot_dir: Path) 
             if table not in CDM_TABLES or table in tables.relations:
                 continue
             out = snapshot_dir / f"{table}.parquet"
+            if progress:
+                progress(f"reading {name} from SQLite")
             try:
                 _snapshot_sqlite_table(db, name, out)
             except (sqlite3.DatabaseError, ValueError) as exc:
