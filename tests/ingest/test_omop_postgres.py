@@ -77,8 +77,12 @@ def test_a_vocabulary_schema_of_its_own_gives_the_codes(omop_postgres, new_store
             cur.execute(f"CREATE TABLE site.{table} AS SELECT * FROM cdm.{table}")
         cur.execute("CREATE TABLE vocab.concept AS SELECT * FROM cdm.concept")
         conn.commit()
-    report = ingest_omop(new_store, omop_postgres, schema="site", vocabulary_schema="vocab")
+    said: list[str] = []
+    report = ingest_omop(
+        new_store, omop_postgres, schema="site", vocabulary_schema="vocab", progress=said.append
+    )
     assert report.tables["omop/condition_occurrence"].events > 0
+    assert "reading vocab.concept from PostgreSQL" in said
     codes = (
         new_store.scan()
         .filter(pl.col("source") == "omop/condition_occurrence")

@@ -398,7 +398,12 @@ def _open_source(
 ) -> OmopTables:
     if is_url:
         return omop_sources.from_postgres(
-            source, con, writer.staging_dir / "pg-snapshot", schema or "public", vocabulary_schema
+            source,
+            con,
+            writer.staging_dir / "pg-snapshot",
+            schema or "public",
+            vocabulary_schema,
+            progress,
         )
     path = Path(source)
     if not path.exists():

@@ -223,6 +223,7 @@ def from_postgres(
     snapshot_dir: Path,
     schema: str = "public",
     vocabulary_schema: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> OmopTables:
     """CDM tables of a PostgreSQL schema, streamed through ADBC into Parquet snapshots (the
     concept table from ``vocabulary_schema`` when the vocabulary has a schema of its own).
@@ -261,6 +262,8 @@ def from_postgres(
             for table_schema, name in located:
                 if name.lower() not in CDM_TABLES:
                     continue
+                if progress:
+                    progress(f"reading {table_schema}.{name} from PostgreSQL")
                 cur.execute(f'SELECT * FROM "{table_schema}"."{name}"')
                 reader = cur.fetch_record_batch()
                 out = snapshot_dir / f"{name.lower()}.parquet"
