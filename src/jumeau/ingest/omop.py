@@ -202,13 +202,17 @@ BUILTIN_CONCEPTS: dict[int, tuple[str, str]] = {
 
 #: ``jts``: a CDM date or datetime written as text (``2020-01-31``, ``20200131``,
 #: ``2020-01-31 08:00:00``), one with a UTC offset (``2020-01-31T08:00:00+02:00``) taken at
-#: its UTC instant like every stored time (a plain cast would drop the offset).
+#: its UTC instant like every stored time (a plain cast would drop the offset). ``off_day``: an
+#: optional datetime more than a day off the required date it belongs to, so a placeholder
+#: (SynPUF's ``1900-01-01``); within a day of it, the gap is a time zone's.
 _MACROS = """
 CREATE OR REPLACE MACRO jts(x) AS CASE
     WHEN regexp_matches(CAST(x AS VARCHAR), '[0-9]:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)? ?[+-][0-9]{2}(:?[0-9]{2})?$')
     THEN TRY_CAST(CAST(x AS VARCHAR) AS TIMESTAMPTZ)::TIMESTAMP
     ELSE COALESCE(TRY_CAST(x AS TIMESTAMP), TRY_STRPTIME(CAST(x AS VARCHAR), '%Y%m%d')) END;
 CREATE OR REPLACE MACRO blank(x) AS (x IS NULL OR trim(CAST(x AS VARCHAR)) = '');
+CREATE OR REPLACE MACRO off_day(moment, day) AS
+    date_diff('hour', day, moment) NOT BETWEEN -24 AND 48;
 """
 
 
@@ -275,24 +279,18 @@ class _Typed:
         return f'jts("{name}")'
 
     def moment(self, datetime_name: str | None, date_name: str | None) -> str:
-        """A record's datetime, or its date where it has none or where the datetime falls more
-        than a day off that date: the date is the CDM's required field, and ETLs fill the
-        optional datetime with placeholders (SynPUF's ``1900-01-01``); within a day of it, the
-        gap is a time zone's."""
+        """A record's datetime, or its date where it has none or where the datetime is a
+        placeholder (``off_day``): the date is the CDM's required field."""
         moment, day = self.time(datetime_name), self.time(date_name)
         if moment == "NULL::TIMESTAMP" or day == "NULL::TIMESTAMP":
             return f"COALESCE({moment}, {day})"
-        return (
-            f"CASE WHEN date_diff('hour', {day}, {moment}) NOT BETWEEN -24 AND 48 THEN {day} "
-            f"ELSE COALESCE({moment}, {day}) END"
-        )
+        return f"CASE WHEN off_day({moment}, {day}) THEN {day} ELSE COALESCE({moment}, {day}) END"
 
     def text(self, name: str | None) -> str:
         """A text column, blank (``''``, spaces) read as missing."""
         if not name or name not in self.types:
             return "NULL::VARCHAR"
-        value = f'CAST("{name}" AS VARCHAR)'
-        return f"CASE WHEN trim({value}) <> '' THEN {value} END"
+        return f'CASE WHEN NOT {self.blank(name)} THEN CAST("{name}" AS VARCHAR) END'
 
     def integer(self, name: str | None) -> str:
         if not name or name not in self.types:
@@ -704,10 +702,10 @@ class _OmopMapper:
                     row_number() OVER (PARTITION BY person_id ORDER BY _row) AS dup
                   FROM src)
             SELECT *, CASE
-                -- birth_datetime is optional, year_of_birth required: a datetime more than a
-                -- day off the birth day (or year, where no day is given) is a placeholder
+                -- birth_datetime is optional, year_of_birth required: a datetime off the birth
+                -- day (or more than a day off the year, where no day is given) is a placeholder
                 WHEN birth_dt IS NULL OR born IS NULL THEN COALESCE(birth_dt, born)
-                WHEN has_day AND date_diff('hour', born, birth_dt) NOT BETWEEN -24 AND 48 THEN born
+                WHEN has_day AND off_day(birth_dt, born) THEN born
                 WHEN NOT has_day AND year(birth_dt + INTERVAL 1 DAY) <> y
                      AND year(birth_dt - INTERVAL 1 DAY) <> y THEN born
                 ELSE birth_dt END AS birth,
