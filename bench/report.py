@@ -2,9 +2,9 @@
 
     python bench/report.py > /tmp/section.md     # then paste it into README.md
 
-Reads ``bench/results_x372.json``, ``bench/twin_results.json``, ``bench/signal_results.json`` (copies
-of the latest ``bench/out`` results), ``bench/backtest_ceiling.json`` and
-``bench/backtest_results.json`` (``jumeau evaluate forecasts
+Reads ``bench/results_x372.json``, ``bench/ingest_floor.json``, ``bench/twin_results.json``,
+``bench/signal_results.json`` (copies of the latest ``bench/out`` results),
+``bench/backtest_ceiling.json`` and ``bench/backtest_results.json`` (``jumeau evaluate forecasts
 --format json``), so no figure in the README is typed by hand.
 """
 
@@ -17,11 +17,29 @@ HERE = Path(__file__).resolve().parent
 LABELS = {"pr": "PR", "qrs": "QRS", "qt": "QT", "qtc_bazett": "QTc"}
 
 
+def _floor_rows(floor: dict) -> list[tuple[str, str, str, str]]:
+    """``bench/ingest_floor.py``'s medians: jumeau and the floor of any ingest into this
+    layout, against meds_etl in the same run."""
+    seconds, speed = floor["median_seconds"], floor["speed_vs_meds_etl"]
+    peer = f"meds_etl_omop {seconds['meds_etl_omop']:.2f} s"
+    label = f"Eunomia x{floor['dataset']['replicas']}, median of {len(floor['runs']['meds_etl_omop'])} runs"
+    names = {
+        "jumeau ingest": f"OMOP ingest, {label}",
+        "floor (Arrow + Parquet, hashed keys)": "its floor: one pass, no checks (`ingest_floor.py`)",
+        "floor without the Parquet copy": "the floor without the Parquet copy",
+        "floor without the record hashes": "the floor without the keyed record hashes",
+    }
+    return [
+        (name, f"{seconds[key]:.2f} s", peer, f"{speed[key]:.2f}×") for key, name in names.items()
+    ]
+
+
 def main() -> None:
     r = json.loads((HERE / "results_x372.json").read_text())
     t = json.loads((HERE / "twin_results.json").read_text())
     sig = json.loads((HERE / "signal_results.json").read_text())
     backtest = json.loads((HERE / "backtest_results.json").read_text())
+    floor = json.loads((HERE / "ingest_floor.json").read_text())
     ra = r["ratios"]
     jr, mr = r["jumeau_reads"], r["meds_reader_reads"]
     peer_total = r["meds_etl_ingest"]["seconds"] + r["meds_reader_convert_seconds"]
@@ -38,6 +56,7 @@ def main() -> None:
             f"{peer_total:.0f} s",
             f"{ra['ingest_speedup_vs_meds_etl_plus_meds_reader_convert']:.2f}× faster",
         ),
+        *_floor_rows(floor),
         (
             "ingest peak memory (max RSS)",
             f"{r['jumeau_ingest']['peak_mib']:.0f} MiB",
