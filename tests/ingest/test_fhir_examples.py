@@ -324,6 +324,11 @@ def test_a_relatives_condition_is_family_history_never_the_patients_own(tmp_path
     mother = timeline(new_store, "100").filter(pl.col("domain") == "observation")
     assert mother["code"].to_list() == ["FAMILY_HISTORY//SNOMED/371041009"]
     assert mother["time"].to_list() == [None]
+    # the mother's patient is known by that undated history alone: a twin of it, from the day
+    # the store learnt it (not before)
+    only_history = new_store.twin(new_store.lookup("fhir", "100"))
+    assert [h["relative"] for h in only_history.family_history] == ["mother"]
+    assert only_history.age is None and only_history.variables == {}
 
 
 def test_an_insurance_cover_is_a_sociodemographic_fact_over_its_period(tmp_path, new_store):

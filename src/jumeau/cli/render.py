@@ -106,8 +106,13 @@ def timeline_table(frame: pl.DataFrame, descriptions: dict[str, str], title: str
         elif row["text_value"]:
             value = row["text_value"][:40]
         when = row["time"].isoformat(sep=" ") if row["time"] else "(static)"
-        if row["end_time"] and row["end_time"] != row["time"]:
-            when += f" → {row['end_time'].date()}"
+        end = row["end_time"]
+        if end and row["time"] and end != row["time"]:
+            # within the day (an ECG window, a 15-minute claim) the end's time tells; beyond, its date
+            same_day = end.date() == row["time"].date()
+            when += f" → {end.time().isoformat() if same_day else end.date()}"
+        elif end:
+            when += f" → {end.date()}"
         cells = (when, row["domain"], row["code"], descriptions.get(row["code"], ""), value)
         table.add_row(*map(escape, cells))
     console.print(table)
@@ -157,10 +162,10 @@ def sleep_agreement(summary: dict) -> None:
 
 
 def _lifetime(demographics: dict) -> str:
-    """``age 63.2``, or ``died 2010-12-01, aged 76.92``."""
+    """``age 63.2``, ``age unknown`` or ``died 2010-12-01, aged 76.92``."""
     if demographics.get("deceased"):
         return f"died {demographics['deceased'][:10]}, aged {demographics['age']}"
-    return f"age {demographics['age']}"
+    return "age unknown" if demographics["age"] is None else f"age {demographics['age']}"
 
 
 def twin_summary(twin: dict) -> None:

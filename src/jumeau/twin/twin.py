@@ -389,7 +389,10 @@ def build_twin(
             else store.timeline_arrow(subject_id, known_at=stored_by, plain=True).to_pylist()
         )
         rows += [r for r in stored if r["time"] is None and not _static(r)]
-    if not any(r["time"] is not None for r in rows):
+    dated = any(r["time"] is not None for r in rows)
+    if not rows or (not dated and any(r["time"] is not None for r in timeline)):
+        # a subject the store does not know yet at that date (or not born); a subject known only
+        # by undated facts (a family history sent alone) has a twin of those facts
         raise KeyError(f"subject {subject_id} has no events known at {as_of.isoformat()}")
     descriptions = store.code_descriptions() if descriptions is None else descriptions
     ancestors = store.code_ancestors()
