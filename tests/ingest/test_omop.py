@@ -54,14 +54,51 @@ def test_person_gives_birth_and_demographics(eunomia_store, eunomia):
     assert genders["time"].is_null().all()
 
 
-def test_eunomia_placeholder_tables_are_rejected_with_a_reason(eunomia_store):
+def test_eunomia_header_rows_loaded_as_data_are_rejected_as_no_record(eunomia_store):
+    """Eunomia's DuckDB file holds its empty tables as one row of column names (header-only
+    CSV files read without their header): that row is rejected as what it is, and the table is
+    read, empty, under those names."""
     store, report = eunomia_store
     rejects = store.rejects()
-    for table in ("death", "note", "specimen", "visit_detail", "device_exposure"):
-        assert report.tables[f"omop/{table}"].rejected == 1
-        reason = rejects.filter(pl.col("source") == f"omop/{table}")["reason"][0]
-        assert "lacks required column" in reason and "person_id" in reason
+    tables = ("visit_detail", "device_exposure", "death", "specimen", "note")
+    for table in tables:
+        counts = report.tables[f"omop/{table}"]
+        assert (counts.read, counts.rejected, counts.events) == (1, 1, 0)
+        (reject,) = rejects.filter(pl.col("source") == f"omop/{table}").iter_rows(named=True)
+        assert reject["record"] == "row 1"
+        assert "column names" in reject["reason"] and "header" in reject["reason"]
+    (warning,) = [w for w in report.warnings if "header loaded as data" in w]
+    assert warning.startswith(", ".join(f"omop/{t}" for t in sorted(tables)) + ":")
     assert not store.scan().filter(pl.col("domain") == "death").collect().height
+
+
+def test_a_table_loaded_with_its_header_as_a_row_is_read_under_that_header(tmp_path, eunomia):
+    """A table loaded from a CSV file without telling its header (DuckDB's sniffer on text
+    columns names them column0...) keeps its records: read under the names in its first row."""
+    source = tmp_path / "cdm.duckdb"
+    shutil.copy(eunomia, source)
+    csv = tmp_path / "death.csv"
+    csv.write_text(
+        "PERSON_ID,DEATH_DATE,DEATH_TYPE_CONCEPT_ID\n6,2019-03-04,32817\n7,not a date,32817\n"
+    )
+    con = duckdb.connect(str(source))
+    con.execute("DROP TABLE death")
+    con.execute(f"CREATE TABLE death AS SELECT * FROM read_csv('{csv}', header=false)")
+    assert con.execute("SELECT count(*) FROM death").fetchall() == [(3,)]
+    con.close()
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, source)
+    counts = report.tables["omop/death"]
+    assert (counts.read, counts.accepted, counts.rejected, counts.events) == (3, 1, 2, 1)
+    rejects = store.rejects().filter(pl.col("source") == "omop/death").sort("record")
+    assert rejects["record"].to_list() == ["row 1", "row 3"]
+    assert "column names" in rejects["reason"][0] and "death_date" in rejects["reason"][1]
+    (death,) = (
+        store.timeline(store.lookup("omop", "6"))
+        .filter(pl.col("domain") == "death")
+        .iter_rows(named=True)
+    )
+    assert death["time"] == dt.datetime(2019, 3, 4)
 
 
 def test_orphan_observation_periods_are_rejected_not_dropped(eunomia_store, eunomia):

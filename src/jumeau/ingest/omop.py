@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.ingest import omop_sources
-from jumeau.ingest.omop_sources import OmopSourceError, OmopTables
+from jumeau.ingest.omop_sources import OmopSourceError, OmopTables, read_header_row
 from jumeau.ingest.redact import redact_sql
 from jumeau.model import BIRTH_CODE, DEATH_CODE
 from jumeau.store import BatchWriter, IngestReport, Store
@@ -326,6 +326,13 @@ class _Typed:
         return self._bad(name, self.number(name), "a number")
 
 
+_HEADER_ROW_REASON = "the table's column names, loaded as a row (a CSV header read as data)"
+_HEADER_ROW_WARNING = (
+    "the first row holds the column names (a CSV header loaded as data): "
+    "read under those names, without that row"
+)
+
+
 def ingest_omop(
     store: Store,
     source: str | Path,
@@ -449,16 +456,45 @@ class _OmopMapper:
         self.source_name = source_name
 
     def run(self) -> None:
+        for table in list(self.tables.relations):
+            with self._reading(table):
+                read_header_row(self.tables, table)
         with self._reading("concept"):
             self._load_concepts()
         self.progress("person")
         with self._reading("person"):
             self._persons()
+        self._reject_header_row("person")
         for table, spec in SPECS.items():
             if table in self.tables.relations:
                 self.progress(table)
                 with self._reading(table):
                     self._events(table, spec)
+                self._reject_header_row(table)
+        if self.tables.header_rows:
+            named = ", ".join(f"omop/{t}" for t in sorted(self.tables.header_rows))
+            self.report.warnings.append(f"{named}: {_HEADER_ROW_WARNING}")
+
+    def _reject_header_row(self, table: str) -> None:
+        """Count the row that held a table's column names (see
+        :func:`~jumeau.ingest.omop_sources.read_header_row`) as read and rejected: it is no record."""
+        row = self.tables.header_rows.get(table)
+        if row is None:
+            return
+        counts = self.report.table(f"omop/{table}")
+        counts.read += 1
+        counts.rejected += 1
+        self.writer.add_rejects(
+            pa.table(
+                {
+                    "source": [f"omop/{table}"],
+                    "file": [self.tables.files[table]],
+                    "record": [f"row {row}"],
+                    "reason": [_HEADER_ROW_REASON],
+                    "record_key": pa.nulls(1, pa.int64()),
+                }
+            )
+        )
 
     @contextmanager
     def _reading(self, table: str):

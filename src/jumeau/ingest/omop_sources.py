@@ -7,6 +7,7 @@ to canonical events is written once, in SQL, whatever the origin.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class OmopTables:
     #: Per table, a relation adding ``_row`` (1-based position in the source) without a window
     #: over the whole table: Parquet row numbers and DuckDB row ids are free.
     numbered_relations: dict[str, str] = field(default_factory=dict)
+    #: Per table whose column names were loaded as a data row (see :func:`read_header_row`),
+    #: that row's number: it is no record, and is rejected as such.
+    header_rows: dict[str, int] = field(default_factory=dict)
 
     def numbered(self, table: str) -> str:
         """The table with its source row number as ``_row``."""
@@ -65,6 +69,45 @@ class OmopTables:
     def columns(self, table: str) -> list[str]:
         """The table's lower-cased column names."""
         return list(self.column_types(table))
+
+
+#: The names DuckDB gives the columns of a CSV file it read without a header (``column0``,
+#: ``column00``...).
+_UNNAMED_COLUMN = re.compile(r"column\d+")
+_CDM_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def read_header_row(tables: OmopTables, table: str) -> None:
+    """Read ``table`` under the column names its first row holds, if it holds them.
+
+    A loader that cannot tell a CSV file's header from its data (DuckDB's sniffer, given a
+    header-only file or one of text columns only) names the columns ``column0``... and loads the
+    header as a row: the Eunomia DuckDB file's empty tables are such tables. A table whose
+    columns all bear such names and whose first row names CDM columns (``person_id``, or
+    ``concept_id`` for the vocabulary) is read under the names of that row, without it; the
+    row's number is kept in ``tables.header_rows``.
+    """
+    unnamed = [r[0] for r in run(tables.con, f"DESCRIBE SELECT * FROM {tables.relations[table]}")]
+    if not unnamed or not all(_UNNAMED_COLUMN.fullmatch(c) for c in unnamed):
+        return
+    numbered = tables.numbered(table)
+    listed = ", ".join(f'"{c}"' for c in unnamed)
+    first = run(tables.con, f"SELECT _row, {listed} FROM {numbered} ORDER BY _row LIMIT 1")
+    if not first:
+        return
+    row, *values = first[0]
+    names = [str(v).strip().lower() if v is not None else "" for v in values]
+    key = "concept_id" if table == "concept" else "person_id"
+    if key not in names or len(set(names)) < len(names):
+        return
+    if not all(_CDM_NAME.fullmatch(n) for n in names):
+        return
+    renamed = ", ".join(f'"{c}" AS "{n}"' for c, n in zip(unnamed, names, strict=True))
+    tables.relations[table] = f"(SELECT {renamed} FROM {numbered} WHERE _row <> {row})"
+    tables.numbered_relations[table] = (
+        f"(SELECT _row, {renamed} FROM {numbered} WHERE _row <> {row})"
+    )
+    tables.header_rows[table] = row
 
 
 def _numbered_parquet(files: list[Path]) -> str:
