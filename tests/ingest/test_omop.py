@@ -302,6 +302,30 @@ def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tm
     assert device["domain"] == "device" and device["end_time"] == dt.datetime(2018, 3, 2)
 
 
+def test_a_code_the_cdm_leaves_unmapped_keeps_the_source_value(tmp_path, eunomia):
+    """Concept id 0 ("no matching concept"), with no source concept either: the event's code is
+    the source's own (``SOURCE_CODE/...``), not an ``OMOP/0`` every unmapped lab would share."""
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept"])
+    (folder / "measurement.csv").write_text(
+        "measurement_id,person_id,measurement_concept_id,measurement_date,value_as_number,"
+        "unit_source_value,measurement_source_value,measurement_source_concept_id\n"
+        "1,6,0,2018-01-02,4.1,mmol/L,K_SERUM,0\n"
+        "2,6,0,2018-01-02,140,mmol/L,NA_SERUM,0\n"
+        "3,6,0,2018-01-03,12,g/dL,,0\n"
+        "4,6,0,2018-01-04,90,mg/dL, GLU ,4024958\n"  # the source concept still maps it
+    )
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    assert report.tables["omop/measurement"].events == 4
+    events = store.timeline(store.lookup("omop", "6")).filter(pl.col("domain") == "measurement")
+    by_value = dict(zip(events["numeric_value"], events["code"], strict=True))
+    assert by_value[4.1] == "SOURCE_CODE/K_SERUM"
+    assert by_value[140.0] == "SOURCE_CODE/NA_SERUM"
+    assert by_value[12.0] == "OMOP/0"  # nothing names it
+    assert by_value[90.0] == "SNOMED/117015009"  # the source concept, through the vocabulary
+
+
 def test_the_same_source_named_by_another_path_adds_nothing(tmp_path, eunomia, monkeypatch):
     folder = tmp_path / "cdm"
     _export_csv(eunomia, folder, ["person", "concept", "observation_period"])

@@ -27,6 +27,9 @@ from jumeau.store import BatchWriter, IngestReport, Store
 from jumeau.store.keys import record_key_sql
 
 Progress = Callable[[str], None]
+#: The vocabulary of a source's own codes where the CDM maps them to no concept (meds_etl's
+#: name for them).
+SOURCE_CODE_PREFIX = "SOURCE_CODE/"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ class TableSpec:
     #: A duration in days that dates the end when the end date is empty (OHDSI THEMIS: start
     #: + days_supply - 1 day).
     supply_days: str | None = None
+    #: The source's own code (``condition_source_value``...), the event's code as
+    #: ``SOURCE_CODE/<value>`` where neither concept maps it (concept id 0: a local lab code
+    #: the ETL left unmapped is still that lab, not "no matching concept").
+    source_value: str | None = None
 
 
 SPECS: dict[str, TableSpec] = {
@@ -92,6 +99,7 @@ SPECS: dict[str, TableSpec] = {
         "condition_source_concept_id",
         end_datetime="condition_end_datetime",
         end_date="condition_end_date",
+        source_value="condition_source_value",
     ),
     "drug_exposure": TableSpec(
         "drug",
@@ -104,6 +112,7 @@ SPECS: dict[str, TableSpec] = {
         end_date="drug_exposure_end_date",
         number="quantity",
         supply_days="days_supply",
+        source_value="drug_source_value",
     ),
     "procedure_occurrence": TableSpec(
         "procedure",
@@ -113,6 +122,7 @@ SPECS: dict[str, TableSpec] = {
         "procedure_concept_id",
         "procedure_source_concept_id",
         number="quantity",
+        source_value="procedure_source_value",
     ),
     "device_exposure": TableSpec(
         "device",
@@ -124,6 +134,7 @@ SPECS: dict[str, TableSpec] = {
         end_datetime="device_exposure_end_datetime",
         end_date="device_exposure_end_date",
         number="quantity",
+        source_value="device_source_value",
     ),
     "measurement": TableSpec(
         "measurement",
@@ -137,6 +148,7 @@ SPECS: dict[str, TableSpec] = {
         unit_concept="unit_concept_id",
         unit_source="unit_source_value",
         operator_concept="operator_concept_id",
+        source_value="measurement_source_value",
     ),
     "observation": TableSpec(
         "observation",
@@ -150,6 +162,7 @@ SPECS: dict[str, TableSpec] = {
         value_concept="value_as_concept_id",
         unit_concept="unit_concept_id",
         unit_source="unit_source_value",
+        source_value="observation_source_value",
     ),
     "death": TableSpec(
         "death",
@@ -168,6 +181,7 @@ SPECS: dict[str, TableSpec] = {
         "specimen_concept_id",
         number="quantity",
         unit_concept="unit_concept_id",
+        source_value="specimen_source_value",
     ),
     "note": TableSpec(
         "note",
@@ -799,6 +813,18 @@ class _OmopMapper:
 
     # -- event tables ----------------------------------------------------------------------
 
+    def _source_value(self, table: str, spec: TableSpec, x: _Typed) -> str:
+        """SQL of the table's source code, read only where some row's concept is 0 (reading a
+        text column of every row costs a fifth of a large ingest)."""
+        if spec.source_value not in x.types or spec.concept not in x.types:
+            return "NULL::VARCHAR"
+        unmapped = scalar(
+            self.con,
+            f"SELECT EXISTS (SELECT 1 FROM {self.tables.relations[table]} "
+            f"WHERE {x.integer(spec.concept)} = 0)",
+        )
+        return x.text(spec.source_value) if unmapped else "NULL::VARCHAR"
+
     def _events(self, table: str, spec: TableSpec) -> None:
         types = self.tables.column_types(table)
         cols = set(types)
@@ -863,6 +889,7 @@ class _OmopMapper:
                     {x.integer(spec.unit_concept)} AS unit_concept_id,
                     {x.integer(spec.operator_concept)} AS operator_concept_id,
                     {x.text(spec.unit_source)} AS unit_source,
+                    {self._source_value(table, spec, x)} AS source_value,
                     CASE WHEN {x.blank(id_col)} THEN '{id_col} is missing'
                          WHEN {x.blank("person_id")} THEN 'person_id is missing'
                          {x.bad_integer("person_id")}
@@ -885,8 +912,10 @@ class _OmopMapper:
         if spec.fixed_code:
             code = f"'{spec.fixed_code}'"
         else:
+            local = redact_sql("trim(s.source_value)", ["s.person_source_value"])
             code = (
                 "COALESCE(CASE WHEN s.concept_id <> 0 THEN c.code END, sc.code, "
+                f"CASE WHEN s.concept_id = 0 THEN '{SOURCE_CODE_PREFIX}' || {local} END, "
                 "'OMOP/' || s.concept_id)"
             )
         # free text (a note, a value written as text) is scrubbed of identifiers, the patient's
