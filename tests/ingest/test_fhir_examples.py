@@ -354,3 +354,86 @@ def test_a_relative_named_in_free_text_is_not_stored(tmp_path, new_store):
     assert "Bartholomew" not in str(event["text_value"])
     stored = b"".join(p.read_bytes() for p in new_store.root.rglob("*") if p.is_file())
     assert b"Bartholomew" not in stored
+
+
+QUESTIONNAIRES = (
+    "QuestionnaireResponse-gcs.json",
+    "Questionnaire-gcs.json",
+    "QuestionnaireResponse-f201.json",
+    "QuestionnaireResponse-bb.json",
+    "QuestionnaireResponse-3141.json",
+    "QuestionnaireResponse-ussg-fht-answers.json",
+)
+
+
+def test_a_questionnaire_answer_is_coded_by_its_question_and_scored(tmp_path, new_store):
+    """A Glasgow coma scale response names its questions by linkId only: the Questionnaire
+    read in the same batch gives each its LOINC code, and each coded answer keeps its score."""
+    folder = copy_examples(tmp_path / "src", *QUESTIONNAIRES)
+    report = ingest_fhir(new_store, folder)
+    counts = report.tables["fhir/QuestionnaireResponse"]
+    assert (counts.read, counts.accepted, counts.rejected) == (5, 5, 0)
+    assert report.unhandled.get("Questionnaire") == 1  # read for its codes, not an event
+    gcs = timeline(new_store, "example").filter(pl.col("domain") == "survey")
+    answers = {r["code"]: (r["numeric_value"], r["text_value"]) for r in gcs.iter_rows(named=True)}
+    assert answers == {
+        "LOINC/9268-4": (5.0, "LOINC/LA6566-9"),  # motor: localizing pain
+        "LOINC/9267-6": (4.0, "LOINC/LA6556-0"),  # eyes open spontaneously
+        "LOINC/9270-0": (4.0, "LOINC/LA6560-2"),  # verbal: confused
+    }
+    assert set(gcs["time"]) == {datetime(2014, 12, 11, 4, 44, 16)}
+
+
+def test_questions_without_a_questionnaire_are_named_by_their_text_or_linkid(tmp_path, new_store):
+    folder = copy_examples(tmp_path / "src", *QUESTIONNAIRES)
+    ingest_fhir(new_store, folder)
+    intake = timeline(new_store, "f201").filter(pl.col("domain") == "survey")
+    by_code = dict(zip(intake["code"], intake["text_value"], strict=True))
+    assert by_code["TEXT/Do you smoke?"] == "[TEXT]"
+    assert by_code["TEXT/What is your date of birth?"] == "1960-03-13"
+    assert intake["time"].to_list() == [datetime(2013, 6, 17, 23)] * 7  # +01:00 in UTC
+    # a questionnaire named by reference only, nested answers included
+    family = (
+        new_store.scan()
+        .filter(pl.col("code").str.starts_with("FHIR/Questionnaire/ussg-fht#"))
+        .collect()
+    )
+    ages = family.filter(pl.col("code") == "FHIR/Questionnaire/ussg-fht#2.1.1.4.2.2")
+    assert family.height > 100 and ages["numeric_value"].min() == 15.0
+    # neither a questionnaire nor a question text: the linkId, answers within answers too
+    codes = set(new_store.scan().select("code").collect()["code"])
+    assert {"FHIR/QuestionnaireResponse#1.1", "FHIR/QuestionnaireResponse#1.1.1.3"} <= codes
+
+
+def test_free_text_answers_keep_no_name_a_form_holds(tmp_path, new_store):
+    """A family history form names the patient and two dozen relatives; a birth form, the
+    child: none of them reaches the store (a free-text answer is kept as answered, not as
+    its text)."""
+    from tests.store.test_privacy import decoded_texts
+
+    folder = copy_examples(tmp_path / "src", *QUESTIONNAIRES)
+    ingest_fhir(new_store, folder)
+    names = ["Annie Proband", "Brian", "Harriet", "Gladys", "Karren", "Cathy Jones", "Roel"]
+    blob = "\n".join(decoded_texts(new_store.root))
+    raw = b"".join(p.read_bytes() for p in new_store.root.rglob("*") if p.is_file())
+    assert [n for n in names if n in blob or n.encode() in raw] == []
+    texts = new_store.scan().filter(pl.col("domain") == "survey").collect()["text_value"]
+    assert (texts == "[TEXT]").sum() >= 25
+
+
+def test_a_date_answer_moves_with_the_patients_date_shift(tmp_path):
+    import jumeau
+
+    folder = copy_examples(tmp_path / "src", "QuestionnaireResponse-f201.json")
+    plain, shifted = (
+        jumeau.init(tmp_path / name, max_date_shift_days=days)
+        for name, days in (("plain", 0), ("shifted", 365))
+    )
+    for store in (plain, shifted):
+        ingest_fhir(store, folder)
+    question = pl.col("code") == "TEXT/What is your date of birth?"
+    (a,) = timeline(plain, "f201").filter(question).iter_rows(named=True)
+    (b,) = timeline(shifted, "f201").filter(question).iter_rows(named=True)
+    moved = b["time"] - a["time"]
+    assert moved.days != 0
+    assert datetime.fromisoformat(b["text_value"]) - datetime(1960, 3, 13) == moved

@@ -48,6 +48,7 @@ _READ_AHEAD_TYPES = (
     "List",
     "Composition",
     "Device",
+    "Questionnaire",
 )
 #: What an NDJSON line read ahead names (a panel's Observation lists its members): one search
 #: a line, not one a name.
@@ -295,6 +296,9 @@ class _FhirMapper:
         #: Encounter periods (µs, unshifted) by reference (``Encounter/id``, bundle fullUrl):
         #: a record with no time of its own (MIMIC-IV's diagnoses) is dated by its encounter.
         self.encounters: dict[str, tuple[int | None, int | None]] = {}
+        #: Each Questionnaire's items (linkId -> the item's code and its answers' weights), by
+        #: reference and by canonical URL: a response names its questions only by linkId.
+        self.questionnaires: dict[str, dict[str, tuple[str | None, dict[str, float]]]] = {}
         #: When each Specimen was collected (µs, unshifted), by reference.
         self.specimens: dict[str, int] = {}
         #: The report or panel (``DiagnosticReport/id``, ``Observation/id``) listing each
@@ -335,6 +339,7 @@ class _FhirMapper:
             "FamilyMemberHistory": self._family_history,
             "DeviceUseStatement": self._device_use,
             "Coverage": self._coverage,
+            "QuestionnaireResponse": self._questionnaire_response,
         }
 
     # -- files -----------------------------------------------------------------------------
@@ -425,7 +430,38 @@ class _FhirMapper:
             code = self._code(res.get("type"), ("SNOMED",))
             if code:
                 _keep(self.devices, res, full_url, code)
+        elif rtype == "Questionnaire":
+            self._remember_questionnaire(res, full_url)
         return False
+
+    def _remember_questionnaire(self, res: dict, full_url: str | None = None) -> None:
+        """A Questionnaire's item codes and answer weights by linkId, kept under its reference
+        and its canonical URL (with and without its version)."""
+        items: dict[str, tuple[str | None, dict[str, float]]] = {}
+        pending = list(_objects(res.get("item")))
+        while pending:
+            item = pending.pop()
+            pending += _objects(item.get("item"))
+            link = item.get("linkId")
+            if not isinstance(link, str):
+                continue
+            code = self._code({"coding": _objects(item.get("code"))}, ("LOINC", "SNOMED"))
+            if code and isinstance(item.get("text"), str):
+                self.displays.setdefault(code, item["text"])
+            weights = {}
+            for option in _objects(item.get("answerOption")):
+                coding = option.get("valueCoding")
+                weight = _answer_weight(option) or _answer_weight(coding)
+                answer = concept_code({"coding": [coding]}) if isinstance(coding, dict) else None
+                if answer and weight is not None:
+                    weights[answer] = weight
+            items[link] = (code, weights)
+        _keep(self.questionnaires, res, full_url, items)
+        url = res.get("url")
+        if isinstance(url, str):
+            self.questionnaires[url] = items
+            if isinstance(res.get("version"), str):
+                self.questionnaires[f"{url}|{res['version']}"] = items
 
     def _remember_list(self, res: dict) -> None:
         """A List's items (a medication list, a problem list) or a Composition's section
@@ -1419,6 +1455,62 @@ class _FhirMapper:
                 text=";".join(filter(None, (details, died))) or None,
             )
 
+    def _questionnaire_response(
+        self, res: dict, where: str, _k: int, fullurls: dict[str, str]
+    ) -> None:
+        """Each answer of a completed (or partly completed) questionnaire as a ``survey`` event
+        at its authoring time: coded by its question's code in the Questionnaire when this
+        batch holds it, else by the questionnaire and the question's linkId; a coded answer is
+        the text value, with its weight (a Glasgow coma score's ordinal) as the number."""
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "authored")
+        reference = res.get("questionnaire")
+        reference = reference if isinstance(reference, str) else None
+        known = self.questionnaires.get(reference or "") or self.questionnaires.get(
+            (reference or "").split("|")[0], {}
+        )
+        local = (reference or "").split("|")[0].removeprefix("Questionnaire/")
+        answered = 0
+        pending = [(item, f"#item[{i}]") for i, item in enumerate(_objects(res.get("item")))]
+        while pending:
+            item, part = pending.pop(0)
+            link = item.get("linkId")
+            code, weights = known.get(link, (None, {})) if isinstance(link, str) else (None, {})
+            if code is None and isinstance(link, str):
+                code = f"FHIR/Questionnaire/{local}#{link}" if local else None
+                code = code or text_code({"text": item.get("text")}, self.displays)
+                code = code or f"FHIR/QuestionnaireResponse#{link}"
+                if isinstance(item.get("text"), str):
+                    self.displays.setdefault(code, " ".join(item["text"].split()))
+            for j, answer in enumerate(_objects(item.get("answer"))):
+                numeric, text, unit = _answer_value(answer, subject[1])
+                if text in weights and numeric is None:
+                    numeric = weights[text]
+                if code is None:
+                    raise FhirError(f"{part}: the question has no linkId")
+                if numeric is not None or text is not None:
+                    self._emit(
+                        res,
+                        subject,
+                        code=code,
+                        domain="survey",
+                        time=start,
+                        part=f"{part}#answer[{j}]",
+                        numeric=numeric,
+                        text=text,
+                        unit=unit,
+                    )
+                    answered += 1
+                pending += [
+                    (sub, f"{part}#answer[{j}]#item[{k}]")
+                    for k, sub in enumerate(_objects(answer.get("item")))
+                ]
+            pending += [
+                (sub, f"{part}#item[{k}]") for k, sub in enumerate(_objects(item.get("item")))
+            ]
+        if not answered:
+            raise FhirError("no question is answered")
+
     def _coverage(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         """A health insurance cover of the patient (a sociodemographic fact): its type over its
         period, undated when it has none; subscriber ids and payors are never kept."""
@@ -1820,6 +1912,57 @@ def _value(element: dict) -> tuple[float | None, str | None, str | None]:
     if "dataAbsentReason" in element:
         return None, concept_code(element["dataAbsentReason"]), None
     return None, None, None
+
+
+#: Where a coded answer carries its score: R4's ordinalValue extension, R5's itemWeight.
+_WEIGHT_EXTENSIONS = (
+    "http://hl7.org/fhir/StructureDefinition/ordinalValue",
+    "http://hl7.org/fhir/StructureDefinition/itemWeight",
+)
+
+
+def _answer_weight(element: dict | None) -> float | None:
+    """The score an answer option or a coding carries, if any."""
+    for extension in _objects((element or {}).get("extension")):
+        if extension.get("url") in _WEIGHT_EXTENSIONS:
+            return _number(extension.get("valueDecimal"), "ordinalValue")
+    return None
+
+
+#: What a free-text answer is stored as: a form's free text names people (a relative, a child,
+#: an emergency contact) that no scrubbing of the patient's own names can catch.
+FREE_TEXT_ANSWER = "[TEXT]"
+
+
+def _answer_value(answer: dict, shift: int = 0) -> tuple[float | None, str | None, str | None]:
+    """(numeric_value, text_value, unit) of a QuestionnaireResponse answer's value[x]; a date
+    moved by the subject's date ``shift`` (µs), a free text as :data:`FREE_TEXT_ANSWER`."""
+    if isinstance(answer.get("valueCoding"), dict):
+        coding = answer["valueCoding"]
+        text = concept_code({"coding": [coding]}) or coding.get("display")
+        return _answer_weight(coding), text, None
+    if "valueDecimal" in answer:
+        return _number(answer["valueDecimal"], "valueDecimal"), None, None
+    if "valueString" in answer or "valueText" in answer:
+        return None, FREE_TEXT_ANSWER, None
+    for key in ("valueDate", "valueDateTime"):
+        if key in answer:
+            return None, _shifted_date_text(answer[key], shift), None
+    if "valueUri" in answer:
+        return None, str(answer["valueUri"]), None
+    if "valueAttachment" in answer or "valueReference" in answer:
+        return None, None, None  # a file, another resource: nothing to store as a value
+    return _value(answer)
+
+
+def _shifted_date_text(value: str, shift: int) -> str:
+    """A FHIR date or dateTime moved by ``shift`` microseconds, written at its own precision
+    (a year stays a year); unchanged without a shift."""
+    if not shift:
+        return value
+    moment = _EPOCH + timedelta(microseconds=parse_fhir_time(value) + shift)
+    written = value.strip()
+    return moment.isoformat()[: len(written)] if len(written) <= 10 else moment.isoformat()
 
 
 def _unit(quantity: dict) -> str | None:
