@@ -348,6 +348,19 @@ def test_interval_values_keep_their_bounds_as_text_and_absent_values_their_reaso
         _value({"valueRange": {"low": {"value": "1"}}})
 
 
+def test_a_date_value_moves_with_the_date_shift_at_its_own_precision():
+    from jumeau.ingest.fhir import _value
+
+    day = 86_400_000_000
+    assert _value({"valueDateTime": "2020-01-31"}, 2 * day) == (None, "2020-02-02", None)
+    assert _value({"valueDateTime": "2020-01-31T10:00:00Z"}, -day)[1] == "2020-01-30T10:00:00"
+    assert _value({"valueDateTime": "2020"}, 400 * day)[1] == "2021"
+    assert _value({"valueDateTime": "2020-01-31"})[1] == "2020-01-31"  # no shift: as written
+    period = {"valuePeriod": {"start": "2020-01-01", "end": "2020-02-01"}}
+    assert _value(period, day)[1] == "2020-01-02/2020-02-02"
+    assert _value({"valueTime": "10:30:00"}, day)[1] == "10:30:00"  # a time of day
+
+
 def test_imaging_studies_become_a_study_and_a_series_event_like_dicom(
     synthea_full_store, synthea_dir
 ):

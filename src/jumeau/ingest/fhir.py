@@ -1154,7 +1154,7 @@ class _FhirMapper:
             components = [c for c in components if "valueSampledData" not in c]
         has_value = any(k.startswith("value") and k != "valueSampledData" for k in res)
         if has_value or not (components or waveforms):  # a bare Observation still counts
-            numeric, text, unit = _value(res)
+            numeric, text, unit = _value(res, subject[1])
             self._emit(
                 res,
                 subject,
@@ -1167,7 +1167,7 @@ class _FhirMapper:
                 unit=unit,
             )
         for i, comp in enumerate(components):
-            numeric, text, unit = _value(comp)
+            numeric, text, unit = _value(comp, subject[1])
             self._emit(
                 res,
                 subject,
@@ -1859,8 +1859,9 @@ def _strings(value: Any) -> list[str]:
     return [item for item in items if isinstance(item, str)]
 
 
-def _value(element: dict) -> tuple[float | None, str | None, str | None]:
-    """(numeric_value, text_value, unit) of an Observation or component value[x].
+def _value(element: dict, shift: int = 0) -> tuple[float | None, str | None, str | None]:
+    """(numeric_value, text_value, unit) of an Observation or component value[x]; a date
+    value moved by the subject's date ``shift`` (µs), as the event's own time is.
 
     A value FHIR gives as an interval (a Range, a Period) is kept as its text (``1-3``,
     ``2020-01-01/2020-02-01``) with no number: neither bound is the value. A value absent for
@@ -1905,10 +1906,15 @@ def _value(element: dict) -> tuple[float | None, str | None, str | None]:
         return numeric, f"{_plain(n)}:{_plain(d)}", unit
     if "valuePeriod" in element:
         period = element["valuePeriod"] if isinstance(element["valuePeriod"], dict) else {}
-        return None, f"{period.get('start') or ''}/{period.get('end') or ''}", None
-    for key in ("valueDateTime", "valueTime"):
-        if key in element:
-            return None, str(element[key]), None
+        start, end = (
+            _shifted_date_text(period[k], shift) if isinstance(period.get(k), str) else ""
+            for k in ("start", "end")
+        )
+        return None, f"{start}/{end}", None
+    if "valueDateTime" in element:
+        return None, _shifted_date_text(str(element["valueDateTime"]), shift), None
+    if "valueTime" in element:
+        return None, str(element["valueTime"]), None
     if "dataAbsentReason" in element:
         return None, concept_code(element["dataAbsentReason"]), None
     return None, None, None
@@ -1945,14 +1951,13 @@ def _answer_value(answer: dict, shift: int = 0) -> tuple[float | None, str | Non
         return _number(answer["valueDecimal"], "valueDecimal"), None, None
     if "valueString" in answer or "valueText" in answer:
         return None, FREE_TEXT_ANSWER, None
-    for key in ("valueDate", "valueDateTime"):
-        if key in answer:
-            return None, _shifted_date_text(answer[key], shift), None
+    if "valueDate" in answer:
+        return None, _shifted_date_text(answer["valueDate"], shift), None
     if "valueUri" in answer:
         return None, str(answer["valueUri"]), None
     if "valueAttachment" in answer or "valueReference" in answer:
         return None, None, None  # a file, another resource: nothing to store as a value
-    return _value(answer)
+    return _value(answer, shift)
 
 
 def _shifted_date_text(value: str, shift: int) -> str:
