@@ -437,3 +437,43 @@ def test_a_date_answer_moves_with_the_patients_date_shift(tmp_path):
     moved = b["time"] - a["time"]
     assert moved.days != 0
     assert datetime.fromisoformat(b["text_value"]) - datetime(1960, 3, 13) == moved
+
+
+def test_specimens_adverse_events_and_risk_assessments_become_events(tmp_path, new_store):
+    folder = copy_examples(
+        tmp_path / "src",
+        "Patient-example.json",
+        "Patient-pat2.json",
+        "Specimen-101.json",
+        "Specimen-sst.json",
+        "Specimen-pooled-serum.json",
+        "AdverseEvent-example.json",
+        "RiskAssessment-cardiac.json",
+        "RiskAssessment-genetic.json",
+        "RiskAssessment-prognosis.json",
+        "RiskAssessment-population.json",
+    )
+    report = ingest_fhir(new_store, folder)
+    read = {t: report.tables[f"fhir/{t}"] for t in ("Specimen", "AdverseEvent", "RiskAssessment")}
+    assert (read["Specimen"].read, read["Specimen"].rejected) == (3, 1)  # a herd's pooled serum
+    assert (read["AdverseEvent"].accepted, read["RiskAssessment"].accepted) == (1, 3)
+    reasons = set(new_store.rejects()["reason"])
+    assert "subject is a Group reference, not a Patient" in reasons
+    rows = {
+        (r["domain"], r["code"]): r
+        for r in timeline(new_store, "example").iter_rows(named=True)
+        if r["domain"] in ("specimen", "adverse_event", "risk")
+    }
+    blood = rows["specimen", "SNOMED/122555007"]  # venous blood, 6 mL from the right arm
+    assert blood["time"] == datetime(2011, 5, 30, 6, 15)
+    assert (blood["numeric_value"], blood["unit"]) == (6.0, "mL")
+    rash = rows["adverse_event", "SNOMED/304386008"]
+    assert rash["text_value"] == "seriousness=Non-serious;severity=mild"
+    assert rash["time"] == datetime(2017, 1, 29, 12, 34, 56)
+    stroke = rows["risk", "SNOMED/249943000:363698007=72098002,260868000=6934004"]
+    assert stroke["text_value"].endswith("risk-probability/moderate")
+    cardiac = timeline(new_store, "pat2").filter(pl.col("domain") == "risk").row(0, named=True)
+    assert (cardiac["code"], cardiac["numeric_value"]) == ("TEXT/Heart Attack", 0.02)
+    assert cardiac["text_value"] == "when=39-49 a"
+    genetic = new_store.scan().filter(pl.col("code") == "TEXT/Breast Cancer").collect()
+    assert genetic.height == 8 and genetic["numeric_value"].max() == 0.001663

@@ -340,6 +340,9 @@ class _FhirMapper:
             "DeviceUseStatement": self._device_use,
             "Coverage": self._coverage,
             "QuestionnaireResponse": self._questionnaire_response,
+            "Specimen": self._specimen,
+            "AdverseEvent": self._adverse_event,
+            "RiskAssessment": self._risk_assessment,
         }
 
     # -- files -----------------------------------------------------------------------------
@@ -1510,6 +1513,93 @@ class _FhirMapper:
             ]
         if not answered:
             raise FhirError("no question is answered")
+
+    def _specimen(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A specimen taken from the patient (as the CDM's specimen table holds it): its type
+        when it was collected (else received), with the quantity collected."""
+        subject = self._subject(res, fullurls)
+        collection = res.get("collection") if isinstance(res.get("collection"), dict) else {}
+        start, end = self._period(collection, "collectedDateTime", "collectedPeriod")
+        if start is None:
+            start, end = self._timed(res, "receivedTime", also=" or collection.collected[x]")
+        quantity = (
+            collection.get("quantity") if isinstance(collection.get("quantity"), dict) else {}
+        )
+        self._emit(
+            res,
+            subject,
+            code=self._code(res.get("type"), ("SNOMED",)),
+            domain="specimen",
+            time=start,
+            end=end,
+            numeric=_number(quantity.get("value"), "collection.quantity.value"),
+            unit=_unit(quantity) if quantity else None,
+            text=concept_code((collection.get("bodySite") or {}), ("SNOMED",)),
+        )
+
+    def _adverse_event(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """What happened to the patient (a drug rash, a fall), with its seriousness and severity;
+        a potential event (a near miss) did not happen to the patient and is rejected."""
+        if res.get("actuality") == "potential":
+            raise FhirError("actuality potential: a near miss, it did not happen to the patient")
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "date", "occurrenceDateTime", "occurrencePeriod", "detected")
+        outcome = {
+            "seriousness": next(iter(_codings(res.get("seriousness"))), {}).get("code"),
+            "severity": next(iter(_codings(res.get("severity"))), {}).get("code"),
+        }
+        self._emit(
+            res,
+            subject,
+            code=self._code(res.get("event") or res.get("code"), ("SNOMED", "MedDRA")),
+            domain="adverse_event",
+            time=start,
+            end=end,
+            text=_details(outcome),
+        )
+
+    def _risk_assessment(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """Each predicted outcome of a risk assessment (a 10-year cardiac risk, a genetic
+        cancer risk) as a ``risk`` event when it was assessed: the outcome's code (its text
+        where it has none), the probability as the number (a fraction, or its range as text)
+        and the qualitative risk; the period or ages it covers are in the text."""
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "occurrenceDateTime", "occurrencePeriod")
+        assessed = self._code(res.get("code"), ("SNOMED", "LOINC"))
+        predictions = list(_objects(res.get("prediction")))
+        if not predictions:
+            raise FhirError("no prediction")
+        for k, prediction in enumerate(predictions):
+            code = self._code(prediction.get("outcome"), ("SNOMED", "ICD10")) or assessed
+            probability = _number(prediction.get("probabilityDecimal"), "probabilityDecimal")
+            ranged = when = until = None
+            if isinstance(prediction.get("probabilityRange"), dict):
+                _, ranged, _ = _value({"valueRange": prediction["probabilityRange"]})
+            if isinstance(prediction.get("whenRange"), dict):  # ages, as a Range of years
+                _, ages, unit = _value({"valueRange": prediction["whenRange"]})
+                when = f"{ages} {unit}" if ages and unit else ages
+            period = prediction.get("whenPeriod")
+            if isinstance(period, dict) and isinstance(period.get("end"), str):
+                until = _shifted_date_text(period["end"], subject[1])
+            details = {
+                "risk": concept_code(prediction.get("qualitativeRisk")),
+                "probability": ranged,
+                "relative_risk": prediction.get("relativeRisk"),
+                "when": when,
+                "until": until,
+            }
+            if not code:
+                raise FhirError(f"prediction {k + 1} names no outcome")
+            self._emit(
+                res,
+                subject,
+                code=code,
+                domain="risk",
+                time=start,
+                part=f"#prediction[{k}]",
+                numeric=probability,
+                text=_details(details),
+            )
 
     def _coverage(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         """A health insurance cover of the patient (a sociodemographic fact): its type over its
