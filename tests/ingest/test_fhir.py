@@ -305,6 +305,38 @@ def test_medication_requests_resolve_referenced_and_contained_medications(tmp_pa
     assert report.unhandled["Medication"] == 1
 
 
+def test_synthea_goals_are_dated_by_the_care_plan_naming_them(
+    synthea_full_store, synthea_dir, tmp_path
+):
+    """Synthea's goals (an HbA1c below 7.0) carry no date: each is a goal of the patient from
+    the start of the care plan that lists it, and the NDJSON export of the same resources
+    (goals before their plans) dates them alike."""
+    store, report = synthea_full_store
+    resources = bundle_resources(synthea_dir)
+    goals = [r for r in resources if r["resourceType"] == "Goal"]
+    assert goals and report.tables["fhir/Goal"].accepted == len(goals)
+    plan_start: dict[str, int] = {}
+    for plan in (r for r in resources if r["resourceType"] == "CarePlan"):
+        for goal in plan.get("goal", []):
+            key = goal["reference"].removeprefix("urn:uuid:")
+            start = parse_fhir_time(plan["period"]["start"])
+            plan_start[key] = min(start, plan_start.get(key, start))
+    stored = store.scan().filter(pl.col("domain") == "goal").collect()
+    assert stored.height == len(goals)
+    assert sorted(stored["time"].dt.epoch("us")) == sorted(plan_start[g["id"]] for g in goals)
+    assert "TEXT/Hemoglobin A1c total in Blood < 7.0" in set(stored["code"])
+    export = tmp_path / "export"
+    export.mkdir()
+    for rtype in ("Goal", "Patient", "CarePlan"):
+        write_ndjson(
+            export / f"{rtype}.ndjson", [r for r in resources if r["resourceType"] == rtype]
+        )
+    bulk = jumeau.init(tmp_path / "bulk")
+    ingest_fhir(bulk, export)
+    bulk_goals = bulk.scan().filter(pl.col("domain") == "goal").collect()
+    assert sorted(bulk_goals["time"]) == sorted(stored["time"])
+
+
 def test_a_ratio_value_keeps_its_ratio_and_its_quotient():
     from jumeau.ingest.fhir import _value
 

@@ -136,6 +136,22 @@ def test_a_twin_has_demographics_problems_risks_and_serialises(synthea_full_stor
     assert low < sbp["estimate"] < high
 
 
+def test_a_twin_lists_the_care_goals_pursued_from_their_plans_start(synthea_full_store):
+    store, _ = synthea_full_store
+    goals = store.scan().filter(pl.col("domain") == "goal").collect()
+    subject = goals["subject_id"][0]
+    own = goals.filter(pl.col("subject_id") == subject)
+    start = own["time"].min()
+    twin = store.twin(subject, start + timedelta(days=1))
+    assert {g["code"] for g in twin.goals} == set(own.filter(pl.col("time") == start)["code"])
+    assert {g["achievement"] for g in twin.goals} == {"in-progress"}
+    assert "TEXT/Hemoglobin A1c total in Blood < 7.0" in set(goals["code"])
+    assert store.twin(subject, start - timedelta(days=1)).goals == []
+    assert json.loads(twin.to_json())["goals"] == twin.goals
+    before = store.twin(subject, start - timedelta(days=1))
+    assert twin.diff(before)["new_goals"] == sorted(g["code"] for g in twin.goals)
+
+
 def test_diff_names_what_changed(synthea_full_store):
     store, _ = synthea_full_store
     subject = max(

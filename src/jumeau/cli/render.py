@@ -221,6 +221,7 @@ def twin_summary(twin: dict) -> None:
         ("active medications", "medications"),
         ("allergies", "allergies"),
         ("devices", "devices"),
+        ("goals", "goals"),
     ):
         items = twin.get(key) or []
         status = twin.get("allergy_status") if key == "allergies" and not items else None

@@ -49,6 +49,7 @@ _READ_AHEAD_TYPES = (
     "Composition",
     "Device",
     "Questionnaire",
+    "CarePlan",
 )
 #: What an NDJSON line read ahead names (a panel's Observation lists its members): one search
 #: a line, not one a name.
@@ -343,6 +344,7 @@ class _FhirMapper:
             "Specimen": self._specimen,
             "AdverseEvent": self._adverse_event,
             "RiskAssessment": self._risk_assessment,
+            "Goal": self._goal,
         }
 
     # -- files -----------------------------------------------------------------------------
@@ -427,7 +429,7 @@ class _FhirMapper:
             self._remember_listed(res, "result")
         elif rtype == "Observation" and res.get("hasMember"):
             self._remember_listed(res, "hasMember")
-        elif rtype in ("List", "Composition"):
+        elif rtype in ("List", "Composition", "CarePlan"):
             self._remember_list(res)
         elif rtype == "Device":
             code = self._code(res.get("type"), ("SNOMED",))
@@ -467,15 +469,19 @@ class _FhirMapper:
                 self.questionnaires[f"{url}|{res['version']}"] = items
 
     def _remember_list(self, res: dict) -> None:
-        """A List's items (a medication list, a problem list) or a Composition's section
-        entries (a patient summary), known by the list's date."""
+        """A List's items (a medication list, a problem list), a Composition's section
+        entries (a patient summary) or a CarePlan's goals, known by the list's date (the plan's
+        start)."""
+        plan = res["resourceType"] == "CarePlan"
         try:
-            listed, _ = self._period(res, "date")
+            listed, _ = self._period(res, *(("period", "created") if plan else ("date",)))
         except FhirError:
             return
         if listed is None:
             return
-        if res["resourceType"] == "List":
+        if plan:
+            references = [g.get("reference") for g in _objects(res.get("goal"))]
+        elif res["resourceType"] == "List":
             references = [
                 (e.get("item") or {}).get("reference") for e in _objects(res.get("entry"))
             ]
@@ -1514,6 +1520,30 @@ class _FhirMapper:
         if not answered:
             raise FhirError("no question is answered")
 
+    def _goal(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A care goal of the patient (an HbA1c below 7.0, a blood pressure below 140/90), from
+        its start, else from the start of the care plan naming it (Synthea's goals have no date
+        of their own), else undated; it ends when it is completed. A goal cancelled, rejected
+        or entered in error is rejected."""
+        status = res.get("lifecycleStatus")
+        if status in _VOID_GOALS:
+            raise FhirError(f"lifecycleStatus {status}: {_VOID_GOALS[status]}")
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "startDate", "statusDate", required=False)
+        end = None
+        if status == "completed":
+            end, _ = self._period(res, "statusDate")
+        achievement = next(iter(_codings(res.get("achievementStatus"))), {}).get("code")
+        self._emit(
+            res,
+            subject,
+            code=self._code(res.get("description"), ("SNOMED", "LOINC")),
+            domain="goal",
+            time=start,
+            end=end if end is not None and start is not None and end >= start else None,
+            text=_details({"status": status, "achievement": achievement}),
+        )
+
     def _specimen(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         """A specimen taken from the patient (as the CDM's specimen table holds it): its type
         when it was collected (else received), with the quantity collected."""
@@ -1901,6 +1931,12 @@ _VOID_STATUSES = {
     "cancelled": "it did not take place",
     "not-done": "it did not take place",
     "not-taken": "the patient does not take it",  # a MedicationStatement's
+}
+#: Goal lifecycle statuses saying the goal is not the patient's.
+_VOID_GOALS = {
+    "cancelled": "it was abandoned before it was pursued",
+    "rejected": "it was not accepted",
+    "entered-in-error": "not part of the patient's record",
 }
 #: Verification statuses (Condition, AllergyIntolerance) saying the patient does not have it.
 _VOID_VERIFICATIONS = {

@@ -250,6 +250,8 @@ class Twin:
     past_problems: list[dict] = field(default_factory=list)
     #: devices the patient uses (implants, a pacemaker), with their start when known
     devices: list[dict] = field(default_factory=list)
+    #: care goals being pursued (an HbA1c below 7.0), with their start and how far achieved
+    goals: list[dict] = field(default_factory=list)
     #: what the record says of absent allergies ("No known allergy") when none is listed
     allergy_status: str | None = None
     descriptions: dict[str, str] = field(repr=False, default_factory=dict)
@@ -303,6 +305,7 @@ class Twin:
             "allergy_status": self.allergy_status,
             "family_history": self.family_history,
             "devices": self.devices,
+            "goals": self.goals,
             "recent_encounters": self.encounters,
             "risks": {n: r.to_dict() for n, r in self.risks.items()},
             "signal_features": self.signal_features,
@@ -315,8 +318,9 @@ class Twin:
     def diff(self, previous: Twin | dict) -> dict:
         """What changed since an earlier twin of the same subject.
 
-        New and resolved problems, started and stopped medications, observations that fell
-        outside the earlier twin's 95% predictive interval, and risk scores that moved.
+        New and resolved problems, started and stopped medications, new and ended care goals,
+        observations that fell outside the earlier twin's 95% predictive interval, and risk
+        scores that moved.
         """
         before = previous.to_dict() if isinstance(previous, Twin) else previous
         after = self.to_dict()
@@ -324,6 +328,8 @@ class Twin:
         prob_after = {p["code"] for p in after["problems"]}
         meds_before = {m["code"] for m in before["medications"]}
         meds_after = {m["code"] for m in after["medications"]}
+        goals_before = {g["code"] for g in before.get("goals", [])}  # older snapshots: none
+        goals_after = {g["code"] for g in after["goals"]}
         surprises = []
         if isinstance(previous, Twin):
             for name, state in self.variables.items():
@@ -360,6 +366,8 @@ class Twin:
             "resolved_problems": sorted(prob_before - prob_after),
             "started_medications": sorted(meds_after - meds_before),
             "stopped_medications": sorted(meds_before - meds_after),
+            "new_goals": sorted(goals_after - goals_before),
+            "ended_goals": sorted(goals_before - goals_after),
             "outside_predicted_interval": surprises,
             "risk_changes": risk_changes,
         }
@@ -494,6 +502,7 @@ def build_twin(
         {"code": code, "description": descriptions.get(code), "since": _iso(since)}
         for code, since, _ in _first_by_code(in_use)
     ]
+    twin.goals = _goals(by_domain.get("goal", []), as_of, descriptions)
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
         key=lambda r: (r["time"], r["code"]),
@@ -510,6 +519,31 @@ def build_twin(
     twin.signal_features = _signal_features(rows)
     twin.risks = compute_risks(twin)
     return twin
+
+
+def _goals(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -> list[dict]:
+    """The goals not completed nor ended by ``as_of``, each once (its first start) with its
+    latest achievement status (``in-progress``, ``achieved``...)."""
+    pursued = [
+        r
+        for r in rows
+        if "status=completed" not in (r["text_value"] or "")
+        and (r["end_time"] is None or r["end_time"] > as_of)
+    ]
+    latest = {}
+    for r in sorted(pursued, key=lambda r: (r["time"] is not None, r["time"] or as_of)):
+        latest[r["code"]] = dict(
+            part.split("=", 1) for part in (r["text_value"] or "").split(";") if "=" in part
+        ).get("achievement")
+    return [
+        {
+            "code": code,
+            "description": descriptions.get(code),
+            "since": _iso(since),
+            "achievement": latest.get(code),
+        }
+        for code, since, _ in _first_by_code(pursued)
+    ]
 
 
 def _signal_features(rows: list[dict]) -> dict[str, dict]:
