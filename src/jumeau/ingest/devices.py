@@ -16,7 +16,7 @@ rows with unreadable times or values are rejected with their row number.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -25,7 +25,7 @@ import orjson
 import polars as pl
 
 from jumeau.ingest.events import epoch_us, event, event_table, reject_file, reject_table
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
 METRICS: dict[str, tuple[str, str]] = {
     "heart_rate": ("LOINC/8867-4", "/min"),
@@ -260,7 +260,7 @@ def ingest_devices(
     subject: str,
     subject_source: str = "device",
     timezone: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest device stream files (a file or a folder of .csv/.json/.ndjson, or an Apple Health
     ``export.xml``) for one subject."""

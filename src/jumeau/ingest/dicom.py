@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pyarrow as pa
 
 from jumeau.ingest.events import epoch_us, event, event_table, reject_file
 from jumeau.signals.store import Channel, write_record
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
 REQUIRED = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality")
 _WAVEFORM_DTYPES = {
@@ -86,7 +85,7 @@ def ingest_dicom(
     *,
     subject: str | None = None,
     subject_source: str = "dicom",
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest a DICOM file or a folder (walked recursively) as one atomic batch.
 

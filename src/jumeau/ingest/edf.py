@@ -12,7 +12,6 @@ true start (see :mod:`jumeau.ingest.edf_records`).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 from jumeau.ingest.edf_records import DiscontinuousReader, EdfRecordError, segments
 from jumeau.ingest.events import epoch_us, event, event_table, reject_file
 from jumeau.signals.store import Channel, write_record
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
 
 class EdfError(ValueError):
@@ -34,7 +33,7 @@ def ingest_edf(
     *,
     subject: str | None = None,
     subject_source: str = "edf",
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest EDF/EDF+ and BDF/BDF+ files (a file, or a folder of ``*.edf`` and ``*.bdf``) as
     one atomic batch.

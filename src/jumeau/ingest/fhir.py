@@ -33,9 +33,8 @@ from jumeau.model import (
     fhir_vocabulary,
 )
 from jumeau.signals.store import write_record
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
-Progress = Callable[[str], None]
 _FLUSH_EVERY = 200_000
 _US_PER_DAY = 86_400_000_000
 #: Resource types read ahead of the others (see :meth:`_FhirMapper.collect_references`).

@@ -14,7 +14,6 @@ that part is written as a unit. The codes' ``parent_codes`` (a lab's LOINC code)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -24,7 +23,7 @@ import pyarrow.parquet as pq
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.ingest.events import reject_table
 from jumeau.model import BIRTH_CODE, DEATH_CODE
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 from jumeau.store.keys import record_key_sql
 from jumeau.store.writer import range_conditions
 
@@ -83,7 +82,7 @@ def ingest_meds(
     source: str | Path,
     *,
     source_name: str = "meds",
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> IngestReport:
     """Import a MEDS dataset into ``store`` as one atomic batch.
 

@@ -9,7 +9,6 @@ larger than memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,9 @@ from jumeau.ingest import omop_sources
 from jumeau.ingest.omop_sources import OmopSourceError, OmopTables, read_header_row
 from jumeau.ingest.redact import redact_sql
 from jumeau.model import BIRTH_CODE, DEATH_CODE
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 from jumeau.store.keys import record_key_sql
 
-Progress = Callable[[str], None]
 #: The vocabulary of a source's own codes where the CDM maps them to no concept (meds_etl's
 #: name for them).
 SOURCE_CODE_PREFIX = "SOURCE_CODE/"

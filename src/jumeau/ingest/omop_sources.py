@@ -8,7 +8,6 @@ to canonical events is written once, in SQL, whatever the origin.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jumeau._duck import run, sql_string
+from jumeau.store.report import Progress
 
 CDM_TABLES = (
     "person",
@@ -266,7 +266,7 @@ def from_postgres(
     snapshot_dir: Path,
     schema: str = "public",
     vocabulary_schema: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> OmopTables:
     """CDM tables of a PostgreSQL schema, streamed through ADBC into Parquet snapshots (the
     concept table from ``vocabulary_schema`` when the vocabulary has a schema of its own).
@@ -345,7 +345,7 @@ def from_sqlite(
     path: Path,
     con: duckdb.DuckDBPyConnection,
     snapshot_dir: Path,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> OmopTables:
     """CDM tables of a SQLite database (OHDSI's Eunomia and SynPUF samples, small CDMs), read
     once into Parquet snapshots.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jumeau.ingest.events import epoch_us, event, event_table
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
 FLUSH = 100_000
 
@@ -101,7 +101,7 @@ def ingest_vcf(
     sample_map: dict[str, tuple[str, str]] | None = None,
     subject_source: str = "vcf",
     time: datetime | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest a VCF/BCF (plain or bgzipped) as one atomic batch.
 

@@ -13,7 +13,6 @@ missing samples.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 
 from jumeau.ingest.events import epoch_us, event, event_table, reject_file, reject_table
 from jumeau.signals.store import MISSING, Channel, digitize, write_record
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
 ANNOTATION_EXTENSIONS = ("atr", "ann", "qrs", "ecg", "pu", "pu0", "pu1", "apn", "st", "arousal")
 #: The digital value each WFDB storage format reserves for a missing sample: the format's
@@ -73,7 +72,7 @@ def ingest_wfdb(
     subject: str | None = None,
     subject_source: str = "wfdb",
     start: datetime | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest WFDB records (a record path or a folder of records) as one atomic batch.
 

@@ -13,7 +13,6 @@ QRS 8633-2, QT 8634-8, QTc 8636-3), so that the twin tracks them like measured v
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -24,7 +23,7 @@ from scipy.signal import welch
 from jumeau.ingest.events import epoch_us, event, event_table
 from jumeau.signals.codes import DAY_SCOPE, ECG_SOURCE, FEATURE_CODES, RECORD_SCOPE, WINDOW_SCOPE
 from jumeau.signals.ecg import delineate, detect_r_peaks
-from jumeau.store import BatchWriter, IngestReport, Store
+from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
 WINDOW_S = 300
 #: ECG lead names: limb and chest leads (also the European DI-DIII), modified leads of Holter
@@ -155,7 +154,7 @@ def _written(store: Store, source: str, code: str | None = None) -> dict[tuple, 
     return done
 
 
-def ecg_features(store: Store, progress: Callable[[str], None] | None = None) -> IngestReport:
+def ecg_features(store: Store, progress: Progress | None = None) -> IngestReport:
     """Derive ECG feature events for every ECG record of the store; records whose summary is
     already on the timeline are skipped, so a store that grows pays only for its new records."""
     done = _written(store, ECG_SOURCE)
@@ -283,7 +282,7 @@ def band_powers(signal: np.ndarray, fs: float) -> dict[str, float]:
     return {b: float(powers[b][0] / total) if total > 0 else float("nan") for b in BANDS}
 
 
-def eeg_features(store: Store, progress: Callable[[str], None] | None = None) -> IngestReport:
+def eeg_features(store: Store, progress: Progress | None = None) -> IngestReport:
     """Per 30-s epoch and channel, relative delta/theta/alpha/sigma/beta power as timeline events
     (records shorter than an epoch give one epoch of their length, if at least 4 s)."""
     done = _written(store, "derived/eeg")
@@ -339,7 +338,7 @@ SLEEP_MIN_S = 30 * 60
 
 
 def sleep_features(
-    store: Store, method: str | None = None, progress: Callable[[str], None] | None = None
+    store: Store, method: str | None = None, progress: Progress | None = None
 ) -> IngestReport:
     """Stage every EEG record of at least 30 minutes: one ``JUMEAU/SLEEP/stage`` event per 30-s
     epoch and the night's summary (total sleep time, efficiency, onset latency, WASO, stage

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+
+#: What a long ingest calls with a short message (a table's name, a file) as its work moves on:
+#: the CLI's progress bar.
+Progress = Callable[[str], None]
 
 
 @dataclass
