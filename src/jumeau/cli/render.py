@@ -212,7 +212,11 @@ def twin_summary(twin: dict) -> None:
             escape(r["name"]),
             escape(value),
             interval,
-            escape(", ".join(r["missing"]) + (" " + r["note"] if r["note"] else "")),
+            escape(
+                "; ".join(
+                    filter(None, [r["missing"] and "missing " + ", ".join(r["missing"]), r["note"]])
+                )
+            ),
         )
     console.print(risks)
     for title, key in (
