@@ -337,6 +337,31 @@ def test_synthea_goals_are_dated_by_the_care_plan_naming_them(
     assert sorted(bulk_goals["time"]) == sorted(stored["time"])
 
 
+def test_a_goal_ends_when_the_care_plans_listing_it_are_over(synthea_dir, tmp_path):
+    with_goals = [p for p in sorted(synthea_dir.glob("*.json")) if '"Goal"' in p.read_text()]
+    if not with_goals:
+        pytest.skip("needs the Synthea bundles of ../shared, which hold goals (CI has them)")
+    source = with_goals[0]
+    bundle = json.loads(source.read_text())
+    plans = [
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "CarePlan" and e["resource"].get("goal")
+    ]
+    for plan in plans:
+        plan["status"] = "completed"
+        plan["period"]["end"] = "2015-06-01T00:00:00+00:00"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / source.name).write_text(json.dumps(bundle))
+    store = jumeau.init(tmp_path / "store")
+    ingest_fhir(store, tmp_path / "src")
+    goals = store.scan().filter(pl.col("domain") == "goal").collect()
+    assert goals.height and set(goals["end_time"]) == {datetime(2015, 6, 1)}
+    subject = goals["subject_id"][0]
+    assert store.twin(subject, datetime(2015, 5, 1)).goals
+    assert store.twin(subject, datetime(2015, 7, 1)).goals == []
+
+
 def test_a_ratio_value_keeps_its_ratio_and_its_quotient():
     from jumeau.ingest.fhir import _value
 

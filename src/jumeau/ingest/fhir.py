@@ -299,6 +299,9 @@ class _FhirMapper:
         #: Each Questionnaire's items (linkId -> the item's code and its answers' weights), by
         #: reference and by canonical URL: a response names its questions only by linkId.
         self.questionnaires: dict[str, dict[str, tuple[str | None, dict[str, float]]]] = {}
+        #: When the care plans listing each goal ended (µs, unshifted; None while one is
+        #: open), by ``Type/id`` or uuid.
+        self.plan_ends: dict[str, int | None] = {}
         #: When each Specimen was collected (µs, unshifted), by reference.
         self.specimens: dict[str, int] = {}
         #: The report or panel (``DiagnosticReport/id``, ``Observation/id``) listing each
@@ -480,6 +483,7 @@ class _FhirMapper:
             return
         if plan:
             references = [g.get("reference") for g in _objects(res.get("goal"))]
+            self._remember_plan_end(res, references)
         elif res["resourceType"] == "List":
             references = [
                 (e.get("item") or {}).get("reference") for e in _objects(res.get("entry"))
@@ -506,6 +510,29 @@ class _FhirMapper:
         ]
         latest = max((t for t in asserted if t is not None), default=None)
         return latest if latest is not None and (start is None or latest > start) else None
+
+    def _remember_plan_end(self, plan: dict, goals: list) -> None:
+        """When each goal's care plans are over: the latest end of the plans listing it, or
+        None while one of them is open (not ended, or active)."""
+        try:
+            _, end = self._period(plan, "period")
+        except FhirError:
+            end = None
+        if plan.get("status") in ("active", "on-hold", "draft"):
+            end = None
+        for reference in goals:
+            if isinstance(reference, str) and reference:
+                key = _listed_key(reference)
+                known = self.plan_ends.get(key, end)
+                self.plan_ends[key] = None if known is None or end is None else max(known, end)
+
+    def _plan_end(self, res: dict) -> int | None:
+        """The end of the care plans listing ``res`` (see :meth:`_remember_plan_end`)."""
+        rid = res.get("id")
+        for key in (f"{res['resourceType']}/{rid}", rid) if rid else ():
+            if key in self.plan_ends:
+                return self.plan_ends[key]
+        return None
 
     def _listed_date(self, res: dict) -> int | None:
         """The earliest date of a List or Composition naming ``res``, if any."""
@@ -1522,14 +1549,14 @@ class _FhirMapper:
     def _goal(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         """A care goal of the patient (an HbA1c below 7.0, a blood pressure below 140/90), from
         its start, else from the start of the care plan naming it (Synthea's goals have no date
-        of their own), else undated; it ends when it is completed. A goal cancelled, rejected
-        or entered in error is rejected."""
+        of their own), else undated; it ends when it is completed, or when the care plans
+        listing it are over. A goal cancelled, rejected or entered in error is rejected."""
         status = res.get("lifecycleStatus")
         if status in _VOID_GOALS:
             raise FhirError(f"lifecycleStatus {status}: {_VOID_GOALS[status]}")
         subject = self._subject(res, fullurls)
         start, _ = self._timed(res, "startDate", "statusDate", required=False)
-        end = None
+        end = self._plan_end(res)  # a goal of a plan that is over is no longer pursued
         if status == "completed":
             end, _ = self._period(res, "statusDate")
         achievement = next(iter(_codings(res.get("achievementStatus"))), {}).get("code")
