@@ -477,3 +477,61 @@ def test_specimens_adverse_events_and_risk_assessments_become_events(tmp_path, n
     assert cardiac["text_value"] == "when=39-49 a"
     genetic = new_store.scan().filter(pl.col("code") == "TEXT/Breast Cancer").collect()
     assert genetic.height == 8 and genetic["numeric_value"].max() == 0.001663
+
+
+def test_an_answer_scored_zero_in_its_questionnaire_keeps_its_score(tmp_path, new_store):
+    """PHQ-9's "not at all" scores 0: a weight given on the Questionnaire's answer option (not
+    on the answer) is still the answer's number, zero included."""
+    not_at_all = {"system": "http://loinc.org", "code": "LA6568-5", "display": "Not at all"}
+    several = {"system": "http://loinc.org", "code": "LA6569-3", "display": "Several days"}
+    ordinal = "http://hl7.org/fhir/StructureDefinition/ordinalValue"
+    questionnaire = {
+        "resourceType": "Questionnaire",
+        "id": "phq-2",
+        "url": "http://example.org/Questionnaire/phq-2",
+        "status": "active",
+        "item": [
+            {
+                "linkId": link,
+                "code": [{"system": "http://loinc.org", "code": code}],
+                "type": "choice",
+                "answerOption": [
+                    {  # R5's itemWeight sits on the option, R4's ordinalValue on its coding
+                        "valueCoding": not_at_all,
+                        "extension": [
+                            {
+                                "url": "http://hl7.org/fhir/StructureDefinition/itemWeight",
+                                "valueDecimal": 0,
+                            }
+                        ],
+                    },
+                    {
+                        "valueCoding": {
+                            **several,
+                            "extension": [{"url": ordinal, "valueDecimal": 1}],
+                        }
+                    },
+                ],
+            }
+            for link, code in (("1", "44250-9"), ("2", "44255-8"))
+        ],
+    }
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "id": "phq-2-answers",
+        "questionnaire": "http://example.org/Questionnaire/phq-2",
+        "status": "completed",
+        "subject": {"reference": "Patient/example"},
+        "authored": "2020-02-03",
+        "item": [
+            {"linkId": "1", "answer": [{"valueCoding": not_at_all}]},
+            {"linkId": "2", "answer": [{"valueCoding": several}]},
+        ],
+    }
+    folder = copy_examples(tmp_path / "src", "Patient-example.json")
+    (folder / "Questionnaire-phq-2.json").write_text(json.dumps(questionnaire))
+    (folder / "QuestionnaireResponse-phq-2.json").write_text(json.dumps(response))
+    ingest_fhir(new_store, folder)
+    answers = timeline(new_store, "example").filter(pl.col("domain") == "survey")
+    scores = dict(zip(answers["code"], answers["numeric_value"], strict=True))
+    assert scores == {"LOINC/44250-9": 0.0, "LOINC/44255-8": 1.0}

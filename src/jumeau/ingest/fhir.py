@@ -458,7 +458,9 @@ class _FhirMapper:
             weights = {}
             for option in _objects(item.get("answerOption")):
                 coding = option.get("valueCoding")
-                weight = _answer_weight(option) or _answer_weight(coding)
+                weight = _answer_weight(option)
+                if weight is None:  # a score of 0 ("not at all") is a score
+                    weight = _answer_weight(coding)
                 answer = concept_code({"coding": [coding]}) if isinstance(coding, dict) else None
                 if answer and weight is not None:
                     weights[answer] = weight
@@ -1508,7 +1510,7 @@ class _FhirMapper:
         answered = 0
         pending = [(item, f"#item[{i}]") for i, item in enumerate(_objects(res.get("item")))]
         while pending:
-            item, part = pending.pop(0)
+            item, part = pending.pop()
             link = item.get("linkId")
             code, weights = known.get(link, (None, {})) if isinstance(link, str) else (None, {})
             if code is None and isinstance(link, str):
