@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.ingest import omop_sources
+from jumeau.ingest.events import reject_file
 from jumeau.ingest.omop_sources import OmopSourceError, OmopTables, read_header_row
 from jumeau.ingest.redact import redact_sql
 from jumeau.model import BIRTH_CODE, DEATH_CODE
@@ -496,16 +497,8 @@ class _OmopMapper:
         counts = self.report.table(f"omop/{table}")
         counts.read += 1
         counts.rejected += 1
-        self.writer.add_rejects(
-            pa.table(
-                {
-                    "source": [f"omop/{table}"],
-                    "file": [self.tables.files[table]],
-                    "record": [f"row {row}"],
-                    "reason": [_HEADER_ROW_REASON],
-                    "record_key": pa.nulls(1, pa.int64()),
-                }
-            )
+        reject_file(
+            self.writer, f"omop/{table}", self.tables.files[table], _HEADER_ROW_REASON, f"row {row}"
         )
 
     @contextmanager

@@ -87,7 +87,7 @@ def read_header_row(tables: OmopTables, table: str) -> None:
     ``concept_id`` for the vocabulary) is read under the names of that row, without it; the
     row's number is kept in ``tables.header_rows``.
     """
-    unnamed = [r[0] for r in run(tables.con, f"DESCRIBE SELECT * FROM {tables.relations[table]}")]
+    unnamed = tables.columns(table)
     if not unnamed or not all(_UNNAMED_COLUMN.fullmatch(c) for c in unnamed):
         return
     numbered = tables.numbered(table)
