@@ -107,6 +107,11 @@ def _codings(concept: dict | None) -> list[dict]:
     return (concept or {}).get("coding") or []
 
 
+def _first_code(concept: dict | None) -> str | None:
+    """The bare code of a CodeableConcept's first coding (a status, a severity)."""
+    return next(iter(_codings(concept)), {}).get("code")
+
+
 def concept_code(
     concept: dict | None, prefer: tuple[str, ...] = (), displays: dict[str, str] | None = None
 ) -> str | None:
@@ -1561,7 +1566,7 @@ class _FhirMapper:
         end = self._plan_end(res)  # a goal of a plan that is over is no longer pursued
         if status == "completed":
             end, _ = self._period(res, "statusDate")
-        achievement = next(iter(_codings(res.get("achievementStatus"))), {}).get("code")
+        achievement = _first_code(res.get("achievementStatus"))
         self._emit(
             res,
             subject,
@@ -1603,8 +1608,8 @@ class _FhirMapper:
         subject = self._subject(res, fullurls)
         start, end = self._timed(res, "date", "occurrenceDateTime", "occurrencePeriod", "detected")
         outcome = {
-            "seriousness": next(iter(_codings(res.get("seriousness"))), {}).get("code"),
-            "severity": next(iter(_codings(res.get("severity"))), {}).get("code"),
+            "seriousness": _first_code(res.get("seriousness")),
+            "severity": _first_code(res.get("severity")),
         }
         self._emit(
             res,
