@@ -85,6 +85,16 @@ REJECT_SCHEMA = pa.schema(
 )
 """A record that failed validation: where it was (file and record position) and why."""
 
+RETRACTION_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.int64()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record_key", pa.int64(), nullable=False),
+    ]
+)
+"""A record its source has withdrawn (entered in error, deleted): its stored events are hidden
+from the batch that says so on; a null ``subject_id`` stands for the subject it is stored under."""
+
 #: MEDS reserved codes used for birth and death.
 BIRTH_CODE = "MEDS_BIRTH"
 DEATH_CODE = "MEDS_DEATH"

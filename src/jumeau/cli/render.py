@@ -56,6 +56,8 @@ def report_table(report: IngestReport) -> None:
     if report.committed:
         fresh = report.events_written - report.events_amended
         amended = f" and {report.events_amended:,} amended" if report.events_amended else ""
+        if report.events_retracted:
+            amended += f", {report.events_retracted:,} withdrawn"
         console.print(
             f"[green]committed batch {report.batch}[/green]: {_count(fresh, 'new event')}"
             f"{amended} for {_count(report.subjects, 'subject')}, "
@@ -77,7 +79,7 @@ def stats_table(stats: dict) -> None:
     )
     if stats.get("amended_records") or stats.get("withdrawn_subjects"):
         console.print(
-            f"{stats['amended_records']:,} record(s) amended at the source since first stored; "
+            f"{stats['amended_records']:,} record(s) amended or withdrawn at the source since first stored; "
             f"{stats['withdrawn_subjects']:,} subject(s) erased on their withdrawal"
         )
     table = Table(title="events by domain")

@@ -8,6 +8,7 @@ encrypted vault, never to the events. Resource types without a mapping are count
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import re
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from jumeau.model import (
     FAMILY_HISTORY_DESCRIPTION,
     FAMILY_HISTORY_PREFIX,
     REJECT_SCHEMA,
+    RETRACTION_SCHEMA,
     TENTATIVE_PREFIX,
     fhir_vocabulary,
 )
@@ -36,6 +38,8 @@ from jumeau.signals.store import write_record
 from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
 _FLUSH_EVERY = 200_000
+#: What mapping a resource of a shape the standard does not allow raises (FhirError included).
+_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 _US_PER_DAY = 86_400_000_000
 #: Resource types read ahead of the others (see :meth:`_FhirMapper.collect_references`).
 _READ_AHEAD_TYPES = (
@@ -284,6 +288,11 @@ class _FhirMapper:
             "identifiers": [],
         }
         self.seen: set[str] = set()
+        #: Resources (``Type/id``) a DELETE entry of the batch names: not stored, any stored
+        #: version withdrawn.
+        self.deleted: set[str] = set()
+        #: (subject pseudonym or None, source, record key) of stored records the source withdrew.
+        self.withdrawn: dict[str, list] = {n: [] for n in RETRACTION_SCHEMA.names}
         #: Display texts of the codes seen, kept as their descriptions.
         self.displays: dict[str, str] = {}
         #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
@@ -390,10 +399,14 @@ class _FhirMapper:
         if not isinstance(entries, list):
             entries = []
         fullurls: dict[str, str] = dict(inherited or {})
+        history = bundle.get("type") == "history"
         resources = []
-        for entry in entries:
+        for i, entry in enumerate(entries):
             res = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(res, dict):
+                request = entry.get("request") if isinstance(entry, dict) else None
+                if isinstance(request, dict) and request.get("method") == "DELETE":
+                    self._delete(request.get("url"), path, f"{where}entry {i}")
                 resources.append(None)
                 continue
             full_url = entry.get("fullUrl")
@@ -413,7 +426,65 @@ class _FhirMapper:
             if res.get("resourceType") == "Bundle":
                 self._bundle(res, path, f"{where}entry {i} / ", fullurls)
             else:
-                self._resource(res, path, f"{where}entry {i}", fullurls)
+                self._resource(res, path, f"{where}entry {i}", fullurls, history=history)
+
+    def _delete(self, url: object, path: Path, where: str) -> None:
+        """A DELETE entry (a transaction's, a history's): the resource it names is not stored
+        from this batch on, and any version stored earlier is withdrawn. A conditional delete
+        names no resource and a Patient's deletion is an erasure: both are rejected."""
+        found = _DELETED_URL.search(url) if isinstance(url, str) else None
+        rtype = found.group(1) if found else "unknown"
+        if found is None or "?" in url:
+            self._reject(
+                f"fhir/{rtype}", path, where, f"DELETE {url!r} names no resource: not applied"
+            )
+            return
+        if rtype == "Patient":
+            self._reject(
+                "fhir/Patient",
+                path,
+                where,
+                "DELETE of a Patient is not applied by an ingest: erase the subject with "
+                "`jumeau forget` if that is meant",
+            )
+            return
+        identity = f"{rtype}/{found.group(2)}"
+        self.deleted.add(identity)
+        for part in ("", *_INDEXED_PARTS):
+            self._withdraw_record(None, rtype, f"{identity}{part}")
+
+    def _withdraw_record(self, subject_id: int | None, rtype: str, record: str) -> None:
+        for name, value in (
+            ("subject_id", subject_id),
+            ("source", f"fhir/{rtype}"),
+            ("record_key", self.p.record_key(f"{self.ns}/{rtype}", record)),
+        ):
+            self.withdrawn[name].append(value)
+
+    def _withdraw(self, res: dict, handler: Callable, where: str, fullurls: dict[str, str]) -> None:
+        """Withdraw the stored versions of a resource the source now voids (a result entered
+        in error, an order cancelled): its events, mapped as if it stood, name their records."""
+        before = len(self.events)
+        with contextlib.suppress(*_MALFORMED):  # what can be mapped of it is withdrawn
+            handler(res, where, 1, fullurls=fullurls)
+        self.contained_pending.clear()
+        cols = self.events.cols
+        for subject_id, source, key in zip(
+            cols["subject_id"][before:],
+            cols["source"][before:],
+            cols["record_key"][before:],
+            strict=True,
+        ):
+            for name, value in (
+                ("subject_id", subject_id),
+                ("source", source),
+                ("record_key", key),
+            ):
+                self.withdrawn[name].append(value)
+        del self.events[before:]
+        self._withdraw_record(
+            None, res["resourceType"], f"{res['resourceType']}/{res.get('id', '')}"
+        )
 
     def _code(self, concept: dict | None, prefer: tuple[str, ...] = ()) -> str | None:
         """A concept's code (see :func:`concept_code`), else its text as a local code."""
@@ -709,7 +780,17 @@ class _FhirMapper:
             where = f"after line {line_no}" if line_no else "whole file"
             self._reject("fhir/file", path, where, f"cannot be read further: {exc}")
 
-    def _resource(self, res: dict, path: Path, where: str, fullurls: dict[str, str]) -> None:
+    def _resource(
+        self,
+        res: dict,
+        path: Path,
+        where: str,
+        fullurls: dict[str, str],
+        *,
+        history: bool = False,
+    ) -> None:
+        """Map one resource (``history``: read from a history bundle, which lists a resource's
+        versions newest first)."""
         rtype = res.get("resourceType")
         if not isinstance(rtype, str):
             self._reject("fhir/unknown", path, where, "resource has no resourceType")
@@ -723,24 +804,30 @@ class _FhirMapper:
         counts = self.report.table(f"fhir/{rtype}")
         counts.read += 1
         identity = f"{rtype}/{res.get('id')}" if res.get("id") else None
-        if identity and identity in self.seen:
+        if identity and (identity in self.seen or identity in self.deleted):
             counts.rejected += 1
-            self._reject(
-                f"fhir/{rtype}",
-                path,
-                f"{where} ({rtype})",
-                "duplicate of a resource read earlier in this batch",
-            )
+            if identity in self.deleted:
+                reason = "deleted at the source (a DELETE entry of this batch names it)"
+            elif history:
+                reason = (
+                    "an older version of a resource read earlier (a history lists the newest first)"
+                )
+            else:
+                reason = "duplicate of a resource read earlier in this batch"
+            self._reject(f"fhir/{rtype}", path, f"{where} ({rtype})", reason)
             return
         void = _void_reason(res)
         if void:
             counts.rejected += 1
             self._reject(f"fhir/{rtype}", path, f"{where} ({rtype})", void)
+            self._withdraw(res, handler, where, fullurls)
+            if identity:  # its older versions (further down a history) are not the record
+                self.seen.add(identity)
             return
         before = len(self.events)
         try:
             handler(res, where, 0 if rtype == "Patient" else 1, fullurls=fullurls)  # type: ignore[call-arg]
-        except (FhirError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        except _MALFORMED as exc:
             # a shape the standard does not allow (a string where an object belongs, text where
             # a number does) rejects the resource, never the file
             del self.events[before:]
@@ -772,6 +859,9 @@ class _FhirMapper:
         if self.identities["subject_id"]:
             self.writer.add_identities(pa.table(self.identities))
             self.identities = {k: [] for k in self.identities}
+        if self.withdrawn["source"]:
+            self.writer.add_retractions(pa.table(self.withdrawn, schema=RETRACTION_SCHEMA))
+            self.withdrawn = {n: [] for n in RETRACTION_SCHEMA.names}
 
     def _reject(self, source: str, path: Path, record: str, reason: str) -> None:
         for name, value in (
@@ -1959,6 +2049,17 @@ def _ended(res: dict, start: int | None, end: int | None) -> int | None:
 
 
 #: Statuses saying a resource is not a fact of the patient's record, and why it is kept out.
+#: The type and id a DELETE entry's URL names (relative or absolute, a version or not).
+_DELETED_URL = re.compile(
+    r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/?]+)?/?(?:\?.*)?$"
+)
+#: The parts a record's events may carry beside the record itself (a blood pressure's
+#: components, a combination drug's ingredients...): a DELETE withdraws each.
+_INDEXED_PARTS = tuple(
+    f"#{name}[{i}]"
+    for name in ("component", "ingredient", "condition", "prediction")
+    for i in range(64)
+)
 _VOID_STATUSES = {
     "entered-in-error": "not part of the patient's record",
     "cancelled": "it did not take place",

@@ -12,7 +12,7 @@
         rejects.parquet       records that failed validation, with the reason
         codes.parquet         the codes the batch uses: descriptions, parent codes
         vault.bin             encrypted direct identifiers (optional)
-        superseded.parquet    records of earlier batches this batch amends (optional)
+        superseded.parquet    records of earlier batches this batch amends or withdraws (optional)
         report.json           the ingest report of the batch
       twins/<as_of>/          twin snapshots kept up to date by a registry (jumeau.twin.registry)
       twins/populations/      population models fitted for twins, by store state and cutoff
@@ -49,8 +49,9 @@ PARENT_CODES_AGGREGATE = (
     "list_sort(list_distinct(flatten(list(parent_codes) FILTER (parent_codes IS NOT NULL))))"
 )
 VAULT_FILE = "vault.bin"
-#: (subject_id, source, record_key) of the stored records a batch brings new versions of: an
-#: earlier batch's event with that source and key is hidden from the batch's commit on.
+#: (subject_id, source, record_key) of the stored records a batch brings new versions of or the
+#: source withdrew: an earlier batch's event with that source and key is hidden from the batch's
+#: commit on.
 SUPERSEDED_FILE = "superseded.parquet"
 #: Folder of a batch holding its waveform records (see :mod:`jumeau.signals.store`).
 SIGNALS_DIR = "signals"

@@ -36,6 +36,8 @@ class IngestReport:
     events_already_present: int = 0
     #: events that are new versions of stored records the source has changed since
     events_amended: int = 0
+    #: stored events of records the source has since withdrawn (entered in error, deleted)
+    events_retracted: int = 0
     #: events of subjects who withdrew from the store, not stored
     events_withdrawn: int = 0
     rejects_written: int = 0

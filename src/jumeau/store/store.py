@@ -80,7 +80,7 @@ class _MappedBatch:
 
     def amends(self, subject_id: int) -> set[tuple[str, int]]:
         """The (source, record key) of the subject's records of earlier batches this batch
-        brings new versions of."""
+        brings new versions of or withdraws."""
         if self.superseded is None:
             return set()
         ids = self.superseded.column("subject_id").to_numpy()
@@ -535,8 +535,8 @@ class Store:
         return rejects.with_columns(pl.col("file").replace_strict(paths, return_dtype=pl.String))
 
     def stats(self) -> dict:
-        """Subjects, events, events by domain and source, rejects, batches, records amended
-        since first stored and subjects erased on their withdrawal."""
+        """Subjects, events, events by domain and source, rejects, batches, records amended or
+        withdrawn at the source since first stored and subjects erased on their withdrawal."""
         con = self.connect()
         try:
             n_events, n_subjects = run(

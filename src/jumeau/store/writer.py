@@ -26,11 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jumeau._duck import arrow_reader, connect, run, scalar
+from jumeau._duck import arrow_reader, arrow_table, connect, run, scalar
 from jumeau.model import (
     CONNECTOR_SCHEMA,
     DICTIONARY_COLUMNS,
     REJECT_SCHEMA,
+    RETRACTION_SCHEMA,
     STORED_EVENT_SCHEMA,
 )
 from jumeau.store import layout
@@ -91,6 +92,7 @@ class BatchWriter:
         self._rejects = pq.ParquetWriter(self.dir / "raw-rejects.parquet", REJECT_SCHEMA)
         self._codes = pq.ParquetWriter(self.dir / "raw-codes.parquet", CODES_SCHEMA)
         self._identities: list[pa.Table] = []
+        self._retractions: list[pa.Table] = []
         self._closed = False
 
     @property
@@ -145,6 +147,15 @@ class BatchWriter:
         if table.num_rows:
             self._codes.write_table(table)
 
+    def add_retractions(self, data: pa.Table) -> None:
+        """Withdraw stored records (``RETRACTION_SCHEMA``): a result the source now says was
+        entered in error, a resource it deleted. Their events of earlier batches are hidden from
+        this batch on (the store as it was before still shows them); a record not stored is
+        ignored, and a null ``subject_id`` is the subject the record is stored under."""
+        table = conform(data, RETRACTION_SCHEMA)
+        if table.num_rows:
+            self._retractions.append(table)
+
     def add_identities(self, data: pa.Table) -> None:
         """Keep direct identifiers for the encrypted vault (``VAULT_SCHEMA``)."""
         self._identities.append(conform(data, VAULT_SCHEMA))
@@ -162,7 +173,8 @@ class BatchWriter:
         self._seal_earlier_batches()
         con = connect(self.dir / "tmp")
         try:
-            written, present, subjects = self._write_events(con)
+            written, present, subjects, amended = self._write_events(con)
+            self._write_superseded(con, amended)
             rejects = self._write_rejects(con)
             self._write_codes(con)
         finally:
@@ -171,7 +183,7 @@ class BatchWriter:
         report.events_written, report.events_already_present = written, present
         report.rejects_written, report.subjects = rejects, subjects
         report.seconds = round(time.perf_counter() - self._started, 3)
-        if written == 0 and rejects == 0:
+        if written == 0 and rejects == 0 and report.events_retracted == 0:
             self._discard()
             return report
         report.batch = self.batch_id
@@ -262,12 +274,16 @@ class BatchWriter:
     def _existing(self, filename: str) -> list[str]:
         return [str(p) for p in self.store.batch_files(filename)]
 
-    def _write_events(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+    def _write_events(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> tuple[int, int, int, pa.Table | None]:
+        """Write the batch's event files; return the events written, those already stored, the
+        subjects, and the stored records that the batch brings new versions of."""
         raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
         if not raw:  # a batch of rejects only still has (empty) event files
             with _EventFiles(self.dir):
                 pass
-            return 0, 0, 0
+            return 0, 0, 0, None
         columns = {
             r[0]
             for r in run(
@@ -356,17 +372,53 @@ class BatchWriter:
                         batch = batch.drop_columns(["_stored"])
                     files.add(pa.Table.from_batches([batch]))
         written = files.written
+        replaced = None
         if amended:
             replaced = pa.concat_tables(amended)
-            pq.write_table(replaced, self.dir / layout.SUPERSEDED_FILE)
             changed = replaced.num_rows
             self.report.events_amended = changed
-            events = f"{changed:,} event{'s' if changed != 1 else ''}"
             self.report.warnings.append(
-                f"{events} amended at the source since they were stored: the new versions "
-                "replace them (the store as it was before this batch still shows the old ones)"
+                f"{_events(changed)} amended at the source since they were stored: the new "
+                "versions replace them (the store as it was before this batch still shows the "
+                "old ones)"
             )
-        return written, total - written, files.subjects
+        return written, total - written, files.subjects, replaced
+
+    def _write_superseded(self, con: duckdb.DuckDBPyConnection, amended: pa.Table | None) -> None:
+        """Write the stored records the batch hides: those it amends and those the source
+        withdrew, sorted by subject (a timeline read finds a subject's by binary search)."""
+        parts = [amended] if amended is not None else []
+        retracted = self._stored_retractions(con)
+        if retracted is not None and retracted.num_rows:
+            parts.append(retracted)
+            gone = retracted.num_rows
+            self.report.events_retracted = gone
+            self.report.warnings.append(
+                f"{_events(gone)} withdrawn at the source since they were stored (entered in "
+                "error, deleted): hidden from this batch on (the store as it was before this "
+                "batch still shows them)"
+            )
+        if parts:
+            table = pa.concat_tables(parts).sort_by("subject_id")
+            pq.write_table(table, self.dir / layout.SUPERSEDED_FILE)
+
+    def _stored_retractions(self, con: duckdb.DuckDBPyConnection) -> pa.Table | None:
+        """The current stored events of the records withdrawn, one row each, under the subject
+        each is stored under; records not stored, or hidden already, are left out."""
+        existing = self.store.current_events_sql()
+        if not self._retractions or not existing:
+            return None
+        con.register("retractions", pa.concat_tables(self._retractions))
+        try:
+            return arrow_table(
+                con,
+                f"""SELECT e.subject_id, e.source::VARCHAR AS source, e.record_key
+                FROM ({existing}) e SEMI JOIN retractions r ON e.source = r.source
+                    AND e.record_key = r.record_key
+                    AND (r.subject_id IS NULL OR e.subject_id = r.subject_id)""",
+            ).cast(RETRACTION_SCHEMA)
+        finally:
+            con.unregister("retractions")
 
     def _write_rejects(self, con: duckdb.DuckDBPyConnection) -> int:
         raw = self.dir / "raw-rejects.parquet"
@@ -447,6 +499,10 @@ class BatchWriter:
         if not self._closed:
             self._close_writers()
             self._discard()
+
+
+def _events(n: int) -> str:
+    return f"{n:,} event{'s' if n != 1 else ''}"
 
 
 def _content_digest(alias: str) -> str:

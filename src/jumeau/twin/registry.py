@@ -114,12 +114,15 @@ class TwinRegistry:
     def _touched_since(self, version: int) -> np.ndarray:
         batches = self.store.manifest.batch_ids[version:]
         base = self.store.root / layout.BATCHES_DIR
-        ids = [
-            pq.read_table(base / b / layout.SUBJECTS_INDEX, columns=["subject_id"])
-            .column(0)
-            .to_numpy()
+        # a batch touches the subjects it holds events of and those whose stored records it
+        # hides (a record withdrawn at the source may leave the subject no new event)
+        files = [
+            path
             for b in batches
+            for path in (base / b / layout.SUBJECTS_INDEX, base / b / layout.SUPERSEDED_FILE)
+            if path.exists()
         ]
+        ids = [pq.read_table(p, columns=["subject_id"]).column(0).to_numpy() for p in files]
         return np.unique(np.concatenate(ids)) if ids else np.array([], dtype=np.int64)
 
     def update(self) -> dict:

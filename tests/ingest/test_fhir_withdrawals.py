@@ -1,0 +1,155 @@
+"""FHIR records the source withdraws: a result later marked entered in error, a resource a
+transaction deletes, the versions a history bundle lists. A withdrawn record leaves the store's
+current view (and the twin) from the batch that says so on; nothing else moves."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from jumeau.ingest.fhir import ingest_fhir
+from jumeau.twin.registry import TwinRegistry
+
+SUBJECT = {"reference": "Patient/w1"}
+PATIENT = {"resourceType": "Patient", "id": "w1", "birthDate": "1960-05-01", "gender": "female"}
+LOINC = "http://loinc.org"
+
+
+def blood_pressure(rid: str, day: str, sbp: float, status: str = "final") -> dict:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": status,
+        "code": {"coding": [{"system": LOINC, "code": "85354-9"}]},
+        "subject": SUBJECT,
+        "effectiveDateTime": day,
+        "component": [
+            {
+                "code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+                "valueQuantity": {"value": sbp, "unit": "mm[Hg]", "code": "mm[Hg]"},
+            },
+            {
+                "code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+                "valueQuantity": {"value": 80, "unit": "mm[Hg]", "code": "mm[Hg]"},
+            },
+        ],
+    }
+
+
+def glucose(rid: str, day: str, value: float, status: str = "final") -> dict:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": status,
+        "code": {"coding": [{"system": LOINC, "code": "2339-0"}]},
+        "subject": SUBJECT,
+        "effectiveDateTime": day,
+        "valueQuantity": {"value": value, "unit": "mg/dL", "code": "mg/dL"},
+    }
+
+
+def write_bundle(path: Path, kind: str, entries: list[dict]) -> Path:
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": kind, "entry": entries}))
+    return path
+
+
+def ndjson(path: Path, resources: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources))
+    return path
+
+
+def codes_and_values(store, subject: int) -> list[tuple[str, float | None]]:
+    frame = store.timeline(subject)
+    frame = frame.filter(frame["domain"] != "demographic")
+    return sorted(zip(frame["code"].to_list(), frame["numeric_value"].to_list(), strict=True))
+
+
+def test_a_result_later_entered_in_error_leaves_the_store_and_the_twin(tmp_path, new_store):
+    ingest_fhir(
+        new_store,
+        ndjson(
+            tmp_path / "day1.ndjson",
+            [PATIENT, blood_pressure("bp1", "2021-03-01", 190), glucose("g1", "2021-03-01", 99)],
+        ),
+    )
+    subject = new_store.lookup("fhir", "w1")
+    as_of = datetime(2021, 6, 1)
+    registry = TwinRegistry(new_store, as_of)
+    registry.update()
+    assert registry.snapshot(subject)["variables"]["sbp"]["last_value"] == 190
+
+    report = ingest_fhir(
+        new_store,
+        ndjson(
+            tmp_path / "day2.ndjson", [blood_pressure("bp1", "2021-03-01", 190, "entered-in-error")]
+        ),
+    )
+    assert report.committed and report.events_retracted == 2 and report.events_written == 0
+    assert any("withdrawn at the source" in w for w in report.warnings)
+    assert codes_and_values(new_store, subject) == [("LOINC/2339-0", 99.0)]
+    assert "sbp" not in new_store.twin(subject, as_of).variables
+    assert new_store.stats()["amended_records"] == 2
+    update = registry.update()
+    assert update["rebuilt"] == 1 and "sbp" not in registry.snapshot(subject)["variables"]
+
+    again = ingest_fhir(new_store, tmp_path / "day2.ndjson")  # said twice: nothing more to hide
+    assert again.events_retracted == 0 and not again.committed
+    assert codes_and_values(new_store, subject) == [("LOINC/2339-0", 99.0)]
+
+
+def test_a_history_bundle_keeps_each_resources_newest_version_and_applies_its_deletes(
+    tmp_path, new_store
+):
+    """A history lists versions newest first: the first one read is the record, the older ones
+    are rejected as such, a deletion hides the versions before it."""
+    entries = [
+        {"resource": PATIENT, "request": {"method": "PUT", "url": "Patient/w1"}},
+        {"resource": glucose("g1", "2021-03-01", 140), "request": {"method": "PUT", "url": "Observation/g1"}},
+        {"request": {"method": "DELETE", "url": "Observation/g2/_history/2"}},
+        {"resource": glucose("g1", "2021-03-01", 104), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": glucose("g2", "2021-04-01", 300), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": glucose("g3", "2021-05-01", 250, "entered-in-error")},
+        {"resource": glucose("g3", "2021-05-01", 95), "request": {"method": "POST", "url": "Observation"}},
+    ]  # fmt: skip
+    report = ingest_fhir(new_store, write_bundle(tmp_path / "history.json", "history", entries))
+    subject = new_store.lookup("fhir", "w1")
+    assert codes_and_values(new_store, subject) == [("LOINC/2339-0", 140.0)]
+    reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
+    assert reasons == {
+        "entry 3 (Observation)": "an older version of a resource read earlier "
+        "(a history lists the newest first)",
+        "entry 4 (Observation)": "deleted at the source (a DELETE entry of this batch names it)",
+        "entry 5 (Observation)": "status entered-in-error: not part of the patient's record",
+        "entry 6 (Observation)": "an older version of a resource read earlier "
+        "(a history lists the newest first)",
+    }
+    counts = report.tables["fhir/Observation"]
+    assert (counts.read, counts.accepted, counts.rejected) == (5, 1, 4)
+
+
+def test_a_transaction_delete_withdraws_what_an_earlier_batch_stored(tmp_path, new_store):
+    ingest_fhir(
+        new_store,
+        ndjson(
+            tmp_path / "export.ndjson",
+            [PATIENT, blood_pressure("bp1", "2021-03-01", 150), glucose("g1", "2021-03-02", 99)],
+        ),
+    )
+    subject = new_store.lookup("fhir", "w1")
+    entries = [
+        {"request": {"method": "DELETE", "url": "https://ehr.example.org/fhir/Observation/bp1"}},
+        {"request": {"method": "DELETE", "url": "Observation?code=http://loinc.org|2339-0"}},
+        {"request": {"method": "DELETE", "url": "Patient/w1"}},
+        {"request": {"method": "DELETE", "url": "Observation/never-stored"}},
+    ]
+    report = ingest_fhir(new_store, write_bundle(tmp_path / "tx.json", "transaction", entries))
+    assert report.events_retracted == 2  # both pressures of the one record
+    assert codes_and_values(new_store, subject) == [("LOINC/2339-0", 99.0)]
+    reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
+    assert (
+        reasons["entry 1"].startswith("DELETE 'Observation?code=")
+        and "not applied" in reasons["entry 1"]
+    )
+    assert "jumeau forget" in reasons["entry 2"]
+    assert new_store.lookup("fhir", "w1") == subject  # the patient is still there
