@@ -535,3 +535,56 @@ def test_an_answer_scored_zero_in_its_questionnaire_keeps_its_score(tmp_path, ne
     answers = timeline(new_store, "example").filter(pl.col("domain") == "survey")
     scores = dict(zip(answers["code"], answers["numeric_value"], strict=True))
     assert scores == {"LOINC/44250-9": 0.0, "LOINC/44255-8": 1.0}
+
+
+def test_orders_and_alerts_are_kept_and_a_twin_lists_those_in_force(tmp_path, new_store):
+    """An order is not its act: it is an ``order`` event, placed when authored, due by its
+    occurrence's end, its intent kept (and an order *not* to do a thing says so). A Flag is an
+    ``alert`` over its period. One naming its patient only by name, or dated only by an
+    encounter the export lacks, is rejected with why."""
+    folder = copy_examples(
+        tmp_path / "src",
+        "Patient-example.json",
+        "ServiceRequest-colonoscopy.json",
+        "ServiceRequest-do-not-turn.json",
+        "ServiceRequest-myringotomy.json",
+        "ServiceRequest-appendectomy-narrative.json",
+        "Flag-example.json",
+        "Flag-example-encounter.json",
+    )
+    report = ingest_fhir(new_store, folder)
+    orders, flags = report.tables["fhir/ServiceRequest"], report.tables["fhir/Flag"]
+    assert (orders.read, orders.accepted, flags.read, flags.accepted) == (4, 3, 2, 1)
+    reasons = sorted(new_store.rejects()["reason"].to_list())
+    assert reasons == [
+        "no subject/patient reference",
+        "no time: none of period or its encounter's period is present",
+    ]
+    events = timeline(new_store, "example")
+    by_code = {r["code"]: r for r in events.iter_rows(named=True)}
+    colonoscopy = by_code["SNOMED/73761001"]
+    assert colonoscopy["domain"] == "order" and colonoscopy["time"] == datetime(2017, 3, 5)
+    assert colonoscopy["text_value"] == "intent=order;status=completed"
+    assert "do_not_perform=true" in by_code["SNOMED/359962006"]["text_value"]
+    dog = by_code["http://example.org/local/bigdog"]
+    assert (dog["domain"], dog["time"], dog["end_time"]) == (
+        "alert",
+        datetime(2015, 1, 17),
+        datetime(2016, 12, 1),
+    )
+    myringotomy = timeline(new_store, "77662").row(0, named=True)  # the Patient is not there
+    assert (myringotomy["time"], myringotomy["end_time"]) == (
+        datetime(2014, 2, 14),
+        datetime(2014, 3, 14),
+    )
+
+    subject = new_store.lookup("fhir", "example")
+    during = new_store.twin(subject, datetime(2016, 6, 1))
+    assert [a["code"] for a in during.alerts] == ["http://example.org/local/bigdog"]
+    after = new_store.twin(subject, datetime(2017, 3, 20))
+    assert after.alerts == []
+    listed = {o["code"]: o for o in after.orders}
+    assert set(listed) == {"SNOMED/73761001", "SNOMED/359962006"}
+    assert listed["SNOMED/359962006"]["do_not_perform"] == "true"
+    assert all("status" not in o for o in after.orders)  # its latest status: later knowledge
+    assert after.diff(during)["ended_alerts"] == ["http://example.org/local/bigdog"]

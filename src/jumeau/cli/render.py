@@ -71,6 +71,12 @@ def report_table(report: IngestReport) -> None:
         )
 
 
+def _listed(item: dict) -> str:
+    """A twin's list item as a clinician reads it: an order to *not* do a thing says so."""
+    name = item.get("description") or item["code"]
+    return f"do not: {name}" if item.get("do_not_perform") == "true" else name
+
+
 def stats_table(stats: dict) -> None:
     console.print(
         f"[bold]{stats['store']}[/bold]: {stats['subjects']:,} subjects, {stats['events']:,} events "
@@ -228,14 +234,14 @@ def twin_summary(twin: dict) -> None:
         ("allergies", "allergies"),
         ("devices", "devices"),
         ("goals", "goals"),
+        ("alerts", "alerts"),
+        ("orders of the last 90 days", "recent_orders"),
     ):
         items = twin.get(key) or []
         status = twin.get("allergy_status") if key == "allergies" and not items else None
         console.print(
             f"[bold]{title}[/bold] ({len(items)}): "
-            + escape(
-                status or "; ".join(f"{i.get('description') or i['code']}" for i in items[:12])
-            )
+            + escape(status or "; ".join(_listed(i) for i in items[:12]))
             + (" ..." if len(items) > 12 else "")
         )
     family = twin.get("family_history") or []

@@ -361,6 +361,8 @@ class _FhirMapper:
             "AdverseEvent": self._adverse_event,
             "RiskAssessment": self._risk_assessment,
             "Goal": self._goal,
+            "ServiceRequest": self._service_request,
+            "Flag": self._flag,
         }
 
     # -- files -----------------------------------------------------------------------------
@@ -1815,6 +1817,51 @@ class _FhirMapper:
             text=res.get("status"),
         )
 
+    def _service_request(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """An order or referral (a test, a procedure, physiotherapy): when it was placed (else
+        when it is to be done; undated if neither is given), to be done by its occurrence
+        period's end, with its intent and status as ``key=value`` text (an order to *not* do a
+        thing says ``do_not_perform=true``). It is not the act: the act comes as its own
+        record."""
+        subject = self._subject(res, fullurls)
+        _, until = self._period(res, "occurrencePeriod")
+        start, _ = self._timed(
+            res, "authoredOn", "occurrenceDateTime", "occurrencePeriod", required=False
+        )
+        facts = [f"intent={res.get('intent')}", f"status={res.get('status')}"]
+        if res.get("doNotPerform") is True:
+            facts.append("do_not_perform=true")
+        self._emit(
+            res,
+            subject,
+            code=self._code(res.get("code"), ("SNOMED", "LOINC")),
+            domain="order",
+            time=start,
+            end=until if until is not None and (start is None or until >= start) else None,
+            text=";".join(facts),
+        )
+
+    def _flag(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """An alert about the patient (immunocompromised, a fall risk, a violent dog at home)
+        over its period (undated: known from its batch on), over when its period ends or, once
+        inactive, when its record last changed; its category as text."""
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "period", required=False)
+        if end is None and res.get("status") == "inactive":
+            end = _last_changed(res, start)
+        category = next(
+            (concept_code(c) or text_code(c) for c in _objects(res.get("category"))), None
+        )
+        self._emit(
+            res,
+            subject,
+            code=self._code(res.get("code"), ("SNOMED",)),
+            domain="alert",
+            time=start,
+            end=end,
+            text=category,
+        )
+
     def _claim(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
         start, end = self._timed(res, "billablePeriod", "created")
@@ -2042,13 +2089,17 @@ def _ended(res: dict, start: int | None, end: int | None) -> int | None:
         c.get("code") for c in _codings(res.get("clinicalStatus"))
     ):
         return end
+    return _last_changed(res, start)
+
+
+def _last_changed(res: dict, start: int | None) -> int | None:
+    """When a record last changed (``meta.lastUpdated``), if not before ``start``."""
     updated = parse_fhir_time((res.get("meta") or {}).get("lastUpdated"))
     if updated is None or (start is not None and updated < start):
         return None
     return updated
 
 
-#: Statuses saying a resource is not a fact of the patient's record, and why it is kept out.
 #: The type and id a DELETE entry's URL names (relative or absolute, a version or not).
 _DELETED_URL = re.compile(
     r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/?]+)?/?(?:\?.*)?$"
@@ -2060,11 +2111,13 @@ _INDEXED_PARTS = tuple(
     for name in ("component", "ingredient", "condition", "prediction")
     for i in range(64)
 )
+#: Statuses saying a resource is not a fact of the patient's record, and why it is kept out.
 _VOID_STATUSES = {
     "entered-in-error": "not part of the patient's record",
     "cancelled": "it did not take place",
     "not-done": "it did not take place",
     "not-taken": "the patient does not take it",  # a MedicationStatement's
+    "revoked": "the order was withdrawn",  # a ServiceRequest's
 }
 #: Goal lifecycle statuses saying the goal is not the patient's.
 _VOID_GOALS = {

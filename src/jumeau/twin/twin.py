@@ -47,12 +47,24 @@ if TYPE_CHECKING:
 
 US_PER_DAY = 86_400_000_000
 ACTIVE_DRUG_WINDOW = timedelta(days=90)
+#: How far back the orders and referrals a twin lists go.
+RECENT_ORDER_WINDOW = timedelta(days=90)
 #: Domains of events that happened at some date: one stored undated (a patient summary's
 #: allergy or past surgery, a relative's illness, its date unknown) is known from the day its
 #: batch was stored. An undated event of any other domain is a static fact, true at every date
 #: (sex, a genotype, MEDS's static measurements).
 HAPPENED_DOMAINS = frozenset(
-    {"condition", "allergy", "procedure", "imaging", "drug", "observation", "device"}
+    {
+        "condition",
+        "allergy",
+        "procedure",
+        "imaging",
+        "drug",
+        "observation",
+        "device",
+        "alert",
+        "order",
+    }
 )
 #: Codes that state an absence ("no known allergy", as patient summaries record it): kept in
 #: the timeline, never listed as a problem, medication or allergy of the patient.
@@ -252,6 +264,10 @@ class Twin:
     devices: list[dict] = field(default_factory=list)
     #: care goals being pursued (an HbA1c below 7.0), with their start and how far achieved
     goals: list[dict] = field(default_factory=list)
+    #: alerts in force (immunocompromised, a fall risk), with their start when known
+    alerts: list[dict] = field(default_factory=list)
+    #: orders and referrals placed in the last 90 days, latest first, with their intent
+    orders: list[dict] = field(default_factory=list)
     #: what the record says of absent allergies ("No known allergy") when none is listed
     allergy_status: str | None = None
     descriptions: dict[str, str] = field(repr=False, default_factory=dict)
@@ -306,6 +322,8 @@ class Twin:
             "family_history": self.family_history,
             "devices": self.devices,
             "goals": self.goals,
+            "alerts": self.alerts,
+            "recent_orders": self.orders,
             "recent_encounters": self.encounters,
             "risks": {n: r.to_dict() for n, r in self.risks.items()},
             "signal_features": self.signal_features,
@@ -318,7 +336,8 @@ class Twin:
     def diff(self, previous: Twin | dict) -> dict:
         """What changed since an earlier twin of the same subject.
 
-        New and resolved problems, started and stopped medications, new and ended care goals,
+        New and resolved problems, started and stopped medications, new and ended care goals
+        and alerts,
         observations that fell outside the earlier twin's 95% predictive interval, and risk
         scores that moved.
         """
@@ -330,6 +349,8 @@ class Twin:
         meds_after = {m["code"] for m in after["medications"]}
         goals_before = {g["code"] for g in before.get("goals", [])}  # older snapshots: none
         goals_after = {g["code"] for g in after["goals"]}
+        alerts_before = {a["code"] for a in before.get("alerts", [])}
+        alerts_after = {a["code"] for a in after["alerts"]}
         surprises = []
         if isinstance(previous, Twin):
             for name, state in self.variables.items():
@@ -368,6 +389,8 @@ class Twin:
             "stopped_medications": sorted(meds_before - meds_after),
             "new_goals": sorted(goals_after - goals_before),
             "ended_goals": sorted(goals_before - goals_after),
+            "new_alerts": sorted(alerts_after - alerts_before),
+            "ended_alerts": sorted(alerts_before - alerts_after),
             "outside_predicted_interval": surprises,
             "risk_changes": risk_changes,
         }
@@ -503,6 +526,16 @@ def build_twin(
         for code, since, _ in _first_by_code(in_use)
     ]
     twin.goals = _goals(by_domain.get("goal", []), as_of, descriptions)
+    in_force = [
+        r
+        for r in _stated(by_domain.get("alert", []))
+        if r["end_time"] is None or r["end_time"] > as_of
+    ]
+    twin.alerts = [
+        {"code": code, "description": descriptions.get(code), "since": _iso(since)}
+        for code, since, _ in _first_by_code(in_force)
+    ]
+    twin.orders = _recent_orders(by_domain.get("order", []), as_of, descriptions)
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
         key=lambda r: (r["time"], r["code"]),
@@ -521,6 +554,32 @@ def build_twin(
     return twin
 
 
+def _facts(text: str | None) -> dict[str, str]:
+    """The ``key=value;key=value`` facts a connector wrote in an event's text."""
+    return dict(part.split("=", 1) for part in (text or "").split(";") if "=" in part)
+
+
+def _recent_orders(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -> list[dict]:
+    """Orders and referrals placed in the :data:`RECENT_ORDER_WINDOW` before ``as_of``, the
+    latest first, with their intent (``order``, ``plan``...) and whether they forbid the act."""
+    recent = sorted(
+        (r for r in rows if r["time"] is not None and r["time"] >= as_of - RECENT_ORDER_WINDOW),
+        key=lambda r: (r["time"], r["code"]),
+        reverse=True,
+    )
+    return [
+        {
+            "code": r["code"],
+            "description": descriptions.get(r["code"]),
+            "placed": _iso(r["time"]),
+            "due": _iso(r["end_time"]),
+        }
+        # its status is the source's latest, which a twin of an earlier date must not see
+        | {k: v for k, v in _facts(r["text_value"]).items() if k != "status" and v != "None"}
+        for r in recent
+    ]
+
+
 def _goals(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -> list[dict]:
     """The goals not completed nor ended by ``as_of``, each once (its first start) with its
     latest achievement status (``in-progress``, ``achieved``...)."""
@@ -532,9 +591,7 @@ def _goals(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -> l
     ]
     latest = {}
     for r in sorted(pursued, key=lambda r: (r["time"] is not None, r["time"] or as_of)):
-        latest[r["code"]] = dict(
-            part.split("=", 1) for part in (r["text_value"] or "").split(";") if "=" in part
-        ).get("achievement")
+        latest[r["code"]] = _facts(r["text_value"]).get("achievement")
     return [
         {
             "code": code,
