@@ -588,3 +588,34 @@ def test_orders_and_alerts_are_kept_and_a_twin_lists_those_in_force(tmp_path, ne
     assert listed["SNOMED/359962006"]["do_not_perform"] == "true"
     assert all("status" not in o for o in after.orders)  # its latest status: later knowledge
     assert after.diff(during)["ended_alerts"] == ["http://example.org/local/bigdog"]
+
+
+def test_a_patients_supplies_are_device_exposures_used_up_and_stock_is_not_a_patients(
+    tmp_path, new_store
+):
+    """Synthea's supplies (SupplyDelivery) are device exposures, as the CDM holds them: the
+    item, its quantity, the day delivered; a twin never lists them as devices in use. A ward's
+    restock names no patient: counted, not mapped."""
+    folder = copy_examples(
+        tmp_path / "src", "Patient-example.json", "SupplyDelivery-simpledelivery.json"
+    )
+    gloves = {
+        "resourceType": "SupplyDelivery",
+        "id": "s1",
+        "status": "completed",
+        "patient": {"reference": "Patient/example"},
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/supply-item-type", "code": "device"}]},
+        "suppliedItem": {
+            "quantity": {"value": 2},
+            "itemCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "706724001", "display": "Nitrile examination/treatment glove"}]},
+        },
+        "occurrenceDateTime": "2020-02-03T10:00:00Z",
+    }  # fmt: skip
+    (folder / "supply.json").write_text(json.dumps(gloves))
+    report = ingest_fhir(new_store, folder)
+    assert report.unhandled == {"SupplyDelivery of no patient (stock)": 1}
+    event = timeline(new_store, "example").filter(pl.col("domain") == "device").row(0, named=True)
+    assert (event["code"], event["numeric_value"]) == ("SNOMED/706724001", 2.0)
+    assert event["time"] == event["end_time"] == datetime(2020, 2, 3, 10)
+    twin = new_store.twin(new_store.lookup("fhir", "example"), datetime(2020, 6, 1))
+    assert twin.devices == []

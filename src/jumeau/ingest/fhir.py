@@ -362,6 +362,7 @@ class _FhirMapper:
             "RiskAssessment": self._risk_assessment,
             "Goal": self._goal,
             "ServiceRequest": self._service_request,
+            "SupplyDelivery": self._supply,
             "Flag": self._flag,
         }
 
@@ -798,8 +799,8 @@ class _FhirMapper:
             self._reject("fhir/unknown", path, where, "resource has no resourceType")
             return
         handler = self.handlers.get(rtype)
-        if rtype == "Device" and not res.get("patient"):
-            rtype, handler = "Device of no patient (equipment)", None
+        if rtype in _NOT_OF_A_PATIENT and not res.get("patient"):
+            rtype, handler = f"{rtype} of no patient ({_NOT_OF_A_PATIENT[rtype]})", None
         if handler is None:
             self.report.unhandled[rtype] = self.report.unhandled.get(rtype, 0) + 1
             return
@@ -1799,6 +1800,25 @@ class _FhirMapper:
             raise FhirError("the device it names is not in this batch or has no type")
         self._emit(res, subject, code=code, domain="device", time=start, end=end)
 
+    def _supply(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A supply delivered for the patient (a nebuliser, test strips, gloves during a
+        procedure), as the CDM's device exposures hold Synthea's supplies: the item and its
+        quantity, when delivered; used up then, not worn (a twin never lists it as in use)."""
+        subject = self._subject(res, fullurls)
+        start, _ = self._timed(res, "occurrenceDateTime", "occurrencePeriod")
+        item = res.get("suppliedItem") if isinstance(res.get("suppliedItem"), dict) else {}
+        quantity = item.get("quantity") if isinstance(item.get("quantity"), dict) else {}
+        self._emit(
+            res,
+            subject,
+            code=self._code(item.get("itemCodeableConcept"), ("SNOMED",)),
+            domain="device",
+            time=start,
+            end=start,
+            numeric=_number(quantity.get("value"), "suppliedItem.quantity.value"),
+            unit=_unit(quantity) if quantity else None,
+        )
+
     def _care_plan(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         subject = self._subject(res, fullurls)
         start, end = self._timed(res, "period", "created")
@@ -2118,7 +2138,10 @@ _VOID_STATUSES = {
     "not-done": "it did not take place",
     "not-taken": "the patient does not take it",  # a MedicationStatement's
     "revoked": "the order was withdrawn",  # a ServiceRequest's
+    "abandoned": "it was not delivered",  # a SupplyDelivery's
 }
+#: Resource types that may be of no patient, and what they are then: counted, never mapped.
+_NOT_OF_A_PATIENT = {"Device": "equipment", "SupplyDelivery": "stock"}
 #: Goal lifecycle statuses saying the goal is not the patient's.
 _VOID_GOALS = {
     "cancelled": "it was abandoned before it was pursued",
