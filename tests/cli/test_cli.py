@@ -229,3 +229,27 @@ def test_forget_erases_a_subject_and_says_so(tmp_path, synthea_dir):
     assert stats["subjects"] == 0 and stats["events"] == 0
     again = jumeau("ingest", "fhir", bundle, "--store", store)
     assert "withdrew" in again.stdout
+
+
+def test_a_full_refresh_says_what_the_source_withdrew(tmp_path, synthea_dir):
+    """A bundle ingested again as a full refresh, without its Immunizations' file entries:
+    the command reports the events withdrawn and the stats count them."""
+    store = str(tmp_path / "store")
+    bundle = sorted(synthea_dir.glob("*.json"))[0]
+    document = json.loads(bundle.read_text())
+    jumeau("init", store)
+    jumeau("ingest", "fhir", str(bundle), "--store", store)
+    kept = [e for e in document["entry"] if e["resource"]["resourceType"] != "Immunization"]
+    immunizations = len(document["entry"]) - len(kept)
+    assert immunizations > 0
+    one_left = next(e for e in document["entry"] if e["resource"]["resourceType"] == "Immunization")
+    refreshed = tmp_path / "refreshed.json"
+    refreshed.write_text(json.dumps({**document, "entry": [*kept, one_left]}))
+    report = json.loads(
+        jumeau(
+            "ingest", "fhir", str(refreshed), "--store", store, "--full-refresh", "--format", "json"
+        ).stdout
+    )
+    assert report["events_retracted"] == immunizations - 1
+    text = jumeau("stats", "--store", store).stdout
+    assert f"{immunizations - 1:,} record(s) amended or withdrawn" in text

@@ -153,3 +153,31 @@ def test_a_transaction_delete_withdraws_what_an_earlier_batch_stored(tmp_path, n
     )
     assert "jumeau forget" in reasons["entry 2"]
     assert new_store.lookup("fhir", "w1") == subject  # the patient is still there
+
+
+def test_a_complete_export_withdraws_the_resources_the_server_no_longer_holds(tmp_path, new_store):
+    """A Bulk Data export taken again lacks one Observation (deleted on the server): ingested
+    as a full refresh, that Observation's events are withdrawn; the resource types the new
+    export does not hold (its Conditions) and another server's records stay."""
+    problem = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
+        "subject": SUBJECT,
+        "onsetDateTime": "2020-01-01",
+    }
+    first = [PATIENT, blood_pressure("bp1", "2021-03-01", 150), glucose("g1", "2021-03-02", 99)]
+    ingest_fhir(new_store, ndjson(tmp_path / "first.ndjson", [*first, problem]))
+    ingest_fhir(new_store, tmp_path / "first.ndjson", source_name="other-server")
+    export = ndjson(tmp_path / "second.ndjson", [PATIENT, glucose("g1", "2021-03-02", 99)])
+    assert ingest_fhir(new_store, export).events_retracted == 0  # a plain ingest only adds
+
+    report = ingest_fhir(new_store, export, full_refresh=True)
+    assert report.events_retracted == 2
+    subject = new_store.lookup("fhir", "w1")
+    assert codes_and_values(new_store, subject) == [
+        ("LOINC/2339-0", 99.0),
+        ("SNOMED/38341003", None),
+    ]
+    other = new_store.lookup("other-server", "w1")
+    assert len(codes_and_values(new_store, other)) == 4

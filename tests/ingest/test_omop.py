@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -768,3 +769,45 @@ def test_a_duckdb_cdm_made_of_views_over_parquet_is_read(tmp_path, eunomia, euno
     assert report.tables["omop/condition_occurrence"].events == 65_332
     sources = ("omop/condition_occurrence",)
     assert _codes_by_source(store, sources).equals(_codes_by_source(reference, sources))
+
+
+def test_a_full_refresh_withdraws_the_rows_the_warehouse_deleted_and_nothing_else(
+    tmp_path, eunomia
+):
+    """A nightly rebuild no longer holds two condition rows: ingested as a full refresh, their
+    events are withdrawn (the store as it was still shows them); a plain ingest of it only adds.
+    A table the snapshot does not hold, and another site's rows, are left as they are."""
+    import time
+
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "condition_occurrence", "drug_exposure"])
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, folder)
+    ingest_omop(store, folder, source_name="site-b")
+    by_source = store.stats()["events_by_source"]
+    before = datetime_of(store.manifest.batches[-1]["committed_at"])
+    time.sleep(1.1)  # commit times have a resolution of a second
+
+    path = folder / "condition_occurrence.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], *lines[3:]]) + "\n")
+    (folder / "drug_exposure.csv").unlink()
+    plain = ingest_omop(store, folder)
+    assert (plain.events_written, plain.events_retracted, plain.committed) == (0, 0, False)
+
+    refresh = ingest_omop(store, folder, full_refresh=True)
+    assert refresh.committed and refresh.events_retracted == 2
+    after = store.stats()["events_by_source"]
+    assert after["omop/condition_occurrence"] == by_source["omop/condition_occurrence"] - 2
+    assert after["omop/drug_exposure"] == by_source["omop/drug_exposure"]  # not in the snapshot
+    column = lines[0].lower().split(",").index("person_id")
+    deleted = Counter(line.split(",")[column] for line in lines[1:3])
+    for site, withdrawn in (("omop", deleted), ("site-b", Counter())):  # the other site's stay
+        for person in deleted:
+            subject = store.lookup(site, person)
+            old = store.timeline(subject, domains=["condition"], known_at=before).height
+            now = store.timeline(subject, domains=["condition"]).height
+            assert now == old - withdrawn[person]
+    assert store.manifest.batches[-1]["namespace"] == "omop"
+    again = ingest_omop(store, folder, full_refresh=True)
+    assert (again.events_retracted, again.committed) == (0, False)

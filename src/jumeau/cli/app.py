@@ -165,6 +165,17 @@ def _ingest(
     return report
 
 
+FullRefreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--full-refresh",
+        help="The source is whole (a nightly snapshot, a complete export): what earlier "
+        "ingests of the same --source-name stored from its tables and it no longer holds was "
+        "deleted at the source, and is withdrawn.",
+    ),
+]
+
+
 @app.command()
 def init(
     store: Annotated[Path, typer.Argument(help="The new store directory.")],
@@ -201,6 +212,7 @@ def ingest_omop_cmd(
         typer.Option(help="Folder with the concept table (an Athena download) to use instead."),
     ] = None,
     source_name: SourceNameOpt = "omop",
+    full_refresh: FullRefreshOpt = False,
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
@@ -215,6 +227,7 @@ def ingest_omop_cmd(
         vocabulary_schema=vocabulary_schema,
         vocabulary_folder=vocabulary_folder,
         source_name=source_name,
+        full_refresh=full_refresh,
     )
 
 
@@ -223,11 +236,20 @@ def ingest_fhir_cmd(
     source: Annotated[str, typer.Argument(help="Bundle .json, .ndjson file, or a folder of them.")],
     store: StoreOpt,
     source_name: SourceNameOpt = "fhir",
+    full_refresh: FullRefreshOpt = False,
     key_file: KeyOpt = None,
     format: FormatOpt = Format.text,
 ) -> None:
     """Ingest FHIR R4 Bundles and Bulk Data NDJSON."""
-    _ingest("fhir", source, store, key_file, format, source_name=source_name)
+    _ingest(
+        "fhir",
+        source,
+        store,
+        key_file,
+        format,
+        source_name=source_name,
+        full_refresh=full_refresh,
+    )
 
 
 @ingest_app.command("meds")

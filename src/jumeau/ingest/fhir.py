@@ -232,6 +232,7 @@ def ingest_fhir(
     source: str | Path,
     *,
     source_name: str = "fhir",
+    full_refresh: bool = False,
     progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest FHIR R4 Bundles and/or Bulk Data NDJSON files into ``store`` as one atomic batch.
@@ -246,6 +247,10 @@ def ingest_fhir(
         The namespace of the server's patient and resource ids (``fhir`` by default). Each
         server numbers its own: give each a name (``chu-lille``) and they stay apart; the same
         name again recognises what is already stored.
+    full_refresh:
+        The source is the server's whole current content for the resource types it holds (a
+        complete Bulk Data export): the resources of those types that earlier ingests of
+        ``source_name`` stored and that it no longer holds were deleted and are withdrawn.
     progress:
         Called with each file name as it is read.
 
@@ -257,7 +262,7 @@ def ingest_fhir(
     """
     source = Path(source)
     files = iter_files(source)
-    with BatchWriter(store, "fhir", str(source.resolve())) as writer:
+    with BatchWriter(store, "fhir", str(source.resolve()), namespace=source_name) as writer:
         mapper = _FhirMapper(store, writer, source_name)
         for path in files:  # Medications and Patients first: other resources refer to them
             mapper.collect_references(path)  # (a Bundle's entries are read ahead as it is read)
@@ -269,6 +274,8 @@ def ingest_fhir(
         writer.add_codes(
             pa.table({"code": list(mapper.displays), "description": list(mapper.displays.values())})
         )
+        if full_refresh:
+            writer.refresh([t for t in writer.report.tables if t != "fhir/file"])
         return writer.commit()
 
 

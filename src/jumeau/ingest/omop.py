@@ -354,6 +354,7 @@ def ingest_omop(
     vocabulary_schema: str | None = None,
     vocabulary_folder: str | Path | None = None,
     source_name: str = "omop",
+    full_refresh: bool = False,
     progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest an OMOP CDM database into ``store`` as one atomic batch.
@@ -378,6 +379,11 @@ def ingest_omop(
         The namespace of the source's person ids and record ids. Warehouses of different sites
         all number their persons and rows from 1: give each its own name (``chu-lille``) and
         they stay apart; the same name again recognises what is already stored.
+    full_refresh:
+        The source is the warehouse's whole current state (a nightly rebuild): the rows that
+        earlier ingests of ``source_name`` stored from the tables it holds, and that it no
+        longer holds, were deleted there and are withdrawn (the store as it was still shows
+        them). Without it an ingest only adds and amends.
     progress:
         Called with the name of each table as its mapping starts.
 
@@ -389,7 +395,7 @@ def ingest_omop(
     source_str = str(source)
     is_url = source_str.startswith(("postgres://", "postgresql://"))
     label = omop_sources._redact(source_str) if is_url else str(Path(source).resolve())
-    with BatchWriter(store, "omop", label) as writer:
+    with BatchWriter(store, "omop", label, namespace=source_name) as writer:
         con = connect(writer.staging_dir / "omop-tmp")
         try:
             run(con, _MACROS)
@@ -402,6 +408,8 @@ def ingest_omop(
             _OmopMapper(store, tables, writer, progress, source_name).run()
         finally:
             con.close()
+        if full_refresh:
+            writer.refresh(list(writer.report.tables))
         return writer.commit()
 
 

@@ -438,14 +438,16 @@ class Store:
         present = [p if p.exists() else None for p in amended]
         return [(e, [p for p in present[i + 1 :] if p]) for i, e in enumerate(events)]
 
-    def current_events_sql(self, *, with_batch: bool = False) -> str | None:
-        """A DuckDB query of the store's current events: every batch's, less the records a
-        later batch amends (each row with its ``batch`` id if asked); None for an empty store."""
-        batches = self.current_batch_files()
-        if not batches:
-            return None
+    def current_events_sql(
+        self, *, with_batch: bool = False, batches: set[str] | None = None
+    ) -> str | None:
+        """A DuckDB query of the store's current events: every batch's (or those of the
+        ``batches`` named), less the records a later batch amends (each row with its ``batch``
+        id if asked); None when there are none."""
         parts = []
-        for events, amended in batches:
+        for events, amended in self.current_batch_files():
+            if batches is not None and events.parent.name not in batches:
+                continue
             # one read per batch with its id as a constant: free, where a per-row file name
             # would slow every scan
             batch = f", '{events.parent.name}' AS batch" if with_batch else ""
@@ -457,7 +459,7 @@ class Store:
                     "AND a.record_key = e.record_key"
                 )
             parts.append(part)
-        return " UNION ALL BY NAME ".join(parts)
+        return " UNION ALL BY NAME ".join(parts) if parts else None
 
     def signal_records(self, subject_id: int | None = None) -> list:
         """Waveform records in the store (of one subject, if given), by start time."""

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jumeau._duck import arrow_reader, arrow_table, connect, run, scalar
+from jumeau._duck import arrow_reader, arrow_table, connect, run, scalar, sql_string
 from jumeau.model import (
     CONNECTOR_SCHEMA,
     DICTIONARY_COLUMNS,
@@ -78,8 +78,14 @@ class BatchWriter:
     everything written so far and leaves the store untouched.
     """
 
-    def __init__(self, store: Store, source_kind: str, source: str) -> None:
+    def __init__(
+        self, store: Store, source_kind: str, source: str, *, namespace: str | None = None
+    ) -> None:
         self.store = store
+        #: the namespace of the source's ids (``omop``, ``chu-lille``): what a full refresh of
+        #: the source replaces
+        self.namespace = namespace
+        self._refreshed: list[str] = []
         self.report = IngestReport(source_kind=source_kind, source=source)
         self._started = time.perf_counter()
         self._lock_fd = layout.lock_store(store.root)
@@ -155,6 +161,15 @@ class BatchWriter:
         table = conform(data, RETRACTION_SCHEMA)
         if table.num_rows:
             self._retractions.append(table)
+
+    def refresh(self, sources: list[str]) -> None:
+        """Say the batch is the whole of its source (a warehouse's nightly snapshot, a complete
+        Bulk Data export) for these source tables (``omop/measurement``): the records that
+        earlier batches of the same kind and namespace stored from them and that the batch no
+        longer holds were deleted at the source, and are withdrawn from the batch on."""
+        if self.namespace is None:
+            raise ValueError("a full refresh needs the namespace of the source's ids")
+        self._refreshed = sorted(set(self._refreshed) | set(sources))
 
     def add_identities(self, data: pa.Table) -> None:
         """Keep direct identifiers for the encrypted vault (``VAULT_SCHEMA``)."""
@@ -395,8 +410,8 @@ class BatchWriter:
             self.report.events_retracted = gone
             self.report.warnings.append(
                 f"{_events(gone)} withdrawn at the source since they were stored (entered in "
-                "error, deleted): hidden from this batch on (the store as it was before this "
-                "batch still shows them)"
+                "error, deleted, or gone from a full refresh): hidden from this batch on (the "
+                "store as it was before this batch still shows them)"
             )
         if parts:
             table = pa.concat_tables(parts).sort_by("subject_id")
@@ -406,19 +421,58 @@ class BatchWriter:
         """The current stored events of the records withdrawn, one row each, under the subject
         each is stored under; records not stored, or hidden already, are left out."""
         existing = self.store.current_events_sql()
-        if not self._retractions or not existing:
+        if not existing or not (self._retractions or self._refreshed):
             return None
-        con.register("retractions", pa.concat_tables(self._retractions))
-        try:
-            return arrow_table(
-                con,
+        queries = []
+        if self._retractions:
+            con.register("retractions", pa.concat_tables(self._retractions))
+            queries.append(
                 f"""SELECT e.subject_id, e.source::VARCHAR AS source, e.record_key
                 FROM ({existing}) e SEMI JOIN retractions r ON e.source = r.source
                     AND e.record_key = r.record_key
-                    AND (r.subject_id IS NULL OR e.subject_id = r.subject_id)""",
-            ).cast(RETRACTION_SCHEMA)
+                    AND (r.subject_id IS NULL OR e.subject_id = r.subject_id)"""
+            )
+        absent = self._absent_from_refresh()
+        if absent:
+            queries.append(absent)
+        if not queries:
+            return None
+        try:
+            return arrow_table(con, " UNION ".join(queries)).cast(RETRACTION_SCHEMA)
         finally:
-            con.unregister("retractions")
+            if self._retractions:
+                con.unregister("retractions")
+
+    def _absent_from_refresh(self) -> str | None:
+        """SQL of the stored records of a refreshed source that the batch no longer holds (see
+        :meth:`refresh`), or None."""
+        if not self._refreshed:
+            return None
+        ours = {
+            b["id"]
+            for b in self.store.manifest.batches
+            if b.get("source_kind") == self.report.source_kind
+            # batches from before namespaces were recorded are of the default one
+            and b.get("namespace", self.report.source_kind) == self.namespace
+        }
+        stored = self.store.current_events_sql(batches=ours)
+        if stored is None:
+            return None
+        raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
+        held = "SELECT NULL::VARCHAR AS source, NULL::BIGINT AS record_key WHERE false"
+        if raw:
+            valid = f"{REJECT_REASON} IS NULL" if self._raw_has_reject_reason(raw) else "true"
+            held = (
+                "SELECT CAST(source AS VARCHAR) AS source, CAST(record_key AS BIGINT) AS "
+                f"record_key FROM read_parquet({raw!r}, union_by_name=true) WHERE {valid}"
+            )
+        return f"""SELECT e.subject_id, e.source::VARCHAR AS source, e.record_key
+            FROM ({stored}) e ANTI JOIN ({held}) h
+                ON h.source = e.source::VARCHAR AND h.record_key = e.record_key
+            WHERE e.source::VARCHAR IN ({", ".join(sql_string(t) for t in self._refreshed)})"""
+
+    def _raw_has_reject_reason(self, raw: list[str]) -> bool:
+        return any(REJECT_REASON in pq.read_schema(p).names for p in raw)
 
     def _write_rejects(self, con: duckdb.DuckDBPyConnection) -> int:
         raw = self.dir / "raw-rejects.parquet"
@@ -475,6 +529,7 @@ class BatchWriter:
                 "source": self.store.pseudonymiser.seal(self.report.source),
                 "events": self.report.events_written,
                 "rejects": self.report.rejects_written,
+                **({"namespace": self.namespace} if self.namespace is not None else {}),
                 "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         )
