@@ -502,39 +502,16 @@ def build_twin(
         }
         for code, since, until in _first_by_code(on_drug)
     ]
-    allergies = [
-        r
-        for r in _stated(by_domain.get("allergy", []))
-        if r["end_time"] is None or r["end_time"] > as_of  # a resolved allergy is past
-    ]
-    twin.allergies = [
-        {"code": code, "description": descriptions.get(code), "since": _iso(since)}
-        for code, since, _ in _first_by_code(allergies)
-    ]
+    # a resolved allergy is past
+    twin.allergies = _in_force(by_domain.get("allergy", []), as_of, descriptions)
     absences = {
         descriptions.get(r["code"]) or r["code"] for r in by_domain.get("allergy", []) if _absent(r)
     }
     twin.allergy_status = "; ".join(sorted(absences)) if absences and not twin.allergies else None
     twin.family_history = _family_history(by_domain.get("observation", []), descriptions)
-    in_use = [
-        r
-        for r in _stated(by_domain.get("device", []))
-        if r["end_time"] is None or r["end_time"] > as_of
-    ]
-    twin.devices = [
-        {"code": code, "description": descriptions.get(code), "since": _iso(since)}
-        for code, since, _ in _first_by_code(in_use)
-    ]
+    twin.devices = _in_force(by_domain.get("device", []), as_of, descriptions)
     twin.goals = _goals(by_domain.get("goal", []), as_of, descriptions)
-    in_force = [
-        r
-        for r in _stated(by_domain.get("alert", []))
-        if r["end_time"] is None or r["end_time"] > as_of
-    ]
-    twin.alerts = [
-        {"code": code, "description": descriptions.get(code), "since": _iso(since)}
-        for code, since, _ in _first_by_code(in_force)
-    ]
+    twin.alerts = _in_force(by_domain.get("alert", []), as_of, descriptions)
     twin.orders = _recent_orders(by_domain.get("order", []), as_of, descriptions)
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
@@ -552,6 +529,16 @@ def build_twin(
     twin.signal_features = _signal_features(rows)
     twin.risks = compute_risks(twin)
     return twin
+
+
+def _in_force(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -> list[dict]:
+    """The records not ended by ``as_of`` (an allergy, a device in use, an alert), each code
+    once with its first start."""
+    current = [r for r in _stated(rows) if r["end_time"] is None or r["end_time"] > as_of]
+    return [
+        {"code": code, "description": descriptions.get(code), "since": _iso(since)}
+        for code, since, _ in _first_by_code(current)
+    ]
 
 
 def _facts(text: str | None) -> dict[str, str]:
