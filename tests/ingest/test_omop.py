@@ -61,7 +61,7 @@ def test_eunomia_header_rows_loaded_as_data_are_rejected_as_no_record(eunomia_st
     read, empty, under those names."""
     store, report = eunomia_store
     rejects = store.rejects()
-    tables = ("visit_detail", "device_exposure", "death", "specimen", "note")
+    tables = ("visit_detail", "device_exposure", "death", "specimen", "note", "payer_plan_period")
     for table in tables:
         counts = report.tables[f"omop/{table}"]
         assert (counts.read, counts.rejected, counts.events) == (1, 1, 0)
@@ -252,7 +252,8 @@ def test_csv_folder_with_bad_rows_rejects_them_and_keeps_the_rest(tmp_path, euno
 
 
 def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tmp_path, eunomia):
-    """The CDM tables Eunomia leaves empty, with rows as a warehouse holds them (CDM v5.4 CSV)."""
+    """The CDM tables Eunomia leaves empty, with rows as a warehouse holds them (CDM v5.4 CSV);
+    an insurance cover is a sociodemographic fact over its period."""
     folder = tmp_path / "cdm"
     _export_csv(eunomia, folder, ["person", "concept"])
     con = duckdb.connect(str(eunomia), read_only=True)
@@ -276,6 +277,9 @@ def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tm
         "device_exposure_start_date,device_exposure_start_datetime,device_exposure_end_date,"
         "device_exposure_end_datetime,device_type_concept_id,quantity\n"
         "1,6,4044008,2018-01-02,,2018-03-02,,32817,1\n",
+        "payer_plan_period": "payer_plan_period_id,person_id,payer_plan_period_start_date,"
+        "payer_plan_period_end_date,payer_concept_id,payer_source_value,payer_source_concept_id\n"
+        "1,6,2017-01-01,2018-12-31,0,Medicare,0\n",
     }
     for table, text in tables.items():
         (folder / f"{table}.csv").write_text(text)
@@ -301,6 +305,12 @@ def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tm
     assert detail["code"] == "Visit/IP" and detail["end_time"] == dt.datetime(2018, 1, 5)
     device = by_source["omop/device_exposure"]
     assert device["domain"] == "device" and device["end_time"] == dt.datetime(2018, 3, 2)
+    cover = by_source["omop/payer_plan_period"]
+    assert (cover["code"], cover["domain"]) == ("SOURCE_CODE/Medicare", "demographic")
+    assert (cover["time"], cover["end_time"]) == (
+        dt.datetime(2017, 1, 1),
+        dt.datetime(2018, 12, 31),
+    )
 
 
 def test_a_code_the_cdm_leaves_unmapped_keeps_the_source_value(tmp_path, eunomia):

@@ -191,6 +191,17 @@ SPECS: dict[str, TableSpec] = {
         "note_type_concept_id",
         string="note_text",
     ),
+    # a health insurance cover over its period (a sociodemographic fact, as a FHIR Coverage is)
+    "payer_plan_period": TableSpec(
+        "demographic",
+        "payer_plan_period_id",
+        None,
+        "payer_plan_period_start_date",
+        "payer_concept_id",
+        "payer_source_concept_id",
+        end_date="payer_plan_period_end_date",
+        source_value="payer_source_value",
+    ),
 }
 
 #: The CDM's operator concepts (measurement.operator_concept_id) and their comparators ("=" says

@@ -32,6 +32,7 @@ CDM_TABLES = (
     "death",
     "specimen",
     "note",
+    "payer_plan_period",
     "concept",
 )
 
