@@ -1169,3 +1169,23 @@ def test_conditional_references_resolve_to_the_patient_with_that_identifier(tmp_
     assert any("names an identifier no Patient" in r for r in reasons)
     assert any("other than Patient?identifier" in r for r in reasons)
     assert not any("MRN" in r for r in reasons)
+
+
+def test_sex_at_birth_and_preferred_language_are_demographic_facts(synthea_store, synthea_dir):
+    """US Core's birth sex and the language a patient speaks (Synthea gives both) are static
+    demographic facts beside the gender."""
+    store, _ = synthea_store
+    patients = [r for r in bundle_resources(synthea_dir) if r["resourceType"] == "Patient"]
+    checked = 0
+    for patient in patients:
+        codes = set(store.timeline(store.lookup("fhir", patient["id"]))["code"].to_list())
+        birth_sex = [
+            e["valueCode"] for e in patient.get("extension", []) if e["url"].endswith("birthsex")
+        ]
+        languages = [c["language"]["coding"][0]["code"] for c in patient.get("communication", [])]
+        assert {c for c in codes if c.startswith(("BirthSex/", "Language/"))} == {
+            *(f"BirthSex/{s}" for s in birth_sex),
+            *(f"Language/{lang}" for lang in languages[:1]),
+        }
+        checked += bool(birth_sex) and bool(languages)
+    assert checked >= 3

@@ -1196,6 +1196,33 @@ class _FhirMapper:
                             time=None,
                             part=f"#{kind}:{code}",
                         )
+        birth_sex = next(
+            (
+                e.get("valueCode")
+                for e in res.get("extension") or []
+                if isinstance(e, dict) and e.get("url", "").endswith("us-core-birthsex")
+            ),
+            None,
+        )
+        if isinstance(birth_sex, str) and birth_sex:  # sex assigned at birth, beside gender
+            self._emit(
+                res,
+                subject,
+                code=f"BirthSex/{birth_sex}",
+                domain="demographic",
+                time=None,
+                part="#birthsex",
+            )
+        language = _preferred_language(res.get("communication"))
+        if language:
+            self._emit(
+                res,
+                subject,
+                code=f"Language/{language}",
+                domain="demographic",
+                time=None,
+                part="#language",
+            )
         marital = self._code(res.get("maritalStatus"))
         if marital:
             self._emit(
@@ -2117,6 +2144,18 @@ def _ended(res: dict, start: int | None, end: int | None) -> int | None:
     ):
         return end
     return _last_changed(res, start)
+
+
+def _preferred_language(communication: Any) -> str | None:
+    """The language a patient prefers to be spoken to in (its BCP-47 code, ``fr``): the one
+    marked preferred, else the first given."""
+    languages = [c for c in _objects(communication) if isinstance(c.get("language"), dict)]
+    languages.sort(key=lambda c: c.get("preferred") is not True)
+    for entry in languages:
+        for coding in _objects(entry["language"].get("coding")):
+            if isinstance(coding.get("code"), str) and coding["code"]:
+                return coding["code"]
+    return None
 
 
 def _last_changed(res: dict, start: int | None) -> int | None:
