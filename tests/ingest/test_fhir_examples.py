@@ -619,3 +619,33 @@ def test_a_patients_supplies_are_device_exposures_used_up_and_stock_is_not_a_pat
     assert event["time"] == event["end_time"] == datetime(2020, 2, 3, 10)
     twin = new_store.twin(new_store.lookup("fhir", "example"), datetime(2020, 6, 1))
     assert twin.devices == []
+
+
+def test_diets_and_devices_ordered_are_orders_each_item_its_own(tmp_path, new_store):
+    """A cardiac diet ordered as two diet types is two ``order`` events; a supplement and an
+    insulin pump ordered are one each; an order naming a Device that says nothing of its type
+    orders nothing known, and is rejected with why."""
+    folder = copy_examples(
+        tmp_path / "src",
+        "Patient-example.json",
+        "NutritionOrder-cardiacdiet.json",
+        "NutritionOrder-diabeticsupplement.json",
+        "DeviceRequest-insulinpump.json",
+        "DeviceRequest-example.json",
+    )
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/NutritionOrder"].events == 3
+    devices = report.tables["fhir/DeviceRequest"]
+    assert (devices.read, devices.accepted, devices.rejected) == (2, 1, 1)
+    assert new_store.rejects()["reason"].to_list() == ["no code: nothing says what is ordered"]
+    diets = timeline(new_store, "example").filter(pl.col("domain") == "order")
+    assert sorted(diets["code"].to_list()) == [
+        "SNOMED/226208002",
+        "SNOMED/386619000",
+        "SNOMED/443051000124104",
+    ]
+    assert set(diets["time"].to_list()) == {datetime(2014, 9, 17)}
+    assert set(diets["text_value"].to_list()) == {"intent=order;status=active"}
+    pump = timeline(new_store, "dicom").row(0, named=True)
+    assert (pump["code"], pump["domain"]) == ("LOINC/43148-6", "order")
+    assert pump["time"] == datetime(2013, 5, 8, 2, 33, 27)  # authored at 09:33:27+07:00

@@ -370,6 +370,8 @@ class _FhirMapper:
             "Goal": self._goal,
             "ServiceRequest": self._service_request,
             "SupplyDelivery": self._supply,
+            "DeviceRequest": self._device_request,
+            "NutritionOrder": self._nutrition_order,
             "Flag": self._flag,
         }
 
@@ -443,7 +445,8 @@ class _FhirMapper:
         from this batch on, and any version stored earlier is withdrawn. A conditional delete
         names no resource and a Patient's deletion is an erasure: both are rejected."""
         found = _DELETED_URL.search(url) if isinstance(url, str) else None
-        rtype = found.group(1) if found else "unknown"
+        named = re.match(r"(?:.*/)?([A-Z][A-Za-z]+)\?", url) if isinstance(url, str) else None
+        rtype = found.group(1) if found else named.group(1) if named else "unknown"
         if found is None or "?" in url:
             self._reject(
                 f"fhir/{rtype}", path, where, f"DELETE {url!r} names no resource: not applied"
@@ -1872,28 +1875,58 @@ class _FhirMapper:
         )
 
     def _service_request(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
-        """An order or referral (a test, a procedure, physiotherapy): when it was placed (else
-        when it is to be done; undated if neither is given), to be done by its occurrence
-        period's end, with its intent and status as ``key=value`` text (an order to *not* do a
-        thing says ``do_not_perform=true``). It is not the act: the act comes as its own
-        record."""
+        """An order or referral (a test, a procedure, physiotherapy): see :meth:`_order`."""
+        self._order(res, fullurls, [res.get("code")], "authoredOn")
+
+    def _device_request(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """An order for a device (an insulin pump, a lens), coded by itself or by the Device it
+        names: see :meth:`_order`."""
+        reference = (res.get("codeReference") or {}).get("reference")
+        named = (
+            _referenced(self.devices, reference, "Device") if isinstance(reference, str) else None
+        )
+        self._order(res, fullurls, [named or res.get("codeCodeableConcept")], "authoredOn")
+
+    def _nutrition_order(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A diet, supplement or tube feeding ordered (a cardiac diet, a protein supplement):
+        each diet type, supplement and formula an order of its own (see :meth:`_order`)."""
+        diet = res.get("oralDiet") if isinstance(res.get("oralDiet"), dict) else {}
+        formula = res.get("enteralFormula") if isinstance(res.get("enteralFormula"), dict) else {}
+        concepts = [
+            *_objects(diet.get("type")),
+            *(s.get("type") for s in _objects(res.get("supplement"))),
+            formula.get("baseFormulaType"),
+        ]
+        self._order(res, fullurls, [c for c in concepts if c], "dateTime")
+
+    def _order(self, res: dict, fullurls: dict[str, str], concepts: list, placed: str) -> None:
+        """Orders and referrals: each of ``concepts`` (a code, or a CodeableConcept) an ``order``
+        event, placed when ``placed`` says (else when the act is to be done; undated if neither
+        is given), due by the occurrence period's end, with the order's intent and status as
+        ``key=value`` text (an order to *not* do a thing says ``do_not_perform=true``). An order
+        is not its act, which comes as its own record."""
         subject = self._subject(res, fullurls)
+        codes = [c if isinstance(c, str) else self._code(c, ("SNOMED", "LOINC")) for c in concepts]
+        if not any(codes):
+            raise FhirError("no code: nothing says what is ordered")
         _, until = self._period(res, "occurrencePeriod")
         start, _ = self._timed(
-            res, "authoredOn", "occurrenceDateTime", "occurrencePeriod", required=False
+            res, placed, "occurrenceDateTime", "occurrencePeriod", required=False
         )
         facts = [f"intent={res.get('intent')}", f"status={res.get('status')}"]
         if res.get("doNotPerform") is True:
             facts.append("do_not_perform=true")
-        self._emit(
-            res,
-            subject,
-            code=self._code(res.get("code"), ("SNOMED", "LOINC")),
-            domain="order",
-            time=start,
-            end=until if until is not None and (start is None or until >= start) else None,
-            text=";".join(facts),
-        )
+        for i, code in enumerate(codes):
+            self._emit(
+                res,
+                subject,
+                code=code,
+                domain="order",
+                time=start,
+                end=until if until is not None and (start is None or until >= start) else None,
+                part=f"#item[{i}]" if len(codes) > 1 else "",
+                text=";".join(facts),
+            )
 
     def _flag(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         """An alert about the patient (immunocompromised, a fall risk, a violent dog at home)
@@ -2174,7 +2207,7 @@ _DELETED_URL = re.compile(
 #: components, a combination drug's ingredients...): a DELETE withdraws each.
 _INDEXED_PARTS = tuple(
     f"#{name}[{i}]"
-    for name in ("component", "ingredient", "condition", "prediction")
+    for name in ("component", "ingredient", "condition", "prediction", "item")
     for i in range(64)
 )
 #: Statuses saying a resource is not a fact of the patient's record, and why it is kept out.
