@@ -434,3 +434,56 @@ def test_problems_no_longer_active_are_the_past_problems_latest_first(tmp_path):
         ("OMOP/80502", "2007-01-01T00:00:00", "2007-01-01T00:00:00", 1),
     ]
     assert twin.to_dict()["past_problems"] == twin.past_problems
+
+
+def test_a_value_outside_its_reference_interval_is_said_so_for_the_patients_sex():
+    """Reference intervals are adult ones, by sex where they differ (a haemoglobin of 12.5 g/dL
+    is anaemia in a man, not in a woman); a bound may be open (an LDL has no lower one); a
+    plausible value may still be abnormal; a mapping file puts a laboratory's own in."""
+    catalogue = load_catalogue()
+    haemoglobin = catalogue["haemoglobin"]
+    assert haemoglobin.out_of_range(12.5, "male") == "low"
+    assert haemoglobin.out_of_range(12.5, "female") is None
+    assert haemoglobin.normal_range(None) is None  # it differs by sex, and the sex is unknown
+    assert (
+        catalogue["ldl"].out_of_range(0.5) is None and catalogue["ldl"].out_of_range(4.1) == "high"
+    )
+    assert (
+        catalogue["potassium"].plausible(6.1) and catalogue["potassium"].out_of_range(6.1) == "high"
+    )
+    assert catalogue["egfr"].out_of_range(45.0) == "low"
+    assert catalogue["weight"].normal_range("male") is None
+
+
+def test_a_mapping_file_gives_a_laboratorys_reference_intervals(tmp_path):
+    path = tmp_path / "mapping.json"
+    path.write_text(json.dumps({"potassium": {"normal": {"any": [3.6, 5.3]}}}))
+    assert load_catalogue(path)["potassium"].out_of_range(5.2) is None
+    path.write_text(json.dumps({"potassium": {"normal": {"any": [3.6]}}}))
+    with pytest.raises(ValueError, match="potassium.*normal must map any, female or male"):
+        load_catalogue(path)
+
+
+def test_a_twin_flags_abnormal_last_values_and_its_diff_says_when_one_turns(synthea_store):
+    store, _ = synthea_store
+    twins = {}
+    for subject in store.subjects().tolist():
+        try:
+            twin = store.twin(subject, datetime(2019, 1, 1))
+        except KeyError:  # born later
+            continue
+        for name, state in twin.to_dict()["variables"].items():
+            variable = twin.population.catalogue[name]
+            assert state["out_of_range"] == variable.out_of_range(state["last_value"], twin.sex)
+            assert state["normal_range"] == (
+                list(variable.normal_range(twin.sex)) if variable.normal_range(twin.sex) else None
+            )
+        twins[subject] = twin
+    flagged = [(s, n) for s, t in twins.items() for n, v in t.variables.items() if v.out_of_range]
+    assert len(flagged) >= 3  # Synthea's adults: overweight BMIs, high cholesterols...
+    subject, name = flagged[0]
+    earlier = twins[subject].to_dict()
+    earlier["variables"][name]["out_of_range"] = None  # as if it had been normal before
+    change = twins[subject].diff(earlier)["normal_range_changes"]
+    assert change[name]["before"] is None and change[name]["after"] in ("low", "high")
+    assert twins[subject].diff(twins[subject])["normal_range_changes"] == {}

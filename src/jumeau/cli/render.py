@@ -71,6 +71,21 @@ def report_table(report: IngestReport) -> None:
         )
 
 
+def _normal(variable: dict) -> str:
+    """A variable's reference interval, and where its last value stands against it."""
+    bounds = variable.get("normal_range")
+    if not bounds:
+        return ""
+    low, high = bounds
+    text = (
+        f"{low:g}-{high:g}"
+        if low is not None and high is not None
+        else (f">= {low:g}" if low is not None else f"<= {high:g}")
+    )
+    flag = variable.get("out_of_range")
+    return f"{text} [bold red]{flag}[/bold red]" if flag else text
+
+
 def _listed(item: dict) -> str:
     """A twin's list item as a clinician reads it: an order to *not* do a thing says so."""
     name = item.get("description") or item["code"]
@@ -186,6 +201,7 @@ def twin_summary(twin: dict) -> None:
     for col in (
         "variable",
         "last value",
+        "normal range",
         "age (days)",
         "estimate",
         "95% interval",
@@ -198,6 +214,7 @@ def twin_summary(twin: dict) -> None:
         table.add_row(
             name,
             escape(f"{v['last_value']:.4g} {v['unit']}") if v["last_value"] is not None else "",
+            _normal(v),
             f"{v['age_days']:g}" if v["age_days"] is not None else "",
             f"{v['estimate']:.4g}",
             f"{low:.4g} - {high:.4g}",

@@ -40,6 +40,7 @@ from jumeau.twin.variables import (
     SMOKING_VALUES,
     Variable,
     code_index,
+    outside,
 )
 
 if TYPE_CHECKING:
@@ -117,6 +118,13 @@ class VariableState:
     bounds: tuple[float, float] = (-np.inf, np.inf)
     #: values recorded without a unit and read in another unit than the canonical one
     units_inferred: int = 0
+    #: the reference interval for this patient (see :meth:`Variable.normal_range`)
+    normal: tuple[float | None, float | None] | None = None
+
+    @property
+    def out_of_range(self) -> str | None:
+        """``low`` or ``high`` when the last value is outside the reference interval."""
+        return outside(self.last_value, self.normal)
 
     def to_dict(self, as_of: datetime) -> dict:
         return {
@@ -136,6 +144,8 @@ class VariableState:
             "n_observations": self.estimate.n_observations,
             "flagged": self.flagged,
             "units_inferred": self.units_inferred,
+            "normal_range": list(self.normal) if self.normal else None,
+            "out_of_range": self.out_of_range,
         }
 
 
@@ -337,7 +347,7 @@ class Twin:
         """What changed since an earlier twin of the same subject.
 
         New and resolved problems, started and stopped medications, new and ended care goals
-        and alerts,
+        and alerts, variables whose last value left or came back within its reference interval,
         observations that fell outside the earlier twin's 95% predictive interval, and risk
         scores that moved.
         """
@@ -351,6 +361,22 @@ class Twin:
         goals_after = {g["code"] for g in after["goals"]}
         alerts_before = {a["code"] for a in before.get("alerts", [])}
         alerts_after = {a["code"] for a in after["alerts"]}
+        abnormal = {}
+        for name, state in after["variables"].items():
+            earlier = before["variables"].get(name, {})
+            was = earlier.get("out_of_range")
+            # a snapshot of an older twin says nothing of ranges: no change to report
+            if (
+                "out_of_range" in earlier
+                and state["out_of_range"] != was
+                or (not earlier and state["out_of_range"])
+            ):
+                abnormal[name] = {
+                    "before": was,
+                    "after": state["out_of_range"],
+                    "value": state["last_value"],
+                    "normal_range": state["normal_range"],
+                }
         surprises = []
         if isinstance(previous, Twin):
             for name, state in self.variables.items():
@@ -392,6 +418,7 @@ class Twin:
             "new_alerts": sorted(alerts_after - alerts_before),
             "ended_alerts": sorted(alerts_before - alerts_after),
             "outside_predicted_interval": surprises,
+            "normal_range_changes": abnormal,
             "risk_changes": risk_changes,
         }
 
@@ -433,16 +460,17 @@ def build_twin(
     demographic = by_domain.get("demographic", [])
     sexes = [SEX_CODES[r["code"]] for r in demographic if r["code"] in SEX_CODES]
     birth = next((r["time"] for r in rows if r["code"] == BIRTH_CODE), None)
+    sex = sexes[-1] if sexes else None
     twin = Twin(
         subject_id=subject_id,
         as_of=as_of,
         known_at=known_at,
         birth=birth,
-        sex=sexes[-1] if sexes else None,
+        sex=sex,
         deceased=next(
             (r["time"] for r in rows if r["code"] == DEATH_CODE and r["time"] is not None), None
         ),
-        variables=_variable_states(rows, population, as_of, birth, ancestors),
+        variables=_variable_states(rows, population, as_of, birth, ancestors, sex),
         smoking_status=_smoking(rows, ancestors),
         problems=[],
         medications=[],
@@ -793,6 +821,7 @@ def _variable_states(
     as_of: datetime,
     birth: datetime | None,
     ancestors: dict[str, tuple[str, ...]],
+    sex: str | None = None,
 ) -> dict[str, VariableState]:
     states = {}
     at = day_number(as_of)
@@ -825,5 +854,6 @@ def _variable_states(
             flagged,
             (population.catalogue[name].low, population.catalogue[name].high),
             inferred,
+            population.catalogue[name].normal_range(sex),
         )
     return states

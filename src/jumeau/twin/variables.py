@@ -44,6 +44,19 @@ class Variable:
     drift_sd_per_year: float = 1.0
     prior_mean: float = 0.0
     prior_sd: float = 1.0
+    #: the adult reference interval (lower, upper; either may be None), by sex (``female``,
+    #: ``male``) where it differs, else under ``any``: a value outside it is abnormal, not
+    #: implausible
+    normal: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def normal_range(self, sex: str | None = None) -> tuple[float | None, float | None] | None:
+        """The reference interval for a patient of ``sex`` (None where none is known: a range
+        that differs by sex, for a patient whose sex is not recorded)."""
+        return self.normal.get(sex or "") or self.normal.get("any")
+
+    def out_of_range(self, value: float | None, sex: str | None = None) -> str | None:
+        """``low`` or ``high`` for a value outside the reference interval, else None."""
+        return outside(value, self.normal_range(sex))
 
     def converter(self, unit: str | None) -> Convert | None:
         """The function giving the canonical unit from ``unit`` (None when it is unknown)."""
@@ -104,6 +117,18 @@ class Variable:
         inferred = np.zeros(len(values), dtype=bool)
         inferred[todo[one]] = True
         return out, inferred
+
+
+def outside(value: float | None, bounds: tuple[float | None, float | None] | None) -> str | None:
+    """``low`` or ``high`` for a value below or above ``bounds`` (either may be None), else None."""
+    if value is None or bounds is None:
+        return None
+    low, high = bounds
+    if low is not None and value < low:
+        return "low"
+    if high is not None and value > high:
+        return "high"
+    return None
 
 
 def _same(value):
@@ -495,7 +520,39 @@ CATALOGUE: dict[str, Variable] = {
     )
 }
 
-#: Smoking status (LOINC 72166-2 and SNOMED findings) mapped to current / former / never.
+#: Adult reference intervals in each variable's canonical unit, by sex where they differ. Vital
+#: signs: ESC/ESH 2018 (office hypertension from 140/90 mmHg), WHO's BMI classes, usual
+#: clinical bounds; lipids: ESC/EAS 2019 (LDL below 3.0 mmol/L for people at low risk,
+#: triglycerides below 1.7, HDL from 1.0 in men and 1.2 in women); glycaemia: ADA (HbA1c from
+#: 5.7% is prediabetes; 7.8 mmol/L, 140 mg/dL, the upper bound of a glucose not known to be
+#: fasting); kidney: KDIGO 2012 (an eGFR under 60); anaemia: WHO 2011 (13 g/dL in men, 12 in
+#: women); creatinine: Mayo Clinic Laboratories' adult intervals; QTc: ESC 2015 (prolonged
+#: above 450 ms in men, 460 in women); LVEF: ESC 2021 (reduced under 50%). Override them in a
+#: mapping file (``"normal": {"any": [low, high]}``) with your laboratory's own.
+NORMAL_RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "sbp": {"any": (90, 139)},
+    "dbp": {"any": (60, 89)},
+    "heart_rate": {"any": (60, 100)},
+    "bmi": {"any": (18.5, 24.9)},
+    "temperature": {"any": (36.0, 37.9)},
+    "spo2": {"any": (95, None)},
+    "respiratory_rate": {"any": (12, 20)},
+    "glucose": {"any": (3.9, 7.8)},
+    "hba1c": {"any": (None, 5.6)},
+    "total_cholesterol": {"any": (None, 5.2)},
+    "ldl": {"any": (None, 3.0)},
+    "hdl": {"female": (1.2, None), "male": (1.0, None)},
+    "triglycerides": {"any": (None, 1.7)},
+    "creatinine": {"female": (52, 92), "male": (65, 119)},
+    "egfr": {"any": (60, None)},
+    "potassium": {"any": (3.5, 5.0)},
+    "sodium": {"any": (135, 145)},
+    "haemoglobin": {"female": (12.0, 15.5), "male": (13.0, 17.5)},
+    "qtc": {"female": (None, 460), "male": (None, 450)},
+    "lvef": {"any": (50, None)},
+}
+CATALOGUE = {name: replace(v, normal=NORMAL_RANGES.get(name, {})) for name, v in CATALOGUE.items()}
+
 #: Sex as the connectors write it (``Gender/F``), as the MEDS ETLs do (``GENDER//F``) and in SNOMED.
 SEX_CODES: dict[str, str] = {
     "Gender/F": "female",
@@ -505,6 +562,7 @@ SEX_CODES: dict[str, str] = {
     "SNOMED/248152002": "female",
     "SNOMED/248153007": "male",
 }
+#: Smoking status (LOINC 72166-2 and SNOMED findings) mapped to current / former / never.
 SMOKING_STATUS_CODES = frozenset({"LOINC/72166-2"})
 SMOKING_VALUES: dict[str, str] = {
     "SNOMED/449868002": "current",
@@ -523,8 +581,10 @@ def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
     """The built-in catalogue, extended by a user JSON file.
 
     The file maps variable names to objects with any of ``label``, ``unit``, ``codes`` (added to
-    the built-in ones), ``low``, ``high`` and ``conversions`` as ``{"unit": factor}``; an unknown
-    name defines a new variable (``unit``, ``codes``, ``low`` and ``high`` required).
+    the built-in ones), ``low``, ``high`` (the plausible range), ``normal`` (the reference
+    interval, ``{"any": [low, high]}`` or by ``female`` / ``male``, a bound ``null`` where there
+    is none) and ``conversions`` as ``{"unit": factor}``; an unknown name defines a new variable
+    (``unit``, ``codes``, ``low`` and ``high`` required).
     """
     catalogue = dict(CATALOGUE)
     if path is None:
@@ -538,6 +598,7 @@ def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
         conversions = {
             _unit_key(u): _scale(float(f)) for u, f in entry.get("conversions", {}).items()
         }
+        normal = _normal_ranges(path, name, entry.get("normal"))
         if name in catalogue:
             base = catalogue[name]
             catalogue[name] = replace(
@@ -547,6 +608,7 @@ def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
                 low=entry.get("low", base.low),
                 high=entry.get("high", base.high),
                 conversions={**base.conversions, **conversions},
+                normal=base.normal if normal is None else normal,
             )
             continue
         missing = [k for k in ("unit", "codes", "low", "high") if k not in entry]
@@ -564,8 +626,39 @@ def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
             float(entry.get("drift_sd_per_year", 1.0)),
             float(entry.get("prior_mean", 0.0)),
             float(entry.get("prior_sd", 1.0)),
+            normal or {},
         )
     return catalogue
+
+
+def _normal_ranges(
+    path: Path, name: str, spec: object
+) -> dict[str, tuple[float | None, float | None]] | None:
+    """A mapping file's reference intervals of one variable (None when it gives none)."""
+    if spec is None:
+        return None
+    problem = (
+        f"{path}: {name!r}: normal must map any, female or male to [low, high] (null where "
+        f"there is no bound), not {spec!r}"
+    )
+    if not isinstance(spec, dict) or not set(spec) <= {"any", "female", "male"}:
+        raise ValueError(problem)
+    ranges = {}
+    for sex, bounds in spec.items():
+        if not (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(
+                b is None or (isinstance(b, int | float) and not isinstance(b, bool))
+                for b in bounds
+            )
+        ):
+            raise ValueError(problem)
+        ranges[sex] = (
+            None if bounds[0] is None else float(bounds[0]),
+            None if bounds[1] is None else float(bounds[1]),
+        )
+    return ranges
 
 
 def code_index(
