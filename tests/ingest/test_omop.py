@@ -821,3 +821,48 @@ def test_a_full_refresh_withdraws_the_rows_the_warehouse_deleted_and_nothing_els
     assert store.manifest.batches[-1]["namespace"] == "omop"
     again = ingest_omop(store, folder, full_refresh=True)
     assert (again.events_retracted, again.committed) == (0, False)
+
+
+def test_a_semicolon_separated_export_reads_decimal_commas_and_day_first_dates(tmp_path):
+    """The European convention (a French warehouse's CSV, written by a spreadsheet): fields
+    split by semicolons, numbers with a decimal comma, dates day first. A comma-separated file
+    keeps reading ``7,5`` as no number (``1,500`` is 1500 there) and ``02/01/2021`` as no date."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(
+        "person_id;gender_concept_id;year_of_birth;birth_datetime;race_concept_id;"
+        "ethnicity_concept_id\n1;8532;1950;03/02/1950 08:30;0;0\n"
+    )
+    (folder / "measurement.csv").write_text(
+        "measurement_id;person_id;measurement_concept_id;measurement_date;"
+        "measurement_type_concept_id;value_as_number;unit_concept_id\n"
+        "1;1;3020630;02/01/2021;32817;7,5;8840\n"
+        "2;1;3020630;2021-03-04;32817;12.25;8840\n"
+        "3;1;3020630;2021-03-05;32817;1.234,5;8840\n"
+    )
+    store = jumeau.init(tmp_path / "store")
+    ingest_omop(store, folder)
+    events = store.timeline(store.lookup("omop", "1"))
+    measured = events.filter(pl.col("domain") == "measurement")
+    assert measured.select("time", "numeric_value").rows() == [
+        (dt.datetime(2021, 1, 2), 7.5),
+        (dt.datetime(2021, 3, 4), 12.25),
+    ]
+    birth = events.filter(pl.col("code") == "MEDS_BIRTH")["time"].to_list()
+    assert birth == [dt.datetime(1950, 2, 3, 8, 30)]
+    assert store.rejects()["reason"].to_list() == ["value_as_number '1.234,5' is not a number"]
+
+    comma = tmp_path / "us"
+    comma.mkdir()
+    for name in ("person", "measurement"):
+        text = (folder / f"{name}.csv").read_text().splitlines()
+        rows = [line.replace(";", ",") for line in text[:2]]
+        (comma / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    (comma / "measurement.csv").write_text(
+        (comma / "measurement.csv").read_text().replace(",7,5,", ',"7,5",')
+    )
+    other = jumeau.init(tmp_path / "other")
+    report = ingest_omop(other, comma)
+    assert report.tables["omop/measurement"].rejected == 1
+    (reason,) = other.rejects()["reason"].to_list()
+    assert "is not a date" in reason or "is not a number" in reason

@@ -228,12 +228,17 @@ BUILTIN_CONCEPTS: dict[int, tuple[str, str]] = {
 #: ``2020-01-31 08:00:00``), one with a UTC offset (``2020-01-31T08:00:00+02:00``) taken at
 #: its UTC instant like every stored time (a plain cast would drop the offset). ``off_day``: an
 #: optional datetime more than a day off the required date it belongs to, so a placeholder
-#: (SynPUF's ``1900-01-01``); within a day of it, the gap is a time zone's.
+#: (SynPUF's ``1900-01-01``); within a day of it, the gap is a time zone's. ``jts_day_first``:
+#: ``jts``, or a date written day first (``31/01/2020``), as European exports write them.
 _MACROS = """
 CREATE OR REPLACE MACRO jts(x) AS CASE
     WHEN regexp_matches(CAST(x AS VARCHAR), '[0-9]:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)? ?[+-][0-9]{2}(:?[0-9]{2})?$')
     THEN TRY_CAST(CAST(x AS VARCHAR) AS TIMESTAMPTZ)::TIMESTAMP
     ELSE COALESCE(TRY_CAST(x AS TIMESTAMP), TRY_STRPTIME(CAST(x AS VARCHAR), '%Y%m%d')) END;
+CREATE OR REPLACE MACRO jts_day_first(x) AS COALESCE(
+    jts(x),
+    TRY_STRPTIME(CAST(x AS VARCHAR), ['%d/%m/%Y %H:%M:%S', '%d/%m/%Y %H:%M', '%d/%m/%Y'])
+);
 CREATE OR REPLACE MACRO blank(x) AS (x IS NULL OR trim(CAST(x AS VARCHAR)) = '');
 CREATE OR REPLACE MACRO off_day(moment, day) AS
     date_diff('hour', day, moment) NOT BETWEEN -24 AND 48;
@@ -278,8 +283,11 @@ class _Typed:
     only they can hold a value that does not parse, which then becomes the row's reject reason.
     """
 
-    def __init__(self, types: dict[str, str]) -> None:
+    def __init__(self, types: dict[str, str], *, european: bool = False) -> None:
         self.types = types
+        #: text in the European convention (a semicolon-separated file's): numbers with a
+        #: decimal comma (``7,5``), dates day first (``31/01/2020``)
+        self.european = european
 
     def ref(self, name: str | None) -> str:
         return f'"{name}"' if name and name in self.types else "NULL"
@@ -300,7 +308,7 @@ class _Typed:
         kind = self.types[name].upper()
         if kind.startswith(("DATE", "TIMESTAMP")):
             return f'CAST("{name}" AS TIMESTAMP)'
-        return f'jts("{name}")'
+        return f'{"jts_day_first" if self.european else "jts"}("{name}")'
 
     def moment(self, datetime_name: str | None, date_name: str | None) -> str:
         """A record's datetime, or its date where it has none or where the datetime is a
@@ -326,6 +334,11 @@ class _Typed:
     def number(self, name: str | None) -> str:
         if not name or name not in self.types:
             return "NULL::DOUBLE"
+        if self.european and self._is_text(name):  # 7,5 is 7.5; 1.234,5 stays unread
+            return (
+                f'TRY_CAST(CASE WHEN contains("{name}", \'.\') THEN "{name}" '
+                f"ELSE replace(\"{name}\", ',', '.') END AS DOUBLE)"
+            )
         return f'TRY_CAST("{name}" AS DOUBLE)'
 
     def _bad(self, name: str | None, parsed: str, what: str) -> str:
@@ -753,7 +766,7 @@ class _OmopMapper:
                     COALESCE(TRY_CAST({c("day_of_birth")} AS INTEGER), 1) AS d,
                     TRY_CAST({c("month_of_birth")} AS INTEGER) IS NOT NULL
                         AND TRY_CAST({c("day_of_birth")} AS INTEGER) IS NOT NULL AS has_day,
-                    jts({c("birth_datetime")}) AS birth_dt,
+                    {"jts_day_first" if "person" in self.tables.european else "jts"}({c("birth_datetime")}) AS birth_dt,
                     year_of_birth AS y_raw,
                     TRY_CAST({c("gender_concept_id")} AS BIGINT) AS gender,
                     TRY_CAST({c("race_concept_id")} AS BIGINT) AS race,
@@ -846,7 +859,7 @@ class _OmopMapper:
             required.append(spec.start_date or spec.start_datetime or "")
         if self._missing(table, cols, sorted(set(required))):
             return
-        x = _Typed(types)
+        x = _Typed(types, european=table in self.tables.european)
         rel = self.tables.relations[table]
         id_col = spec.id or "person_id"
         self._find_shared_ids(rel, id_col, types[id_col])

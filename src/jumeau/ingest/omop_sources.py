@@ -55,6 +55,9 @@ class OmopTables:
     #: Per table whose column names were loaded as a data row (see :func:`read_header_row`),
     #: that row's number: it is no record, and is rejected as such.
     header_rows: dict[str, int] = field(default_factory=dict)
+    #: Tables read from semicolon-separated files, the European convention: numbers with a
+    #: decimal comma (``7,5``), dates day first (``31/01/2020``).
+    european: set[str] = field(default_factory=set)
 
     def numbered(self, table: str) -> str:
         """The table with its source row number as ``_row``."""
@@ -124,34 +127,39 @@ def _numbered_parquet(files: list[Path]) -> str:
     return "(" + " UNION ALL BY NAME ".join(parts) + ")"
 
 
-def _folder_relation(path: Path, con: duckdb.DuckDBPyConnection) -> tuple[str, str | None] | None:
-    """A DuckDB reader for one table stored as a file or a folder of part files, and, for
-    Parquet, the same read with each row's number (see :meth:`OmopTables.numbered`)."""
+def _folder_relation(
+    path: Path, con: duckdb.DuckDBPyConnection
+) -> tuple[str, str | None, bool] | None:
+    """A DuckDB reader for one table stored as a file or a folder of part files; for Parquet,
+    the same read with each row's number (see :meth:`OmopTables.numbered`); and whether it is
+    written in the European convention (see :attr:`OmopTables.european`)."""
     name = path.name.lower()
     if path.is_dir():
         parquet = sorted(path.glob("*.parquet"))
         csv = sorted([*path.glob("*.csv"), *path.glob("*.csv.gz")])
         if parquet:
             relation = f"read_parquet({[str(p) for p in parquet]!r}, union_by_name=true)"
-            return relation, _numbered_parquet(parquet)
+            return relation, _numbered_parquet(parquet), False
         if csv:
-            return _csv_reader(con, [str(p) for p in csv]), None
+            return *_csv_reader(con, [str(p) for p in csv]), None
         return None
     if name.endswith(".parquet"):  # the footer read doubles as the check that it is Parquet
-        return f"read_parquet({sql_string(path)})", _numbered_parquet([path])
+        return f"read_parquet({sql_string(path)})", _numbered_parquet([path]), False
     if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-        return _csv_reader(con, [str(path)], tab_separated=name.endswith(".tsv")), None
+        relation, european = _csv_reader(con, [str(path)], tab_separated=name.endswith(".tsv"))
+        return relation, None, european
     return None
 
 
 def _csv_reader(
     con: duckdb.DuckDBPyConnection, files: list[str], *, tab_separated: bool = False
-) -> str:
+) -> tuple[str, bool]:
     """A DuckDB reader of CSV part files as text columns, forgiving of a malformed row (an
     unclosed quote, a missing or extra field: the row's values then fail their own checks
     and it is rejected with its reason) instead of failing the whole table. A file the sniffer
     finds unquoted is read without quotes: Athena's tab-separated vocabulary writes names such
-    as ``"Lf" units`` as they are."""
+    as ``"Lf" units`` as they are. Also says whether the files are semicolon-separated (the
+    European convention: decimal commas, dates day first)."""
     listed = "[" + ", ".join(sql_string(f) for f in files) + "]"
     opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true"
     if len(files) > 1:
@@ -161,7 +169,7 @@ def _csv_reader(
         opts += ", delim='\\t'"
         if quote == "(empty)":
             opts += ", quote=''"
-    return f"read_csv({listed}, {opts})"
+    return f"read_csv({listed}, {opts})", delimiter == ";"
 
 
 def _sniffed(con: duckdb.DuckDBPyConnection, path: str) -> tuple[str | None, str | None]:
@@ -195,10 +203,12 @@ def from_folder(folder: Path, con: duckdb.DuckDBPyConnection) -> OmopTables:
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
             raise OmopSourceError(f"{child}: unreadable ({exc})") from exc
         if found:
-            tables.relations[table], numbered = found
+            tables.relations[table], numbered, european = found
             tables.files[table] = str(child)
             if numbered:
                 tables.numbered_relations[table] = numbered
+            if european:
+                tables.european.add(table)
     return tables
 
 
