@@ -1189,3 +1189,35 @@ def test_sex_at_birth_and_preferred_language_are_demographic_facts(synthea_store
         }
         checked += bool(birth_sex) and bool(languages)
     assert checked >= 3
+
+
+def test_a_bulk_export_is_checked_against_its_manifest(tmp_path, new_store):
+    """The Bulk Data status response saved beside the files (``manifest.json``) lists what the
+    export holds: it is no resource to reject, and a file it lists that the download lacks, or
+    holds with fewer resources, is said."""
+    export = tmp_path / "export"
+    export.mkdir()
+    patients = [{"resourceType": "Patient", "id": f"b{i}", "gender": "female"} for i in range(2)]
+    write_ndjson(export / "Patient.ndjson", patients)
+    write_ndjson(export / "Observation.ndjson", [json.loads(_heart_rate(i)) for i in range(3)])
+    base = "https://ehr.example.org/fhir/bulk/42"
+    manifest = {
+        "transactionTime": "2026-11-30T02:00:00Z",
+        "request": "https://ehr.example.org/fhir/Group/7/$export",
+        "requiresAccessToken": True,
+        "output": [
+            {"type": "Patient", "url": f"{base}/Patient.ndjson", "count": 2},
+            {"type": "Observation", "url": f"{base}/Observation.ndjson?part=1", "count": 4},
+            {"type": "Condition", "url": f"{base}/Condition.ndjson", "count": 1},
+        ],
+        "error": [{"type": "OperationOutcome", "url": f"{base}/errors.ndjson"}],
+    }
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    report = ingest_fhir(new_store, export)
+    assert report.committed and report.rejects_written == 0
+    warnings = " | ".join(report.warnings)
+    assert "Observation.ndjson: 3 lines read where the export's manifest" in warnings
+    assert "lists 4 Observation resources" in warnings
+    assert "Condition.ndjson (Condition, 1 resources), which this source lacks" in warnings
+    assert "1 error file(s)" in warnings
+    assert "Patient.ndjson" not in warnings

@@ -13,8 +13,9 @@ import gzip
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import orjson
@@ -271,6 +272,7 @@ def ingest_fhir(
                 progress(path.name)
             mapper.read_file(path)
         mapper.flush()
+        mapper.check_manifests()
         writer.add_codes(
             pa.table({"code": list(mapper.displays), "description": list(mapper.displays.values())})
         )
@@ -300,6 +302,11 @@ class _FhirMapper:
         self.deleted: set[str] = set()
         #: (subject pseudonym or None, source, record key) of stored records the source withdrew.
         self.withdrawn: dict[str, list] = {n: [] for n in RETRACTION_SCHEMA.names}
+        #: Bulk Data export manifests (the status response listing the export's files) read,
+        #: and the resource lines read from each NDJSON file, by file name: a file the
+        #: manifest lists and the source lacks, or holds cut short, is said.
+        self.bulk_manifests: list[tuple[Path, dict]] = []
+        self.lines_read: dict[str, int] = {}
         #: Display texts of the codes seen, kept as their descriptions.
         self.displays: dict[str, str] = {}
         #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
@@ -393,6 +400,9 @@ class _FhirMapper:
                 "fhir/file", path, "whole file", f"invalid JSON (truncated or malformed): {exc}"
             )
             return
+        if _is_bulk_manifest(doc):  # the export's own list of its files, checked at the end
+            self.bulk_manifests.append((path, doc))
+            return
         if not isinstance(doc, dict) or "resourceType" not in doc:
             self._reject("fhir/file", path, "whole file", "not a FHIR resource (no resourceType)")
             return
@@ -439,6 +449,31 @@ class _FhirMapper:
                 self._bundle(res, path, f"{where}entry {i} / ", fullurls)
             else:
                 self._resource(res, path, f"{where}entry {i}", fullurls, history=history)
+
+    def check_manifests(self) -> None:
+        """Warn of every file a Bulk Data manifest lists that the source lacks or holds with
+        fewer (or more) resources than listed: an export downloaded in part."""
+        for path, manifest in self.bulk_manifests:
+            for entry in _objects(manifest.get("output")):
+                name = PurePosixPath(urlparse(str(entry.get("url", ""))).path).name
+                kind, count = entry.get("type", "resources"), entry.get("count")
+                if name not in self.lines_read:
+                    self.report.warnings.append(
+                        f"{path.name}: the export lists {name} ({kind}"
+                        + (f", {count:,} resources" if isinstance(count, int) else "")
+                        + "), which this source lacks: the export is incomplete"
+                    )
+                elif isinstance(count, int) and count != self.lines_read[name]:
+                    self.report.warnings.append(
+                        f"{name}: {self.lines_read[name]:,} lines read where the export's "
+                        f"manifest ({path.name}) lists {count:,} {kind} resources"
+                    )
+            errors = [e for e in _objects(manifest.get("error")) if e.get("url")]
+            if errors:
+                self.report.warnings.append(
+                    f"{path.name}: the export reports {len(errors)} error file(s) "
+                    "(OperationOutcome): some resources may not have been exported"
+                )
 
     def _delete(self, url: object, path: Path, where: str) -> None:
         """A DELETE entry (a transaction's, a history's): the resource it names is not stored
@@ -770,8 +805,11 @@ class _FhirMapper:
         """Map an NDJSON file line by line: a bad line is rejected with its number, a file cut
         short keeps the lines read before the cut."""
         line_no = 0
+        lines = self.lines_read.setdefault(path.name, 0)
         try:
             for line_no, line in _ndjson_lines(path):
+                lines += 1
+                self.lines_read[path.name] = lines
                 try:
                     resource = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
@@ -2177,6 +2215,16 @@ def _ended(res: dict, start: int | None, end: int | None) -> int | None:
     ):
         return end
     return _last_changed(res, start)
+
+
+def _is_bulk_manifest(doc: object) -> bool:
+    """Whether a JSON document is a Bulk Data export's manifest (its status response)."""
+    return (
+        isinstance(doc, dict)
+        and "resourceType" not in doc
+        and isinstance(doc.get("output"), list)
+        and "transactionTime" in doc
+    )
 
 
 def _preferred_language(communication: Any) -> str | None:
