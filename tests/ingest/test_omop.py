@@ -800,17 +800,24 @@ def test_a_full_refresh_withdraws_the_rows_the_warehouse_deleted_and_nothing_els
 
     path = folder / "condition_occurrence.csv"
     lines = path.read_text().splitlines()
+    header = lines[0].lower().split(",")
+    corrected = lines[3].split(",")  # a third row, corrected the next night
+    start = header.index("condition_start_date")
+    corrected[start] = (dt.date.fromisoformat(corrected[start]) - dt.timedelta(days=1)).isoformat()
+    if "condition_start_datetime" in header:
+        corrected[header.index("condition_start_datetime")] = ""
     path.write_text("\n".join([lines[0], *lines[3:]]) + "\n")
     (folder / "drug_exposure.csv").unlink()
     plain = ingest_omop(store, folder)
     assert (plain.events_written, plain.events_retracted, plain.committed) == (0, 0, False)
 
+    path.write_text("\n".join([lines[0], ",".join(corrected), *lines[4:]]) + "\n")
     refresh = ingest_omop(store, folder, full_refresh=True)
-    assert refresh.committed and refresh.events_retracted == 2
+    assert refresh.committed and (refresh.events_amended, refresh.events_retracted) == (1, 2)
     after = store.stats()["events_by_source"]
     assert after["omop/condition_occurrence"] == by_source["omop/condition_occurrence"] - 2
     assert after["omop/drug_exposure"] == by_source["omop/drug_exposure"]  # not in the snapshot
-    column = lines[0].lower().split(",").index("person_id")
+    column = header.index("person_id")
     deleted = Counter(line.split(",")[column] for line in lines[1:3])
     for site, withdrawn in (("omop", deleted), ("site-b", Counter())):  # the other site's stay
         for person in deleted:

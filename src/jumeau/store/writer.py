@@ -414,7 +414,8 @@ class BatchWriter:
                 "store as it was before this batch still shows them)"
             )
         if parts:
-            table = pa.concat_tables(parts).sort_by("subject_id")
+            table = pa.concat_tables([p.cast(RETRACTION_SCHEMA) for p in parts])
+            table = table.sort_by("subject_id")
             pq.write_table(table, self.dir / layout.SUPERSEDED_FILE)
 
     def _stored_retractions(self, con: duckdb.DuckDBPyConnection) -> pa.Table | None:
