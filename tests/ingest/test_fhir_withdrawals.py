@@ -139,7 +139,7 @@ def test_a_transaction_delete_withdraws_what_an_earlier_batch_stored(tmp_path, n
     subject = new_store.lookup("fhir", "w1")
     entries = [
         {"request": {"method": "DELETE", "url": "https://ehr.example.org/fhir/Observation/bp1"}},
-        {"request": {"method": "DELETE", "url": "Observation?code=http://loinc.org|2339-0"}},
+        {"request": {"method": "DELETE", "url": "Observation?subject=Patient/w1"}},
         {"request": {"method": "DELETE", "url": "Patient/w1"}},
         {"request": {"method": "DELETE", "url": "Observation/never-stored"}},
     ]
@@ -152,6 +152,8 @@ def test_a_transaction_delete_withdraws_what_an_earlier_batch_stored(tmp_path, n
         and "not applied" in reasons["entry 1"]
     )
     assert "jumeau forget" in reasons["entry 2"]
+    sources = dict(new_store.rejects().select("record", "source").iter_rows())
+    assert (sources["entry 1"], sources["entry 2"]) == ("fhir/Observation", "fhir/Patient")
     assert new_store.lookup("fhir", "w1") == subject  # the patient is still there
 
 

@@ -479,14 +479,18 @@ class _FhirMapper:
         """A DELETE entry (a transaction's, a history's): the resource it names is not stored
         from this batch on, and any version stored earlier is withdrawn. A conditional delete
         names no resource and a Patient's deletion is an erasure: both are rejected."""
-        found = _DELETED_URL.search(url) if isinstance(url, str) else None
-        named = re.match(r"(?:.*/)?([A-Z][A-Za-z]+)\?", url) if isinstance(url, str) else None
-        rtype = found.group(1) if found else named.group(1) if named else "unknown"
-        if found is None or "?" in url:
+        text = url if isinstance(url, str) else ""
+        found = _DELETED_URL.search(text) if "?" not in text else None
+        if found is None:  # a conditional delete (Observation?code=...) or no URL at all
+            named = re.match(r"(?:[^?]*/)?([A-Z][A-Za-z]+)\?", text)
             self._reject(
-                f"fhir/{rtype}", path, where, f"DELETE {url!r} names no resource: not applied"
+                f"fhir/{named.group(1) if named else 'unknown'}",
+                path,
+                where,
+                f"DELETE {url!r} names no resource: not applied",
             )
             return
+        rtype = found.group(1)
         if rtype == "Patient":
             self._reject(
                 "fhir/Patient",
@@ -2248,9 +2252,7 @@ def _last_changed(res: dict, start: int | None) -> int | None:
 
 
 #: The type and id a DELETE entry's URL names (relative or absolute, a version or not).
-_DELETED_URL = re.compile(
-    r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/?]+)?/?(?:\?.*)?$"
-)
+_DELETED_URL = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
 #: The parts a record's events may carry beside the record itself (a blood pressure's
 #: components, a combination drug's ingredients...): a DELETE withdraws each.
 _INDEXED_PARTS = tuple(
