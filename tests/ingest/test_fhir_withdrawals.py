@@ -148,7 +148,7 @@ def test_a_transaction_delete_withdraws_what_an_earlier_batch_stored(tmp_path, n
     assert codes_and_values(new_store, subject) == [("LOINC/2339-0", 99.0)]
     reasons = dict(new_store.rejects().select("record", "reason").iter_rows())
     assert (
-        reasons["entry 1"].startswith("DELETE 'Observation?code=")
+        reasons["entry 1"].startswith("DELETE 'Observation?subject=")
         and "not applied" in reasons["entry 1"]
     )
     assert "jumeau forget" in reasons["entry 2"]
