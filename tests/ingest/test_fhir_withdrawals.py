@@ -8,6 +8,9 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import polars as pl
+
+from jumeau.export.meds import export_meds
 from jumeau.ingest.fhir import ingest_fhir
 from jumeau.twin.registry import TwinRegistry
 
@@ -90,6 +93,10 @@ def test_a_result_later_entered_in_error_leaves_the_store_and_the_twin(tmp_path,
     assert codes_and_values(new_store, subject) == [("LOINC/2339-0", 99.0)]
     assert "sbp" not in new_store.twin(subject, as_of).variables
     assert new_store.stats()["amended_records"] == 2
+    export_meds(new_store, tmp_path / "meds")  # what the ML ecosystem gets: the same
+    exported = pl.read_parquet(tmp_path / "meds" / "data" / "**" / "*.parquet")
+    assert "LOINC/8480-6" not in exported["code"].to_list()
+    assert "LOINC/2339-0" in exported["code"].to_list()
     update = registry.update()
     assert update["rebuilt"] == 1 and "sbp" not in registry.snapshot(subject)["variables"]
 
