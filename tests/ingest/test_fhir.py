@@ -1221,3 +1221,55 @@ def test_a_bulk_export_is_checked_against_its_manifest(tmp_path, new_store):
     assert "Condition.ndjson (Condition, 1 resources), which this source lacks" in warnings
     assert "1 error file(s)" in warnings
     assert "Patient.ndjson" not in warnings
+
+
+def test_a_patient_merged_into_another_gives_it_its_records(tmp_path, new_store):
+    """A master patient index merged a duplicate record (``link`` replaced-by): the records
+    naming the duplicate are the surviving patient's, the duplicate is no subject of its own
+    (rejected, with why), and its name is scrubbed from the survivor's notes."""
+    import base64
+
+    duplicate = {
+        "resourceType": "Patient",
+        "id": "dup",
+        "active": False,
+        "name": [{"family": "Lefebvre", "given": ["Anne"]}],
+        "link": [{"other": {"reference": "Patient/kept"}, "type": "replaced-by"}],
+    }
+    kept = {
+        "resourceType": "Patient",
+        "id": "kept",
+        "gender": "female",
+        "birthDate": "1961-04-02",
+        "name": [{"family": "Martin", "given": ["Anne"]}],
+        "link": [{"other": {"reference": "Patient/dup"}, "type": "replaces"}],
+    }
+    note = {
+        "resourceType": "DocumentReference",
+        "id": "n1",
+        "subject": {"reference": "Patient/kept"},
+        "type": {"coding": [{"system": "http://loinc.org", "code": "34117-2"}]},
+        "date": "2022-05-06T07:08:09Z",
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain",
+                    "data": base64.b64encode(b"Seen before as Lefebvre. Stable.").decode(),
+                }
+            }
+        ],
+    }
+    lines = [note, json.loads(_heart_rate(0)) | {"subject": {"reference": "Patient/dup"}}]
+    write_ndjson(tmp_path / "export.ndjson", [*lines, duplicate, kept])
+    report = ingest_fhir(new_store, tmp_path / "export.ndjson")
+    patients = report.tables["fhir/Patient"]
+    assert (patients.read, patients.accepted, patients.rejected) == (2, 1, 1)
+    assert rejected(new_store) == {
+        "line 3 (Patient)": "merged into Patient/kept (link replaced-by): its records are that "
+        "patient's"
+    }
+    events = new_store.timeline(new_store.lookup("fhir", "kept"))
+    assert {"LOINC/8867-4", "LOINC/34117-2", "Gender/F"} <= set(events["code"].to_list())
+    (text,) = events.filter(pl.col("code") == "LOINC/34117-2")["text_value"]
+    assert text == "Seen before as [NAME]. Stable."
+    assert new_store.timeline(new_store.lookup("fhir", "dup")).height == 0

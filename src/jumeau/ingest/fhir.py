@@ -318,6 +318,8 @@ class _FhirMapper:
         self.births: dict[str, int] = {}
         #: ids of the Patients read so far (an NDJSON file's are read ahead of its other lines)
         self.patients: set[str] = set()
+        #: The Patient each merged Patient record was replaced by (``link`` ``replaced-by``).
+        self.replaced_by: dict[str, str] = {}
         #: Patient ids by identifier (``system|value`` and the bare value): what a conditional
         #: reference (``Patient?identifier=system|value``) names
         self.patients_by_identifier: dict[str, str] = {}
@@ -756,10 +758,20 @@ class _FhirMapper:
             numbers.add(identifier["value"])  # a reference may name the value alone
             self.patients_by_identifier.setdefault(identifier["value"], res["id"])
             self.patients_by_identifier.setdefault(key, res["id"])
-        subject_id = self.p.subject_id(self.ns, res["id"])
-        self.private[subject_id] = (names, numbers | {res["id"]})
+        numbers.add(res["id"])
+        scrubbed = self.p.subject_id(self.ns, res["id"])
+        for link in _objects(res.get("link")):
+            other = (link.get("other") or {}).get("reference")
+            path = _reference_path(other) if isinstance(other, str) else []
+            if link.get("type") == "replaced-by" and path[-2:-1] == ["Patient"]:
+                self.replaced_by[res["id"]] = path[-1]
+                # a merged record's names and numbers are scrubbed from the survivor's texts
+                scrubbed = self.p.subject_id(self.ns, self._surviving(res["id"]))
+        known_names, known_numbers = self.private.setdefault(scrubbed, (set(), set()))
+        known_names.update(names)
+        known_numbers.update(numbers)
         self.patients.add(res["id"])
-        return subject_id
+        return self.p.subject_id(self.ns, res["id"])
 
     def collect_references(self, path: Path) -> None:
         """Read the Medication, Patient, Encounter, Specimen and DiagnosticReport resources of
@@ -931,8 +943,17 @@ class _FhirMapper:
     # -- helpers ---------------------------------------------------------------------------
 
     def _subject(self, res: dict, fullurls: dict[str, str]) -> tuple[int, int]:
-        patient_id = self._patient_id(res, fullurls)
+        patient_id = self._surviving(self._patient_id(res, fullurls))
         return self.p.subject_id(self.ns, patient_id), self.p.shift_us(self.ns, patient_id)
+
+    def _surviving(self, patient_id: str) -> str:
+        """The Patient a merged record was replaced by (``link`` of type ``replaced-by``, as a
+        master patient index merges duplicates), followed to the end; else ``patient_id``."""
+        seen = {patient_id}
+        while patient_id in self.replaced_by and self.replaced_by[patient_id] not in seen:
+            patient_id = self.replaced_by[patient_id]
+            seen.add(patient_id)
+        return patient_id
 
     def _patient_id(self, res: dict, fullurls: dict[str, str]) -> str:
         target = res.get("subject") or res.get("patient") or res.get("beneficiary") or {}
@@ -1203,6 +1224,11 @@ class _FhirMapper:
         patient_id = res.get("id")
         if not patient_id:
             raise FhirError("Patient has no id")
+        survivor = self._surviving(patient_id)
+        if survivor != patient_id:  # a duplicate record merged away: its facts are the other's
+            raise FhirError(
+                f"merged into Patient/{survivor} (link replaced-by): its records are that patient's"
+            )
         subject = (self._remember_patient(res), self.p.shift_us(self.ns, patient_id))
         birth = self.births.get(patient_id)
         if birth is not None:
