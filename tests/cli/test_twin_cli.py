@@ -96,3 +96,31 @@ def test_a_back_test_with_nothing_to_forecast_says_so(cli_store):  # noqa: F811
         "evaluate", "forecasts", "--store", str(cli_store), "--cutoff", "1900-01-01"
     ).stdout
     assert "no catalogued variable was measured both before the cutoff" in text
+
+
+def test_twin_since_an_earlier_date_says_what_changed_in_words(cli_store):  # noqa: F811
+    """What changed since the last visit: the twin of then, from what was known then, against
+    today's; the problems named by their descriptions."""
+    store = api.open(cli_store)
+    since, as_of = datetime(2014, 1, 1), datetime(2019, 6, 1)
+    found = None
+    for subject in store.subjects().tolist():
+        try:
+            before, after = store.twin(subject, since), store.twin(subject, as_of)
+        except KeyError:
+            continue
+        if after.diff(before)["new_problems"]:
+            found = subject, after.diff(before)["new_problems"]
+            break
+    assert found is not None
+    subject, new_problems = found
+    args = ["twin", str(subject), "--store", str(cli_store), "--as-of", "2019-06-01"]
+    payload = json.loads(jumeau(*args, "--since", "2014-01-01", "--format", "json").stdout)
+    changes = payload["changes_since"]
+    assert changes["from"].startswith("2014-01-01") and changes["new_problems"] == new_problems
+    described = store.code_descriptions()[new_problems[0]]
+    assert changes["descriptions"][new_problems[0]] == described
+    text = jumeau(*args, "--since", "2014-01-01").stdout
+    assert "changes since 2014-01-01" in text and described.split()[0] in text
+    refused = jumeau(*args, "--since", "2020-01-01", check=False)
+    assert refused.returncode != 0 and "is not before" in refused.stderr

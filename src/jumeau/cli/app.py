@@ -787,6 +787,12 @@ def twin(
     learn: Annotated[
         bool, typer.Option(help="Learn population priors and noise from the store first.")
     ] = True,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Also say what changed since the twin of this earlier date (the last visit)."
+        ),
+    ] = None,
     format: FormatOpt = Format.text,
 ) -> None:
     """A patient's state, risks and forecasts as of a date, with no data from after it."""
@@ -799,6 +805,23 @@ def twin(
     except KeyError as exc:
         _fail(str(exc.args[0]))
     payload = result.to_dict()
+    if since is not None:
+        if since >= result.as_of:
+            _fail(f"--since {since.isoformat()} is not before the twin's date {result.as_of}")
+        earlier_population = (
+            PopulationModel.fit_cached(s, since, known_at=known_at) if learn else None
+        )
+        try:  # the earlier twin from what was known then, on the population of then
+            earlier = s.twin(subject, since, known_at=known_at, population=earlier_population)
+        except KeyError:
+            earlier = None
+        payload["changes_since"] = result.diff(earlier) if earlier else None
+        if earlier:  # what the codes named are, the resolved ones included
+            payload["changes_since"]["descriptions"] = {
+                code: description
+                for code, description in {**earlier.descriptions, **result.descriptions}.items()
+                if any(code in v for v in payload["changes_since"].values() if isinstance(v, list))
+            }
     if forecast:
         payload["forecasts"] = {}
         for variable in forecast:
@@ -810,6 +833,7 @@ def twin(
         render.print_json(payload)
     else:
         render.twin_summary(payload)
+        render.twin_changes(payload)
 
 
 @app.command()

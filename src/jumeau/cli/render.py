@@ -141,6 +141,48 @@ def timeline_table(frame: pl.DataFrame, descriptions: dict[str, str], title: str
     console.print(table)
 
 
+def twin_changes(twin: dict) -> None:
+    """What changed since the earlier twin ``jumeau twin --since`` built, in words."""
+    change = twin.get("changes_since", False)
+    if change is False:
+        return
+    if change is None:
+        console.print("[bold]changes[/bold]: no twin at the earlier date (nothing known then)")
+        return
+    names = change.get("descriptions", {})
+    console.print(f"[bold]changes since {change['from'][:10]}[/bold]")
+    lines = []
+    for key in (
+        "new_problems",
+        "resolved_problems",
+        "started_medications",
+        "stopped_medications",
+        "new_goals",
+        "ended_goals",
+        "new_alerts",
+        "ended_alerts",
+    ):
+        if change.get(key):
+            lines.append(
+                f"{key.replace('_', ' ')}: " + "; ".join(names.get(c) or c for c in change[key])
+            )
+    for name, moved in change.get("normal_range_changes", {}).items():
+        value = "" if moved["value"] is None else f" ({moved['value']:.4g})"
+        lines.append(
+            f"{name}: {moved['before'] or 'in range'} -> {moved['after'] or 'in range'}{value}"
+        )
+    for surprise in change.get("outside_predicted_interval", []):
+        low, high = surprise["interval_95"]
+        lines.append(
+            f"{surprise['variable']} {surprise['value']:.4g} on {surprise['time'][:10]}: outside "
+            f"the predicted {low:.4g} - {high:.4g}"
+        )
+    for score, moved in change.get("risk_changes", {}).items():
+        lines.append(f"{score}: {moved['before']} -> {moved['after']}")
+    for line in lines or ["no change"]:
+        console.print(f"  {escape(line)}")
+
+
 def twins_update(result: dict) -> None:
     """One line per registry update, then what changed for each rebuilt twin."""
     console.print(
