@@ -487,3 +487,28 @@ def test_a_twin_flags_abnormal_last_values_and_its_diff_says_when_one_turns(synt
     change = twins[subject].diff(earlier)["normal_range_changes"]
     assert change[name]["before"] is None and change[name]["after"] in ("low", "high")
     assert twins[subject].diff(twins[subject])["normal_range_changes"] == {}
+
+
+def test_a_twin_lists_the_procedures_done_and_vaccines_given_latest_first(synthea_store):
+    """Surgical and procedural history and immunizations: each code once, with its first and
+    last date and how many times, from the events up to the date (the leakage test covers the
+    rest)."""
+    store, _ = synthea_store
+    as_of = datetime(2019, 1, 1)
+    checked = 0
+    for subject in store.subjects().tolist():
+        try:
+            twin = store.twin(subject, as_of)
+        except KeyError:
+            continue
+        events = store.timeline(subject).filter(pl.col("time") <= as_of)
+        for key, domain in (("procedures", "procedure"), ("immunizations", "immunization")):
+            done = events.filter(pl.col("domain") == domain)
+            listed = getattr(twin, key)
+            assert {p["code"]: p["times"] for p in listed} == dict(
+                done.group_by("code").len().iter_rows()
+            )
+            lasts = [p["last"] for p in listed]
+            assert lasts == sorted(lasts, reverse=True)
+            checked += bool(listed)
+    assert checked >= 10

@@ -291,6 +291,8 @@ def twin_summary(twin: dict) -> None:
         ("past problems, latest first", "past_problems"),
         ("active medications", "medications"),
         ("allergies", "allergies"),
+        ("procedures, latest first", "procedures"),
+        ("immunizations, latest first", "immunizations"),
         ("devices", "devices"),
         ("goals", "goals"),
         ("alerts", "alerts"),

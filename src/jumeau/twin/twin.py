@@ -270,6 +270,11 @@ class Twin:
     #: established problems no longer active (resolved, or a claim's diagnosis, which ends with
     #: its claim), each with when it was first and last recorded, the latest first
     past_problems: list[dict] = field(default_factory=list)
+    #: procedures done (surgery, imaging, screening), each once: first and last time, how
+    #: many times, the latest first
+    procedures: list[dict] = field(default_factory=list)
+    #: vaccines given, each once: first and last time, how many doses, the latest first
+    immunizations: list[dict] = field(default_factory=list)
     #: devices the patient uses (implants, a pacemaker), with their start when known
     devices: list[dict] = field(default_factory=list)
     #: care goals being pursued (an HbA1c below 7.0), with their start and how far achieved
@@ -330,6 +335,8 @@ class Twin:
             "allergies": self.allergies,
             "allergy_status": self.allergy_status,
             "family_history": self.family_history,
+            "procedures": self.procedures,
+            "immunizations": self.immunizations,
             "devices": self.devices,
             "goals": self.goals,
             "alerts": self.alerts,
@@ -507,7 +514,7 @@ def build_twin(
         | ({} if code in established else {"verification": tentative[code]})
         for code, since, _ in _first_by_code(active)
     ]
-    twin.past_problems = _past_problems(
+    twin.past_problems = _history_by_code(
         [r for r in conditions if r["code"] in established and r["code"] not in active_codes],
         descriptions,
     )
@@ -537,6 +544,8 @@ def build_twin(
     }
     twin.allergy_status = "; ".join(sorted(absences)) if absences and not twin.allergies else None
     twin.family_history = _family_history(by_domain.get("observation", []), descriptions)
+    twin.procedures = _history_by_code(_stated(by_domain.get("procedure", [])), descriptions)
+    twin.immunizations = _history_by_code(by_domain.get("immunization", []), descriptions)
     twin.devices = _in_force(by_domain.get("device", []), as_of, descriptions)
     twin.goals = _goals(by_domain.get("goal", []), as_of, descriptions)
     twin.alerts = _in_force(by_domain.get("alert", []), as_of, descriptions)
@@ -668,9 +677,10 @@ def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime | None, datetim
     )
 
 
-def _past_problems(rows: list[dict], descriptions: dict[str, str]) -> list[dict]:
+def _history_by_code(rows: list[dict], descriptions: dict[str, str]) -> list[dict]:
     """Per code: first and last time recorded and how many times, the latest recorded first
-    (a claims history lists every diagnosis billed, each ending with its claim)."""
+    (a claims history lists every diagnosis billed, each ending with its claim; a procedure or
+    a vaccine is given again and again)."""
     seen: dict[str, list] = {}
     for r in rows:
         entry = seen.setdefault(r["code"], [r["time"], r["time"], 0])
