@@ -512,3 +512,28 @@ def test_a_twin_lists_the_procedures_done_and_vaccines_given_latest_first(synthe
             assert lasts == sorted(lasts, reverse=True)
             checked += bool(listed)
     assert checked >= 10
+
+
+def test_a_twin_summarises_the_genome_and_names_its_high_impact_variants(new_store):
+    """Three samples' VEP-annotated X chromosomes (real GATK calls): each twin counts its
+    variants and genes and names those VEP ranks of high impact (stop gained, frameshift), with
+    gene and genotype; the missense and synonymous ones are counted, not named."""
+    from pathlib import Path
+
+    from jumeau.ingest.vcf import ingest_vcf
+
+    vcf = Path(__file__).parent.parent / "data" / "vcf" / "test-haploidX.vep.vcf"
+    ingest_vcf(new_store, vcf)
+    events = new_store.scan().collect()
+    checked = 0
+    for subject in new_store.subjects().tolist():
+        own = events.filter(pl.col("subject_id") == subject)
+        genomics = new_store.twin(subject, datetime(2026, 1, 1)).genomics
+        assert genomics["variants"] == own["code"].n_unique()
+        high = own.filter(pl.col("text_value").str.contains("stop_gained|frameshift_variant"))
+        assert sorted(v["code"] for v in genomics["high_impact"]) == sorted(high["code"].to_list())
+        for variant in genomics["high_impact"]:
+            assert variant["gene"] and variant["genotype"]
+            assert "missense" not in variant["consequence"]
+        checked += len(genomics["high_impact"])
+    assert checked >= 5

@@ -305,6 +305,20 @@ def twin_summary(twin: dict) -> None:
             + escape(status or "; ".join(_listed(i) for i in items[:12]))
             + (" ..." if len(items) > 12 else "")
         )
+    genomics = twin.get("genomics")
+    if genomics:
+        high = genomics["high_impact"]
+        console.print(
+            f"[bold]genome[/bold]: {genomics['variants']:,} variants in {genomics['genes']:,} "
+            f"genes; {len(high)} of high impact"
+            + escape(
+                (": " if high else "")
+                + "; ".join(
+                    f"{v['gene'] or v['code']} {v['consequence']} ({v['genotype']})"
+                    for v in high[:12]
+                )
+            )
+        )
     family = twin.get("family_history") or []
     if family:
         console.print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -275,6 +276,9 @@ class Twin:
     procedures: list[dict] = field(default_factory=list)
     #: vaccines given, each once: first and last time, how many doses, the latest first
     immunizations: list[dict] = field(default_factory=list)
+    #: the patient's called variants (a VCF's): how many, in how many genes, and those of
+    #: high impact on their gene's product (None without any)
+    genomics: dict | None = None
     #: devices the patient uses (implants, a pacemaker), with their start when known
     devices: list[dict] = field(default_factory=list)
     #: care goals being pursued (an HbA1c below 7.0), with their start and how far achieved
@@ -335,6 +339,7 @@ class Twin:
             "allergies": self.allergies,
             "allergy_status": self.allergy_status,
             "family_history": self.family_history,
+            "genomics": self.genomics,
             "procedures": self.procedures,
             "immunizations": self.immunizations,
             "devices": self.devices,
@@ -547,6 +552,7 @@ def build_twin(
     twin.procedures = _history_by_code(_stated(by_domain.get("procedure", [])), descriptions)
     twin.immunizations = _history_by_code(by_domain.get("immunization", []), descriptions)
     twin.devices = _in_force(by_domain.get("device", []), as_of, descriptions)
+    twin.genomics = _genomics(by_domain.get("genomic", []))
     twin.goals = _goals(by_domain.get("goal", []), as_of, descriptions)
     twin.alerts = _in_force(by_domain.get("alert", []), as_of, descriptions)
     twin.orders = _recent_orders(by_domain.get("order", []), as_of, descriptions)
@@ -576,6 +582,55 @@ def _in_force(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -
         {"code": code, "description": descriptions.get(code), "since": _iso(since)}
         for code, since, _ in _first_by_code(current)
     ]
+
+
+#: Variant consequences of high impact (Ensembl VEP's HIGH class, in Sequence Ontology terms
+#: as VEP and SnpEff's ANN write them, and SnpEff's older EFF names): a variant likely to
+#: truncate or abolish its gene's product.
+HIGH_IMPACT_CONSEQUENCES = frozenset(
+    {
+        "transcript_ablation",
+        "splice_acceptor_variant",
+        "splice_donor_variant",
+        "stop_gained",
+        "frameshift_variant",
+        "stop_lost",
+        "start_lost",
+        "transcript_amplification",
+        "feature_elongation",
+        "feature_truncation",
+        "exon_loss_variant",
+        "frame_shift",
+        "splice_site_acceptor",
+        "splice_site_donor",
+        "exon_deleted",
+    }
+)
+
+
+def _genomics(rows: list[dict]) -> dict | None:
+    """The called variants' summary: how many, in how many genes, and each of high impact (a
+    consequence in :data:`HIGH_IMPACT_CONSEQUENCES`) with its gene and genotype."""
+    if not rows:
+        return None
+    facts = [(r["code"], _facts(r["text_value"])) for r in rows]
+    high = [
+        {
+            "code": code,
+            "gene": fact.get("GENE"),
+            "consequence": fact.get("CONSEQUENCE"),
+            "genotype": fact.get("GT"),
+        }
+        for code, fact in facts
+        if HIGH_IMPACT_CONSEQUENCES.intersection(
+            re.split(r"[&+,]", (fact.get("CONSEQUENCE") or "").lower())
+        )
+    ]
+    return {
+        "variants": len({code for code, _ in facts}),
+        "genes": len({f["GENE"] for _, f in facts if f.get("GENE")}),
+        "high_impact": sorted(high, key=lambda v: (v["gene"] or "", v["code"])),
+    }
 
 
 def _facts(text: str | None) -> dict[str, str]:
