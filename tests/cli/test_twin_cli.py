@@ -118,6 +118,9 @@ def test_twin_since_an_earlier_date_says_what_changed_in_words(cli_store):  # no
     payload = json.loads(jumeau(*args, "--since", "2014-01-01", "--format", "json").stdout)
     changes = payload["changes_since"]
     assert changes["from"].startswith("2014-01-01") and changes["new_problems"] == new_problems
+    vaccines = store.timeline(subject, domains=["immunization"])
+    given = vaccines.filter((vaccines["time"] > since) & (vaccines["time"] <= as_of))
+    assert changes["vaccines_since"] == sorted(set(given["code"].to_list()))
     described = store.code_descriptions()[new_problems[0]]
     assert changes["descriptions"][new_problems[0]] == described
     text = jumeau(*args, "--since", "2014-01-01").stdout

@@ -161,6 +161,8 @@ def twin_changes(twin: dict) -> None:
         "ended_goals",
         "new_alerts",
         "ended_alerts",
+        "procedures_since",
+        "vaccines_since",
     ):
         if change.get(key):
             lines.append(

@@ -359,7 +359,7 @@ class Twin:
         """What changed since an earlier twin of the same subject.
 
         New and resolved problems, started and stopped medications, new and ended care goals
-        and alerts, variables whose last value left or came back within its reference interval,
+        and alerts, procedures done and vaccines given since, variables whose last value left or came back within its reference interval,
         observations that fell outside the earlier twin's 95% predictive interval, and risk
         scores that moved.
         """
@@ -429,6 +429,8 @@ class Twin:
             "ended_goals": sorted(goals_before - goals_after),
             "new_alerts": sorted(alerts_after - alerts_before),
             "ended_alerts": sorted(alerts_before - alerts_after),
+            "procedures_since": _done_since(after.get("procedures", []), before["as_of"]),
+            "vaccines_since": _done_since(after.get("immunizations", []), before["as_of"]),
             "outside_predicted_interval": surprises,
             "normal_range_changes": abnormal,
             "risk_changes": risk_changes,
@@ -730,6 +732,11 @@ def _first_by_code(rows: list[dict]) -> list[tuple[str, datetime | None, datetim
         ((c, t, e) for c, (t, e) in first.items()),
         key=lambda x: (x[1] is None, x[1] or datetime.min, x[0]),
     )
+
+
+def _done_since(history: list[dict], since: str) -> list[str]:
+    """The codes of a :func:`_history_by_code` list last recorded after ``since`` (ISO)."""
+    return sorted(h["code"] for h in history if h["last"] is not None and h["last"] > since)
 
 
 def _history_by_code(rows: list[dict], descriptions: dict[str, str]) -> list[dict]:
