@@ -14,6 +14,7 @@ DOMAINS: tuple[str, ...] = (
     "demographic",
     "observation_period",
     "visit",
+    "episode",
     "condition",
     "drug",
     "measurement",

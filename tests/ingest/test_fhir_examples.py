@@ -649,3 +649,18 @@ def test_diets_and_devices_ordered_are_orders_each_item_its_own(tmp_path, new_st
     pump = timeline(new_store, "dicom").row(0, named=True)
     assert (pump["code"], pump["domain"]) == ("LOINC/43148-6", "order")
     assert pump["time"] == datetime(2013, 5, 8, 2, 33, 27)  # authored at 09:33:27+07:00
+
+
+def test_an_episode_of_care_is_an_episode_the_twin_lists_while_under_way(tmp_path, new_store):
+    folder = copy_examples(tmp_path / "src", "Patient-example.json", "EpisodeOfCare-example.json")
+    ingest_fhir(new_store, folder)
+    (episode,) = (
+        timeline(new_store, "example").filter(pl.col("domain") == "episode").iter_rows(named=True)
+    )
+    assert episode["time"] == datetime(2014, 9, 1) and episode["end_time"] is None
+    assert episode["text_value"] == "active"
+    subject = new_store.lookup("fhir", "example")
+    assert [e["since"] for e in new_store.twin(subject, datetime(2015, 1, 1)).episodes] == [
+        "2014-09-01T00:00:00"
+    ]
+    assert new_store.twin(subject, datetime(2014, 8, 1)).episodes == []

@@ -277,6 +277,9 @@ def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tm
         "device_exposure_start_date,device_exposure_start_datetime,device_exposure_end_date,"
         "device_exposure_end_datetime,device_type_concept_id,quantity\n"
         "1,6,4044008,2018-01-02,,2018-03-02,,32817,1\n",
+        "episode": "episode_id,person_id,episode_concept_id,episode_start_date,episode_end_date,"
+        "episode_object_concept_id,episode_type_concept_id,episode_number\n"
+        "1,6,32528,2018-02-01,2018-07-31,192671,32817,1\n",
         "payer_plan_period": "payer_plan_period_id,person_id,payer_plan_period_start_date,"
         "payer_plan_period_end_date,payer_concept_id,payer_source_value,payer_source_concept_id\n"
         "1,6,2017-01-01,2018-12-31,0,Medicare,0\n",
@@ -305,6 +308,9 @@ def test_death_note_specimen_visit_detail_and_device_rows_map_to_their_events(tm
     assert detail["code"] == "Visit/IP" and detail["end_time"] == dt.datetime(2018, 1, 5)
     device = by_source["omop/device_exposure"]
     assert device["domain"] == "device" and device["end_time"] == dt.datetime(2018, 3, 2)
+    episode = by_source["omop/episode"]  # a disease's first phase, of a GI bleeding (192671)
+    assert (episode["domain"], episode["end_time"]) == ("episode", dt.datetime(2018, 7, 31))
+    assert episode["text_value"] == "SNOMED/74474003"
     cover = by_source["omop/payer_plan_period"]
     assert (cover["code"], cover["domain"]) == ("SOURCE_CODE/Medicare", "demographic")
     assert (cover["time"], cover["end_time"]) == (

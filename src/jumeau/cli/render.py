@@ -297,6 +297,7 @@ def twin_summary(twin: dict) -> None:
         ("immunizations, latest first", "immunizations"),
         ("devices", "devices"),
         ("goals", "goals"),
+        ("episodes of care", "episodes"),
         ("alerts", "alerts"),
         ("orders of the last 90 days", "recent_orders"),
     ):

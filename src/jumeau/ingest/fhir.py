@@ -382,6 +382,7 @@ class _FhirMapper:
             "DeviceRequest": self._device_request,
             "NutritionOrder": self._nutrition_order,
             "Flag": self._flag,
+            "EpisodeOfCare": self._episode,
         }
 
     # -- files -----------------------------------------------------------------------------
@@ -2015,6 +2016,22 @@ class _FhirMapper:
             time=start,
             end=end,
             text=category,
+        )
+
+    def _episode(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """An episode of care (a home care programme, a cancer treatment course) over its
+        period, as the CDM's episode table holds one; its status as text. A planned episode
+        has not begun: it starts when its period does."""
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "period")
+        self._emit(
+            res,
+            subject,
+            code=self._code(next(iter(_objects(res.get("type"))), None)) or "FHIR/EpisodeOfCare",
+            domain="episode",
+            time=start,
+            end=end,
+            text=res.get("status"),
         )
 
     def _claim(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:

@@ -191,6 +191,19 @@ SPECS: dict[str, TableSpec] = {
         "note_type_concept_id",
         string="note_text",
     ),
+    # a disease phase or a treatment course (CDM v5.4, oncology): its object (the disease, the
+    # regimen) as the value
+    "episode": TableSpec(
+        "episode",
+        "episode_id",
+        "episode_start_datetime",
+        "episode_start_date",
+        "episode_concept_id",
+        end_datetime="episode_end_datetime",
+        end_date="episode_end_date",
+        value_concept="episode_object_concept_id",
+        source_value="episode_source_value",
+    ),
     # a health insurance cover over its period (a sociodemographic fact, as a FHIR Coverage is)
     "payer_plan_period": TableSpec(
         "demographic",

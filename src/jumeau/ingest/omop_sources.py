@@ -33,6 +33,7 @@ CDM_TABLES = (
     "specimen",
     "note",
     "payer_plan_period",
+    "episode",
     "concept",
 )
 

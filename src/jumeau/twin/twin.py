@@ -283,6 +283,9 @@ class Twin:
     devices: list[dict] = field(default_factory=list)
     #: care goals being pursued (an HbA1c below 7.0), with their start and how far achieved
     goals: list[dict] = field(default_factory=list)
+    #: episodes of care under way (a home care programme, a chemotherapy course), with their
+    #: start
+    episodes: list[dict] = field(default_factory=list)
     #: alerts in force (immunocompromised, a fall risk), with their start when known
     alerts: list[dict] = field(default_factory=list)
     #: orders and referrals placed in the last 90 days, latest first, with their intent
@@ -344,6 +347,7 @@ class Twin:
             "immunizations": self.immunizations,
             "devices": self.devices,
             "goals": self.goals,
+            "episodes": self.episodes,
             "alerts": self.alerts,
             "recent_orders": self.orders,
             "recent_encounters": self.encounters,
@@ -557,6 +561,7 @@ def build_twin(
     twin.genomics = _genomics(by_domain.get("genomic", []))
     twin.goals = _goals(by_domain.get("goal", []), as_of, descriptions)
     twin.alerts = _in_force(by_domain.get("alert", []), as_of, descriptions)
+    twin.episodes = _in_force(by_domain.get("episode", []), as_of, descriptions)
     twin.orders = _recent_orders(by_domain.get("order", []), as_of, descriptions)
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
