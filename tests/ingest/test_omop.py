@@ -884,3 +884,24 @@ def test_a_semicolon_separated_export_reads_decimal_commas_and_day_first_dates(t
     assert report.tables["omop/measurement"].rejected == 1
     (reason,) = other.rejects()["reason"].to_list()
     assert "is not a date" in reason or "is not a number" in reason
+
+
+def test_a_full_refresh_of_a_broken_table_withdraws_nothing_of_it(tmp_path, eunomia):
+    """The nightly export renamed a required column: every condition row is rejected, and the
+    full refresh keeps the conditions stored instead of withdrawing them all, saying so."""
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "condition_occurrence"])
+    store = jumeau.init(tmp_path / "store")
+    first = ingest_omop(store, folder)
+    path = folder / "condition_occurrence.csv"
+    lines = path.read_text().splitlines()
+    header = (
+        lines[0]
+        .replace("condition_concept_id", "condition_code")
+        .replace("CONDITION_CONCEPT_ID", "CONDITION_CODE")
+    )
+    path.write_text("\n".join([header, *lines[1:]]) + "\n")
+    report = ingest_omop(store, folder, full_refresh=True)
+    assert report.events_retracted == 0 and report.tables["omop/condition_occurrence"].accepted == 0
+    assert any("nothing of omop/condition_occurrence was accepted" in w for w in report.warnings)
+    assert store.stats()["events"] == first.events_written

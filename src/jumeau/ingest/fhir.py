@@ -277,7 +277,7 @@ def ingest_fhir(
             pa.table({"code": list(mapper.displays), "description": list(mapper.displays.values())})
         )
         if full_refresh:
-            writer.refresh([t for t in writer.report.tables if t != "fhir/file"])
+            writer.refresh()
         return writer.commit()
 
 

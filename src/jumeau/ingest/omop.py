@@ -420,7 +420,8 @@ def ingest_omop(
         The source is the warehouse's whole current state (a nightly rebuild): the rows that
         earlier ingests of ``source_name`` stored from the tables it holds, and that it no
         longer holds, were deleted there and are withdrawn (the store as it was still shows
-        them). Without it an ingest only adds and amends.
+        them); a table none of whose rows is accepted withdraws nothing. Without it an ingest
+        only adds and amends.
     progress:
         Called with the name of each table as its mapping starts.
 
@@ -446,7 +447,7 @@ def ingest_omop(
         finally:
             con.close()
         if full_refresh:
-            writer.refresh(list(writer.report.tables))
+            writer.refresh()
         return writer.commit()
 
 

@@ -162,14 +162,25 @@ class BatchWriter:
         if table.num_rows:
             self._retractions.append(table)
 
-    def refresh(self, sources: list[str]) -> None:
+    def refresh(self) -> None:
         """Say the batch is the whole of its source (a warehouse's nightly snapshot, a complete
-        Bulk Data export) for these source tables (``omop/measurement``): the records that
-        earlier batches of the same kind and namespace stored from them and that the batch no
-        longer holds were deleted at the source, and are withdrawn from the batch on."""
+        Bulk Data export) for the source tables it accepted records of (``omop/measurement``):
+        the records that earlier batches of the same kind and namespace stored from them and
+        that the batch no longer holds were deleted at the source, and are withdrawn from the
+        batch on. A table of which nothing was accepted (every row rejected, a column renamed)
+        withdraws nothing: a broken export must not empty the store."""
         if self.namespace is None:
             raise ValueError("a full refresh needs the namespace of the source's ids")
-        self._refreshed = sorted(set(self._refreshed) | set(sources))
+        tables = self.report.tables
+        self._refreshed = sorted(name for name, counts in tables.items() if counts.accepted)
+        kept = sorted(
+            name for name, counts in tables.items() if counts.read and not counts.accepted
+        )
+        if kept:
+            self.report.warnings.append(
+                f"full refresh: nothing of {', '.join(kept)} was accepted; the records stored "
+                "from them are kept, not withdrawn"
+            )
 
     def add_identities(self, data: pa.Table) -> None:
         """Keep direct identifiers for the encrypted vault (``VAULT_SCHEMA``)."""
