@@ -190,3 +190,32 @@ def test_a_complete_export_withdraws_the_resources_the_server_no_longer_holds(tm
     ]
     other = new_store.lookup("other-server", "w1")
     assert len(codes_and_values(new_store, other)) == 4
+
+
+def test_a_full_refresh_keeps_what_the_export_still_holds_but_rejects_today(tmp_path, new_store):
+    """A resource the new export holds in a shape rejected today (its value become text, its
+    date gone) is still the server's: the full refresh keeps its stored version; only the
+    resource gone from the export is withdrawn."""
+    first = [
+        PATIENT,
+        glucose("g1", "2021-03-02", 99),
+        glucose("g2", "2021-03-03", 101),
+        glucose("g3", "2021-03-04", 103),
+    ]
+    ingest_fhir(new_store, ndjson(tmp_path / "first.ndjson", first))
+    broken = glucose("g1", "2021-03-02", 99)
+    broken["valueQuantity"]["value"] = "99,0"
+    undated = glucose("g2", "2021-03-03", 101)
+    del undated["effectiveDateTime"]
+    report = ingest_fhir(
+        new_store,
+        ndjson(
+            tmp_path / "second.ndjson",
+            [PATIENT, broken, undated, glucose("g4", "2021-03-05", 105)],
+        ),
+        full_refresh=True,
+    )
+    assert report.tables["fhir/Observation"].rejected == 2
+    assert report.events_retracted == 1  # g3, gone from the export
+    subject = new_store.lookup("fhir", "w1")
+    assert [v for _, v in codes_and_values(new_store, subject)] == [99.0, 101.0, 105.0]

@@ -905,3 +905,22 @@ def test_a_full_refresh_of_a_broken_table_withdraws_nothing_of_it(tmp_path, euno
     assert report.events_retracted == 0 and report.tables["omop/condition_occurrence"].accepted == 0
     assert any("nothing of omop/condition_occurrence was accepted" in w for w in report.warnings)
     assert store.stats()["events"] == first.events_written
+
+
+def test_a_full_refresh_keeps_a_row_the_snapshot_holds_but_rejects_today(tmp_path, eunomia):
+    """A condition row whose date the nightly export broke is still in the warehouse: the full
+    refresh rejects it and keeps its stored version."""
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept", "condition_occurrence"])
+    store = jumeau.init(tmp_path / "store")
+    first = ingest_omop(store, folder)
+    path = folder / "condition_occurrence.csv"
+    lines = path.read_text().splitlines()
+    start = lines[0].lower().split(",").index("condition_start_date")
+    row = lines[1].split(",")
+    row[start] = "not a date"
+    path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    report = ingest_omop(store, folder, full_refresh=True)
+    assert report.tables["omop/condition_occurrence"].rejected == 1
+    assert report.events_retracted == 0
+    assert store.stats()["events"] == first.events_written

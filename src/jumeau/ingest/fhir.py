@@ -37,6 +37,7 @@ from jumeau.model import (
 )
 from jumeau.signals.store import write_record
 from jumeau.store import BatchWriter, IngestReport, Progress, Store
+from jumeau.store.writer import HELD_SCHEMA
 
 _FLUSH_EVERY = 200_000
 #: What mapping a resource of a shape the standard does not allow raises (FhirError included).
@@ -265,6 +266,7 @@ def ingest_fhir(
     files = iter_files(source)
     with BatchWriter(store, "fhir", str(source.resolve()), namespace=source_name) as writer:
         mapper = _FhirMapper(store, writer, source_name)
+        mapper.hold_rejected = full_refresh
         for path in files:  # Medications and Patients first: other resources refer to them
             mapper.collect_references(path)  # (a Bundle's entries are read ahead as it is read)
         for path in files:
@@ -302,6 +304,10 @@ class _FhirMapper:
         self.deleted: set[str] = set()
         #: (subject pseudonym or None, source, record key) of stored records the source withdrew.
         self.withdrawn: dict[str, list] = {n: [] for n in RETRACTION_SCHEMA.names}
+        #: (source, record key) of the resources rejected here, which the server still holds:
+        #: kept for a full refresh, which must not withdraw them (``hold_rejected``).
+        self.held: dict[str, list] = {n: [] for n in HELD_SCHEMA.names}
+        self.hold_rejected = False
         #: Bulk Data export manifests (the status response listing the export's files) read,
         #: and the resource lines read from each NDJSON file, by file name: a file the
         #: manifest lists and the source lacks, or holds cut short, is said.
@@ -901,6 +907,12 @@ class _FhirMapper:
             del self.events[before:]
             self.contained_pending.clear()
             counts.rejected += 1
+            if identity and self.hold_rejected:  # still the server's: kept by a full refresh
+                for part in ("", *_INDEXED_PARTS):
+                    self.held["source"].append(f"fhir/{rtype}")
+                    self.held["record_key"].append(
+                        self.p.record_key(f"{self.ns}/{rtype}", f"{identity}{part}")
+                    )
             reason = (
                 str(exc)
                 if isinstance(exc, FhirError)
@@ -930,6 +942,9 @@ class _FhirMapper:
         if self.withdrawn["source"]:
             self.writer.add_retractions(pa.table(self.withdrawn, schema=RETRACTION_SCHEMA))
             self.withdrawn = {n: [] for n in RETRACTION_SCHEMA.names}
+        if self.held["source"]:
+            self.writer.add_held(pa.table(self.held, schema=HELD_SCHEMA))
+            self.held = {n: [] for n in HELD_SCHEMA.names}
 
     def _reject(self, source: str, path: Path, record: str, reason: str) -> None:
         for name, value in (

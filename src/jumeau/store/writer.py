@@ -58,6 +58,8 @@ REJECT_REASON = "reject_reason"
 CODES_SCHEMA = pa.schema(
     [("code", pa.string()), ("description", pa.string()), ("parent_codes", pa.list_(pa.string()))]
 )
+#: Records a batch rejected that its source still holds (see :meth:`BatchWriter.add_held`).
+HELD_SCHEMA = pa.schema([("source", pa.string()), ("record_key", pa.int64())])
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
 
 
@@ -99,6 +101,7 @@ class BatchWriter:
         self._codes = pq.ParquetWriter(self.dir / "raw-codes.parquet", CODES_SCHEMA)
         self._identities: list[pa.Table] = []
         self._retractions: list[pa.Table] = []
+        self._held: list[pa.Table] = []
         self._closed = False
 
     @property
@@ -161,6 +164,13 @@ class BatchWriter:
         table = conform(data, RETRACTION_SCHEMA)
         if table.num_rows:
             self._retractions.append(table)
+
+    def add_held(self, data: pa.Table) -> None:
+        """Records (``source``, ``record_key``) the source still holds though the batch rejected
+        them (a resource malformed today): a full refresh keeps their stored versions."""
+        table = conform(data, HELD_SCHEMA)
+        if table.num_rows:
+            self._held.append(table)
 
     def refresh(self) -> None:
         """Say the batch is the whole of its source (a warehouse's nightly snapshot, a complete
@@ -470,21 +480,25 @@ class BatchWriter:
         stored = self.store.current_events_sql(batches=ours)
         if stored is None:
             return None
+        # what the source still holds: its rows, rejected ones included (a row that fails a
+        # check today is still there: its stored version is kept), and the records a connector
+        # rejected before they became rows (see add_held)
+        parts = ["SELECT NULL::VARCHAR AS source, NULL::BIGINT AS record_key WHERE false"]
         raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
-        held = "SELECT NULL::VARCHAR AS source, NULL::BIGINT AS record_key WHERE false"
         if raw:
-            valid = f"{REJECT_REASON} IS NULL" if self._raw_has_reject_reason(raw) else "true"
-            held = (
+            parts.append(
                 "SELECT CAST(source AS VARCHAR) AS source, CAST(record_key AS BIGINT) AS "
-                f"record_key FROM read_parquet({raw!r}, union_by_name=true) WHERE {valid}"
+                f"record_key FROM read_parquet({raw!r}, union_by_name=true)"
             )
+        if self._held:
+            held_file = self.dir / "raw-held.parquet"
+            pq.write_table(pa.concat_tables(self._held), held_file)
+            parts.append(f"SELECT source, record_key FROM read_parquet({sql_string(held_file)})")
+        held = " UNION ALL ".join(parts)
         return f"""SELECT e.subject_id, e.source::VARCHAR AS source, e.record_key
             FROM ({stored}) e ANTI JOIN ({held}) h
                 ON h.source = e.source::VARCHAR AND h.record_key = e.record_key
             WHERE e.source::VARCHAR IN ({", ".join(sql_string(t) for t in self._refreshed)})"""
-
-    def _raw_has_reject_reason(self, raw: list[str]) -> bool:
-        return any(REJECT_REASON in pq.read_schema(p).names for p in raw)
 
     def _write_rejects(self, con: duckdb.DuckDBPyConnection) -> int:
         raw = self.dir / "raw-rejects.parquet"
