@@ -102,6 +102,12 @@ RETRACTION_SCHEMA = pa.schema(
 """A record its source has withdrawn (entered in error, deleted): its stored events are hidden
 from the batch that says so on; a null ``subject_id`` stands for the subject it is stored under."""
 
+HELD_SCHEMA = pa.schema(
+    [pa.field("source", pa.string(), nullable=False), pa.field("record_key", pa.int64())]
+)
+"""A record a batch rejected that its source still holds (a row malformed today): a full
+refresh keeps its stored version (see :meth:`jumeau.store.BatchWriter.add_held`)."""
+
 #: MEDS reserved codes used for birth and death.
 BIRTH_CODE = "MEDS_BIRTH"
 DEATH_CODE = "MEDS_DEATH"

@@ -30,6 +30,7 @@ from jumeau.model import (
     DEATH_CODE,
     FAMILY_HISTORY_DESCRIPTION,
     FAMILY_HISTORY_PREFIX,
+    HELD_SCHEMA,
     REJECT_SCHEMA,
     RETRACTION_SCHEMA,
     TENTATIVE_PREFIX,
@@ -37,7 +38,6 @@ from jumeau.model import (
 )
 from jumeau.signals.store import write_record
 from jumeau.store import BatchWriter, IngestReport, Progress, Store
-from jumeau.store.writer import HELD_SCHEMA
 
 _FLUSH_EVERY = 200_000
 #: What mapping a resource of a shape the standard does not allow raises (FhirError included).

@@ -30,6 +30,7 @@ from jumeau._duck import arrow_reader, arrow_table, connect, run, scalar, sql_st
 from jumeau.model import (
     CONNECTOR_SCHEMA,
     DICTIONARY_COLUMNS,
+    HELD_SCHEMA,
     REJECT_SCHEMA,
     RETRACTION_SCHEMA,
     STORED_EVENT_SCHEMA,
@@ -58,8 +59,6 @@ REJECT_REASON = "reject_reason"
 CODES_SCHEMA = pa.schema(
     [("code", pa.string()), ("description", pa.string()), ("parent_codes", pa.list_(pa.string()))]
 )
-#: Records a batch rejected that its source still holds (see :meth:`BatchWriter.add_held`).
-HELD_SCHEMA = pa.schema([("source", pa.string()), ("record_key", pa.int64())])
 INDEX_SCHEMA = pa.schema([("subject_id", pa.int64()), ("start", pa.int64()), ("count", pa.int64())])
 
 
