@@ -886,22 +886,28 @@ def test_a_semicolon_separated_export_reads_decimal_commas_and_day_first_dates(t
     assert "is not a date" in reason or "is not a number" in reason
 
 
-def test_a_full_refresh_of_a_broken_table_withdraws_nothing_of_it(tmp_path, eunomia):
-    """The nightly export renamed a required column: every condition row is rejected, and the
-    full refresh keeps the conditions stored instead of withdrawing them all, saying so."""
+def _conditions_stored(tmp_path: Path, eunomia: Path):
+    """A CSV CDM of Eunomia's persons and conditions, ingested: the store, its report, the
+    condition file and its lines (for a test to break before a full refresh)."""
     folder = tmp_path / "cdm"
     _export_csv(eunomia, folder, ["person", "concept", "condition_occurrence"])
     store = jumeau.init(tmp_path / "store")
     first = ingest_omop(store, folder)
     path = folder / "condition_occurrence.csv"
-    lines = path.read_text().splitlines()
+    return store, first, path, path.read_text().splitlines()
+
+
+def test_a_full_refresh_of_a_broken_table_withdraws_nothing_of_it(tmp_path, eunomia):
+    """The nightly export renamed a required column: every condition row is rejected, and the
+    full refresh keeps the conditions stored instead of withdrawing them all, saying so."""
+    store, first, path, lines = _conditions_stored(tmp_path, eunomia)
     header = (
         lines[0]
         .replace("condition_concept_id", "condition_code")
         .replace("CONDITION_CONCEPT_ID", "CONDITION_CODE")
     )
     path.write_text("\n".join([header, *lines[1:]]) + "\n")
-    report = ingest_omop(store, folder, full_refresh=True)
+    report = ingest_omop(store, path.parent, full_refresh=True)
     assert report.events_retracted == 0 and report.tables["omop/condition_occurrence"].accepted == 0
     assert any("nothing of omop/condition_occurrence was accepted" in w for w in report.warnings)
     assert store.stats()["events"] == first.events_written
@@ -910,17 +916,12 @@ def test_a_full_refresh_of_a_broken_table_withdraws_nothing_of_it(tmp_path, euno
 def test_a_full_refresh_keeps_a_row_the_snapshot_holds_but_rejects_today(tmp_path, eunomia):
     """A condition row whose date the nightly export broke is still in the warehouse: the full
     refresh rejects it and keeps its stored version."""
-    folder = tmp_path / "cdm"
-    _export_csv(eunomia, folder, ["person", "concept", "condition_occurrence"])
-    store = jumeau.init(tmp_path / "store")
-    first = ingest_omop(store, folder)
-    path = folder / "condition_occurrence.csv"
-    lines = path.read_text().splitlines()
+    store, first, path, lines = _conditions_stored(tmp_path, eunomia)
     start = lines[0].lower().split(",").index("condition_start_date")
     row = lines[1].split(",")
     row[start] = "not a date"
     path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
-    report = ingest_omop(store, folder, full_refresh=True)
+    report = ingest_omop(store, path.parent, full_refresh=True)
     assert report.tables["omop/condition_occurrence"].rejected == 1
     assert report.events_retracted == 0
     assert store.stats()["events"] == first.events_written
