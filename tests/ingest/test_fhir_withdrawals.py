@@ -219,3 +219,22 @@ def test_a_full_refresh_keeps_what_the_export_still_holds_but_rejects_today(tmp_
     assert report.events_retracted == 1  # g3, gone from the export
     subject = new_store.lookup("fhir", "w1")
     assert [v for _, v in codes_and_values(new_store, subject)] == [99.0, 101.0, 105.0]
+
+
+def test_a_full_refresh_leaves_no_scratch_file_in_its_batch(tmp_path, new_store):
+    ingest_fhir(
+        new_store, ndjson(tmp_path / "a.ndjson", [PATIENT, glucose("g1", "2021-03-02", 99)])
+    )
+    broken = glucose("g1", "2021-03-02", 99) | {"effectiveDateTime": "not a date"}
+    export = ndjson(tmp_path / "b.ndjson", [PATIENT, broken, glucose("g2", "2021-03-03", 98)])
+    report = ingest_fhir(new_store, export, full_refresh=True)
+    batch = new_store.root / "batches" / report.batch
+    assert sorted(p.name for p in batch.iterdir()) == [
+        "codes.parquet",
+        "events.arrow",
+        "events.parquet",
+        "rejects.parquet",
+        "report.json",
+        "subjects.parquet",
+        "vault.bin",
+    ]

@@ -490,7 +490,8 @@ class BatchWriter:
                 f"record_key FROM read_parquet({raw!r}, union_by_name=true)"
             )
         if self._held:
-            held_file = self.dir / "raw-held.parquet"
+            held_file = self.dir / "held" / "records.parquet"  # a scratch folder, removed
+            held_file.parent.mkdir(exist_ok=True)
             pq.write_table(pa.concat_tables(self._held), held_file)
             parts.append(f"SELECT source, record_key FROM read_parquet({sql_string(held_file)})")
         held = " UNION ALL ".join(parts)
