@@ -1273,3 +1273,23 @@ def test_a_patient_merged_into_another_gives_it_its_records(tmp_path, new_store)
     (text,) = events.filter(pl.col("code") == "LOINC/34117-2")["text_value"]
     assert text == "Seen before as [NAME]. Stable."
     assert new_store.timeline(new_store.lookup("fhir", "dup")).height == 0
+
+
+def test_a_procedure_recorded_without_a_code_is_named_by_its_category(tmp_path, new_store):
+    """Procedure.code is optional in R4: a procedure without one (a genomic study's analysis
+    step) is still an act done, coded by its category, else ``FHIR/Procedure``."""
+    subject = {"reference": "Patient/np"}
+    surgical = {"coding": [{"system": "http://snomed.info/sct", "code": "387713003"}]}
+    lines = [
+        {"resourceType": "Patient", "id": "np", "gender": "male"},
+        {"resourceType": "Procedure", "id": "a", "status": "completed", "subject": subject,
+         "category": surgical, "performedDateTime": "2021-01-01"},
+        {"resourceType": "Procedure", "id": "b", "status": "completed", "subject": subject,
+         "performedDateTime": "2021-02-01"},
+    ]  # fmt: skip
+    report = ingest_fhir(new_store, write_ndjson(tmp_path / "p.ndjson", lines))
+    assert report.tables["fhir/Procedure"].accepted == 2
+    events = new_store.timeline(new_store.lookup("fhir", "np")).filter(
+        pl.col("domain") == "procedure"
+    )
+    assert events["code"].to_list() == ["SNOMED/387713003", "FHIR/Procedure"]

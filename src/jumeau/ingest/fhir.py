@@ -1599,10 +1599,15 @@ class _FhirMapper:
                 required=False,  # a patient summary's past surgery, its date unknown
             )
             end = self._period(res, "occurrencePeriod")[1]
+        # the code is optional: a procedure recorded without one (a genomic study's analysis
+        # step) is still an act done, named by its category, else as a procedure
+        category = next(iter(_objects(res.get("category"))), None)
         self._emit(
             res,
             subject,
-            code=self._code(res.get("code"), ("SNOMED", "CPT4")),
+            code=self._code(res.get("code"), ("SNOMED", "CPT4"))
+            or self._code(category, ("SNOMED",))
+            or "FHIR/Procedure",
             domain="procedure",
             time=start,
             end=end,
