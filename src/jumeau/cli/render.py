@@ -98,9 +98,14 @@ def stats_table(stats: dict) -> None:
         f"({stats['first_time']} .. {stats['last_time']}), {stats['rejects']:,} rejects, "
         f"{stats['batches']} batch(es), {stats['signal_records']} waveform record(s)"
     )
-    if stats.get("amended_records") or stats.get("withdrawn_subjects"):
+    if (
+        stats.get("amended_records")
+        or stats.get("withdrawn_records")
+        or stats.get("withdrawn_subjects")
+    ):
         console.print(
-            f"{stats['amended_records']:,} record(s) amended or withdrawn at the source since first stored; "
+            f"{stats['amended_records']:,} record(s) amended and "
+            f"{stats.get('withdrawn_records', 0):,} withdrawn at the source since first stored; "
             f"{stats['withdrawn_subjects']:,} subject(s) erased on their withdrawal"
         )
     table = Table(title="events by domain")

@@ -8,6 +8,7 @@ zero-copy slice, not a scan.
 from __future__ import annotations
 
 import bisect
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -537,8 +538,9 @@ class Store:
         return rejects.with_columns(pl.col("file").replace_strict(paths, return_dtype=pl.String))
 
     def stats(self) -> dict:
-        """Subjects, events, events by domain and source, rejects, batches, records amended or
-        withdrawn at the source since first stored and subjects erased on their withdrawal."""
+        """Subjects, events, events by domain and source, rejects, batches, records amended and
+        records withdrawn at the source since first stored, and subjects erased on their
+        withdrawal."""
         con = self.connect()
         try:
             n_events, n_subjects = run(
@@ -564,13 +566,26 @@ class Store:
             "rejects_by_source": rejects,
             "batches": len(self.manifest.batches),
             "signal_records": len(self.signal_records()),
-            "amended_records": sum(
-                pq.read_metadata(p).num_rows
-                for p in self.batch_files(layout.SUPERSEDED_FILE)
-                if p.exists()
-            ),
+            **self._hidden_records(),
             "withdrawn_subjects": len(withdrawn_subjects(self.root)),
         }
+
+    def _hidden_records(self) -> dict[str, int]:
+        """Stored records later batches hide: amended at the source (a new version stored) and
+        withdrawn there (entered in error, deleted), as the batches' reports count them."""
+        hidden = withdrawn = 0
+        for superseded, report in zip(
+            self.batch_files(layout.SUPERSEDED_FILE),
+            self.batch_files(layout.REPORT_FILE),
+            strict=True,
+        ):
+            if superseded.exists():
+                rows = pq.read_metadata(superseded).num_rows
+                said = json.loads(report.read_text()) if report.exists() else {}
+                hidden += rows
+                # never more than the file holds: an erasure takes its subjects' rows out
+                withdrawn += min(said.get("events_retracted", 0), rows)
+        return {"amended_records": hidden - withdrawn, "withdrawn_records": withdrawn}
 
     # ---- the twin ------------------------------------------------------------------------
 
