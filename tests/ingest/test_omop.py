@@ -870,6 +870,20 @@ def test_a_semicolon_separated_export_reads_decimal_commas_and_day_first_dates(t
     assert birth == [dt.datetime(1950, 2, 3, 8, 30)]
     assert store.rejects()["reason"].to_list() == ["value_as_number '1.234,5' is not a number"]
 
+    parts = tmp_path / "parts"  # the same tables as folders of part files
+    for name in ("person", "measurement"):
+        (parts / name).mkdir(parents=True)
+        shutil.copy(folder / f"{name}.csv", parts / name / "part-0.csv")
+    again = jumeau.init(tmp_path / "again")
+    ingest_omop(again, parts)
+    measured_again = again.timeline(again.lookup("omop", "1")).filter(
+        pl.col("domain") == "measurement"
+    )
+    assert (
+        measured_again.select("time", "numeric_value").rows()
+        == measured.select("time", "numeric_value").rows()
+    )
+
     comma = tmp_path / "us"
     comma.mkdir()
     for name in ("person", "measurement"):

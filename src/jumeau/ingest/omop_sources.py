@@ -142,7 +142,8 @@ def _folder_relation(
             relation = f"read_parquet({[str(p) for p in parquet]!r}, union_by_name=true)"
             return relation, _numbered_parquet(parquet), False
         if csv:
-            return *_csv_reader(con, [str(p) for p in csv]), None
+            relation, european = _csv_reader(con, [str(p) for p in csv])
+            return relation, None, european
         return None
     if name.endswith(".parquet"):  # the footer read doubles as the check that it is Parquet
         return f"read_parquet({sql_string(path)})", _numbered_parquet([path]), False
