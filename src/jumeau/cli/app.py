@@ -819,7 +819,7 @@ def twin(
         if earlier:  # what the codes named are, the resolved ones included
             payload["changes_since"]["descriptions"] = {
                 code: description
-                for code, description in {**earlier.descriptions, **result.descriptions}.items()
+                for code, description in result.descriptions.items()  # both twins read these
                 if any(code in v for v in payload["changes_since"].values() if isinstance(v, list))
             }
     if forecast:

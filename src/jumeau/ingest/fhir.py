@@ -511,16 +511,19 @@ class _FhirMapper:
             return
         identity = f"{rtype}/{found.group(2)}"
         self.deleted.add(identity)
-        for part in ("", *_INDEXED_PARTS):
-            self._withdraw_record(None, rtype, f"{identity}{part}")
+        keys = self._record_keys(rtype, identity)
+        self.withdrawn["subject_id"].extend([None] * len(keys))
+        self.withdrawn["source"].extend([f"fhir/{rtype}"] * len(keys))
+        self.withdrawn["record_key"].extend(keys)
 
-    def _withdraw_record(self, subject_id: int | None, rtype: str, record: str) -> None:
-        for name, value in (
-            ("subject_id", subject_id),
-            ("source", f"fhir/{rtype}"),
-            ("record_key", self.p.record_key(f"{self.ns}/{rtype}", record)),
-        ):
-            self.withdrawn[name].append(value)
+    def _record_key(self, rtype: str, record: str) -> int:
+        """The keyed hash a record's event is stored under (``Observation/1#component[0]``)."""
+        return self.p.record_key(f"{self.ns}/{rtype}", record)
+
+    def _record_keys(self, rtype: str, identity: str) -> list[int]:
+        """The keys a resource's events may carry: its own and its indexed parts' (see
+        :data:`_INDEXED_PARTS`), for withdrawing or keeping it without its content."""
+        return [self._record_key(rtype, f"{identity}{part}") for part in ("", *_INDEXED_PARTS)]
 
     def _withdraw(self, res: dict, handler: Callable, where: str, fullurls: dict[str, str]) -> None:
         """Withdraw the stored versions of a resource the source now voids (a result entered
@@ -529,23 +532,13 @@ class _FhirMapper:
         with contextlib.suppress(*_MALFORMED):  # what can be mapped of it is withdrawn
             handler(res, where, 1, fullurls=fullurls)
         self.contained_pending.clear()
-        cols = self.events.cols
-        for subject_id, source, key in zip(
-            cols["subject_id"][before:],
-            cols["source"][before:],
-            cols["record_key"][before:],
-            strict=True,
-        ):
-            for name, value in (
-                ("subject_id", subject_id),
-                ("source", source),
-                ("record_key", key),
-            ):
-                self.withdrawn[name].append(value)
+        rtype = res["resourceType"]
+        for name in RETRACTION_SCHEMA.names:
+            self.withdrawn[name].extend(self.events.cols[name][before:])
         del self.events[before:]
-        self._withdraw_record(
-            None, res["resourceType"], f"{res['resourceType']}/{res.get('id', '')}"
-        )
+        self.withdrawn["subject_id"].append(None)  # its own record, however it was mapped
+        self.withdrawn["source"].append(f"fhir/{rtype}")
+        self.withdrawn["record_key"].append(self._record_key(rtype, f"{rtype}/{res.get('id', '')}"))
 
     def _code(self, concept: dict | None, prefer: tuple[str, ...] = ()) -> str | None:
         """A concept's code (see :func:`concept_code`), else its text as a local code."""
@@ -827,12 +820,10 @@ class _FhirMapper:
     def _read_ndjson(self, path: Path) -> None:
         """Map an NDJSON file line by line: a bad line is rejected with its number, a file cut
         short keeps the lines read before the cut."""
-        line_no = 0
-        lines = self.lines_read.setdefault(path.name, 0)
+        line_no = lines = 0
         try:
             for line_no, line in _ndjson_lines(path):
                 lines += 1
-                self.lines_read[path.name] = lines
                 try:
                     resource = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
@@ -853,6 +844,8 @@ class _FhirMapper:
         except (OSError, EOFError) as exc:
             where = f"after line {line_no}" if line_no else "whole file"
             self._reject("fhir/file", path, where, f"cannot be read further: {exc}")
+        finally:  # the lines of a file cut short are the lines before the cut
+            self.lines_read[path.name] = self.lines_read.get(path.name, 0) + lines
 
     def _resource(
         self,
@@ -908,11 +901,9 @@ class _FhirMapper:
             self.contained_pending.clear()
             counts.rejected += 1
             if identity and self.hold_rejected:  # still the server's: kept by a full refresh
-                for part in ("", *_INDEXED_PARTS):
-                    self.held["source"].append(f"fhir/{rtype}")
-                    self.held["record_key"].append(
-                        self.p.record_key(f"{self.ns}/{rtype}", f"{identity}{part}")
-                    )
+                keys = self._record_keys(rtype, identity)
+                self.held["source"].extend([f"fhir/{rtype}"] * len(keys))
+                self.held["record_key"].extend(keys)
             reason = (
                 str(exc)
                 if isinstance(exc, FhirError)
@@ -1159,7 +1150,7 @@ class _FhirMapper:
             end_time=None if end is None else end + shift,
             domain=domain,
             source=f"fhir/{rtype}",
-            record_key=self.p.record_key(f"{self.ns}/{rtype}", record),
+            record_key=self._record_key(rtype, record),
         )
 
     @staticmethod
@@ -1492,9 +1483,7 @@ class _FhirMapper:
         """A waveform into the signal store, and its ``signal`` event on the timeline."""
         subject_id, shift = subject
         part = f"#signal{k}"
-        record_id = str(
-            self.p.record_key(f"{self.ns}/Observation", f"Observation/{res.get('id', '')}{part}")
-        )
+        record_id = str(self._record_key("Observation", f"Observation/{res.get('id', '')}{part}"))
         duration = int(round(signal.seconds * 1_000_000))
         self._emit(
             res,

@@ -306,6 +306,10 @@ class BatchWriter:
                 if (known / record.name).is_dir():
                     shutil.rmtree(record)
 
+    def _raw_files(self) -> list[str]:
+        """The connector's raw event files (see :meth:`raw_path`), in name order."""
+        return sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
+
     def _existing(self, filename: str) -> list[str]:
         return [str(p) for p in self.store.batch_files(filename)]
 
@@ -314,7 +318,7 @@ class BatchWriter:
     ) -> tuple[int, int, int, pa.Table | None]:
         """Write the batch's event files; return the events written, those already stored, the
         subjects, and the stored records that the batch brings new versions of."""
-        raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
+        raw = self._raw_files()
         if not raw:  # a batch of rejects only still has (empty) event files
             with _EventFiles(self.dir):
                 pass
@@ -441,8 +445,10 @@ class BatchWriter:
     def _stored_retractions(self, con: duckdb.DuckDBPyConnection) -> pa.Table | None:
         """The current stored events of the records withdrawn, one row each, under the subject
         each is stored under; records not stored, or hidden already, are left out."""
+        if not (self._retractions or self._refreshed):  # the usual batch: nothing to look up
+            return None
         existing = self.store.current_events_sql()
-        if not existing or not (self._retractions or self._refreshed):
+        if not existing:
             return None
         queries = []
         if self._retractions:
@@ -483,7 +489,7 @@ class BatchWriter:
         # check today is still there: its stored version is kept), and the records a connector
         # rejected before they became rows (see add_held)
         parts = ["SELECT NULL::VARCHAR AS source, NULL::BIGINT AS record_key WHERE false"]
-        raw = sorted(str(p) for p in self.raw_dir.glob("*.parquet"))
+        raw = self._raw_files()
         if raw:
             parts.append(
                 "SELECT CAST(source AS VARCHAR) AS source, CAST(record_key AS BIGINT) AS "

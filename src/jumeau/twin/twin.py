@@ -363,20 +363,16 @@ class Twin:
         """What changed since an earlier twin of the same subject.
 
         New and resolved problems, started and stopped medications, new and ended care goals
-        and alerts, procedures done and vaccines given since, variables whose last value left or came back within its reference interval,
-        observations that fell outside the earlier twin's 95% predictive interval, and risk
-        scores that moved.
+        and alerts, procedures done and vaccines given since, variables whose last value left
+        or came back within its reference interval, observations that fell outside the earlier
+        twin's 95% predictive interval, and risk scores that moved.
         """
         before = previous.to_dict() if isinstance(previous, Twin) else previous
         after = self.to_dict()
-        prob_before = {p["code"] for p in before["problems"]}
-        prob_after = {p["code"] for p in after["problems"]}
-        meds_before = {m["code"] for m in before["medications"]}
-        meds_after = {m["code"] for m in after["medications"]}
-        goals_before = {g["code"] for g in before.get("goals", [])}  # older snapshots: none
-        goals_after = {g["code"] for g in after["goals"]}
-        alerts_before = {a["code"] for a in before.get("alerts", [])}
-        alerts_after = {a["code"] for a in after["alerts"]}
+        prob_before, prob_after = _codes(before, "problems"), _codes(after, "problems")
+        meds_before, meds_after = _codes(before, "medications"), _codes(after, "medications")
+        goals_before, goals_after = _codes(before, "goals"), _codes(after, "goals")
+        alerts_before, alerts_after = _codes(before, "alerts"), _codes(after, "alerts")
         abnormal = {}
         for name, state in after["variables"].items():
             earlier = before["variables"].get(name, {})
@@ -579,6 +575,11 @@ def build_twin(
     twin.signal_features = _signal_features(rows)
     twin.risks = compute_risks(twin)
     return twin
+
+
+def _codes(snapshot: dict, key: str) -> set[str]:
+    """The codes a twin snapshot lists under ``key`` (none in a snapshot older than the key)."""
+    return {item["code"] for item in snapshot.get(key, [])}
 
 
 def _in_force(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -> list[dict]:
