@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import jumeau as api
 from tests.cli.test_cli import cli_store, jumeau  # noqa: F401 - the fixture is shared
@@ -102,28 +102,34 @@ def test_twin_since_an_earlier_date_says_what_changed_in_words(cli_store):  # no
     """What changed since the last visit: the twin of then, from what was known then, against
     today's; the problems named by their descriptions."""
     store = api.open(cli_store)
-    since, as_of = datetime(2014, 1, 1), datetime(2019, 6, 1)
+    as_of = datetime(2019, 6, 1)
     found = None
-    for subject in store.subjects().tolist():
-        try:
-            before, after = store.twin(subject, since), store.twin(subject, as_of)
-        except KeyError:
-            continue
-        if after.diff(before)["new_problems"]:
-            found = subject, after.diff(before)["new_problems"]
+    for subject in store.subjects().tolist():  # the day before a problem began, as "since"
+        onsets = store.timeline(subject, domains=["condition"])["time"].drop_nulls()
+        for onset in sorted({t.date() for t in onsets.to_list() if t < as_of}, reverse=True):
+            since = datetime(onset.year, onset.month, onset.day) - timedelta(days=1)
+            try:
+                before, after = store.twin(subject, since), store.twin(subject, as_of)
+            except KeyError:
+                continue
+            if after.diff(before)["new_problems"]:
+                found = subject, since, after.diff(before)["new_problems"]
+                break
+        if found:
             break
     assert found is not None
-    subject, new_problems = found
+    subject, since, new_problems = found
+    day = since.date().isoformat()
     args = ["twin", str(subject), "--store", str(cli_store), "--as-of", "2019-06-01"]
-    payload = json.loads(jumeau(*args, "--since", "2014-01-01", "--format", "json").stdout)
+    payload = json.loads(jumeau(*args, "--since", day, "--format", "json").stdout)
     changes = payload["changes_since"]
-    assert changes["from"].startswith("2014-01-01") and changes["new_problems"] == new_problems
+    assert changes["from"].startswith(day) and changes["new_problems"] == new_problems
     vaccines = store.timeline(subject, domains=["immunization"])
     given = vaccines.filter((vaccines["time"] > since) & (vaccines["time"] <= as_of))
     assert changes["vaccines_since"] == sorted(set(given["code"].to_list()))
     described = store.code_descriptions()[new_problems[0]]
     assert changes["descriptions"][new_problems[0]] == described
-    text = jumeau(*args, "--since", "2014-01-01").stdout
-    assert "changes since 2014-01-01" in text and described.split()[0] in text
+    text = jumeau(*args, "--since", day).stdout
+    assert f"changes since {day}" in text and described.split()[0] in text
     refused = jumeau(*args, "--since", "2020-01-01", check=False)
     assert refused.returncode != 0 and "is not before" in refused.stderr
