@@ -7,6 +7,7 @@ import math
 import pytest
 
 from jumeau.twin.risks import (
+    bedside_schwartz,
     bmi_class,
     cha2ds2_vasc,
     ckd_epi_2021,
@@ -94,6 +95,84 @@ def test_score2_op_agrees_with_the_working_groups_risk_age_equations(region, sex
 )
 def test_ckd_epi_2021(creatinine, age, sex, expected):
     assert round(float(ckd_epi_2021(creatinine, age, sex))) == expected
+
+
+@pytest.mark.parametrize(
+    ("creatinine", "height", "expected"),
+    [
+        # bedside Schwartz (Schwartz et al., JASN 2009;20:629): 0.413 x height (cm) / Scr (mg/dL)
+        (0.5, 120, 99.1),
+        (0.8, 150, 77.4),
+        (1.6, 110, 28.4),
+    ],
+)
+def test_bedside_schwartz(creatinine, height, expected):
+    assert round(float(bedside_schwartz(creatinine, height)), 1) == expected
+
+
+def test_a_childs_kidney_function_and_bmi_are_not_scored_on_adult_equations(tmp_path, new_store):
+    """A 7-year-old and a 40-year-old with the same creatinine, height and weight: the adult
+    gets CKD-EPI 2021 and a WHO BMI class; the child gets the bedside Schwartz eGFR, with an
+    interval, and no adult class for a BMI that is normal at seven (CKD-EPI would give the child
+    a kidney function a third too high, WHO's classes would call the child underweight)."""
+    import json
+    from datetime import datetime
+
+    from jumeau.ingest.fhir import ingest_fhir
+
+    def observation(patient: str, code: str, value: float, unit: str) -> dict:
+        return {
+            "resource": {
+                "resourceType": "Observation",
+                "id": f"{code}-{patient}",
+                "status": "final",
+                "subject": {"reference": f"Patient/{patient}"},
+                "effectiveDateTime": "2020-01-10",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "valueQuantity": {"value": value, "unit": unit},
+            }
+        }
+
+    (tmp_path / "in").mkdir()
+    for patient, born in (("child", "2013-01-01"), ("adult", "1980-01-01")):
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "Patient",
+                        "id": patient,
+                        "gender": "male",
+                        "birthDate": born,
+                    }
+                },
+                observation(patient, "2160-0", 0.45, "mg/dL"),
+                observation(patient, "8302-2", 122.0, "cm"),
+                observation(patient, "29463-7", 23.0, "kg"),
+            ],
+        }
+        (tmp_path / "in" / f"{patient}.json").write_text(json.dumps(bundle))
+    ingest_fhir(new_store, tmp_path / "in")
+    as_of = datetime(2020, 2, 1)
+    twins = [new_store.twin(new_store.lookup("fhir", p), as_of=as_of) for p in ("child", "adult")]
+    child, adult = (t.risks for t in twins)
+    assert child["egfr_ckd_epi_2021"].value is None
+    assert "18 and over" in child["egfr_ckd_epi_2021"].note
+    schwartz = child["egfr_bedside_schwartz"]
+    estimated = {n: twins[0].variables[n].estimate.mean for n in ("creatinine", "height")}
+    # on the filtered estimates, as every score is (one value each, shrunk towards the population)
+    assert schwartz.value == pytest.approx(
+        float(bedside_schwartz(estimated["creatinine"] / 88.42, estimated["height"])), abs=0.1
+    )
+    assert schwartz.inputs["creatinine"]["last_value"] == pytest.approx(0.45 * 88.42)
+    low, high = schwartz.interval_95
+    assert low < schwartz.value < high
+    assert child["bmi_class"].value is None
+    assert child["bmi_class"].inputs["bmi"] == pytest.approx(23 / 1.22**2, abs=0.3)
+    assert adult["egfr_ckd_epi_2021"].value > 1.3 * schwartz.value
+    assert adult["egfr_bedside_schwartz"].value is None
+    assert adult["bmi_class"].value == "underweight"
 
 
 def test_cha2ds2_vasc_points_follow_lip_2010():

@@ -455,6 +455,29 @@ def test_a_value_outside_its_reference_interval_is_said_so_for_the_patients_sex(
     assert catalogue["weight"].normal_range("male") is None
 
 
+def test_a_childs_values_are_not_judged_by_an_adults_reference_interval(tmp_path):
+    """A 5-year-old's heart rate of 110, blood pressure of 95/55 and BMI of 15.5 are normal for
+    the age: adult intervals hold from 18 and say nothing of them; a temperature or a sodium is
+    judged the same at any age past infancy; a mapping file sets the age a laboratory's interval
+    holds from."""
+    catalogue = load_catalogue()
+    for name, value in (("heart_rate", 110), ("dbp", 55), ("bmi", 15.5), ("creatinine", 30)):
+        assert catalogue[name].out_of_range(value, "female", age=5) is None
+        assert catalogue[name].out_of_range(value, "female", age=30) is not None
+        assert catalogue[name].out_of_range(value, "female") is not None  # age unknown: adult
+    assert catalogue["temperature"].out_of_range(39.5, "male", age=0.5) == "high"
+    assert catalogue["sodium"].out_of_range(128, "male", age=5) == "low"
+    assert catalogue["glucose"].normal_range("male", age=0.1) is None  # a newborn's bounds differ
+    path = tmp_path / "mapping.json"
+    path.write_text(
+        json.dumps({"heart_rate": {"normal": {"any": [70, 140]}, "normal_from_age": 1}})
+    )
+    assert load_catalogue(path)["heart_rate"].out_of_range(150, "male", age=3) == "high"
+    path.write_text(json.dumps({"heart_rate": {"normal_from_age": "adult"}}))
+    with pytest.raises(ValueError, match="heart_rate.*normal_from_age must be an age in years"):
+        load_catalogue(path)
+
+
 def test_a_mapping_file_gives_a_laboratorys_reference_intervals(tmp_path):
     path = tmp_path / "mapping.json"
     path.write_text(json.dumps({"potassium": {"normal": {"any": [3.6, 5.3]}}}))
@@ -474,10 +497,13 @@ def test_a_twin_flags_abnormal_last_values_and_its_diff_says_when_one_turns(synt
             continue
         for name, state in twin.to_dict()["variables"].items():
             variable = twin.population.catalogue[name]
-            assert state["out_of_range"] == variable.out_of_range(state["last_value"], twin.sex)
-            assert state["normal_range"] == (
-                list(variable.normal_range(twin.sex)) if variable.normal_range(twin.sex) else None
+            measured = datetime.fromisoformat(state["last_time"]) if state["last_time"] else None
+            age = (measured - twin.birth).days / 365.25 if measured and twin.birth else twin.age
+            normal = variable.normal_range(twin.sex, age)
+            assert state["out_of_range"] == variable.out_of_range(
+                state["last_value"], twin.sex, age
             )
+            assert state["normal_range"] == (list(normal) if normal else None)
         twins[subject] = twin
     flagged = [(s, n) for s, t in twins.items() for n, v in t.variables.items() if v.out_of_range]
     assert len(flagged) >= 3  # Synthea's adults: overweight BMIs, high cholesterols...

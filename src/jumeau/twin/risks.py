@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jumeau.twin.variables import ADULT_AGE, MG_DL_TO_UMOL_CREATININE
+
 # --- SCORE2 (SCORE2 working group, Eur Heart J 2021;42:2439-54) and SCORE2-OP (Eur Heart J
 # 2021;42:2455-67): sex-specific coefficients, baseline survival and region recalibration scales
 # (scale1, scale2) of the publications' supplementary tables.
@@ -160,6 +162,13 @@ def ckd_epi_2021(creatinine_mg_dl, age, sex: str):
         * 0.9938 ** np.asarray(age, dtype=float)
     )
     return egfr * (1.012 if female else 1.0)
+
+
+def bedside_schwartz(creatinine_mg_dl, height_cm):
+    """Bedside Schwartz eGFR (mL/min/1.73 m²) of a child or adolescent from serum creatinine
+    and height: 0.413 × height / creatinine (Schwartz et al., JASN 2009, the CKiD equation
+    for enzymatic creatinine)."""
+    return 0.413 * np.asarray(height_cm, dtype=float) / np.asarray(creatinine_mg_dl, dtype=float)
 
 
 def cha2ds2_vasc(
@@ -401,10 +410,21 @@ def compute_risks(twin, region: str = DEFAULT_REGION, draws: int = 2000) -> dict
             note="labile INR not assessed (needs INR time in range)",
         )
     creat = state.get("creatinine")
-    if creat is not None and creat.last_value is not None and age is not None and sex is not None:
-        mg = creat.estimate.mean / 88.42
+    child = age is not None and age < ADULT_AGE
+    out["egfr_bedside_schwartz"] = _schwartz(creat, state.get("height"), age, draws, rng, used)
+    if child:
+        out["egfr_ckd_epi_2021"] = RiskResult(
+            "eGFR (CKD-EPI 2021)",
+            None,
+            "mL/min/1.73m2",
+            note=f"defined for ages {ADULT_AGE:g} and over: a child's is egfr_bedside_schwartz",
+        )
+    elif creat is not None and creat.last_value is not None and age is not None and sex is not None:
+        mg = creat.estimate.mean / MG_DL_TO_UMOL_CREATININE
         sample = ckd_epi_2021(
-            np.clip(_draws(creat.estimate, draws, rng), 5, None) / 88.42, age, sex
+            np.clip(_draws(creat.estimate, draws, rng), 5, None) / MG_DL_TO_UMOL_CREATININE,
+            age,
+            sex,
         )
         out["egfr_ckd_epi_2021"] = RiskResult(
             "eGFR (CKD-EPI 2021)",
@@ -426,7 +446,16 @@ def compute_risks(twin, region: str = DEFAULT_REGION, draws: int = 2000) -> dict
             demographic_missing + missing("creatinine"),
         )
     bmi = _bmi(state)
-    if bmi is not None:
+    if bmi is not None and child:
+        out["bmi_class"] = RiskResult(
+            "BMI class",
+            None,
+            "",
+            {"bmi": round(bmi[0], 1), **bmi[1]},
+            note=f"WHO's adult classes hold from {ADULT_AGE:g}: a child's BMI is read on "
+            "BMI-for-age centiles",
+        )
+    elif bmi is not None:
         value, inputs = bmi
         out["bmi_class"] = RiskResult(
             "BMI class", bmi_class(value), "", {"bmi": round(value, 1), **inputs}
@@ -445,6 +474,34 @@ def compute_risks(twin, region: str = DEFAULT_REGION, draws: int = 2000) -> dict
             "QTc class", None, "", {}, missing("qtc") + demographic_missing
         )
     return out
+
+
+def _schwartz(creat, height, age, draws: int, rng: np.random.Generator, used) -> RiskResult:
+    """The bedside Schwartz eGFR of a patient aged 1 to 17, from the estimated creatinine and
+    height (their uncertainty drawn together into the interval)."""
+    name, unit = "eGFR (bedside Schwartz, CKiD 2009)", "mL/min/1.73m2"
+    if age is None or not 1 <= age < ADULT_AGE:
+        return RiskResult(name, None, unit, note=f"defined for ages 1 to {ADULT_AGE - 1:g}")
+    lacking = [
+        n
+        for n, v in (("creatinine", creat), ("height", height))
+        if v is None or v.last_value is None
+    ]
+    if lacking:
+        return RiskResult(name, None, unit, missing=lacking)
+    mg = creat.estimate.mean / MG_DL_TO_UMOL_CREATININE
+    sample = bedside_schwartz(
+        np.clip(_draws(creat.estimate, draws, rng), 5, None) / MG_DL_TO_UMOL_CREATININE,
+        np.clip(_draws(height.estimate, draws, rng), 30, None),
+    )
+    return RiskResult(
+        name,
+        round(float(bedside_schwartz(mg, height.estimate.mean)), 1),
+        unit,
+        {**used("creatinine", "height"), "age": age},
+        [],
+        (round(float(np.percentile(sample, 2.5)), 1), round(float(np.percentile(sample, 97.5)), 1)),
+    )
 
 
 def _bmi(state) -> tuple[float, dict] | None:

@@ -310,7 +310,7 @@ class Twin:
         if self.birth is None:
             return None
         until = self.deceased or self.as_of  # a death is known only up to as_of
-        return round((until - self.birth).days / DAYS_PER_YEAR, 2)
+        return _age_years(self.birth, until)
 
     def condition_flags(self) -> dict[str, bool]:
         """Whether any recorded problem (active or past) belongs to each scored condition."""
@@ -883,6 +883,11 @@ def observations(
     return {name: (*series, unit_inferred.get(name, 0)) for name, series in out.items()}
 
 
+def _age_years(birth: datetime | None, moment: datetime) -> float | None:
+    """Age in years at ``moment`` (None when the birth date is not known)."""
+    return None if birth is None else round((moment - birth).days / DAYS_PER_YEAR, 2)
+
+
 def _implausible(var: Variable, time: datetime, value: float, unit, converted: float) -> dict:
     """The flag of a value implausible for ``var`` once in its unit."""
     return {
@@ -932,6 +937,8 @@ def _variable_states(
             flagged,
             (population.catalogue[name].low, population.catalogue[name].high),
             inferred,
-            population.catalogue[name].normal_range(sex),
+            population.catalogue[name].normal_range(
+                sex, _age_years(birth, times[-1]) if times else _age_years(birth, as_of)
+            ),
         )
     return states

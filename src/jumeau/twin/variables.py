@@ -24,6 +24,10 @@ def _scale(factor: float) -> Convert:
     return lambda v: v * factor
 
 
+#: The age (years) from which adult reference intervals and adult scores apply.
+ADULT_AGE = 18.0
+
+
 @dataclass(frozen=True)
 class Variable:
     """A clinical variable: its codes, canonical unit, conversions and plausible range.
@@ -48,15 +52,26 @@ class Variable:
     #: ``male``) where it differs, else under ``any``: a value outside it is abnormal, not
     #: implausible
     normal: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    #: the age in years from which ``normal`` holds: a child's pressures, heart rate, BMI or
+    #: creatinine are not an adult's, and are not judged by an adult's interval
+    normal_from_age: float = ADULT_AGE
 
-    def normal_range(self, sex: str | None = None) -> tuple[float | None, float | None] | None:
-        """The reference interval for a patient of ``sex`` (None where none is known: a range
-        that differs by sex, for a patient whose sex is not recorded)."""
+    def normal_range(
+        self, sex: str | None = None, age: float | None = None
+    ) -> tuple[float | None, float | None] | None:
+        """The reference interval for a patient of ``sex`` aged ``age`` years when measured
+        (None where none is known: a range that differs by sex, for a patient whose sex is not
+        recorded; a patient younger than :attr:`normal_from_age`). An unknown age is taken as
+        an adult's."""
+        if age is not None and age < self.normal_from_age:
+            return None
         return self.normal.get(sex or "") or self.normal.get("any")
 
-    def out_of_range(self, value: float | None, sex: str | None = None) -> str | None:
+    def out_of_range(
+        self, value: float | None, sex: str | None = None, age: float | None = None
+    ) -> str | None:
         """``low`` or ``high`` for a value outside the reference interval, else None."""
-        return outside(value, self.normal_range(sex))
+        return outside(value, self.normal_range(sex, age))
 
     def converter(self, unit: str | None) -> Convert | None:
         """The function giving the canonical unit from ``unit`` (None when it is unknown)."""
@@ -551,7 +566,27 @@ NORMAL_RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "qtc": {"female": (None, 460), "male": (None, 450)},
     "lvef": {"any": (50, None)},
 }
-CATALOGUE = {name: replace(v, normal=NORMAL_RANGES.get(name, {})) for name, v in CATALOGUE.items()}
+#: The variables whose adult interval also holds for children, and from which age (years): body
+#: temperature and oxygen saturation from birth; glucose, HbA1c, sodium and potassium from the
+#: first year (a newborn's glucose and potassium run on other bounds); eGFR reaches adult values
+#: by two (KDIGO 2012). The others hold from :data:`ADULT_AGE`.
+NORMAL_FROM_AGE: dict[str, float] = {
+    "temperature": 0.0,
+    "spo2": 0.0,
+    "glucose": 1.0,
+    "hba1c": 1.0,
+    "sodium": 1.0,
+    "potassium": 1.0,
+    "egfr": 2.0,
+}
+CATALOGUE = {
+    name: replace(
+        v,
+        normal=NORMAL_RANGES.get(name, {}),
+        normal_from_age=NORMAL_FROM_AGE.get(name, ADULT_AGE),
+    )
+    for name, v in CATALOGUE.items()
+}
 
 #: Sex as the connectors write it (``Gender/F``), as the MEDS ETLs do (``GENDER//F``) and in SNOMED.
 SEX_CODES: dict[str, str] = {
@@ -583,7 +618,8 @@ def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
     The file maps variable names to objects with any of ``label``, ``unit``, ``codes`` (added to
     the built-in ones), ``low``, ``high`` (the plausible range), ``normal`` (the reference
     interval, ``{"any": [low, high]}`` or by ``female`` / ``male``, a bound ``null`` where there
-    is none) and ``conversions`` as ``{"unit": factor}``; an unknown name defines a new variable
+    is none), ``normal_from_age`` (the age in years from which that interval holds; 18 unless
+    the built-in variable says otherwise) and ``conversions`` as ``{"unit": factor}``; an unknown name defines a new variable
     (``unit``, ``codes``, ``low`` and ``high`` required).
     """
     catalogue = dict(CATALOGUE)
@@ -609,6 +645,7 @@ def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
                 high=entry.get("high", base.high),
                 conversions={**base.conversions, **conversions},
                 normal=base.normal if normal is None else normal,
+                normal_from_age=_normal_from_age(path, name, entry, base.normal_from_age),
             )
             continue
         missing = [k for k in ("unit", "codes", "low", "high") if k not in entry]
@@ -627,8 +664,19 @@ def load_catalogue(path: str | Path | None = None) -> dict[str, Variable]:
             float(entry.get("prior_mean", 0.0)),
             float(entry.get("prior_sd", 1.0)),
             normal or {},
+            _normal_from_age(path, name, entry, ADULT_AGE),
         )
     return catalogue
+
+
+def _normal_from_age(path: Path, name: str, entry: dict, default: float) -> float:
+    """A mapping file's age from which a variable's reference interval holds."""
+    age = entry.get("normal_from_age", default)
+    if isinstance(age, bool) or not isinstance(age, int | float) or age < 0:
+        raise ValueError(
+            f"{path}: {name!r}: normal_from_age must be an age in years (0 or more), not {age!r}"
+        )
+    return float(age)
 
 
 def _normal_ranges(
