@@ -9,6 +9,8 @@ import pytest
 from jumeau.twin.risks import (
     bedside_schwartz,
     bmi_class,
+    bmi_for_age_z,
+    child_bmi_class,
     cha2ds2_vasc,
     ckd_epi_2021,
     has_bled,
@@ -110,11 +112,27 @@ def test_bedside_schwartz(creatinine, height, expected):
     assert round(float(bedside_schwartz(creatinine, height)), 1) == expected
 
 
+@pytest.mark.parametrize(
+    ("bmi", "age", "sex", "expected"),
+    [
+        # a 7-year-old boy of 30 kg and 122 cm: BMI 20.2, above +2 SD of the WHO 2007 reference
+        (30 / 1.22**2, 7.0, "male", "obese"),
+        (15.5, 7.0, "male", "normal"),  # about the WHO 2007 median at 7
+        (12.5, 7.0, "male", "thinness"),
+        (19.0, 3.0, "female", "overweight"),  # under 5: the WHO 2006 standards' classes
+        (17.8, 3.0, "female", "possible risk of overweight"),
+        (26.0, 18.9, "female", "overweight"),  # BMI 25 at 19 is +1 SD
+    ],
+)
+def test_a_childs_bmi_is_classed_by_its_who_bmi_for_age_z_score(bmi, age, sex, expected):
+    assert child_bmi_class(bmi_for_age_z(bmi, age, sex), age) == expected
+
+
 def test_a_childs_kidney_function_and_bmi_are_not_scored_on_adult_equations(tmp_path, new_store):
     """A 7-year-old and a 40-year-old with the same creatinine, height and weight: the adult
-    gets CKD-EPI 2021 and a WHO BMI class; the child gets the bedside Schwartz eGFR, with an
-    interval, and no adult class for a BMI that is normal at seven (CKD-EPI would give the child
-    a kidney function a third too high, WHO's classes would call the child underweight)."""
+    gets CKD-EPI 2021 and a WHO adult BMI class; the child gets the bedside Schwartz eGFR, with
+    an interval, and the class of its BMI-for-age (CKD-EPI would give the child a kidney function
+    a third too high, WHO's adult classes would call the child underweight)."""
     import json
     from datetime import datetime
 
@@ -168,11 +186,15 @@ def test_a_childs_kidney_function_and_bmi_are_not_scored_on_adult_equations(tmp_
     assert schwartz.inputs["creatinine"]["last_value"] == pytest.approx(0.45 * 88.42)
     low, high = schwartz.interval_95
     assert low < schwartz.value < high
-    assert child["bmi_class"].value is None
+    assert child["bmi_class"].value == "normal"  # WHO's adult classes: "underweight"
+    assert child["bmi_class"].inputs["bmi_for_age_z"] == pytest.approx(
+        bmi_for_age_z(child["bmi_class"].inputs["bmi"], twins[0].age, "male"), abs=0.05
+    )
     assert child["bmi_class"].inputs["bmi"] == pytest.approx(23 / 1.22**2, abs=0.3)
     assert adult["egfr_ckd_epi_2021"].value > 1.3 * schwartz.value
     assert adult["egfr_bedside_schwartz"].value is None
     assert adult["bmi_class"].value == "underweight"
+    assert "bmi_for_age_z" not in adult["bmi_class"].inputs
 
 
 def test_cha2ds2_vasc_points_follow_lip_2010():

@@ -7,6 +7,7 @@ dates, what was missing, and an uncertainty interval propagated from uncertain i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -241,6 +242,33 @@ def bmi_class(bmi: float) -> str:
     return "obese class III"
 
 
+def bmi_for_age_z(bmi: float, age: float, sex: str) -> float:
+    """A child's BMI-for-age z-score on the WHO growth standards (birth to 5, 2006) and reference
+    (5 to 19, 2007), by the LMS method (``pygrowup``)."""
+    from pygrowup import Observation
+
+    days = max(1, int(age * 365.25))
+    return float(Observation(sex=sex, age_in_days=days).bmifa(round(bmi, 2)))
+
+
+def child_bmi_class(z: float, age: float) -> str:
+    """WHO class of a child's BMI-for-age z-score. Under 5 (WHO 2006): severe wasting below -3,
+    wasting below -2, possible risk of overweight above +1, overweight above +2, obese above +3;
+    from 5 to 19 (WHO 2007): severe thinness below -3, thinness below -2, overweight above +1
+    (BMI 25 at 19), obese above +2 (BMI 30 at 19)."""
+    if age < 5:
+        low = ("severe wasting", "wasting")
+        high = ((3, "obese"), (2, "overweight"), (1, "possible risk of overweight"))
+    else:
+        low = ("severe thinness", "thinness")
+        high = ((2, "obese"), (1, "overweight"))
+    if z < -3:
+        return low[0]
+    if z < -2:
+        return low[1]
+    return next((name for limit, name in high if z > limit), "normal")
+
+
 def qtc_class(qtc_ms: float, sex: str) -> str:
     """QTc class: normal, borderline, prolonged (> 450 ms men, > 460 ms women) or high risk (> 500)."""
     if qtc_ms > 500:
@@ -447,14 +475,7 @@ def compute_risks(twin, region: str = DEFAULT_REGION, draws: int = 2000) -> dict
         )
     bmi = _bmi(state)
     if bmi is not None and child:
-        out["bmi_class"] = RiskResult(
-            "BMI class",
-            None,
-            "",
-            {"bmi": round(bmi[0], 1), **bmi[1]},
-            note=f"WHO's adult classes hold from {ADULT_AGE:g}: a child's BMI is read on "
-            "BMI-for-age centiles",
-        )
+        out["bmi_class"] = _child_bmi_class(bmi, age, sex)
     elif bmi is not None:
         value, inputs = bmi
         out["bmi_class"] = RiskResult(
@@ -502,6 +523,31 @@ def _schwartz(creat, height, age, draws: int, rng: np.random.Generator, used) ->
         [],
         (round(float(np.percentile(sample, 2.5)), 1), round(float(np.percentile(sample, 97.5)), 1)),
     )
+
+
+def _child_bmi_class(bmi: tuple[float, dict], age: float, sex: str | None) -> RiskResult:
+    """A child's BMI class from its BMI-for-age z-score (WHO's adult classes hold from 18)."""
+    value, inputs = bmi
+    inputs = {"bmi": round(value, 1), **inputs, "age": age}
+    if sex is None:
+        return RiskResult("BMI class (BMI-for-age, WHO)", None, "", inputs, ["sex"])
+    from pygrowup.exceptions import PyGrowUpException
+
+    try:
+        z = bmi_for_age_z(value, age, sex)
+    except PyGrowUpException as exc:  # a BMI outside the reference's 5-60 kg/m2
+        return RiskResult("BMI class (BMI-for-age, WHO)", None, "", inputs, note=str(exc))
+    return RiskResult(
+        "BMI class (BMI-for-age, WHO)",
+        child_bmi_class(z, age),
+        "",
+        {**inputs, "bmi_for_age_z": round(z, 2), "centile": round(100 * _normal_cdf(z), 1)},
+        note="WHO growth standards (under 5) and reference (5-19)",
+    )
+
+
+def _normal_cdf(z: float) -> float:
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
 
 def _bmi(state) -> tuple[float, dict] | None:
