@@ -22,6 +22,7 @@ import orjson
 import pyarrow as pa
 
 from jumeau.ingest.events import columns_table
+from jumeau.ingest.fhir_genomics import is_variant, variant_event
 from jumeau.ingest.fhir_sampled import SampledDataError, SampledSignal, read_sampled_data
 from jumeau.ingest.redact import redact, redact_patterns
 from jumeau.model import (
@@ -1396,6 +1397,13 @@ class _FhirMapper:
         domain = "measurement" if categories & {"vital-signs", "laboratory"} else "observation"
         code = self._code(res.get("code"), ("LOINC", "SNOMED"))
         components = res.get("component") or []
+        variant = variant_event(components) if is_variant(res.get("code")) else None
+        if variant is not None:  # one event for the variant, not one a component
+            code, text, frequency = variant
+            self._emit(
+                res, subject, code=code, domain="genomic", time=start, numeric=frequency, text=text
+            )
+            return
         waveforms = self._waveforms(res, components)
         if waveforms:
             components = [c for c in components if "valueSampledData" not in c]
