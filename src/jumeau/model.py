@@ -7,6 +7,8 @@ domain and provenance. Nothing downstream of ingestion knows a source format.
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 
 #: Domains an event may belong to (OMOP-like, plus the demographic and signal scales).
@@ -130,6 +132,14 @@ TENTATIVE_PREFIX = "verification="
 def make_code(vocabulary: str, code: str) -> str:
     """Return a canonical code string ``VOCABULARY/code`` (e.g. ``LOINC/8480-6``)."""
     return f"{vocabulary}/{code}"
+
+
+def variant_code(chromosome: str, position: int, ref: str, alt: str) -> str:
+    """The canonical code of a genomic variant, ``VARIANT/<chrom>-<pos>-<ref>-<alt>`` (VCF's
+    1-based position), whatever the source's naming of chromosomes: ``chr7`` and ``7`` are
+    ``7``, ``chrM`` and ``M`` are ``MT`` (so a VCF's call and a FHIR report's variant meet)."""
+    name = re.sub(r"^chr", "", str(chromosome).strip(), flags=re.IGNORECASE).upper()
+    return f"VARIANT/{'MT' if name == 'M' else name}-{int(position)}-{ref.upper()}-{alt.upper()}"
 
 
 #: FHIR code-system URIs and their vocabulary prefixes.

@@ -97,3 +97,26 @@ def test_the_twin_lists_a_fhir_variant_of_high_impact_as_it_does_a_vcfs(genomic_
         genomic_store.lookup("fhir", "somaticPatient"), datetime(2022, 1, 1)
     )
     assert before.genomics is None  # reported in 2023: not known before
+
+
+def test_a_vcf_call_and_a_fhir_report_of_the_same_variant_share_its_code(tmp_path, genomic_store):
+    """The tumour's VCF (UCSC names: chr7) calls the EGFR variant the FHIR report gives (RefSeq
+    NC_000007.13): one code, one variant in the twin, whichever source named the chromosome."""
+    from jumeau.ingest.vcf import ingest_vcf
+    from jumeau.model import variant_code
+
+    assert variant_code("chr7", 55259515, "t", "g") == variant_code("7", 55259515, "T", "G")
+    assert variant_code("chrM", 3243, "A", "G") == "VARIANT/MT-3243-A-G"
+    vcf = tmp_path / "tumour.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n"
+        "##contig=<ID=chr7>\n"
+        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tT1\n"
+        "chr7\t55259515\t.\tT\tG\t50\tPASS\t.\tGT\t0/1\n"
+    )
+    ingest_vcf(genomic_store, vcf, sample_map={"T1": ("fhir", "somaticPatient")})
+    subject = genomic_store.lookup("fhir", "somaticPatient")
+    codes = genomic_store.timeline(subject).filter(pl.col("domain") == "genomic")["code"]
+    assert codes.to_list().count("VARIANT/7-55259515-T-G") == 2  # the report's and the VCF's
+    assert genomic_store.twin(subject, datetime(2024, 1, 1)).genomics["variants"] == 2

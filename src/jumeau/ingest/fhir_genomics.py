@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from jumeau.model import variant_code
+
 #: LOINC code of the Genomics Reporting variant Observation.
 VARIANT_CODE = "69548-6"
 
@@ -123,7 +125,7 @@ def _vcf_code(values: dict) -> str | None:
     substitution = _HGVS_SUBSTITUTION.fullmatch(str(genomic or "").strip())
     if substitution:
         number, position, ref, alt = substitution.groups()
-        return f"VARIANT/{_chromosome(int(number))}-{int(position)}-{ref}-{alt}"
+        return variant_code(_chromosome(int(number)), int(position), ref, alt)
     ref, alt = values.get(_REF_ALLELE), values.get(_ALT_ALLELE)
     start = values.get(_START_END)
     found = _REFSEQ_CHROMOSOME.search(str(values.get(_GENOMIC_REFERENCE) or ""))
@@ -135,7 +137,7 @@ def _vcf_code(values: dict) -> str | None:
     if system not in (_ZERO_BASED_INTERVAL, _ONE_BASED):
         return None
     position = int(start) + (1 if system == _ZERO_BASED_INTERVAL else 0)
-    return f"VARIANT/{_chromosome(int(found.group(1)))}-{position}-{ref.upper()}-{alt.upper()}"
+    return variant_code(_chromosome(int(found.group(1))), position, ref, alt)
 
 
 def _chromosome(number: int) -> str:

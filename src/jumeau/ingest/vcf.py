@@ -1,7 +1,8 @@
 """VCF/BCF genotypes into the twin: each sample's called variants attached to its subject.
 
 Every non-reference allele a sample carries becomes a static ``genomic`` event (germline
-genotypes have no date unless one is given): code ``VARIANT/<chrom>-<pos>-<ref>-<alt>``, the
+genotypes have no date unless one is given): code ``VARIANT/<chrom>-<pos>-<ref>-<alt>``
+(:func:`~jumeau.model.variant_code`: ``chr7`` and ``7`` alike), the
 call's QUAL as value, and genotype, filter, gene and consequence (from VEP ``CSQ``, SnpEff
 ``ANN`` or ``EFF``) as text. Samples map to subjects through a user-given table; the file is
 streamed through ``cyvcf2``, so memory stays bounded whatever its size.
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jumeau.ingest.events import epoch_us, event, event_table
+from jumeau.model import variant_code
 from jumeau.store import BatchWriter, IngestReport, Progress, Store
 
 FLUSH = 100_000
@@ -159,7 +161,7 @@ def ingest_vcf(
                         copies = alleles.count(allele)
                         separator = "|" if phased[k] else "/"
                         gt = separator.join("." if a < 0 else str(a) for a in called)
-                        code = f"VARIANT/{variant.CHROM}-{variant.POS}-{variant.REF}-{alt}"
+                        code = variant_code(variant.CHROM, variant.POS, variant.REF, alt)
                         text = f"GT={gt};COPIES={copies};FILTER={filt}"
                         if gene:
                             text += f";GENE={gene}"
