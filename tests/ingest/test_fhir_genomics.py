@@ -34,7 +34,9 @@ def test_a_variant_is_one_genomic_event_with_its_gene_and_changes(genomic_store)
     as a VCF on the same build would code it (HGVS positions are 1-based, as VCF's)."""
     events = genomic_store.timeline(genomic_store.lookup("fhir", "somaticPatient"))
     variants = events.filter(pl.col("domain") == "genomic")
-    egfr = variants.filter(pl.col("code") == "VARIANT/7-55259515-T-G").row(0, named=True)
+    egfr = variants.filter(
+        (pl.col("code") == "VARIANT/7-55259515-T-G") & pl.col("text_value").str.contains("HGVS_C")
+    ).row(0, named=True)
     facts = _facts(egfr["text_value"])
     assert facts["GENE"] == "EGFR"
     assert facts["HGVS_C"] == "NM_005228.4:c.2573T>G"
@@ -50,7 +52,7 @@ def test_a_zero_based_coordinate_is_moved_to_the_vcf_position(genomic_store):
     """A germline SNV given only by its chromosome's RefSeq accession, a 0-based interval start
     and its alleles: the VCF position is one more (the IG's own discrete-variant name of it,
     NC_000001.10:g.86852621A>G, says so); the allelic state gives the genotype."""
-    code, text, frequency = variant_event(
+    code, text, frequency, _ = variant_event(
         components("Observation-variant-with-molec-consequences.json")
     )
     assert code == "VARIANT/1-86852621-A-G"
@@ -118,5 +120,49 @@ def test_a_vcf_call_and_a_fhir_report_of_the_same_variant_share_its_code(tmp_pat
     ingest_vcf(genomic_store, vcf, sample_map={"T1": ("fhir", "somaticPatient")})
     subject = genomic_store.lookup("fhir", "somaticPatient")
     codes = genomic_store.timeline(subject).filter(pl.col("domain") == "genomic")["code"]
-    assert codes.to_list().count("VARIANT/7-55259515-T-G") == 2  # the report's and the VCF's
+    # the report's variant, the report's implication of it and the VCF's call
+    assert codes.to_list().count("VARIANT/7-55259515-T-G") == 3
     assert genomic_store.twin(subject, datetime(2024, 1, 1)).genomics["variants"] == 2
+
+
+def test_a_variants_clinical_significance_is_kept_under_its_code(genomic_store):
+    """The report's diagnostic implications (derived from a variant: pathogenic, and for which
+    condition) are stored under the variant's code, whichever file comes first, and the twin
+    names them, pathogenic first."""
+    twin = genomic_store.twin(genomic_store.lookup("fhir", "somaticPatient"), datetime(2024, 1, 1))
+    assert twin.genomics["implications"] == [
+        {
+            "code": "VARIANT/7-55259515-T-G",
+            "gene": "EGFR",
+            "significance": "Pathogenic",
+            "condition": None,
+        },
+        {
+            "code": "VARIANT/16-2040196-C-T",
+            "gene": "NTHL1",
+            "significance": "Pathogenic",
+            "condition": "Hereditary cancer-predisposing syndrome (disorder)",
+        },
+    ]
+    assert twin.genomics["variants"] == 2  # an implication is no variant of its own
+
+
+def test_an_implication_in_an_ndjson_export_before_its_variant_still_finds_it(tmp_path, new_store):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    lines = [
+        json.loads((EXAMPLES / name).read_text())
+        for name in (
+            "Observation-NTHL1-snv-disease.json",  # before the variant it is derived from
+            "Observation-NTHL1-snv-var.json",
+        )
+    ]
+    (folder / "Observation.ndjson").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    (folder / "Patient.ndjson").write_text(
+        (EXAMPLES / "Patient-somaticPatient.json").read_text().replace("\n", " ") + "\n"
+    )
+    ingest_fhir(new_store, folder)
+    events = new_store.timeline(new_store.lookup("fhir", "somaticPatient"))
+    genomic = events.filter(pl.col("domain") == "genomic")
+    assert genomic["code"].to_list() == ["VARIANT/16-2040196-C-T"] * 2
+    assert any("SIGNIFICANCE=Pathogenic" in t for t in genomic["text_value"].to_list())

@@ -322,11 +322,24 @@ def twin_summary(twin: dict) -> None:
             + escape(
                 (": " if high else "")
                 + "; ".join(
-                    f"{v['gene'] or v['code']} {v['consequence']} ({v['genotype']})"
+                    f"{v['gene'] or v['code']} {v['consequence']}"
+                    + (f" ({v['genotype']})" if v["genotype"] else "")
                     for v in high[:12]
                 )
             )
         )
+        implications = genomics.get("implications") or []
+        if implications:
+            console.print(
+                f"[bold]reported significance[/bold] ({len(implications)}): "
+                + escape(
+                    "; ".join(
+                        f"{v['gene'] or v['code']} {v['significance']}"
+                        + (f" ({v['condition']})" if v["condition"] else "")
+                        for v in implications[:12]
+                    )
+                )
+            )
     family = twin.get("family_history") or []
     if family:
         console.print(

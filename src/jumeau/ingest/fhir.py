@@ -22,7 +22,12 @@ import orjson
 import pyarrow as pa
 
 from jumeau.ingest.events import columns_table
-from jumeau.ingest.fhir_genomics import is_variant, variant_event
+from jumeau.ingest.fhir_genomics import (
+    VARIANT_CODE,
+    implication_facts,
+    is_variant,
+    variant_event,
+)
 from jumeau.ingest.fhir_sampled import SampledDataError, SampledSignal, read_sampled_data
 from jumeau.ingest.redact import redact, redact_patterns
 from jumeau.model import (
@@ -60,7 +65,7 @@ _READ_AHEAD_TYPES = (
 #: What an NDJSON line read ahead names (a panel's Observation lists its members): one search
 #: a line, not one a name.
 _READ_AHEAD = re.compile(
-    b'"(?:' + b"|".join(n.encode() for n in (*_READ_AHEAD_TYPES, "hasMember")) + b')"'
+    b'"(?:' + b"|".join(n.encode() for n in (*_READ_AHEAD_TYPES, "hasMember", VARIANT_CODE)) + b')"'
 )
 #: When an Observation was made: its effective[x].
 _EFFECTIVE = ("effectiveDateTime", "effectivePeriod", "effectiveInstant")
@@ -321,6 +326,9 @@ class _FhirMapper:
         #: Device type codes by reference (``Device/id``, bundle fullUrl): a device use
         #: statement names its device by reference.
         self.devices: dict[str, str] = {}
+        #: Genomic variants by reference (``Observation/id``, bundle fullUrl): their code and
+        #: gene, for the clinical significance an implication derived from one states.
+        self.variants: dict[str, tuple[str, str | None]] = {}
         #: Birth times (µs, unshifted) by patient id: an onset given as an age needs them.
         self.births: dict[str, int] = {}
         #: ids of the Patients read so far (an NDJSON file's are read ahead of its other lines)
@@ -560,8 +568,10 @@ class _FhirMapper:
             self._remember_specimen(res, full_url)
         elif rtype == "DiagnosticReport":
             self._remember_listed(res, "result")
-        elif rtype == "Observation" and res.get("hasMember"):
-            self._remember_listed(res, "hasMember")
+        elif rtype == "Observation":
+            if res.get("hasMember"):
+                self._remember_listed(res, "hasMember")
+            self._remember_variant(res, full_url)
         elif rtype in ("List", "Composition", "CarePlan"):
             self._remember_list(res)
         elif rtype == "Device":
@@ -571,6 +581,15 @@ class _FhirMapper:
         elif rtype == "Questionnaire":
             self._remember_questionnaire(res, full_url)
         return False
+
+    def _remember_variant(self, res: dict, full_url: str | None = None) -> None:
+        """A genomic variant's code and gene, kept for the implications derived from it."""
+        if not is_variant(res.get("code")):
+            return
+        with contextlib.suppress(*_MALFORMED):  # the variant is rejected when it is mapped
+            found = variant_event(_objects(res.get("component")))
+            if found is not None:
+                _keep(self.variants, res, full_url, (found.code, found.gene))
 
     def _remember_questionnaire(self, res: dict, full_url: str | None = None) -> None:
         """A Questionnaire's item codes and answer weights by linkId, kept under its reference
@@ -809,7 +828,9 @@ class _FhirMapper:
         if first is None:
             return
         rtype = first.group(1).decode()
-        if rtype not in _READ_AHEAD_TYPES and not (rtype == "Observation" and b"hasMember" in head):
+        if rtype not in _READ_AHEAD_TYPES and not (
+            rtype == "Observation" and (b"hasMember" in head or VARIANT_CODE.encode() in head)
+        ):
             return
         try:
             doc = orjson.loads(_read_text(path))
@@ -1399,10 +1420,20 @@ class _FhirMapper:
         components = res.get("component") or []
         variant = variant_event(components) if is_variant(res.get("code")) else None
         if variant is not None:  # one event for the variant, not one a component
-            code, text, frequency = variant
             self._emit(
-                res, subject, code=code, domain="genomic", time=start, numeric=frequency, text=text
+                res,
+                subject,
+                code=variant.code,
+                domain="genomic",
+                time=start,
+                numeric=variant.frequency,
+                text=variant.text,
             )
+            return
+        implication = self._implication(res, components)
+        if implication is not None:  # what a variant means, under the variant's code
+            code, text = implication
+            self._emit(res, subject, code=code, domain="genomic", time=start, text=text)
             return
         waveforms = self._waveforms(res, components)
         if waveforms:
@@ -1437,6 +1468,25 @@ class _FhirMapper:
             )
         for k, signal in enumerate(waveforms):
             self._signal(res, subject, code, start, signal, k)
+
+    def _implication(self, res: dict, components: list[dict]) -> tuple[str, str] | None:
+        """The code of the variant a Genomics Reporting implication is derived from, and what
+        it states (its clinical significance, the condition it bears on); None when it states
+        no significance or names no variant this batch holds."""
+        facts = implication_facts(components)
+        if facts is None:
+            return None
+        for derived in _objects(res.get("derivedFrom")):
+            reference = derived.get("reference")
+            found = (
+                _referenced(self.variants, reference, "Observation")
+                if isinstance(reference, str)
+                else None
+            )
+            if found is not None:
+                code, gene = found
+                return code, ";".join(filter(None, (facts, gene and f"GENE={gene}")))
+        return None
 
     def _waveforms(self, res: dict, components: list[dict]) -> list[SampledSignal]:
         """The Observation's SampledData (its value and its components'), one signal per

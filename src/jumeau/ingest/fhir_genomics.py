@@ -14,6 +14,7 @@ HGVS>``, else ``HGVS/<coding HGVS>``; and its facts as ``key=value`` text (``GEN
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from jumeau.model import variant_code
 
@@ -38,6 +39,8 @@ _ALT_ALLELE = "69551-0"
 _START_END = "81254-5"
 _COORDINATE_SYSTEM = "92822-6"
 _CONSEQUENCE = ("molecular-consequence", "48006-1")
+_SIGNIFICANCE = "53037-8"
+_PHENOTYPE = "81259-4"
 
 #: LOINC answers of the coordinate systems (LL5323-2).
 _ZERO_BASED_INTERVAL = "LA30100-4"
@@ -61,10 +64,19 @@ def is_variant(code: dict | None) -> bool:
     )
 
 
-def variant_event(components: list[dict]) -> tuple[str, str | None, float | None] | None:
-    """``(code, text, numeric_value)`` of the variant the components describe (the numeric
-    value is the sample's allele frequency), or None when they name no variant (no HGVS, no
-    alleles with coordinates)."""
+class Variant(NamedTuple):
+    """A variant's event: its code, its facts as text, the sample's allele frequency as its
+    value, and its gene."""
+
+    code: str
+    text: str | None
+    frequency: float | None
+    gene: str | None
+
+
+def variant_event(components: list[dict]) -> Variant | None:
+    """The event of the variant the components describe, or None when they name no variant
+    (no HGVS, no alleles with coordinates)."""
     values = _component_values(components)
     facts = {
         "GT": _GENOTYPES.get((values.get(_ALLELIC_STATE) or "").lower()),
@@ -93,7 +105,20 @@ def variant_event(components: list[dict]) -> tuple[str, str | None, float | None
         code = f"HGVS/{hgvs}"
     text = ";".join(f"{k}={_plain(v)}" for k, v in facts.items() if v not in (None, ""))
     frequency = values.get(_ALLELE_FREQUENCY)
-    return code, text or None, frequency if isinstance(frequency, float) else None
+    frequency = frequency if isinstance(frequency, float) else None
+    return Variant(code, text or None, frequency, facts["GENE"])
+
+
+def implication_facts(components: list[dict]) -> str | None:
+    """``SIGNIFICANCE=...;CONDITION=...`` of a diagnostic implication's components (its
+    clinical significance, LOINC 53037-8, and the condition it bears on, 81259-4), or None
+    when it states no significance."""
+    values = _component_values(components)
+    significance = values.get(_SIGNIFICANCE)
+    if not significance:
+        return None
+    facts = {"SIGNIFICANCE": significance, "CONDITION": values.get(_PHENOTYPE)}
+    return ";".join(f"{k}={_plain(v)}" for k, v in facts.items() if v not in (None, ""))
 
 
 def protein_consequence(hgvs: str | None) -> str | None:

@@ -617,8 +617,9 @@ HIGH_IMPACT_CONSEQUENCES = frozenset(
 
 
 def _genomics(rows: list[dict]) -> dict | None:
-    """The called variants' summary: how many, in how many genes, and each of high impact (a
-    consequence in :data:`HIGH_IMPACT_CONSEQUENCES`) with its gene and genotype."""
+    """The called variants' summary: how many, in how many genes, each of high impact (a
+    consequence in :data:`HIGH_IMPACT_CONSEQUENCES`) with its gene and genotype, and what a
+    laboratory reported they mean (clinical significance and condition), pathogenic first."""
     if not rows:
         return None
     facts = [(r["code"], _facts(r["text_value"])) for r in rows]
@@ -634,10 +635,28 @@ def _genomics(rows: list[dict]) -> dict | None:
             re.split(r"[&+,]", (fact.get("CONSEQUENCE") or "").lower())
         )
     ]
+    implications = [
+        {
+            "code": code,
+            "gene": fact.get("GENE"),
+            "significance": fact["SIGNIFICANCE"],
+            "condition": fact.get("CONDITION"),
+        }
+        for code, fact in facts
+        if fact.get("SIGNIFICANCE")
+    ]
     return {
-        "variants": len({code for code, _ in facts}),
+        "variants": len({code for code, fact in facts if not fact.get("SIGNIFICANCE")}),
         "genes": len({f["GENE"] for _, f in facts if f.get("GENE")}),
         "high_impact": sorted(high, key=lambda v: (v["gene"] or "", v["code"])),
+        "implications": sorted(
+            implications,
+            key=lambda v: (
+                "pathogenic" not in v["significance"].lower(),
+                v["gene"] or "",
+                v["code"],
+            ),
+        ),
     }
 
 
