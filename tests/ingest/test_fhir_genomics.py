@@ -166,3 +166,42 @@ def test_an_implication_in_an_ndjson_export_before_its_variant_still_finds_it(tm
     genomic = events.filter(pl.col("domain") == "genomic")
     assert genomic["code"].to_list() == ["VARIANT/16-2040196-C-T"] * 2
     assert any("SIGNIFICANCE=Pathogenic" in t for t in genomic["text_value"].to_list())
+
+
+def test_a_clinvar_annotated_vcf_gives_the_same_reported_significance(tmp_path, new_store):
+    """ClinVar's INFO fields (CLNSIG, CLNDN, as ClinVar's own VCF and annotators write them):
+    the twin lists a VCF's pathogenic call as it lists a FHIR report's implication."""
+    from jumeau.ingest.vcf import ingest_vcf
+
+    vcf = tmp_path / "clinvar.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n"
+        "##contig=<ID=17>\n"
+        '##INFO=<ID=CLNSIG,Number=.,Type=String,Description="Clinical significance">\n'
+        '##INFO=<ID=CLNDN,Number=.,Type=String,Description="Disease name">\n'
+        '##INFO=<ID=GENEINFO,Number=1,Type=String,Description="Gene">\n'
+        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1\n"
+        "17\t43045712\t.\tT\tC\t60\tPASS\t"
+        "CLNSIG=Likely_pathogenic;CLNDN=Hereditary_breast_ovarian_cancer_syndrome|not_provided"
+        "\tGT\t0/1\n"
+        "17\t43045800\t.\tG\tA\t60\tPASS\tCLNSIG=Benign;CLNDN=not_provided\tGT\t0/1\n"
+        "17\t43045900\t.\tC\tT\t60\tPASS\t.\tGT\t1/1\n"
+    )
+    ingest_vcf(new_store, vcf, time=datetime(2020, 5, 1))
+    twin = new_store.twin(new_store.lookup("vcf", "S1"), datetime(2021, 1, 1))
+    assert twin.genomics["variants"] == 3
+    assert twin.genomics["implications"] == [
+        {
+            "code": "VARIANT/17-43045712-T-C",
+            "gene": None,
+            "significance": "Likely pathogenic",
+            "condition": "Hereditary breast ovarian cancer syndrome",
+        },
+        {
+            "code": "VARIANT/17-43045800-G-A",
+            "gene": None,
+            "significance": "Benign",
+            "condition": None,
+        },
+    ]

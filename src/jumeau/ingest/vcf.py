@@ -91,6 +91,22 @@ def _annotation_parser(vcf) -> Callable[[object], tuple[str | None, str | None]]
     return lambda variant: (None, None)
 
 
+def _clinvar_facts(info) -> str:
+    """``;SIGNIFICANCE=...;CONDITION=...`` from a ClinVar-annotated record's ``CLNSIG`` and
+    ``CLNDN`` (``Likely_pathogenic`` read as ``Likely pathogenic``, the first condition named),
+    else nothing."""
+    facts = ""
+    for key, name in (("CLNSIG", "SIGNIFICANCE"), ("CLNDN", "CONDITION")):
+        value = info.get(key)
+        if isinstance(value, tuple | list):
+            value = value[0] if value else None
+        if not value or value in (".", "not_provided"):
+            continue
+        first = str(value).split("|")[0].replace("_", " ").replace(";", ",")
+        facts += f";{name}={first}"
+    return facts
+
+
 #: ALT alleles that name no variant of the sample's: a gVCF's any-other-allele (``<NON_REF>``,
 #: ``<*>``) and the allele a deletion upstream spans (``*``).
 _NOT_A_VARIANT = frozenset({"<NON_REF>", "<*>", "*"})
@@ -145,6 +161,7 @@ def ingest_vcf(
                 position = f"{variant.CHROM}:{variant.POS}"
                 counts.read += 1
                 gene, consequence = annotate(variant)
+                clinvar = _clinvar_facts(variant.INFO)
                 filt = variant.FILTER or "PASS"
                 # only the samples carrying an alternate allele are looked at one by one (a
                 # cohort's VCF is mostly reference calls)
@@ -167,6 +184,7 @@ def ingest_vcf(
                             text += f";GENE={gene}"
                         if consequence:
                             text += f";CONSEQUENCE={consequence}"
+                        text += clinvar
                         rows.append(
                             event(
                                 subjects[k],

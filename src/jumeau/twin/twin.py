@@ -619,7 +619,8 @@ HIGH_IMPACT_CONSEQUENCES = frozenset(
 def _genomics(rows: list[dict]) -> dict | None:
     """The called variants' summary: how many, in how many genes, each of high impact (a
     consequence in :data:`HIGH_IMPACT_CONSEQUENCES`) with its gene and genotype, and what a
-    laboratory reported they mean (clinical significance and condition), pathogenic first."""
+    laboratory reported they mean (clinical significance and condition: a FHIR report's
+    implication, a VCF's ClinVar annotation), pathogenic first."""
     if not rows:
         return None
     facts = [(r["code"], _facts(r["text_value"])) for r in rows]
@@ -646,7 +647,7 @@ def _genomics(rows: list[dict]) -> dict | None:
         if fact.get("SIGNIFICANCE")
     ]
     return {
-        "variants": len({code for code, fact in facts if not fact.get("SIGNIFICANCE")}),
+        "variants": len({code for code, _ in facts}),  # an implication shares its variant's
         "genes": len({f["GENE"] for _, f in facts if f.get("GENE")}),
         "high_impact": sorted(high, key=lambda v: (v["gene"] or "", v["code"])),
         "implications": sorted(
