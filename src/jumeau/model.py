@@ -104,6 +104,20 @@ RETRACTION_SCHEMA = pa.schema(
 """A record its source has withdrawn (entered in error, deleted): its stored events are hidden
 from the batch that says so on; a null ``subject_id`` stands for the subject it is stored under."""
 
+MERGE_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.int64(), nullable=False),
+        pa.field("into_subject_id", pa.int64(), nullable=False),
+        pa.field("time_shift_us", pa.int64(), nullable=False),
+        pa.field("source_prefix", pa.string(), nullable=False),
+        pa.field("own_source", pa.string(), nullable=False),
+    ]
+)
+"""A stored subject found to be another (a master patient index merged two records of one
+patient): its events of sources under ``source_prefix`` move to ``into_subject_id``, their times
+moved by ``time_shift_us`` (from the one's date shift to the other's); those of ``own_source``,
+the merged record itself (its demographics), are hidden, not moved."""
+
 HELD_SCHEMA = pa.schema(
     [pa.field("source", pa.string(), nullable=False), pa.field("record_key", pa.int64())]
 )

@@ -1275,6 +1275,83 @@ def test_a_patient_merged_into_another_gives_it_its_records(tmp_path, new_store)
     assert new_store.timeline(new_store.lookup("fhir", "dup")).height == 0
 
 
+def _patient_and_pulse(patient: str, pulse: int, **patient_fields) -> list[dict]:
+    pulse_line = json.loads(_heart_rate(0)) | {
+        "id": f"hr-{patient}",
+        "subject": {"reference": f"Patient/{patient}"},
+        "valueQuantity": {"value": pulse, "code": "/min"},
+    }
+    return [{"resourceType": "Patient", "id": patient, **patient_fields}, pulse_line]
+
+
+@pytest.mark.parametrize(("shift_days", "range_events"), [(0, 10_000_000), (30, 1)])
+def test_a_patient_merged_after_it_was_stored_moves_its_records_to_the_survivor(
+    tmp_path, monkeypatch, shift_days, range_events
+):
+    """A master patient index merges a duplicate already stored: a later export says so
+    (``link`` replaced-by) and the duplicate's stored records become the survivor's, on the
+    survivor's date shift, the duplicate's own demographics hidden, not added; the store as it
+    was still shows the duplicate, and the same export again changes nothing (whether the batch
+    is sorted in one subject range or several)."""
+    import time
+
+    from jumeau.store import writer
+
+    monkeypatch.setattr(writer, "SORT_RANGE_EVENTS", range_events)
+    store = jumeau.init(tmp_path / "store", max_date_shift_days=shift_days)
+    first = write_ndjson(
+        tmp_path / "first.ndjson",
+        [*_patient_and_pulse("dup", 70, gender="male"), *_patient_and_pulse("kept", 80,
+         gender="female")],
+    )  # fmt: skip
+    ingest_fhir(store, first)
+    dup, kept = store.lookup("fhir", "dup"), store.lookup("fhir", "kept")
+    then = datetime.strptime(store.manifest.batches[-1]["committed_at"], "%Y-%m-%dT%H:%M:%S%z")
+    time.sleep(1.1)  # commit times have a resolution of a second
+    merge = {
+        "resourceType": "Patient",
+        "id": "dup",
+        "active": False,
+        "link": [{"other": {"reference": "Patient/kept"}, "type": "replaced-by"}],
+    }
+    report = ingest_fhir(store, write_ndjson(tmp_path / "merge.ndjson", [merge]))
+    assert report.committed and report.events_merged == 2  # the pulse moved, the gender hidden
+    assert report.events_written == 1 and report.events_amended == 0
+    store = jumeau.open(tmp_path / "store")
+    assert store.timeline(dup).height == 0
+    events = store.timeline(kept)
+    pulses = events.filter(pl.col("code") == "LOINC/8867-4").sort("numeric_value")
+    assert pulses["numeric_value"].to_list() == [70.0, 80.0]
+    assert pulses["time"].n_unique() == 1  # both taken on the same day, on one date shift
+    assert events.filter(pl.col("domain") == "demographic")["code"].to_list() == ["Gender/F"]
+    assert store.stats()["merged_records"] == 2
+    assert store.scan().filter(pl.col("subject_id") == dup).collect().height == 0
+    earlier = store.timeline_arrow(dup, known_at=then)
+    assert earlier.num_rows == 2
+    again = ingest_fhir(store, tmp_path / "merge.ndjson")
+    assert not again.committed and again.events_merged == 0
+
+
+def test_a_merge_that_sends_the_duplicates_records_again_stores_each_once(tmp_path, new_store):
+    """The export that merges a stored duplicate also holds its records (now the survivor's):
+    each is stored once, under the survivor, and hides its stored version."""
+    ingest_fhir(
+        new_store,
+        write_ndjson(
+            tmp_path / "first.ndjson",
+            [*_patient_and_pulse("dup", 70), *_patient_and_pulse("kept", 80)],
+        ),
+    )
+    merged = _patient_and_pulse("dup", 71) + _patient_and_pulse("kept", 80)
+    merged[0]["link"] = [{"other": {"reference": "Patient/kept"}, "type": "replaced-by"}]
+    report = ingest_fhir(new_store, write_ndjson(tmp_path / "second.ndjson", merged))
+    assert report.events_merged == 1 and report.events_written == 1
+    store = jumeau.open(new_store.root)
+    pulses = store.timeline(store.lookup("fhir", "kept")).filter(pl.col("code") == "LOINC/8867-4")
+    assert sorted(pulses["numeric_value"].to_list()) == [71.0, 80.0]  # as the export now has it
+    assert store.timeline(store.lookup("fhir", "dup")).height == 0
+
+
 def test_a_procedure_recorded_without_a_code_is_named_by_its_category(tmp_path, new_store):
     """Procedure.code is optional in R4: a procedure without one (a genomic study's analysis
     step) is still an act done, coded by its category, else ``FHIR/Procedure``."""

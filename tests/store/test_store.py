@@ -344,3 +344,22 @@ def test_a_record_changed_at_the_source_replaces_the_stored_version(
     store = jumeau.open(new_store.root)
     assert store.timeline_arrow(int(subjects[5])).column("numeric_value").to_pylist() == [5.0]
     assert store.scan().collect().height == len(subjects)
+
+
+def test_a_record_the_source_now_gives_another_subject_moves_to_it(new_store):
+    """A source that corrects whose a record is (a result filed under the wrong patient): the
+    record is stored under the subject it now names, hidden from the one it was stored under,
+    and counted as amended; nothing is stored twice."""
+    subjects, times = np.array([11, 12, 13]), np.array([10**12, 2 * 10**12, 3 * 10**12])
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(_events(subjects, times))
+        w.commit()
+    with BatchWriter(new_store, "test", "gen") as w:
+        w.add_events(_events(np.array([11, 99, 13]), times))
+        report = w.commit()
+    assert (report.events_written, report.events_amended) == (1, 1)
+    store = jumeau.open(new_store.root)
+    assert store.timeline(12).height == 0
+    assert store.timeline(99)["numeric_value"].to_list() == [1.0]
+    assert store.scan().collect().height == 3
+    assert store.stats()["amended_records"] == 1

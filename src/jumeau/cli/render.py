@@ -58,6 +58,8 @@ def report_table(report: IngestReport) -> None:
         amended = f" and {report.events_amended:,} amended" if report.events_amended else ""
         if report.events_retracted:
             amended += f", {report.events_retracted:,} withdrawn"
+        if report.events_merged:
+            amended += f", {report.events_merged:,} of merged patients moved or hidden"
         console.print(
             f"[green]committed batch {report.batch}[/green]: {_count(fresh, 'new event')}"
             f"{amended} for {_count(report.subjects, 'subject')}, "

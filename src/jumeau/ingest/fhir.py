@@ -37,6 +37,7 @@ from jumeau.model import (
     FAMILY_HISTORY_DESCRIPTION,
     FAMILY_HISTORY_PREFIX,
     HELD_SCHEMA,
+    MERGE_SCHEMA,
     REJECT_SCHEMA,
     RETRACTION_SCHEMA,
     TENTATIVE_PREFIX,
@@ -280,6 +281,7 @@ def ingest_fhir(
                 progress(path.name)
             mapper.read_file(path)
         mapper.flush()
+        writer.add_merges(mapper.merges())
         mapper.check_manifests()
         writer.add_codes(
             pa.table({"code": list(mapper.displays), "description": list(mapper.displays.values())})
@@ -974,6 +976,24 @@ class _FhirMapper:
     def _subject(self, res: dict, fullurls: dict[str, str]) -> tuple[int, int]:
         patient_id = self._surviving(self._patient_id(res, fullurls))
         return self.p.subject_id(self.ns, patient_id), self.p.shift_us(self.ns, patient_id)
+
+    def merges(self) -> pa.Table:
+        """The Patients merged into others (``link`` replaced-by), as the store must merge what
+        it holds of them from earlier batches: their events move to the survivor, from the one's
+        date shift to the other's."""
+        rows: dict[str, list] = {name: [] for name in MERGE_SCHEMA.names}
+        for merged in self.replaced_by:
+            survivor = self._surviving(merged)
+            if survivor == merged:
+                continue  # a cycle of links names no survivor
+            rows["subject_id"].append(self.p.subject_id(self.ns, merged))
+            rows["into_subject_id"].append(self.p.subject_id(self.ns, survivor))
+            rows["time_shift_us"].append(
+                self.p.shift_us(self.ns, survivor) - self.p.shift_us(self.ns, merged)
+            )
+            rows["source_prefix"].append("fhir/")
+            rows["own_source"].append("fhir/Patient")
+        return pa.table(rows, schema=MERGE_SCHEMA)
 
     def _surviving(self, patient_id: str) -> str:
         """The Patient a merged record was replaced by (``link`` of type ``replaced-by``, as a

@@ -38,6 +38,8 @@ class IngestReport:
     events_amended: int = 0
     #: stored events of records the source has since withdrawn (entered in error, deleted)
     events_retracted: int = 0
+    #: stored events of patients merged into others (moved to the survivor, or hidden)
+    events_merged: int = 0
     #: events of subjects who withdrew from the store, not stored
     events_withdrawn: int = 0
     rejects_written: int = 0

@@ -571,9 +571,10 @@ class Store:
         }
 
     def _hidden_records(self) -> dict[str, int]:
-        """Stored records later batches hide: amended at the source (a new version stored) and
-        withdrawn there (entered in error, deleted), as the batches' reports count them."""
-        hidden = withdrawn = 0
+        """Stored records later batches hide: amended at the source (a new version stored),
+        withdrawn there (entered in error, deleted) and of patients merged into others, as the
+        batches' reports count them."""
+        hidden = withdrawn = merged = 0
         for superseded, report in zip(
             self.batch_files(layout.SUPERSEDED_FILE),
             self.batch_files(layout.REPORT_FILE),
@@ -585,7 +586,12 @@ class Store:
                 hidden += rows
                 # never more than the file holds: an erasure takes its subjects' rows out
                 withdrawn += min(said.get("events_retracted", 0), rows)
-        return {"amended_records": hidden - withdrawn, "withdrawn_records": withdrawn}
+                merged += min(said.get("events_merged", 0), rows - withdrawn)
+        return {
+            "amended_records": hidden - withdrawn - merged,
+            "withdrawn_records": withdrawn,
+            "merged_records": merged,
+        }
 
     # ---- the twin ------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from jumeau.model import (
     CONNECTOR_SCHEMA,
     DICTIONARY_COLUMNS,
     HELD_SCHEMA,
+    MERGE_SCHEMA,
     REJECT_SCHEMA,
     RETRACTION_SCHEMA,
     STORED_EVENT_SCHEMA,
@@ -101,6 +102,7 @@ class BatchWriter:
         self._identities: list[pa.Table] = []
         self._retractions: list[pa.Table] = []
         self._held: list[pa.Table] = []
+        self._merges: list[pa.Table] = []
         self._closed = False
 
     @property
@@ -164,6 +166,16 @@ class BatchWriter:
         if table.num_rows:
             self._retractions.append(table)
 
+    def add_merges(self, data: pa.Table) -> None:
+        """Merge stored subjects into others (``MERGE_SCHEMA``): a master patient index found
+        two records of one patient after the one merged away was stored. Its stored events move
+        to the surviving subject (the records the batch brings again come as the batch has
+        them) and are hidden from the merged one from this batch on; a subject with nothing
+        stored merges nothing."""
+        table = conform(data, MERGE_SCHEMA)
+        if table.num_rows:
+            self._merges.append(table)
+
     def add_held(self, data: pa.Table) -> None:
         """Records (``source``, ``record_key``) the source still holds though the batch rejected
         them (a resource malformed today): a full refresh keeps their stored versions."""
@@ -218,7 +230,7 @@ class BatchWriter:
         report.events_written, report.events_already_present = written, present
         report.rejects_written, report.subjects = rejects, subjects
         report.seconds = round(time.perf_counter() - self._started, 3)
-        if written == 0 and rejects == 0 and report.events_retracted == 0:
+        if written == 0 and rejects == 0 and not (report.events_retracted or report.events_merged):
             self._discard()
             return report
         report.batch = self.batch_id
@@ -319,10 +331,14 @@ class BatchWriter:
         """Write the batch's event files; return the events written, those already stored, the
         subjects, and the stored records that the batch brings new versions of."""
         raw = self._raw_files()
-        if not raw:  # a batch of rejects only still has (empty) event files
+        if not raw and not self._merges:  # a batch of rejects only still has (empty) event files
             with _EventFiles(self.dir):
                 pass
             return 0, 0, 0, None
+        if not raw:  # a batch that only merges patients: the events it moves are its own
+            empty = self.raw_path("merges-only")
+            pq.write_table(CONNECTOR_SCHEMA.empty_table(), empty)
+            raw = [str(empty)]
         columns = {
             r[0]
             for r in run(
@@ -346,7 +362,7 @@ class BatchWriter:
             valid = f"{valid} AND NOT ({out})"
         run(
             con,
-            f"""CREATE TEMP VIEW incoming AS SELECT
+            f"""CREATE TEMP VIEW incoming_raw AS SELECT
                 CAST(subject_id AS BIGINT) AS subject_id, CAST(time AS TIMESTAMP) AS time,
                 CAST(code AS VARCHAR) AS code, CAST(numeric_value AS DOUBLE) AS numeric_value,
                 CAST(text_value AS VARCHAR) AS text_value, CAST(unit AS VARCHAR) AS unit,
@@ -354,8 +370,14 @@ class BatchWriter:
                 CAST(source AS VARCHAR) AS source, CAST(record_key AS BIGINT) AS record_key
             FROM read_parquet({raw!r}, union_by_name=true) WHERE {valid}""",
         )
-        total = scalar(con, "SELECT count(*) FROM incoming")
         existing = self.store.current_events_sql()
+        moved = self._moved_by_merges(con, existing)
+        run(
+            con,
+            "CREATE TEMP VIEW incoming AS SELECT * FROM incoming_raw"
+            + (" UNION ALL SELECT * FROM moved" if moved else ""),
+        )
+        total = scalar(con, "SELECT count(*) FROM incoming")
         # The sort carries its rows' payload: the low-cardinality text columns travel as ENUMs
         # (a few bytes instead of a string each), which keeps a large batch's sort in memory far
         # longer, and come out as the Arrow dictionaries the batch's files store. The tiebreak is
@@ -380,15 +402,20 @@ class BatchWriter:
                 # A stored record whose content the source has since changed (an amended result)
                 # comes through flagged: its new version is stored and the batch says it
                 # supersedes the one stored.
+                # A record stored under another subject (moved by a merge, re-attributed at
+                # the source) is new there and hides the stored one.
                 flag = joined = kept = ""
                 if existing:
-                    flag = ", e.record_key IS NOT NULL AS _stored"
+                    flag = ", e.record_key IS NOT NULL AS _stored, e.subject_id AS _stored_subject"
                     joined = (
-                        f" LEFT JOIN (SELECT source, record_key, {_content_digest('e')} AS digest "
-                        f"FROM ({existing}) e WHERE {theirs}) e "
+                        " LEFT JOIN (SELECT subject_id, source, record_key, "
+                        f"{_content_digest('e')} AS digest FROM ({existing}) e WHERE {theirs}) e "
                         "ON e.source = r.source AND e.record_key = r.record_key"
                     )
-                    kept = f" AND (e.record_key IS NULL OR e.digest <> {_content_digest('r')})"
+                    kept = (
+                        f" AND (e.record_key IS NULL OR e.digest <> {_content_digest('r')}"
+                        " OR e.subject_id <> r.subject_id)"
+                    )
                 query = (
                     f"SELECT r.* REPLACE ({encoded}){flag} FROM incoming r{joined} "
                     f"WHERE {ours}{kept} "
@@ -402,19 +429,39 @@ class BatchWriter:
                             amended.append(
                                 pa.table(
                                     {
-                                        "subject_id": replaces.column("subject_id"),
+                                        "subject_id": replaces.column("_stored_subject"),
                                         "source": replaces.column("source").cast(pa.string()),
                                         "record_key": replaces.column("record_key"),
                                     }
                                 )
                             )
-                        batch = batch.drop_columns(["_stored"])
+                        batch = batch.drop_columns(["_stored", "_stored_subject"])
                     files.add(pa.Table.from_batches([batch]))
         written = files.written
-        replaced = None
+        replaced = pa.concat_tables(amended) if amended else None
+        if moved:
+            merged_away = arrow_table(
+                con, "SELECT subject_id, source, record_key FROM merged_away"
+            ).cast(RETRACTION_SCHEMA)
+            if replaced is not None:  # the moves are counted as moves, not amendments
+                replaced = replaced.cast(RETRACTION_SCHEMA)
+                amendments = replaced.join(
+                    merged_away, ["subject_id", "source", "record_key"], join_type="left anti"
+                )
+                replaced = pa.concat_tables([amendments.cast(RETRACTION_SCHEMA), merged_away])
+            else:
+                amendments, replaced = None, merged_away
+            hidden = merged_away.num_rows
+            self.report.events_merged = hidden
+            self.report.warnings.append(
+                f"{_events(hidden)} of patients merged into others since they were stored "
+                "(link replaced-by): moved to the surviving patient, the merged record's own "
+                "demographics hidden (the store as it was before this batch still shows them "
+                "under the merged patient)"
+            )
+            amended = [amendments] if amendments is not None and amendments.num_rows else []
         if amended:
-            replaced = pa.concat_tables(amended)
-            changed = replaced.num_rows
+            changed = sum(t.num_rows for t in amended)
             self.report.events_amended = changed
             self.report.warnings.append(
                 f"{_events(changed)} amended at the source since they were stored: the new "
@@ -422,6 +469,40 @@ class BatchWriter:
                 "old ones)"
             )
         return written, total - written, files.subjects, replaced
+
+    def _moved_by_merges(self, con: duckdb.DuckDBPyConnection, existing: str | None) -> bool:
+        """Stage the stored events of subjects merged into others (see :meth:`add_merges`): every
+        one of them in table ``merged_away`` (hidden from this batch on), and in table ``moved``
+        those that move to the surviving subject (not the merged record's own, not those the
+        batch brings again). False when nothing stored is merged."""
+        if not self._merges or not existing:
+            return False
+        con.register("merges", pa.concat_tables(self._merges))
+        try:
+            run(
+                con,
+                f"""CREATE TEMP TABLE merged_away AS SELECT e.subject_id,
+                    e.source::VARCHAR AS source, e.record_key, e.time, e.code::VARCHAR AS code,
+                    e.numeric_value, e.text_value, e.unit::VARCHAR AS unit, e.end_time,
+                    e.domain::VARCHAR AS domain, m.into_subject_id, m.time_shift_us, m.own_source
+                FROM ({existing}) e JOIN merges m ON e.subject_id = m.subject_id
+                    AND starts_with(e.source::VARCHAR, m.source_prefix)""",
+            )
+        finally:
+            con.unregister("merges")
+        if not scalar(con, "SELECT count(*) FROM merged_away"):
+            return False
+        run(
+            con,
+            """CREATE TEMP TABLE moved AS SELECT into_subject_id AS subject_id,
+                time + to_microseconds(time_shift_us) AS time, code, numeric_value, text_value,
+                unit, end_time + to_microseconds(time_shift_us) AS end_time, domain, source,
+                record_key
+            FROM merged_away a WHERE source <> own_source AND NOT EXISTS (
+                SELECT 1 FROM incoming_raw r WHERE r.source = a.source
+                    AND r.record_key = a.record_key)""",
+        )
+        return True
 
     def _write_superseded(self, con: duckdb.DuckDBPyConnection, amended: pa.Table | None) -> None:
         """Write the stored records the batch hides: those it amends and those the source
@@ -439,6 +520,9 @@ class BatchWriter:
             )
         if parts:
             table = pa.concat_tables([p.cast(RETRACTION_SCHEMA) for p in parts])
+            # a record both merged away and withdrawn is hidden once
+            table = table.group_by(["subject_id", "source", "record_key"]).aggregate([])
+            table = table.select(RETRACTION_SCHEMA.names).cast(RETRACTION_SCHEMA)
             table = table.sort_by("subject_id")
             pq.write_table(table, self.dir / layout.SUPERSEDED_FILE)
 
