@@ -104,6 +104,19 @@ RETRACTION_SCHEMA = pa.schema(
 """A record its source has withdrawn (entered in error, deleted): its stored events are hidden
 from the batch that says so on; a null ``subject_id`` stands for the subject it is stored under."""
 
+PARTS_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.int64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("resource_key", pa.int64(), nullable=False),
+        pa.field("record_key", pa.int64(), nullable=False),
+    ]
+)
+"""An event that is one part of a larger record (a blood pressure's systolic component, a
+questionnaire's answer): the key of the whole record (``resource_key``, the key its own event
+would carry) beside the part's. Withdrawing the record withdraws its parts, and a new version of
+it hides the stored parts it no longer has."""
+
 MERGE_SCHEMA = pa.schema(
     [
         pa.field("subject_id", pa.int64(), nullable=False),

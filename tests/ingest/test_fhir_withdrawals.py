@@ -234,8 +234,78 @@ def test_a_full_refresh_leaves_no_scratch_file_in_its_batch(tmp_path, new_store)
         "codes.parquet",
         "events.arrow",
         "events.parquet",
+        "parts.parquet",
         "rejects.parquet",
         "report.json",
         "subjects.parquet",
         "vault.bin",
+    ]
+
+
+def questionnaire(rid: str, answers: dict[str, int]) -> dict:
+    """A completed questionnaire: one item a question, its answer an integer."""
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": rid,
+        "status": "completed",
+        "questionnaire": "Questionnaire/phq",
+        "subject": SUBJECT,
+        "authored": "2021-04-01T09:00:00Z",
+        "item": [
+            {"linkId": link, "answer": [{"valueInteger": value}]} for link, value in answers.items()
+        ],
+    }
+
+
+def test_a_delete_withdraws_every_part_of_the_resource_it_names(tmp_path, new_store):
+    """A DELETE names a resource, not its events: every one it was stored as goes, however
+    its parts are numbered (a questionnaire's answers, deep in its items)."""
+    answers = {f"q{i}": i for i in range(70)}
+    ingest_fhir(
+        new_store,
+        ndjson(tmp_path / "a.ndjson", [PATIENT, questionnaire("qr1", answers), glucose("g1",
+               "2021-03-02", 99)]),
+    )  # fmt: skip
+    subject = new_store.lookup("fhir", "w1")
+    assert len(codes_and_values(new_store, subject)) == 71
+    entries = [{"request": {"method": "DELETE", "url": "QuestionnaireResponse/qr1"}}]
+    report = ingest_fhir(new_store, write_bundle(tmp_path / "tx.json", "transaction", entries))
+    assert report.events_retracted == 70
+    assert codes_and_values(new_store, subject) == [("LOINC/2339-0", 99.0)]
+
+
+def test_a_new_version_of_a_resource_hides_the_parts_it_no_longer_has(tmp_path, new_store):
+    """An update sends a resource whole: the parts its new version lacks (an answer taken
+    out, a panel's component removed) leave the store, those it keeps are amended, and the
+    other resources are untouched."""
+    panel = blood_pressure("bp1", "2021-03-01", 150)
+    first = [PATIENT, panel, questionnaire("qr1", {"q1": 1, "q2": 2, "q3": 3})]
+    ingest_fhir(new_store, ndjson(tmp_path / "a.ndjson", first))
+    subject = new_store.lookup("fhir", "w1")
+    systolic_only = panel | {"component": panel["component"][:1]}
+    update = [systolic_only, questionnaire("qr1", {"q1": 1, "q3": 4})]
+    report = ingest_fhir(new_store, ndjson(tmp_path / "b.ndjson", update))
+    assert report.events_retracted == 2  # the diastolic pressure, the third answer
+    values = codes_and_values(new_store, subject)
+    assert ("LOINC/8462-4", 80.0) not in values and ("LOINC/8480-6", 150.0) in values
+    answers = [v for c, v in values if c.startswith("FHIR/Questionnaire/phq")]
+    assert sorted(answers) == [1.0, 4.0]
+    again = ingest_fhir(new_store, tmp_path / "b.ndjson")
+    assert not again.committed and again.events_retracted == 0
+
+
+def test_a_full_refresh_keeps_every_part_of_a_resource_rejected_today(tmp_path, new_store):
+    """A panel the new export holds in a shape rejected today keeps all its stored parts."""
+    first = [PATIENT, blood_pressure("bp1", "2021-03-01", 150), glucose("g1", "2021-03-02", 99)]
+    ingest_fhir(new_store, ndjson(tmp_path / "a.ndjson", first))
+    broken = blood_pressure("bp1", "2021-03-01", 150)
+    broken["effectiveDateTime"] = "not a date"
+    second = [PATIENT, broken, glucose("g1", "2021-03-02", 99)]
+    report = ingest_fhir(new_store, ndjson(tmp_path / "b.ndjson", second), full_refresh=True)
+    assert report.tables["fhir/Observation"].rejected == 1 and report.events_retracted == 0
+    subject = new_store.lookup("fhir", "w1")
+    assert codes_and_values(new_store, subject) == [
+        ("LOINC/2339-0", 99.0),
+        ("LOINC/8462-4", 80.0),
+        ("LOINC/8480-6", 150.0),
     ]

@@ -27,13 +27,16 @@ def _patients(folder: Path) -> list[dict]:
 
 
 def _every_subject_id_stored(root: Path) -> set[int]:
-    """The subject ids of every events, index, amendment and vault file of the store."""
+    """The subject ids of every events, index, amendment, parts and vault file of the store."""
     store = jumeau.open(root)
     found: set[int] = set()
     for batch in store.manifest.batch_ids:
         folder = root / layout.BATCHES_DIR / batch
         found.update(pq.read_table(folder / layout.EVENTS_PARQUET).column("subject_id").to_pylist())
         found.update(pq.read_table(folder / layout.SUBJECTS_INDEX).column("subject_id").to_pylist())
+        for name in (layout.SUPERSEDED_FILE, layout.PARTS_FILE):
+            if (folder / name).exists():
+                found.update(pq.read_table(folder / name).column("subject_id").to_pylist())
         arrow = pa.ipc.open_file(pa.memory_map(str(folder / layout.EVENTS_ARROW))).read_all()
         found.update(arrow.column("subject_id").to_pylist())
     vault = store.identities()

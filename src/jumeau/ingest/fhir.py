@@ -38,6 +38,7 @@ from jumeau.model import (
     FAMILY_HISTORY_PREFIX,
     HELD_SCHEMA,
     MERGE_SCHEMA,
+    PARTS_SCHEMA,
     REJECT_SCHEMA,
     RETRACTION_SCHEMA,
     TENTATIVE_PREFIX,
@@ -173,6 +174,8 @@ class _Events:
 
     def __init__(self) -> None:
         self.cols: dict[str, list] = {n: [] for n in CONNECTOR_SCHEMA.names}
+        #: per event, the key of the resource it is a part of (None: the resource's own event)
+        self.resource_keys: list[int | None] = []
 
     def __len__(self) -> int:
         return len(self.cols["code"])
@@ -181,13 +184,29 @@ class _Events:
         """Drop rows (the events of a record that is then rejected)."""
         for column in self.cols.values():
             del column[rows]
+        del self.resource_keys[rows]
 
-    def add(self, **values: Any) -> None:
+    def add(self, resource_key: int | None = None, **values: Any) -> None:
         for name, column in self.cols.items():
             column.append(values.get(name))
+        self.resource_keys.append(resource_key)
 
     def table(self) -> pa.Table:
         return columns_table(self.cols)
+
+    def parts(self) -> pa.Table:
+        """The events that are parts of a resource (``PARTS_SCHEMA``)."""
+        rows = [i for i, key in enumerate(self.resource_keys) if key is not None]
+        columns = {
+            name: [self.cols[name][i] for i in rows]
+            for name in PARTS_SCHEMA.names
+            if name != "resource_key"
+        }
+        return (
+            pa.table({**columns, "resource_key": [self.resource_keys[i] for i in rows]})
+            .select(PARTS_SCHEMA.names)
+            .cast(PARTS_SCHEMA)
+        )
 
 
 def iter_files(source: Path) -> list[Path]:
@@ -522,19 +541,14 @@ class _FhirMapper:
             return
         identity = f"{rtype}/{found.group(2)}"
         self.deleted.add(identity)
-        keys = self._record_keys(rtype, identity)
-        self.withdrawn["subject_id"].extend([None] * len(keys))
-        self.withdrawn["source"].extend([f"fhir/{rtype}"] * len(keys))
-        self.withdrawn["record_key"].extend(keys)
+        # the resource's own record: the store withdraws its parts with it
+        self.withdrawn["subject_id"].append(None)
+        self.withdrawn["source"].append(f"fhir/{rtype}")
+        self.withdrawn["record_key"].append(self._record_key(rtype, identity))
 
     def _record_key(self, rtype: str, record: str) -> int:
         """The keyed hash a record's event is stored under (``Observation/1#component[0]``)."""
         return self.p.record_key(f"{self.ns}/{rtype}", record)
-
-    def _record_keys(self, rtype: str, identity: str) -> list[int]:
-        """The keys a resource's events may carry: its own and its indexed parts' (see
-        :data:`_INDEXED_PARTS`), for withdrawing or keeping it without its content."""
-        return [self._record_key(rtype, f"{identity}{part}") for part in ("", *_INDEXED_PARTS)]
 
     def _withdraw(self, res: dict, handler: Callable, where: str, fullurls: dict[str, str]) -> None:
         """Withdraw the stored versions of a resource the source now voids (a result entered
@@ -925,9 +939,8 @@ class _FhirMapper:
             self.contained_pending.clear()
             counts.rejected += 1
             if identity and self.hold_rejected:  # still the server's: kept by a full refresh
-                keys = self._record_keys(rtype, identity)
-                self.held["source"].extend([f"fhir/{rtype}"] * len(keys))
-                self.held["record_key"].extend(keys)
+                self.held["source"].append(f"fhir/{rtype}")  # with its parts
+                self.held["record_key"].append(self._record_key(rtype, identity))
             reason = (
                 str(exc)
                 if isinstance(exc, FhirError)
@@ -947,6 +960,7 @@ class _FhirMapper:
     def flush(self) -> None:
         if len(self.events):
             self.writer.add_events(self.events.table())
+            self.writer.add_parts(self.events.parts())
             self.events = _Events()
         if self.rejects["source"]:
             self.writer.add_rejects(pa.table(self.rejects, schema=REJECT_SCHEMA))
@@ -1173,7 +1187,8 @@ class _FhirMapper:
             raise FhirError("no code")
         rtype = res["resourceType"]
         subject_id, shift = subject
-        record = f"{rtype}/{res.get('id', '')}{part}"
+        identity = f"{rtype}/{res.get('id', '')}"
+        record = identity + part
         names, numbers = self.private.get(subject_id, ((), ()))
         if text:
             text = redact(text, names, numbers)
@@ -1193,6 +1208,7 @@ class _FhirMapper:
             domain=domain,
             source=f"fhir/{rtype}",
             record_key=self._record_key(rtype, record),
+            resource_key=self._record_key(rtype, identity) if part else None,
         )
 
     @staticmethod
@@ -2383,13 +2399,6 @@ def _last_changed(res: dict, start: int | None) -> int | None:
 
 #: The type and id a DELETE entry's URL names (relative or absolute, a version or not).
 _DELETED_URL = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
-#: The parts a record's events may carry beside the record itself (a blood pressure's
-#: components, a combination drug's ingredients...): a DELETE withdraws each.
-_INDEXED_PARTS = tuple(
-    f"#{name}[{i}]"
-    for name in ("component", "ingredient", "condition", "prediction", "item")
-    for i in range(64)
-)
 #: Statuses saying a resource is not a fact of the patient's record, and why it is kept out.
 _VOID_STATUSES = {
     "entered-in-error": "not part of the patient's record",

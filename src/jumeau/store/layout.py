@@ -53,6 +53,9 @@ VAULT_FILE = "vault.bin"
 #: source withdrew: an earlier batch's event with that source and key is hidden from the batch's
 #: commit on.
 SUPERSEDED_FILE = "superseded.parquet"
+#: (subject_id, source, resource_key, record_key) of the batch's events that are parts of a
+#: larger record (see :data:`jumeau.model.PARTS_SCHEMA`).
+PARTS_FILE = "parts.parquet"
 #: Folder of a batch holding its waveform records (see :mod:`jumeau.signals.store`).
 SIGNALS_DIR = "signals"
 REPORT_FILE = "report.json"

@@ -32,6 +32,7 @@ from jumeau.model import (
     DICTIONARY_COLUMNS,
     HELD_SCHEMA,
     MERGE_SCHEMA,
+    PARTS_SCHEMA,
     REJECT_SCHEMA,
     RETRACTION_SCHEMA,
     STORED_EVENT_SCHEMA,
@@ -99,6 +100,7 @@ class BatchWriter:
         self._events: pq.ParquetWriter | None = None
         self._rejects = pq.ParquetWriter(self.dir / "raw-rejects.parquet", REJECT_SCHEMA)
         self._codes = pq.ParquetWriter(self.dir / "raw-codes.parquet", CODES_SCHEMA)
+        self._parts: pq.ParquetWriter | None = None
         self._identities: list[pa.Table] = []
         self._retractions: list[pa.Table] = []
         self._held: list[pa.Table] = []
@@ -166,6 +168,17 @@ class BatchWriter:
         if table.num_rows:
             self._retractions.append(table)
 
+    def add_parts(self, data: pa.Table) -> None:
+        """Say which events are parts of a larger record (``PARTS_SCHEMA``: a resource's
+        components, answers, series): withdrawing the record (a DELETE, entered in error)
+        withdraws every stored part of it, and a new version of the record hides the stored
+        parts it no longer has."""
+        table = conform(data, PARTS_SCHEMA)
+        if table.num_rows:
+            if self._parts is None:
+                self._parts = pq.ParquetWriter(self.dir / _RAW_PARTS, PARTS_SCHEMA)
+            self._parts.write_table(table)
+
     def add_merges(self, data: pa.Table) -> None:
         """Merge stored subjects into others (``MERGE_SCHEMA``): a master patient index found
         two records of one patient after the one merged away was stored. Its stored events move
@@ -208,7 +221,7 @@ class BatchWriter:
         self._identities.append(conform(data, VAULT_SCHEMA))
 
     def _close_writers(self) -> None:
-        for w in (self._events, self._rejects, self._codes):
+        for w in (self._events, self._rejects, self._codes, self._parts):
             if w is not None:
                 with contextlib.suppress(Exception):
                     w.close()
@@ -237,6 +250,8 @@ class BatchWriter:
         report.committed = True
         for name in ("raw-rejects.parquet", "raw-codes.parquet"):
             (self.dir / name).unlink()
+        if self._parts is not None:
+            (self.dir / _RAW_PARTS).rename(self.dir / layout.PARTS_FILE)
         for child in list(self.dir.iterdir()):
             if child.is_dir() and child.name != layout.SIGNALS_DIR:
                 shutil.rmtree(child)
@@ -515,8 +530,9 @@ class BatchWriter:
             self.report.events_retracted = gone
             self.report.warnings.append(
                 f"{_events(gone)} withdrawn at the source since they were stored (entered in "
-                "error, deleted, or gone from a full refresh): hidden from this batch on (the "
-                "store as it was before this batch still shows them)"
+                "error, deleted, gone from a full refresh, or no longer part of their record's "
+                "new version): hidden from this batch on (the store as it was before this batch "
+                "still shows them)"
             )
         if parts:
             table = pa.concat_tables([p.cast(RETRACTION_SCHEMA) for p in parts])
@@ -529,8 +545,9 @@ class BatchWriter:
     def _stored_retractions(self, con: duckdb.DuckDBPyConnection) -> pa.Table | None:
         """The current stored events of the records withdrawn, one row each, under the subject
         each is stored under; records not stored, or hidden already, are left out."""
-        if not (self._retractions or self._refreshed):  # the usual batch: nothing to look up
-            return None
+        stored_parts = self._stored_parts()
+        if not (self._retractions or self._refreshed or stored_parts):
+            return None  # the usual batch: nothing to look up
         existing = self.store.current_events_sql()
         if not existing:
             return None
@@ -543,7 +560,21 @@ class BatchWriter:
                     AND e.record_key = r.record_key
                     AND (r.subject_id IS NULL OR e.subject_id = r.subject_id)"""
             )
-        absent = self._absent_from_refresh()
+            if stored_parts:  # a record withdrawn is withdrawn with its parts
+                queries.append(
+                    f"""SELECT e.subject_id, e.source::VARCHAR AS source, e.record_key
+                    FROM ({existing}) e SEMI JOIN (SELECT p.source, p.record_key
+                        FROM read_parquet({stored_parts!r}) p SEMI JOIN retractions r
+                        ON p.source = r.source AND p.resource_key = r.record_key) x
+                    ON e.source = x.source AND e.record_key = x.record_key"""
+                )
+        if self._dropped_parts(con, stored_parts):
+            queries.append(
+                f"""SELECT e.subject_id, e.source::VARCHAR AS source, e.record_key
+                FROM ({existing}) e SEMI JOIN dropped_parts d
+                ON e.source = d.source AND e.record_key = d.record_key"""
+            )
+        absent = self._absent_from_refresh(stored_parts)
         if absent:
             queries.append(absent)
         if not queries:
@@ -554,7 +585,31 @@ class BatchWriter:
             if self._retractions:
                 con.unregister("retractions")
 
-    def _absent_from_refresh(self) -> str | None:
+    def _stored_parts(self) -> list[str]:
+        """The parts files of the store's batches (see :meth:`add_parts`)."""
+        return [str(p) for p in self.store.batch_files(layout.PARTS_FILE) if p.exists()]
+
+    def _dropped_parts(self, con: duckdb.DuckDBPyConnection, stored_parts: list[str]) -> bool:
+        """Stage in table ``dropped_parts`` the stored parts (source, record_key) of records the
+        batch brings a new version of that no longer has them (an answer taken out of a
+        questionnaire, a medication now of one ingredient); False if there are none."""
+        if not stored_parts or not self._raw_files():
+            return False
+        ours = ["SELECT source, record_key AS resource_key FROM incoming"]
+        if self._parts is not None:
+            ours.append(
+                f"SELECT source, resource_key FROM read_parquet({str(self.dir / _RAW_PARTS)!r})"
+            )
+        run(
+            con,
+            f"""CREATE TEMP TABLE dropped_parts AS SELECT DISTINCT p.source, p.record_key
+            FROM read_parquet({stored_parts!r}) p SEMI JOIN ({" UNION ".join(ours)}) r
+                ON p.source = r.source AND p.resource_key = r.resource_key
+            ANTI JOIN incoming i ON i.source = p.source AND i.record_key = p.record_key""",
+        )
+        return bool(scalar(con, "SELECT count(*) FROM dropped_parts"))
+
+    def _absent_from_refresh(self, stored_parts: list[str]) -> str | None:
         """SQL of the stored records of a refreshed source that the batch no longer holds (see
         :meth:`refresh`), or None."""
         if not self._refreshed:
@@ -584,6 +639,12 @@ class BatchWriter:
             held_file.parent.mkdir(exist_ok=True)
             pq.write_table(pa.concat_tables(self._held), held_file)
             parts.append(f"SELECT source, record_key FROM read_parquet({sql_string(held_file)})")
+            if stored_parts:  # a record held is held with its parts
+                parts.append(
+                    f"""SELECT p.source, p.record_key FROM read_parquet({stored_parts!r}) p
+                    SEMI JOIN read_parquet({sql_string(held_file)}) h
+                        ON p.source = h.source AND p.resource_key = h.record_key"""
+                )
         held = " UNION ALL ".join(parts)
         return f"""SELECT e.subject_id, e.source::VARCHAR AS source, e.record_key
             FROM ({stored}) e ANTI JOIN ({held}) h
@@ -670,6 +731,10 @@ class BatchWriter:
         if not self._closed:
             self._close_writers()
             self._discard()
+
+
+#: The batch's parts (see :meth:`BatchWriter.add_parts`) until it is committed.
+_RAW_PARTS = "raw-parts.parquet"
 
 
 def _events(n: int) -> str:
@@ -827,9 +892,10 @@ def copy_batch_without(source: Path, target: Path, subjects: np.ndarray, vault_k
             removed += batch.num_rows - kept.num_rows
             if kept.num_rows:
                 files.add(pa.Table.from_batches([kept]))
-    if (source / layout.SUPERSEDED_FILE).exists():
-        amended = pq.read_table(source / layout.SUPERSEDED_FILE)
-        pq.write_table(without_subjects(amended, subjects), target / layout.SUPERSEDED_FILE)
+    for name in (layout.SUPERSEDED_FILE, layout.PARTS_FILE):
+        if (source / name).exists():
+            rows = pq.read_table(source / name)
+            pq.write_table(without_subjects(rows, subjects), target / name)
     if (source / layout.VAULT_FILE).exists():
         vault = without_subjects(read_vault(source / layout.VAULT_FILE, vault_key), subjects)
         if vault.num_rows:
