@@ -42,10 +42,27 @@ def test_censored_follow_up_is_used_not_dropped(eunomia_store):
     from jumeau.twin.events import EventModel
 
     store, _ = eunomia_store
-    model = EventModel.fit(store, GI_BLEED, datetime(2018, 1, 1))
+    model = EventModel.fit(store, GI_BLEED, datetime(2018, 1, 1), landmarks=1)
     frame, _ = cohort(store, GI_BLEED, datetime(2018, 1, 1))
     censored = frame.filter(~frame["label"] & (frame["followup_days"] < 365))
     assert model.n_censored == censored.height > 0
     assert model.n_train == frame.height  # censored subjects are in the training rows
     risk = model.risk(frame)
     assert ((risk > 0) & (risk < 1)).all()
+
+
+def test_a_rare_outcome_is_learnt_from_several_windows_each_known_by_the_cutoff(eunomia_store):
+    """GI bleeding comes a dozen times a year in Eunomia: the model stacks the windows a year
+    apart before the index date (each subject with the history it had at each), so it learns
+    from several times the events of one window, and none of them after the index's window."""
+    from jumeau.twin.events import EventModel
+
+    store, _ = eunomia_store
+    index = datetime(2016, 1, 1)
+    model = EventModel.fit(store, GI_BLEED, index, landmarks=3)
+    windows = [cohort(store, GI_BLEED, datetime(y, 1, 1), vocabulary=model.vocabulary)[0]
+               for y in (2014, 2015, 2016)]  # fmt: skip
+    assert model.landmarks == 3
+    assert model.n_train == sum(w.height for w in windows)
+    assert model.n_events == sum(int(w["label"].sum()) for w in windows)
+    assert model.n_events > 2 * int(windows[-1]["label"].sum())

@@ -436,7 +436,8 @@ def event_result(result: dict) -> None:
     console.print(
         f"1-year risk of {', '.join(result['outcome'])} after {result['cutoff'][:10]}: "
         f"C-index {c_index}, Brier {result['brier']:.4f} (prevalence-only {result['brier_prevalence_baseline']:.4f}); "
-        f"train {result['train']['subjects']} subjects / {result['train']['events']} events "
+        f"train {result['train']['subject_windows']} subject-windows over "
+        f"{result['train']['landmarks']} landmarks / {result['train']['events']} events "
         f"/ {result['train'].get('censored', 0)} censored, "
         f"test {result['test']['subjects']} / {result['test']['events']}"
     )

@@ -5,9 +5,11 @@ observation gives features computed from events up to the index date only, and a
 ends at the outcome, at the end of their observation (censored) or at the end of the window.
 The follow-up is cut into monthly intervals; a regularised logistic regression of the monthly
 hazard on the features and the month uses every subject for as long as they were followed,
-censored ones included, and the window's risk is ``1 - prod(1 - hazard)``. The back-test trains
-at an earlier index date and scores the later one with Harrell's C-index (censoring-aware) and the
-Brier score among subjects whose one-year status is known.
+censored ones included, and the window's risk is ``1 - prod(1 - hazard)``. The model learns from
+several index dates a window apart (landmarks, van Houwelingen 2007): a rare outcome gives a few
+events a year, too few for one window to fit on. The back-test trains on the windows that end
+by a cutoff and scores the window after it with Harrell's C-index (censoring-aware) and the Brier
+score among subjects whose one-year status is known.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def cohort(
 
 
 MONTH_DAYS = 365.25 / 12
+#: Index dates a model is trained at, a window apart (the latest one's window ends at the cutoff).
+LANDMARKS = 5
 
 
 @dataclass
@@ -126,6 +130,7 @@ class EventModel:
     n_train: int = 0
     n_events: int = 0
     n_censored: int = 0
+    landmarks: int = 1
 
     NUMERIC = ("age", "female", "prior_events", "n_conditions", "n_drugs_last_year", "n_visits")
 
@@ -161,13 +166,29 @@ class EventModel:
 
     @classmethod
     def fit(
-        cls, store: Store, outcome: list[str], index: datetime, window_days: int = 365
+        cls,
+        store: Store,
+        outcome: list[str],
+        index: datetime,
+        window_days: int = 365,
+        landmarks: int | None = None,
     ) -> EventModel:
+        """Fit on the subjects under observation at ``index`` and at the ``landmarks - 1``
+        (by default :data:`LANDMARKS` ``- 1``) index dates a window apart before it (a subject followed through several windows counts
+        in each, with the features of its history at each index date)."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
         frame, vocabulary = cohort(store, outcome, index, window_days)
+        frames = [frame]
+        for k in range(1, LANDMARKS if landmarks is None else landmarks):
+            earlier, _ = cohort(
+                store, outcome, index - timedelta(days=k * window_days), window_days, vocabulary
+            )
+            if earlier.height:
+                frames.append(earlier.select(frame.columns))
+        frame = pl.concat(frames)
         events = int(frame["label"].sum())
         if events < 5 or events == frame.height:
             raise ValueError(
@@ -175,6 +196,7 @@ class EventModel:
             )
         censored = int(((~frame["label"]) & (frame["followup_days"] < window_days)).sum())
         model = cls(outcome, window_days, vocabulary, None, frame.height, events, censored)
+        model.landmarks = len(frames)
         x, y = model._person_months(frame)
         model.model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         model.model.fit(x, y)
@@ -217,19 +239,21 @@ def evaluate_events(
     from sklearn.metrics import brier_score_loss
 
     model = EventModel.fit(store, outcome, cutoff - timedelta(days=window_days), window_days)
+    train_subjects = model.n_train
     scored = model.predict(store, cutoff)
     events = scored["label"].to_numpy().astype(int)
     followup = scored["followup_days"].to_numpy().astype(float)
     risk = scored["risk"].to_numpy()
     known = (events == 1) | (followup >= window_days)
-    prevalence = float(model.n_events / model.n_train)
+    prevalence = float(model.n_events / train_subjects)
     return {
         "outcome": outcome,
         "cutoff": cutoff.isoformat(),
         "window_days": window_days,
         "model": "discrete-time (monthly) hazard, logistic, censored follow-up included",
         "train": {
-            "subjects": model.n_train,
+            "landmarks": model.landmarks,
+            "subject_windows": model.n_train,
             "events": model.n_events,
             "censored": model.n_censored,
         },
