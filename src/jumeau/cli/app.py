@@ -639,12 +639,15 @@ def lookup(
     id: Annotated[str, typer.Option("--id", help="The patient id in that source.")],
     key_file: KeyOpt = None,
 ) -> None:
-    """Print the pseudonym of a source patient id (needs the store key); says on stderr when
-    no event of the store has that subject (a wrong source name gives a pseudonym too)."""
+    """Print the pseudonym of a source patient id (needs the store key), of the patient it was
+    merged into if it was; says on stderr when no event of the store has that subject (a wrong
+    source name gives a pseudonym too)."""
     s = _open(store, key_file)
     with _errors():
         subject = s.lookup(source, id)
         print(subject, flush=True)
+        if subject != s.pseudonymiser.subject_id(source, id):
+            print(f"note: {source} patient {id} was merged into this subject", file=sys.stderr)
         if not s.has_subject(subject):
             print(f"note: subject {subject} has no events in {s.root}", file=sys.stderr)
 

@@ -605,8 +605,31 @@ class Store:
     # ---- identity ------------------------------------------------------------------------
 
     def lookup(self, source: str, source_id: str) -> int:
-        """The pseudonym of a source patient id (needs the key)."""
-        return self.pseudonymiser.subject_id(source, source_id)
+        """The pseudonym of a source patient id (needs the key): of the patient it was merged
+        into, if a batch said so (FHIR ``link`` replaced-by), followed to the end."""
+        subject = self.pseudonymiser.subject_id(source, source_id)
+        merged = self.merges()
+        seen = {subject}
+        while subject in merged and merged[subject] not in seen:
+            subject = merged[subject]
+            seen.add(subject)
+        return subject
+
+    def merges(self) -> dict[int, int]:
+        """Pseudonym of each patient merged into another -> the other's, as the batches said
+        (a later batch's word last)."""
+        out: dict[int, int] = {}
+        for path in self.batch_files(layout.MERGES_FILE):
+            if path.exists():
+                table = pq.read_table(path)
+                out.update(
+                    zip(
+                        table.column("subject_id").to_pylist(),
+                        table.column("into_subject_id").to_pylist(),
+                        strict=True,
+                    )
+                )
+        return out
 
     def reidentify(self, subject_id: int, *, purpose: str) -> list[dict]:
         """The source ids and direct identifiers the vault keeps for a pseudonym (needs the

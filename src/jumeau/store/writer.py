@@ -255,6 +255,9 @@ class BatchWriter:
         for child in list(self.dir.iterdir()):
             if child.is_dir() and child.name != layout.SIGNALS_DIR:
                 shutil.rmtree(child)
+        if self._merges:
+            merges = pa.concat_tables(self._merges).select(["subject_id", "into_subject_id"])
+            pq.write_table(merges, self.dir / layout.MERGES_FILE)
         identities = self._kept_identities()
         if identities is not None:
             write_vault(
@@ -892,10 +895,12 @@ def copy_batch_without(source: Path, target: Path, subjects: np.ndarray, vault_k
             removed += batch.num_rows - kept.num_rows
             if kept.num_rows:
                 files.add(pa.Table.from_batches([kept]))
-    for name in (layout.SUPERSEDED_FILE, layout.PARTS_FILE):
+    for name in (layout.SUPERSEDED_FILE, layout.PARTS_FILE, layout.MERGES_FILE):
         if (source / name).exists():
-            rows = pq.read_table(source / name)
-            pq.write_table(without_subjects(rows, subjects), target / name)
+            rows = without_subjects(pq.read_table(source / name), subjects)
+            if name == layout.MERGES_FILE:  # nor the merges into them
+                rows = without_subjects(rows, subjects, "into_subject_id")
+            pq.write_table(rows, target / name)
     if (source / layout.VAULT_FILE).exists():
         vault = without_subjects(read_vault(source / layout.VAULT_FILE, vault_key), subjects)
         if vault.num_rows:
@@ -915,10 +920,12 @@ def copy_batch_without(source: Path, target: Path, subjects: np.ndarray, vault_k
     return removed
 
 
-def without_subjects(table: pa.Table | pa.RecordBatch, subjects: np.ndarray) -> pa.Table:
-    """The rows of ``table`` whose ``subject_id`` is none of ``subjects``."""
+def without_subjects(
+    table: pa.Table | pa.RecordBatch, subjects: np.ndarray, column: str = "subject_id"
+) -> pa.Table:
+    """The rows of ``table`` whose ``column`` is none of ``subjects``."""
     unwanted = pa.array(np.asarray(subjects, dtype=np.int64))
-    return table.filter(pc.invert(pc.is_in(table.column("subject_id"), unwanted)))
+    return table.filter(pc.invert(pc.is_in(table.column(column), unwanted)))
 
 
 class _EventFiles:
