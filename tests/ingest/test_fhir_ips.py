@@ -196,3 +196,53 @@ def test_a_device_the_summary_says_the_patient_uses_is_the_twins(tmp_path, new_s
     twin = new_store.twin(subject)
     assert [d["code"] for d in twin.devices] == ["SNOMED/67270000"]
     assert twin.to_dict()["devices"] == twin.devices
+
+
+def test_an_advance_directive_is_a_consent_in_force_on_the_twin(tmp_path, new_store):
+    # IPS's all-sections summary: a do-not-resuscitate Consent (scope treatment) given in 2021
+    ingest_examples(new_store, tmp_path / "ips", "Bundle-bundle-ips-all-sections.json")
+    subject = new_store.subjects()[0]
+    (consent,) = new_store.timeline(subject).filter(pl.col("domain") == "consent").to_dicts()
+    assert consent["code"] == "SNOMED/304253006"  # not for resuscitation
+    assert consent["time"] == datetime(2021, 9, 1)
+    terms = consent["text_value"].split(";")
+    assert {"scope=HL7ConsentScope/treatment", "category=HL7ConsentCategory/dnr"} <= set(terms)
+    assert "status=active" in terms
+    (held,) = new_store.twin(subject).consents
+    assert (held["code"], held["description"]) == ("SNOMED/304253006", "Not for resuscitation")
+    assert new_store.twin(subject, datetime(2021, 8, 1)).consents == []  # not yet given
+
+
+def test_a_consent_ends_with_its_provision_and_a_later_record_of_it_rules(tmp_path, new_store):
+    """A research consent over a period ends with it; a refusal recorded after a consent of the
+    same kind is what holds; a consent never accepted (rejected, proposed) holds nothing."""
+    patient = {"resourceType": "Patient", "id": "c1", "gender": "female"}
+    subject = {"reference": "Patient/c1"}
+    research = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                            "code": "research"}]}  # fmt: skip
+    lines = [
+        patient,
+        {"resourceType": "Consent", "id": "r1", "status": "active", "scope": research,
+         "patient": subject, "dateTime": "2020-01-10",
+         "provision": {"type": "permit", "period": {"start": "2020-01-10", "end": "2022-01-10"}}},
+        {"resourceType": "Consent", "id": "r2", "status": "active", "scope": research,
+         "patient": subject, "dateTime": "2023-03-01", "provision": {"type": "deny"}},
+        {"resourceType": "Consent", "id": "p1", "status": "rejected", "patient": subject,
+         "dateTime": "2020-02-01", "category": [{"text": "photography"}]},
+    ]  # fmt: skip
+    path = tmp_path / "consents.ndjson"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = ingest_fhir(new_store, path)
+    assert report.tables["fhir/Consent"].accepted == 3
+    pseudonym = new_store.lookup("fhir", "c1")
+
+    def held(on: datetime) -> list[str]:
+        return [c["terms"] for c in new_store.twin(pseudonym, on).consents]
+
+    assert held(datetime(2021, 1, 1)) == [
+        "provision=permit;scope=HL7ConsentScope/research;status=active"
+    ]
+    assert held(datetime(2022, 6, 1)) == []  # the period is over
+    assert held(datetime(2024, 1, 1)) == [
+        "provision=deny;scope=HL7ConsentScope/research;status=active"
+    ]

@@ -91,6 +91,8 @@ def _normal(variable: dict) -> str:
 def _listed(item: dict) -> str:
     """A twin's list item as a clinician reads it: an order to *not* do a thing says so."""
     name = item.get("description") or item["code"]
+    if item.get("terms"):  # a consent: what it provides for, and whether it permits or denies
+        return f"{name} ({item['terms']})"
     return f"do not: {name}" if item.get("do_not_perform") == "true" else name
 
 
@@ -306,6 +308,7 @@ def twin_summary(twin: dict) -> None:
         ("goals", "goals"),
         ("episodes of care", "episodes"),
         ("alerts", "alerts"),
+        ("consents in force", "consents"),
         ("orders of the last 90 days", "recent_orders"),
     ):
         items = twin.get(key) or []

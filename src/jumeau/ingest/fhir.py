@@ -418,6 +418,7 @@ class _FhirMapper:
             "DeviceRequest": self._device_request,
             "NutritionOrder": self._nutrition_order,
             "Flag": self._flag,
+            "Consent": self._consent,
             "EpisodeOfCare": self._episode,
         }
 
@@ -2119,6 +2120,43 @@ class _FhirMapper:
             time=start,
             end=end,
             text=category,
+        )
+
+    def _consent(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """The patient's consent or refusal (an advance directive such as do-not-resuscitate, a
+        research consent, a privacy preference) from when it was given over its provision's
+        period (once inactive, until its record last changed), coded by what it provides for
+        (else its category, else its scope); what it says as text: ``provision=permit|deny``,
+        ``scope``, ``category``, ``status``, ``policy``."""
+        subject = self._subject(res, fullurls)
+        provision = res.get("provision") if isinstance(res.get("provision"), dict) else {}
+        given = parse_fhir_time(res.get("dateTime"))
+        start, end = self._period(provision, "period")
+        start = given if given is not None else start
+        if end is None and res.get("status") == "inactive":
+            end = _last_changed(res, start)
+        categories = [concept_code(c) or text_code(c) for c in _objects(res.get("category"))]
+        scope = concept_code(res.get("scope")) if isinstance(res.get("scope"), dict) else None
+        policy = next(
+            (concept_code(p) for p in _objects([res.get("policyRule")]) if concept_code(p)), None
+        )
+        provided = next((self._code(c, ("SNOMED",)) for c in _objects(provision.get("code"))), None)
+        code = provided or next(filter(None, categories), None) or scope or "FHIR/Consent"
+        facts = {
+            "provision": provision.get("type"),
+            "scope": scope,
+            "category": ",".join(c for c in categories if c and c != code) or None,
+            "status": res.get("status"),
+            "policy": policy,
+        }
+        self._emit(
+            res,
+            subject,
+            code=code,
+            domain="consent",
+            time=start,
+            end=end if end is None or start is None or end >= start else None,
+            text=";".join(f"{k}={v}" for k, v in facts.items() if isinstance(v, str) and v),
         )
 
     def _episode(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:

@@ -66,6 +66,7 @@ HAPPENED_DOMAINS = frozenset(
         "device",
         "alert",
         "order",
+        "consent",
     }
 )
 #: Codes that state an absence ("no known allergy", as patient summaries record it): kept in
@@ -288,6 +289,9 @@ class Twin:
     episodes: list[dict] = field(default_factory=list)
     #: alerts in force (immunocompromised, a fall risk), with their start when known
     alerts: list[dict] = field(default_factory=list)
+    #: consents and refusals in force (do not resuscitate, a research consent), with their
+    #: start and terms (``provision=deny;scope=treatment``)
+    consents: list[dict] = field(default_factory=list)
     #: orders and referrals placed in the last 90 days, latest first, with their intent
     orders: list[dict] = field(default_factory=list)
     #: what the record says of absent allergies ("No known allergy") when none is listed
@@ -349,6 +353,7 @@ class Twin:
             "goals": self.goals,
             "episodes": self.episodes,
             "alerts": self.alerts,
+            "consents": self.consents,
             "recent_orders": self.orders,
             "recent_encounters": self.encounters,
             "risks": {n: r.to_dict() for n, r in self.risks.items()},
@@ -558,6 +563,7 @@ def build_twin(
     twin.goals = _goals(by_domain.get("goal", []), as_of, descriptions)
     twin.alerts = _in_force(by_domain.get("alert", []), as_of, descriptions)
     twin.episodes = _in_force(by_domain.get("episode", []), as_of, descriptions)
+    twin.consents = _consents(by_domain.get("consent", []), as_of, descriptions)
     twin.orders = _recent_orders(by_domain.get("order", []), as_of, descriptions)
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
@@ -590,6 +596,34 @@ def _in_force(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -
         {"code": code, "description": descriptions.get(code), "since": _iso(since)}
         for code, since, _ in _first_by_code(current)
     ]
+
+
+#: Consent statuses under which a consent is not (or no longer) in force.
+_CONSENTS_NOT_IN_FORCE = frozenset({"draft", "proposed", "rejected", "inactive"})
+
+
+def _consents(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -> list[dict]:
+    """The consents and refusals in force at ``as_of``, each with its latest terms (a newer
+    record of the same code says what holds now)."""
+    latest: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: (r["time"] is not None, r["time"] or datetime.min)):
+        latest[r["code"]] = r
+    held = []
+    for code, r in latest.items():
+        terms = dict(t.split("=", 1) for t in (r["text_value"] or "").split(";") if "=" in t)
+        if terms.get("status") in _CONSENTS_NOT_IN_FORCE:
+            continue
+        if r["end_time"] is not None and r["end_time"] <= as_of:
+            continue
+        held.append(
+            {
+                "code": code,
+                "description": descriptions.get(code),
+                "since": _iso(r["time"]),
+                "terms": r["text_value"],
+            }
+        )
+    return held
 
 
 #: Variant consequences of high impact (Ensembl VEP's HIGH class, in Sequence Ontology terms
