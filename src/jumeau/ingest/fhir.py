@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from jumeau.ingest.documents import READABLE_TYPES, document_text, media_type, readable
 from jumeau.ingest.events import columns_table
 from jumeau.ingest.fhir_genomics import (
     VARIANT_CODE,
@@ -63,6 +64,7 @@ _READ_AHEAD_TYPES = (
     "Device",
     "Questionnaire",
     "CarePlan",
+    "Binary",
 )
 #: What an NDJSON line read ahead names (a panel's Observation lists its members): one search
 #: a line, not one a name.
@@ -344,6 +346,8 @@ class _FhirMapper:
         self.displays: dict[str, str] = {}
         #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
         self.medications: dict[str, tuple[str, ...]] = {}
+        #: (content type, base64 data) of the readable Binary resources (a note's content)
+        self.binaries: dict[str, tuple[str | None, str]] = {}
         #: Device type codes by reference (``Device/id``, bundle fullUrl): a device use
         #: statement names its device by reference.
         self.devices: dict[str, str] = {}
@@ -579,6 +583,9 @@ class _FhirMapper:
             return True
         if rtype == "Medication":
             self._remember_medication(res, full_url)
+        elif rtype == "Binary":
+            if readable(res.get("contentType")) and isinstance(res.get("data"), str):
+                _keep(self.binaries, res, full_url, (res.get("contentType"), res["data"]))
         elif rtype == "Encounter":
             self._remember_encounter(res, full_url)
         elif rtype == "Specimen":
@@ -904,6 +911,8 @@ class _FhirMapper:
         handler = self.handlers.get(rtype)
         if rtype in _NOT_OF_A_PATIENT and not res.get("patient"):
             rtype, handler = f"{rtype} of no patient ({_NOT_OF_A_PATIENT[rtype]})", None
+        elif rtype == "Binary":  # its text is stored with the document naming it
+            rtype = "Binary (a document's content)"
         if handler is None:
             self.report.unhandled[rtype] = self.report.unhandled.get(rtype, 0) + 1
             return
@@ -1739,7 +1748,7 @@ class _FhirMapper:
             domain="report",
             time=start,
             end=end,
-            text=res.get("conclusion") or _attachment_text(res.get("presentedForm")),
+            text=res.get("conclusion") or _attachment_text(res.get("presentedForm"), self.binaries),
         )
 
     def _document(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
@@ -1759,7 +1768,9 @@ class _FhirMapper:
             domain="note",
             time=start,
             end=end,
-            text=_attachment_text([c.get("attachment") for c in res.get("content") or []]),
+            text=_attachment_text(
+                [c.get("attachment") for c in res.get("content") or []], self.binaries
+            ),
         )
 
     def _family_history(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
@@ -2351,20 +2362,30 @@ def _observation_key(reference: str) -> str:
     return "/".join(_reference_path(reference)[-2:])
 
 
-def _attachment_text(attachments: list | None) -> str | None:
-    """The text of the first plain-text attachment carried inline (base64 ``data``)."""
+def _attachment_text(attachments: list | None, binaries: dict) -> str | None:
+    """The text of a document's attachments: inline (base64 ``data``) or in the Binary of
+    the export its ``url`` names, plain text preferred to HTML, HTML to RTF (renditions of
+    one document), decoded by its charset, without markup; None if none has text to read."""
+    found = []
     for attachment in attachments or []:
-        if not isinstance(attachment, dict) or not attachment.get("data"):
+        if not isinstance(attachment, dict):
             continue
-        kind = str(attachment.get("contentType") or "text/plain").lower()
-        if not kind.startswith("text/"):
+        kind, data = attachment.get("contentType"), attachment.get("data")
+        url = attachment.get("url")
+        if not data and isinstance(url, str):
+            kind, data = _referenced(binaries, url, "Binary") or (kind, None)
+        if not isinstance(data, str) or not data or not readable(kind):
             continue
-        try:
-            raw = base64.b64decode(attachment["data"], validate=False)
-        except (ValueError, TypeError) as exc:
-            raise FhirError(f"attachment data is not base64: {exc}") from exc
-        return raw.decode("utf-8", errors="replace")
-    return None
+        rank = media_type(kind)
+        found.append((READABLE_TYPES.index(rank) if rank in READABLE_TYPES else 2, kind, data))
+    if not found:
+        return None
+    _, kind, data = min(found, key=lambda f: f[0])
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (ValueError, TypeError) as exc:
+        raise FhirError(f"attachment data is not base64: {exc}") from exc
+    return document_text(raw, kind)
 
 
 def _as_concept(value: dict | None) -> dict | None:
