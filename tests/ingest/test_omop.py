@@ -939,3 +939,29 @@ def test_a_full_refresh_keeps_a_row_the_snapshot_holds_but_rejects_today(tmp_pat
     assert report.tables["omop/condition_occurrence"].rejected == 1
     assert report.events_retracted == 0
     assert store.stats()["events"] == first.events_written
+
+
+def test_a_note_written_as_rtf_or_html_is_stored_as_its_text(tmp_path, eunomia):
+    """Warehouses copy notes from the clinical system as they were typed: RTF (a word
+    processor's), HTML; the store keeps the text a reader sees, scrubbed as any note."""
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept"])
+    rtf = r"{\rtf1\ansi\ansicpg1252{\fonttbl{\f0 Arial;}}\f0 Douleur thoracique.\par Appeler le 06 12 34 56 78.\par}"
+    html = "<html><body><p>Dyspn&eacute;e d'effort.</p><p>ECG normal.</p></body></html>"
+    header = (
+        "note_id,person_id,note_date,note_datetime,note_type_concept_id,"
+        "note_class_concept_id,note_title,note_text\n"
+    )
+    rows = [(1, rtf), (2, html), (3, "<5 mm nodule, plain text.")]
+    (folder / "note.csv").write_text(
+        header + "".join(f'{i},6,2018-01-0{i},,32831,44814637,Note,"{t}"\n' for i, t in rows)
+    )
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    assert report.tables["omop/note"].accepted == 3
+    notes = store.timeline(store.lookup("omop", "6")).filter(pl.col("domain") == "note")
+    assert notes["text_value"].to_list() == [
+        "Douleur thoracique.\nAppeler le [PHONE].",
+        "Dyspnée d'effort.\nECG normal.",
+        "<5 mm nodule, plain text.",
+    ]

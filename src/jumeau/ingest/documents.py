@@ -41,23 +41,35 @@ def readable(content_type: str | None) -> bool:
     return kind in READABLE_TYPES or kind.startswith("text/")
 
 
-def document_text(content: bytes, content_type: str | None) -> str:
+#: The start of a text that is an RTF or an HTML document, whatever its content type says (an
+#: OMOP note_text has none).
+RTF_START = re.compile(r"^\s*\{\\rtf")
+HTML_START = re.compile(r"^\s*<(?:!doctype html|html|body|div|p[ >])", re.IGNORECASE)
+
+
+def document_text(content: bytes | str, content_type: str | None = None) -> str:
     """The text a reader of the document sees: decoded by the content type's charset (UTF-8
     when none is named or the name is unknown; a byte that does not decode is replaced, never
-    fatal), its HTML or RTF markup removed."""
-    match = _CHARSET.search(content_type or "")
-    encoding = "utf-8"
-    if match:
-        with contextlib.suppress(LookupError):
-            encoding = codecs.lookup(match.group(1)).name
+    fatal) unless it is text already, its HTML or RTF markup removed (an RTF or HTML document
+    is known by its start too)."""
     kind = media_type(content_type)
-    if kind in _RTF or content.lstrip()[:5] == b"{\\rtf":
+    if isinstance(content, bytes):
+        if kind in _RTF or content.lstrip()[:5] == b"{\\rtf":
+            # 7-bit text escaping other characters in its own code page (\ansicpg)
+            content = content.decode("latin-1")
+        else:
+            match = _CHARSET.search(content_type or "")
+            encoding = "utf-8"
+            if match:
+                with contextlib.suppress(LookupError):
+                    encoding = codecs.lookup(match.group(1)).name
+            content = content.decode(encoding, errors="replace")
+    text = content
+    if kind in _RTF or RTF_START.match(text):
         from striprtf.striprtf import rtf_to_text
 
-        # RTF is 7-bit text escaping other characters in its own code page (\ansicpg)
-        return rtf_to_text(content.decode("latin-1"), errors="ignore").strip()
-    text = content.decode(encoding, errors="replace")
-    if kind in _HTML:
+        return rtf_to_text(text, errors="ignore").strip()
+    if kind in _HTML or HTML_START.match(text):
         parser = _TextOfHtml()
         parser.feed(text)
         parser.close()

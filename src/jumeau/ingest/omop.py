@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from jumeau._duck import arrow_table, connect, run, scalar, sql_string
 from jumeau.ingest import omop_sources
+from jumeau.ingest.documents import HTML_START, RTF_START, document_text
 from jumeau.ingest.events import reject_file
 from jumeau.ingest.omop_sources import OmopSourceError, OmopTables, read_header_row
 from jumeau.ingest.redact import redact_sql
@@ -438,6 +439,13 @@ def ingest_omop(
         try:
             run(con, _MACROS)
             run(con, _CONSTANT_TYPES)
+            con.create_function(
+                "jumeau_document_text",
+                lambda text: document_text(text),
+                [duckdb.sqltype("VARCHAR")],
+                duckdb.sqltype("VARCHAR"),
+                side_effects=False,
+            )
             tables = _open_source(
                 source_str, is_url, con, writer, schema, vocabulary_schema, progress
             )
@@ -957,7 +965,15 @@ class _OmopMapper:
             )
         # free text (a note, a value written as text) is scrubbed of identifiers, the patient's
         # own source value (often the MRN) included
-        string = redact_sql("s.string", ["s.person_source_value"]) if spec.string else "s.string"
+        string = "s.string"
+        if spec.domain == "note":  # an RTF or HTML note is stored as the text a reader sees
+            string = (
+                f"CASE WHEN regexp_matches(s.string, {sql_string(RTF_START.pattern)}) "
+                f"OR regexp_matches(s.string, {sql_string('(?i)' + HTML_START.pattern)}) "
+                "THEN jumeau_document_text(s.string) ELSE s.string END"
+            )
+        if spec.string:
+            string = redact_sql(string, ["s.person_source_value"])
         # a result given as "< 5" keeps its comparator as text, as FHIR's valueQuantity does
         comparator = " ".join(f"WHEN {cid} THEN '{sym}'" for cid, sym in _OPERATORS.items())
         text = (
