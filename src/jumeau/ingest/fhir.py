@@ -346,6 +346,7 @@ class _FhirMapper:
         self.displays: dict[str, str] = {}
         #: Medication codes by reference (``Medication/id``, bare id, bundle fullUrl).
         self.medications: dict[str, tuple[str, ...]] = {}
+        self._last_resource: tuple[str | None, int] = (None, 0)
         #: (content type, base64 data) of the readable Binary resources (a note's content)
         self.binaries: dict[str, tuple[str | None, str]] = {}
         #: Device type codes by reference (``Device/id``, bundle fullUrl): a device use
@@ -550,6 +551,12 @@ class _FhirMapper:
         self.withdrawn["subject_id"].append(None)
         self.withdrawn["source"].append(f"fhir/{rtype}")
         self.withdrawn["record_key"].append(self._record_key(rtype, identity))
+
+    def _resource_key(self, rtype: str, identity: str) -> int:
+        """The key of the resource whose parts are being emitted (computed once for all)."""
+        if self._last_resource[0] != identity:
+            self._last_resource = (identity, self._record_key(rtype, identity))
+        return self._last_resource[1]
 
     def _record_key(self, rtype: str, record: str) -> int:
         """The keyed hash a record's event is stored under (``Observation/1#component[0]``)."""
@@ -1218,7 +1225,7 @@ class _FhirMapper:
             domain=domain,
             source=f"fhir/{rtype}",
             record_key=self._record_key(rtype, record),
-            resource_key=self._record_key(rtype, identity) if part else None,
+            resource_key=self._resource_key(rtype, identity) if part else None,
         )
 
     @staticmethod
