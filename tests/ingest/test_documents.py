@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -89,3 +90,26 @@ def test_notes_in_binaries_and_renditions_are_stored_as_read(tmp_path: Path, new
         "Patient vu en consultation.\nTension 14/8, pas de fièvre.",
         "plain",
     ]
+
+
+def test_the_twin_shows_the_latest_notes_with_the_start_of_their_text(tmp_path: Path, new_store):
+    patient = {"resourceType": "Patient", "id": "n1"}
+    long_text = "Suivi. " + "Tension stable sous traitement. " * 20
+    lines = [patient] + [
+        _note(
+            f"d{day}",
+            [{"contentType": "text/plain", "data": _b64(f"Note {day}. {long_text}".encode())}],
+        )
+        | {"date": f"2023-05-{day:02d}T10:00:00Z"}
+        for day in range(1, 8)
+    ]
+    path = tmp_path / "notes.ndjson"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    ingest_fhir(new_store, path)
+    subject = new_store.lookup("fhir", "n1")
+    notes = new_store.twin(subject).to_dict()["latest_notes"]
+    assert [n["written"][:10] for n in notes] == [f"2023-05-0{d}" for d in (7, 6, 5, 4, 3)]
+    assert notes[0]["excerpt"].startswith("Note 7. Suivi. Tension stable")
+    assert len(notes[0]["excerpt"]) <= 240 and notes[0]["excerpt"].endswith("…")
+    earlier = new_store.twin(subject, datetime(2023, 5, 2, 12)).notes
+    assert [n["written"][:10] for n in earlier] == ["2023-05-02", "2023-05-01"]

@@ -318,6 +318,11 @@ def twin_summary(twin: dict) -> None:
             + escape(status or "; ".join(_listed(i) for i in items[:12]))
             + (" ..." if len(items) > 12 else "")
         )
+    for note in twin.get("latest_notes") or []:
+        console.print(
+            f"[bold]note[/bold] {note['written'][:10]} "
+            + escape(f"{note['description'] or note['code']}: {note['excerpt'] or '(no text)'}")
+        )
     genomics = twin.get("genomics")
     if genomics:
         high = genomics["high_impact"]

@@ -292,6 +292,8 @@ class Twin:
     #: consents and refusals in force (do not resuscitate, a research consent), with their
     #: start and terms (``provision=deny;scope=treatment``)
     consents: list[dict] = field(default_factory=list)
+    #: the latest clinical notes, latest first: type, date and the start of their text
+    notes: list[dict] = field(default_factory=list)
     #: orders and referrals placed in the last 90 days, latest first, with their intent
     orders: list[dict] = field(default_factory=list)
     #: what the record says of absent allergies ("No known allergy") when none is listed
@@ -355,6 +357,7 @@ class Twin:
             "alerts": self.alerts,
             "consents": self.consents,
             "recent_orders": self.orders,
+            "latest_notes": self.notes,
             "recent_encounters": self.encounters,
             "risks": {n: r.to_dict() for n, r in self.risks.items()},
             "signal_features": self.signal_features,
@@ -565,6 +568,7 @@ def build_twin(
     twin.episodes = _in_force(by_domain.get("episode", []), as_of, descriptions)
     twin.consents = _consents(by_domain.get("consent", []), as_of, descriptions)
     twin.orders = _recent_orders(by_domain.get("order", []), as_of, descriptions)
+    twin.notes = _latest_notes(by_domain.get("note", []), descriptions)
     visits = sorted(
         (r for r in by_domain.get("visit", []) if r["time"] is not None),
         key=lambda r: (r["time"], r["code"]),
@@ -610,8 +614,7 @@ def _consents(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -
         latest[r["code"]] = r
     held = []
     for code, r in latest.items():
-        terms = dict(t.split("=", 1) for t in (r["text_value"] or "").split(";") if "=" in t)
-        if terms.get("status") in _CONSENTS_NOT_IN_FORCE:
+        if _facts(r["text_value"]).get("status") in _CONSENTS_NOT_IN_FORCE:
             continue
         if r["end_time"] is not None and r["end_time"] <= as_of:
             continue
@@ -719,6 +722,33 @@ def _recent_orders(rows: list[dict], as_of: datetime, descriptions: dict[str, st
         | {k: v for k, v in _facts(r["text_value"]).items() if k != "status" and v != "None"}
         for r in recent
     ]
+
+
+#: Notes a twin shows, and how much of each one's text.
+NOTES_SHOWN = 5
+NOTE_EXCERPT = 240
+
+
+def _latest_notes(rows: list[dict], descriptions: dict[str, str]) -> list[dict]:
+    """The :data:`NOTES_SHOWN` latest notes, latest first, each with the start of its text
+    (the whole note stays in the timeline)."""
+    dated = sorted(
+        (r for r in rows if r["time"] is not None), key=lambda r: (r["time"], r["code"])
+    )[-NOTES_SHOWN:]
+    out = []
+    for r in reversed(dated):
+        text = " ".join((r["text_value"] or "").split())
+        if len(text) > NOTE_EXCERPT:
+            text = text[: NOTE_EXCERPT - 1].rstrip() + "…"
+        out.append(
+            {
+                "code": r["code"],
+                "description": descriptions.get(r["code"]),
+                "written": _iso(r["time"]),
+                "excerpt": text or None,
+            }
+        )
+    return out
 
 
 def _goals(rows: list[dict], as_of: datetime, descriptions: dict[str, str]) -> list[dict]:
