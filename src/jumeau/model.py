@@ -178,6 +178,7 @@ FHIR_SYSTEMS: dict[str, str] = {
     "http://hl7.org/fhir/sid/icd-10": "ICD10",
     "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
     "http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM",
+    "http://hl7.org/fhir/sid/icd-9": "ICD9CM",  # the R4 examples' name of it
     "http://hl7.org/fhir/sid/cvx": "CVX",
     "http://hl7.org/fhir/sid/ndc": "NDC",
     "http://www.ama-assn.org/go/cpt": "CPT4",

@@ -664,3 +664,38 @@ def test_an_episode_of_care_is_an_episode_the_twin_lists_while_under_way(tmp_pat
         "2014-09-01T00:00:00"
     ]
     assert new_store.twin(subject, datetime(2014, 8, 1)).episodes == []
+
+
+def test_a_clinical_impression_gives_its_findings_and_its_summary(tmp_path, new_store):
+    """HL7's emergency assessment after a road accident: its finding (ICD-9 850.0, a
+    concussion) is an observation at the assessment's time, not a confirmed diagnosis, and its
+    summary a note."""
+    folder = copy_examples(
+        tmp_path / "ex", "ClinicalImpression-example.json", "Patient-example.json"
+    )
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/ClinicalImpression"].events == 2
+    events = timeline(new_store, "example").filter(pl.col("source") == "fhir/ClinicalImpression")
+    finding, summary = sorted(events.iter_rows(named=True), key=lambda e: e["domain"] == "note")
+    assert (finding["code"], finding["domain"]) == ("ICD9CM/850.0", "observation")
+    assert finding["text_value"] == "assessment=completed"
+    assert finding["time"] == datetime(2014, 12, 6, 9)  # 20:00 at +11:00
+    assert summary["domain"] == "note" and summary["text_value"].startswith("provisional diagnoses")
+
+
+def test_consents_recorded_after_their_period_hold_nothing(tmp_path, new_store):
+    """HL7's privacy consents of patient f001: one recorded in 2016 for a period that ended
+    before (it never holds once recorded), one of 2015 on a nurse's access and correction,
+    the consent in force until the later record replaces it."""
+    folder = copy_examples(
+        tmp_path / "ex",
+        "Consent-consent-example-basic.json",
+        "Consent-consent-example-notThem.json",
+    )
+    report = ingest_fhir(new_store, folder)
+    assert report.tables["fhir/Consent"].accepted == 2
+    subject = new_store.lookup("fhir", "f001")
+    (held,) = new_store.twin(subject, datetime(2016, 1, 1)).consents
+    assert held["code"] == "LOINC/59284-0" and held["since"].startswith("2015-11-18")
+    assert "action=access,correct" in held["terms"] and "policy=HL7ActCode/OPTIN" in held["terms"]
+    assert new_store.twin(subject, datetime(2016, 6, 1)).consents == []

@@ -424,6 +424,7 @@ class _FhirMapper:
             "NutritionOrder": self._nutrition_order,
             "Flag": self._flag,
             "Consent": self._consent,
+            "ClinicalImpression": self._clinical_impression,
             "EpisodeOfCare": self._episode,
         }
 
@@ -2140,12 +2141,47 @@ class _FhirMapper:
             text=category,
         )
 
+    def _clinical_impression(
+        self, res: dict, where: str, _k: int, fullurls: dict[str, str]
+    ) -> None:
+        """A clinician's assessment: each coded finding and prognosis an ``observation`` event
+        (what was found, not a confirmed diagnosis), its basis and the assessment's status as
+        text; its summary (else its description) a ``note`` coded by the assessment's code,
+        else ``FHIR/ClinicalImpression``; at its effective time, else its date."""
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "effectiveDateTime", "effectivePeriod", "date")
+        status = res.get("status") if isinstance(res.get("status"), str) else None
+        emitted = 0
+        for i, finding in enumerate(_objects(res.get("finding"))):
+            concept = finding.get("itemCodeableConcept") or _as_concept(finding.get("item"))
+            code = self._code(concept, ("SNOMED", "ICD10")) if isinstance(concept, dict) else None
+            if code:
+                basis = finding.get("basis") if isinstance(finding.get("basis"), str) else None
+                self._emit(res, subject, code=code, domain="observation", time=start, end=end,
+                           part=f"#finding[{i}]",
+                           text=_details({"assessment": status, "basis": basis}))  # fmt: skip
+                emitted += 1
+        for i, prognosis in enumerate(_objects(res.get("prognosisCodeableConcept"))):
+            code = self._code(prognosis, ("SNOMED",))
+            if code:
+                self._emit(res, subject, code=code, domain="observation", time=start, end=end,
+                           part=f"#prognosis[{i}]", text=_details({"prognosis": status}))  # fmt: skip
+                emitted += 1
+        summary = next(
+            (t for t in (res.get("summary"), res.get("description")) if isinstance(t, str) and t),
+            None,
+        )
+        if summary or not emitted:
+            code = self._code(res.get("code")) if isinstance(res.get("code"), dict) else None
+            self._emit(res, subject, code=code or "FHIR/ClinicalImpression", domain="note",
+                       time=start, end=end, part="#summary", text=summary)  # fmt: skip
+
     def _consent(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
         """The patient's consent or refusal (an advance directive such as do-not-resuscitate, a
         research consent, a privacy preference) from when it was given over its provision's
         period (once inactive, until its record last changed), coded by what it provides for
         (else its category, else its scope); what it says as text: ``provision=permit|deny``,
-        ``scope``, ``category``, ``status``, ``policy``."""
+        ``action`` (access, disclose...), ``scope``, ``category``, ``status``, ``policy``."""
         subject = self._subject(res, fullurls)
         provision = res.get("provision") if isinstance(res.get("provision"), dict) else {}
         given = parse_fhir_time(res.get("dateTime"))
@@ -2160,8 +2196,10 @@ class _FhirMapper:
         )
         provided = next((self._code(c, ("SNOMED",)) for c in _objects(provision.get("code"))), None)
         code = provided or next(filter(None, categories), None) or scope or "FHIR/Consent"
+        actions = [concept_code(a) for a in _objects(provision.get("action"))]
         facts = {
             "provision": provision.get("type"),
+            "action": ",".join(a.rsplit("/", 1)[-1] for a in actions if a) or None,
             "scope": scope,
             "category": ",".join(c for c in categories if c and c != code) or None,
             "status": res.get("status"),
@@ -2173,7 +2211,8 @@ class _FhirMapper:
             code=code,
             domain="consent",
             time=start,
-            end=end if end is None or start is None or end >= start else None,
+            # a consent recorded after its period ended (a retrospective record) holds no more
+            end=end if end is None or start is None or end >= start else start,
             text=";".join(f"{k}={v}" for k, v in facts.items() if isinstance(v, str) and v),
         )
 
