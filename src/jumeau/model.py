@@ -40,6 +40,7 @@ DOMAINS: tuple[str, ...] = (
     "claim",
     "signal",
     "annotation",
+    "mention",
     "genomic",
     "imaging",
     "other",

@@ -965,3 +965,39 @@ def test_a_note_written_as_rtf_or_html_is_stored_as_its_text(tmp_path, eunomia):
         "Dyspnée d'effort.\nECG normal.",
         "<5 mm nodule, plain text.",
     ]
+
+
+def test_nlp_mentions_of_a_note_are_its_patients_at_its_date_negations_said(tmp_path, eunomia):
+    """note_nlp rows (an NLP system's concepts found in notes) have no person of their own:
+    each is its note's patient's, dated by the note, its negation and context kept as text;
+    a row naming no note is rejected saying so."""
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept"])
+    (folder / "note.csv").write_text(
+        "note_id,person_id,note_date,note_datetime,note_type_concept_id,note_class_concept_id,"
+        'note_title,note_text\n1,6,2018-01-02,2018-01-02 09:00:00,32831,44814637,CR,"Pas de '
+        'fievre. Douleur thoracique."\n'
+    )
+    (folder / "note_nlp.csv").write_text(
+        "note_nlp_id,note_id,section_concept_id,snippet,offset,lexical_variant,"
+        "note_nlp_concept_id,note_nlp_source_concept_id,nlp_system,nlp_date,term_exists,"
+        "term_temporal,term_modifiers\n"
+        "1,1,0,Pas de fievre,0,fievre,437663,0,medspacy,2024-06-01,N,,negated=true\n"
+        "2,1,0,Douleur thoracique,14,Douleur thoracique,77670,0,medspacy,2024-06-01,Y,current,\n"
+        "3,99,0,x,0,x,437663,0,medspacy,2024-06-01,Y,,\n"
+    )
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    counts = report.tables["omop/note_nlp"]
+    assert (counts.read, counts.accepted, counts.rejected) == (3, 2, 1)
+    (reason,) = store.rejects().filter(pl.col("source") == "omop/note_nlp")["reason"]
+    assert reason == "its note_id names no note of the note table"
+    mentions = store.timeline(store.lookup("omop", "6")).filter(pl.col("domain") == "mention")
+    assert (
+        mentions["time"].to_list() == [dt.datetime(2018, 1, 2, 9)] * 2
+    )  # the note's, not the NLP run's
+    by_code = dict(zip(mentions["code"].to_list(), mentions["text_value"].to_list(), strict=True))
+    assert by_code == {  # fever and chest pain, not in Eunomia's vocabulary subset
+        "OMOP/437663": "term_exists=N;modifiers=negated=true;lexical=fievre",
+        "OMOP/77670": "term_exists=Y;temporal=current;lexical=Douleur thoracique",
+    }

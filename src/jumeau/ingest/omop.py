@@ -58,6 +58,9 @@ class TableSpec:
     #: ``SOURCE_CODE/<value>`` where neither concept maps it (concept id 0: a local lab code
     #: the ETL left unmapped is still that lab, not "no matching concept").
     source_value: str | None = None
+    #: Why a row has no person where the table takes its person from another (a note_nlp row
+    #: from its note).
+    no_person: str = "person_id is missing"
 
 
 SPECS: dict[str, TableSpec] = {
@@ -191,6 +194,18 @@ SPECS: dict[str, TableSpec] = {
         "note_class_concept_id",
         "note_type_concept_id",
         string="note_text",
+    ),
+    # a concept an NLP system found in a note (negated and hypothetical mentions included, as
+    # its term_exists, term_temporal and term_modifiers say), dated and owned by its note
+    "note_nlp": TableSpec(
+        "mention",
+        "note_nlp_id",
+        "note_datetime",
+        "note_date",
+        "note_nlp_concept_id",
+        "note_nlp_source_concept_id",
+        string="nlp_mention",
+        no_person="its note_id names no note of the note table",
     ),
     # a disease phase or a treatment course (CDM v5.4, oncology): its object (the disease, the
     # regimen) as the value
@@ -532,6 +547,7 @@ class _OmopMapper:
         with self._reading("person"):
             self._persons()
         self._reject_header_row("person")
+        self._note_nlp_with_its_notes()
         for table, spec in SPECS.items():
             if table in self.tables.relations:
                 self.progress(table)
@@ -541,6 +557,48 @@ class _OmopMapper:
         if self.tables.header_rows:
             named = ", ".join(f"omop/{t}" for t in sorted(self.tables.header_rows))
             self.report.warnings.append(f"{named}: {_HEADER_ROW_WARNING}")
+
+    def _note_nlp_with_its_notes(self) -> None:
+        """Give each note_nlp row its note's person and dates, and its mention as text
+        (``term_exists=N`` a negated one, ``lexical_variant`` the words of the note); without
+        a note table, the rows are rejected for the person they lack."""
+        if "note_nlp" not in self.tables.relations:
+            return
+        cols = self.tables.column_types("note_nlp")
+        if "note_id" not in cols:
+            return  # rejected whole for the columns it lacks
+        own = [c for c in ("person_id", "note_date", "note_datetime") if c in cols]
+        kept = f"n.* EXCLUDE ({', '.join(own)})" if own else "n.*"
+        facts = [
+            f"'{name}=' || CAST(n.\"{column}\" AS VARCHAR)"
+            for name, column in (
+                ("term_exists", "term_exists"),
+                ("temporal", "term_temporal"),
+                ("modifiers", "term_modifiers"),
+                ("lexical", "lexical_variant"),
+            )
+            if column in cols
+        ]
+        mention = f"concat_ws(';', {', '.join(facts)})" if facts else "NULL::VARCHAR"
+        if "note" in self.tables.relations and "note_id" in self.tables.column_types("note"):
+            notes = (
+                "(SELECT CAST(note_id AS VARCHAR) AS _note, person_id, note_date, note_datetime "
+                f"FROM {self.tables.relations['note']})"
+            )
+        else:
+            notes = (
+                "(SELECT NULL::VARCHAR AS _note, NULL::BIGINT AS person_id, NULL::DATE AS "
+                "note_date, NULL::TIMESTAMP AS note_datetime WHERE false)"
+            )
+        for name, relation in (
+            ("relations", self.tables.relations["note_nlp"]),
+            ("numbered_relations", self.tables.numbered("note_nlp")),
+        ):
+            getattr(self.tables, name)["note_nlp"] = (
+                f"(SELECT {kept}, t.person_id, t.note_date, t.note_datetime, "
+                f"NULLIF({mention}, '') AS nlp_mention FROM {relation} n LEFT JOIN {notes} t "
+                "ON t._note = CAST(n.note_id AS VARCHAR))"
+            )
 
     def _reject_header_row(self, table: str) -> None:
         """Count the row that held a table's column names (see
@@ -936,7 +994,7 @@ class _OmopMapper:
                     {x.text(spec.unit_source)} AS unit_source,
                     {self._source_value(table, spec, x)} AS source_value,
                     CASE WHEN {x.blank(id_col)} THEN '{id_col} is missing'
-                         WHEN {x.blank("person_id")} THEN 'person_id is missing'
+                         WHEN {x.blank("person_id")} THEN {sql_string(spec.no_person)}
                          {x.bad_integer("person_id")}
                          WHEN {x.blank(spec.start_datetime)} AND {x.blank(spec.start_date)} THEN 'start date is missing'
                          {time_checks}

@@ -32,6 +32,7 @@ CDM_TABLES = (
     "death",
     "specimen",
     "note",
+    "note_nlp",
     "payer_plan_period",
     "episode",
     "concept",
