@@ -190,6 +190,8 @@ FHIR_SYSTEMS: dict[str, str] = {
     "http://terminology.hl7.org/CodeSystem/data-absent-reason": "HL7DataAbsentReason",
     "http://terminology.hl7.org/CodeSystem/consentcategorycodes": "HL7ConsentCategory",
     "http://terminology.hl7.org/CodeSystem/consentscope": "HL7ConsentScope",
+    "http://terminology.hl7.org/CodeSystem/media-modality": "HL7MediaModality",
+    "http://terminology.hl7.org/CodeSystem/media-type": "HL7MediaType",
     "http://www.cms.gov/Medicare/Coding/ICD10": "ICD10PCS",
     "http://terminology.hl7.org/CodeSystem/icd10PCS": "ICD10PCS",
     "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": "HCPCS",

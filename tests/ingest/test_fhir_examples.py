@@ -699,3 +699,21 @@ def test_consents_recorded_after_their_period_hold_nothing(tmp_path, new_store):
     assert held["code"] == "LOINC/59284-0" and held["since"].startswith("2015-11-18")
     assert "action=access,correct" in held["terms"] and "policy=HL7ActCode/OPTIN" in held["terms"]
     assert new_store.twin(subject, datetime(2016, 6, 1)).consents == []
+
+
+def test_a_media_is_an_imaging_event_and_an_undated_one_is_rejected(tmp_path, new_store):
+    """HL7's hand X-ray photograph: an imaging event coded by its modality on the day it was
+    taken, the hand and the image's kind as text; the recording the example leaves undated is
+    rejected saying so."""
+    folder = copy_examples(
+        tmp_path / "ex", "Media-xray.json", "Media-sound.json", "Patient-example.json"
+    )
+    report = ingest_fhir(new_store, folder)
+    counts = report.tables["fhir/Media"]
+    assert (counts.read, counts.accepted, counts.rejected) == (2, 1, 1)
+    (photo,) = timeline(new_store, "example").filter(pl.col("source") == "fhir/Media").to_dicts()
+    assert (photo["code"], photo["domain"]) == ("SNOMED/39714003", "imaging")
+    assert photo["time"] == datetime(2016, 3, 15)
+    assert photo["text_value"] == "body_site=SNOMED/85151006;content_type=image/jpeg"
+    (reason,) = new_store.rejects()["reason"]
+    assert reason.startswith("no time: none of createdDateTime")

@@ -425,6 +425,7 @@ class _FhirMapper:
             "Flag": self._flag,
             "Consent": self._consent,
             "ClinicalImpression": self._clinical_impression,
+            "Media": self._media,
             "EpisodeOfCare": self._episode,
         }
 
@@ -2249,6 +2250,41 @@ class _FhirMapper:
         code = f"FHIR/{res['resourceType']}/{kind.rsplit('/', 1)[-1]}"
         self._emit(
             res, subject, code=code, domain="claim", time=start, end=end, numeric=numeric, unit=unit
+        )
+
+    def _media(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
+        """A photograph, a scan, a recording of the patient (R4 Media) as an ``imaging`` event
+        coded by its modality (a DICOM modality as the DICOM ingest codes it), else its type,
+        else ``FHIR/Media``, when it was made; its view, body site, kind and size as text. Its
+        content stays where the source keeps it."""
+        subject = self._subject(res, fullurls)
+        start, end = self._timed(res, "createdDateTime", "createdPeriod", "issued")
+        modality = res.get("modality") if isinstance(res.get("modality"), dict) else None
+        dicom = next(
+            (c["code"] for c in _codings(modality) if "dicom.nema.org" in str(c.get("system"))
+             and c.get("code")), None,
+        )  # fmt: skip
+        code = f"DICOM/{dicom}" if dicom else self._code(modality, ("SNOMED",))
+        media_type = res.get("type") if isinstance(res.get("type"), dict) else None
+        content = res.get("content") if isinstance(res.get("content"), dict) else {}
+        details = {
+            "type": concept_code(media_type) if media_type else None,
+            "view": self._code(res.get("view")) if isinstance(res.get("view"), dict) else None,
+            "body_site": self._code(res.get("bodySite"))
+            if isinstance(res.get("bodySite"), dict)
+            else None,
+            "content_type": content.get("contentType"),
+            "frames": res.get("frames"),
+            "duration_s": res.get("duration"),
+        }
+        self._emit(
+            res,
+            subject,
+            code=code or (concept_code(media_type) if media_type else None) or "FHIR/Media",
+            domain="imaging",
+            time=start,
+            end=end,
+            text=_details(details),
         )
 
     def _imaging_study(self, res: dict, where: str, _k: int, fullurls: dict[str, str]) -> None:
