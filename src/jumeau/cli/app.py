@@ -11,14 +11,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import polars as pl
 import typer
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 import jumeau
 from jumeau.cli import render
-from jumeau.store import IngestReport, StoreError
+from jumeau.store.layout import StoreError
+from jumeau.store.report import IngestReport
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 ingest_app = typer.Typer(
@@ -747,6 +747,8 @@ def rejects(store: StoreOpt, limit: int = 20, format: FormatOpt = Format.text) -
         render.print_json(frame.head(limit).to_dicts() if limit else frame.to_dicts())
         return
     render.console.print(f"{frame.height:,} rejects")
+    import polars as pl
+
     with pl.Config(tbl_rows=limit, fmt_str_lengths=120, tbl_width_chars=200):
         render.console.print(frame.drop("record_key").head(limit))
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import orjson
-import polars as pl
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from jumeau.store import IngestReport
+from jumeau.store.report import IngestReport
+
+if TYPE_CHECKING:
+    import polars as pl
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 #: errors and notes go to standard error: standard output stays the result (JSON for machines)
