@@ -1334,6 +1334,19 @@ def test_a_patient_merged_after_it_was_stored_moves_its_records_to_the_survivor(
     assert earlier.num_rows == 2
     again = ingest_fhir(store, tmp_path / "merge.ndjson")
     assert not again.committed and again.events_merged == 0
+    # a system that still knows the duplicate sends its record, and its Patient, later on
+    late = _patient_and_pulse("dup", 75, gender="male")
+    late[1]["id"] = "hr-dup-later"
+    report = ingest_fhir(
+        jumeau.open(tmp_path / "store"), write_ndjson(tmp_path / "late.ndjson", late)
+    )
+    store = jumeau.open(tmp_path / "store")
+    (reason,) = store.rejects().filter(pl.col("source") == "fhir/Patient")["reason"].tail(1)
+    assert reason.startswith("merged into another patient by an earlier batch")
+    assert store.timeline(dup).height == 0
+    pulses = store.timeline(kept).filter(pl.col("code") == "LOINC/8867-4")
+    assert sorted(pulses["numeric_value"].to_list()) == [70.0, 75.0, 80.0]
+    assert pulses["time"].n_unique() == 1  # on the survivor's date shift
     store.forget([kept], purpose="the patient's objection, ref 7")  # and the merge into them
     assert store.merges() == {} and store.lookup("fhir", "dup") == dup
 

@@ -317,6 +317,8 @@ class _FhirMapper:
         #: The namespace of the server's resource ids (each server numbers its own).
         self.ns = source_name
         self.p = store.pseudonymiser
+        #: patients earlier batches merged into others: pseudonym -> (survivor's, shift step)
+        self.merged_before = store.merges()
         self.writer = writer
         self.report = writer.report
         self.events = _Events()
@@ -820,6 +822,7 @@ class _FhirMapper:
                 self.replaced_by[res["id"]] = path[-1]
                 # a merged record's names and numbers are scrubbed from the survivor's texts
                 scrubbed = self.p.subject_id(self.ns, self._surviving(res["id"]))
+        scrubbed = self.merged_before.get(scrubbed, (scrubbed, 0))[0]
         known_names, known_numbers = self.private.setdefault(scrubbed, (set(), set()))
         known_names.update(names)
         known_numbers.update(numbers)
@@ -1008,7 +1011,14 @@ class _FhirMapper:
 
     def _subject(self, res: dict, fullurls: dict[str, str]) -> tuple[int, int]:
         patient_id = self._surviving(self._patient_id(res, fullurls))
-        return self.p.subject_id(self.ns, patient_id), self.p.shift_us(self.ns, patient_id)
+        subject, shift = (
+            self.p.subject_id(self.ns, patient_id),
+            self.p.shift_us(self.ns, patient_id),
+        )
+        if subject in self.merged_before:  # a source still naming a patient merged earlier
+            survivor, step = self.merged_before[subject]
+            return survivor, shift + step
+        return subject, shift
 
     def merges(self) -> pa.Table:
         """The Patients merged into others (``link`` replaced-by), as the store must merge what
@@ -1019,11 +1029,14 @@ class _FhirMapper:
             survivor = self._surviving(merged)
             if survivor == merged:
                 continue  # a cycle of links names no survivor
+            into = self.p.subject_id(self.ns, survivor)
+            shift = self.p.shift_us(self.ns, survivor) - self.p.shift_us(self.ns, merged)
+            if into in self.merged_before:  # the survivor was itself merged by an earlier batch
+                into, step = self.merged_before[into]
+                shift += step
             rows["subject_id"].append(self.p.subject_id(self.ns, merged))
-            rows["into_subject_id"].append(self.p.subject_id(self.ns, survivor))
-            rows["time_shift_us"].append(
-                self.p.shift_us(self.ns, survivor) - self.p.shift_us(self.ns, merged)
-            )
+            rows["into_subject_id"].append(into)
+            rows["time_shift_us"].append(shift)
             rows["source_prefix"].append("fhir/")
             rows["own_source"].append("fhir/Patient")
         return pa.table(rows, schema=MERGE_SCHEMA)
@@ -1312,6 +1325,11 @@ class _FhirMapper:
         if survivor != patient_id:  # a duplicate record merged away: its facts are the other's
             raise FhirError(
                 f"merged into Patient/{survivor} (link replaced-by): its records are that patient's"
+            )
+        if self.p.subject_id(self.ns, patient_id) in self.merged_before:
+            raise FhirError(
+                "merged into another patient by an earlier batch (link replaced-by): its records "
+                "are that patient's"
             )
         subject = (self._remember_patient(res), self.p.shift_us(self.ns, patient_id))
         birth = self.births.get(patient_id)

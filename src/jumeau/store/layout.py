@@ -56,8 +56,9 @@ SUPERSEDED_FILE = "superseded.parquet"
 #: (subject_id, source, resource_key, record_key) of the batch's events that are parts of a
 #: larger record (see :data:`jumeau.model.PARTS_SCHEMA`).
 PARTS_FILE = "parts.parquet"
-#: (subject_id, into_subject_id) of the patients a batch says were merged into others: a lookup
-#: of the merged patient's id finds the survivor.
+#: (subject_id, into_subject_id, time_shift_us) of the patients a batch says were merged into
+#: others: a lookup of the merged patient's id finds the survivor, and later records naming the
+#: merged patient are the survivor's.
 MERGES_FILE = "merges.parquet"
 #: Folder of a batch holding its waveform records (see :mod:`jumeau.signals.store`).
 SIGNALS_DIR = "signals"

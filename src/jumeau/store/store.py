@@ -608,27 +608,33 @@ class Store:
         """The pseudonym of a source patient id (needs the key): of the patient it was merged
         into, if a batch said so (FHIR ``link`` replaced-by), followed to the end."""
         subject = self.pseudonymiser.subject_id(source, source_id)
-        merged = self.merges()
-        seen = {subject}
-        while subject in merged and merged[subject] not in seen:
-            subject = merged[subject]
-            seen.add(subject)
-        return subject
+        return self.merges().get(subject, (subject, 0))[0]
 
-    def merges(self) -> dict[int, int]:
-        """Pseudonym of each patient merged into another -> the other's, as the batches said
-        (a later batch's word last)."""
-        out: dict[int, int] = {}
+    def merges(self) -> dict[int, tuple[int, int]]:
+        """Pseudonym of each patient merged into another -> the survivor's pseudonym and the
+        microseconds from the one's date shift to the survivor's, merges of merges followed to
+        the end, as the batches said (a later batch's word last)."""
+        said: dict[int, tuple[int, int]] = {}
         for path in self.batch_files(layout.MERGES_FILE):
             if path.exists():
-                table = pq.read_table(path)
-                out.update(
-                    zip(
-                        table.column("subject_id").to_pylist(),
-                        table.column("into_subject_id").to_pylist(),
+                table = pq.read_table(path).to_pydict()
+                said.update(
+                    (merged, (into, shift))
+                    for merged, into, shift in zip(
+                        table["subject_id"],
+                        table["into_subject_id"],
+                        table["time_shift_us"],
                         strict=True,
                     )
                 )
+        out = {}
+        for merged in said:
+            into, shift, seen = merged, 0, {merged}
+            while into in said and said[into][0] not in seen:
+                into, step = said[into]
+                shift += step
+                seen.add(into)
+            out[merged] = (into, shift)
         return out
 
     def reidentify(self, subject_id: int, *, purpose: str) -> list[dict]:

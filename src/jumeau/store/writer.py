@@ -256,7 +256,9 @@ class BatchWriter:
             if child.is_dir() and child.name != layout.SIGNALS_DIR:
                 shutil.rmtree(child)
         if self._merges:
-            merges = pa.concat_tables(self._merges).select(["subject_id", "into_subject_id"])
+            merges = pa.concat_tables(self._merges).select(
+                ["subject_id", "into_subject_id", "time_shift_us"]
+            )
             pq.write_table(merges, self.dir / layout.MERGES_FILE)
         identities = self._kept_identities()
         if identities is not None:
