@@ -109,10 +109,12 @@ def stats_table(stats: dict) -> None:
         stats.get("amended_records")
         or stats.get("withdrawn_records")
         or stats.get("withdrawn_subjects")
+        or stats.get("merged_records")
     ):
         console.print(
             f"{stats['amended_records']:,} record(s) amended and "
-            f"{stats.get('withdrawn_records', 0):,} withdrawn at the source since first stored; "
+            f"{stats.get('withdrawn_records', 0):,} withdrawn at the source since first stored, "
+            f"{stats.get('merged_records', 0):,} of patients merged into others; "
             f"{stats['withdrawn_subjects']:,} subject(s) erased on their withdrawal"
         )
     table = Table(title="events by domain")
