@@ -1001,3 +1001,26 @@ def test_nlp_mentions_of_a_note_are_its_patients_at_its_date_negations_said(tmp_
         "OMOP/437663": "term_exists=N;modifiers=negated=true;lexical=fievre",
         "OMOP/77670": "term_exists=Y;temporal=current;lexical=Douleur thoracique",
     }
+
+
+def test_a_csv_note_of_several_paragraphs_with_quotes_is_read_whole(tmp_path, eunomia):
+    """A note exported to CSV keeps its line breaks and its quotes inside a quoted field, a
+    doubled quote standing for one, and the rows after it are read as rows."""
+    folder = tmp_path / "cdm"
+    _export_csv(eunomia, folder, ["person", "concept"])
+    (folder / "note.csv").write_text(
+        "note_id,person_id,note_date,note_datetime,note_type_concept_id,note_class_concept_id,"
+        "note_title,note_text\n"
+        '1,6,2018-01-02,,32831,44814637,CR,"Motif : douleur.\nAvis : ""pas d\'urgence"", '
+        'revoir.\n\nFin."\n'
+        "3,6,2018-01-03,,32831,44814637,CR,court\n"
+    )
+    store = jumeau.init(tmp_path / "store")
+    report = ingest_omop(store, folder)
+    counts = report.tables["omop/note"]
+    assert (counts.read, counts.accepted, counts.rejected) == (2, 2, 0)
+    notes = store.timeline(store.lookup("omop", "6")).filter(pl.col("domain") == "note")
+    assert notes["text_value"].to_list() == [
+        'Motif : douleur.\nAvis : "pas d\'urgence", revoir.\n\nFin.',
+        "court",
+    ]

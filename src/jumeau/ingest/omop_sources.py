@@ -164,24 +164,35 @@ def _csv_reader(
     as ``"Lf" units`` as they are. Also says whether the files are semicolon-separated (the
     European convention: decimal commas, dates day first)."""
     listed = "[" + ", ".join(sql_string(f) for f in files) + "]"
-    opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true"
+    # one reader thread: DuckDB's parallel one cannot pad short rows of a file whose quoted
+    # fields hold line breaks (a note's paragraphs)
+    opts = "header=true, all_varchar=true, strict_mode=false, null_padding=true, parallel=false"
     if len(files) > 1:
         opts += ", union_by_name=true"
-    delimiter, quote = _sniffed(con, files[0])
+    delimiter, quote, escape = _sniffed(con, files[0])
     if tab_separated or delimiter == "\t":
         opts += ", delim='\\t'"
         if quote == "(empty)":
             opts += ", quote=''"
+    elif quote not in (None, "(empty)", ""):
+        # said, not left to the lenient reader: it would keep a doubled quote ("") as two and
+        # cut the field there (a file the sniffer cannot read, an unclosed quote's, is left to
+        # the reader's own guess, which rejects the bad row alone)
+        escape = escape if escape not in (None, "(empty)", "") else quote
+        opts += f", quote={sql_string(quote)}, escape={sql_string(escape)}"
     return f"read_csv({listed}, {opts})", delimiter == ";"
 
 
-def _sniffed(con: duckdb.DuckDBPyConnection, path: str) -> tuple[str | None, str | None]:
-    """The delimiter and quote DuckDB's sniffer finds in a CSV file (None if it cannot tell)."""
+def _sniffed(
+    con: duckdb.DuckDBPyConnection, path: str
+) -> tuple[str | None, str | None, str | None]:
+    """The delimiter, quote and escape DuckDB's sniffer finds in a CSV file (None if it cannot
+    tell)."""
     try:
-        rows = run(con, "SELECT Delimiter, Quote FROM sniff_csv($path)", {"path": path})
+        rows = run(con, "SELECT Delimiter, Quote, Escape FROM sniff_csv($path)", {"path": path})
     except duckdb.Error:
-        return None, None
-    return (rows[0][0], rows[0][1]) if rows else (None, None)
+        return None, None, None
+    return (rows[0][0], rows[0][1], rows[0][2]) if rows else (None, None, None)
 
 
 def _table_name(path: Path) -> str:
